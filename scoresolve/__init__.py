@@ -1,0 +1,101 @@
+"""scoresolve: sampling, likelihood and conditional generation for score-based diffusion models.
+
+    import torch, scoresolve as ss
+    sde = ss.VPSDE()
+    x = ss.sample(score_fn, sde, solver="pc", steps=1000, shape=(64, 2),
+                  generator=torch.Generator().manual_seed(0))
+
+See ``ss.solvers()`` for the registered samplers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import analytic
+from .models import ScoreModel, from_denoiser, from_eps, from_v, from_x0
+from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
+from .sampling import SampleResult, sample
+from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .solvers.base import NonFiniteScoreError  # also registers every solver
+
+__version__ = "0.1.0"
+
+
+def solvers() -> dict[str, str]:
+    """Registered solvers: ``{name: one-line description}``."""
+    return SOLVERS.describe()
+
+
+def predictors() -> dict[str, str]:
+    """Registered predictors of the ``pc`` solver."""
+    return PREDICTORS.describe()
+
+
+def correctors() -> dict[str, str]:
+    """Registered correctors of the ``pc`` solver."""
+    return CORRECTORS.describe()
+
+
+def grids() -> dict[str, str]:
+    """Registered time grids."""
+    return GRIDS.describe()
+
+
+# Names whose modules are imported on first use (optional parts, heavier imports).
+_LAZY: dict[str, tuple[str, str]] = {
+    "likelihood": ("scoresolve.likelihood", "likelihood"),
+    "LikelihoodResult": ("scoresolve.likelihood", "LikelihoodResult"),
+    "inpaint": ("scoresolve.conditional", "inpaint"),
+    "linear_inverse": ("scoresolve.conditional", "linear_inverse"),
+    "colorize": ("scoresolve.conditional", "colorize"),
+    "guided": ("scoresolve.conditional", "guided"),
+    "classifier_free": ("scoresolve.conditional", "classifier_free"),
+    "load": ("scoresolve.io", "load"),
+    "save": ("scoresolve.io", "save"),
+    "from_diffusers": ("scoresolve.io.diffusers", "from_diffusers"),
+    "metrics": ("scoresolve.metrics", ""),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("scoresolve"):
+                raise AttributeError(f"scoresolve.{name} is not available in this version") from e
+            raise
+        value = getattr(mod, attr) if attr else mod
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'scoresolve' has no attribute {name!r}")
+
+
+__all__ = [
+    "sample",
+    "SampleResult",
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "ScoreModel",
+    "from_eps",
+    "from_x0",
+    "from_v",
+    "from_denoiser",
+    "analytic",
+    "solvers",
+    "predictors",
+    "correctors",
+    "grids",
+    "SOLVERS",
+    "PREDICTORS",
+    "CORRECTORS",
+    "GRIDS",
+    "UnknownNameError",
+    "NonFiniteScoreError",
+    *_LAZY,
+]

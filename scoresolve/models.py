@@ -1,0 +1,180 @@
+r"""Score models and the conversions between parameterisations, all in one place.
+
+A *score model* is any callable ``score(x, t) -> Tensor`` with ``x`` of shape ``(B, *dims)``, ``t`` of
+shape ``(B,)``, returning :math:`\nabla_x \log p_t(x)` with ``x``'s shape. :class:`ScoreModel` wraps
+such a callable with metadata (its SDE, sample shape, parameterisation, data range).
+
+Networks trained with other targets are converted through the perturbation kernel
+:math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` of the SDE (``alpha`` = :meth:`SDE.alpha`,
+``sigma`` = :meth:`SDE.marginal_std`):
+
+- ``eps``: the network predicts :math:`\hat\varepsilon(x_t, t)`; score :math:`= -\hat\varepsilon/\sigma_t`.
+- ``x0``: it predicts :math:`\hat x_0(x_t, t)`; score :math:`= (\alpha_t\hat x_0 - x_t)/\sigma_t^2`.
+- ``v``: it predicts :math:`\hat v = \alpha_t\varepsilon - \sigma_t x_0`; then
+  :math:`\hat x_0 = (\alpha_t x_t - \sigma_t\hat v)/(\alpha_t^2+\sigma_t^2)` and the ``x0`` rule applies.
+- ``denoiser``: it is called as :math:`D(x_t/\alpha_t, \sigma_t/\alpha_t)` (k-diffusion/EDM) and
+  predicts :math:`x_0`; score :math:`= (\alpha_t D - x_t)/\sigma_t^2`.
+
+(Tweedie's formula, :math:`E[x_0 \mid x_t] = (x_t + \sigma_t^2 \nabla\log p_t)/\alpha_t`, links them;
+Salimans & Ho 2022, arXiv:2202.00512 for ``v``; Karras et al. 2022, arXiv:2206.00364 for ``D``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from torch import Tensor
+
+from .sde import SDE
+
+__all__ = [
+    "ScoreModel",
+    "Parameterization",
+    "from_eps",
+    "from_x0",
+    "from_v",
+    "from_denoiser",
+    "score_to_x0",
+    "score_to_eps",
+]
+
+Parameterization = Literal["score", "eps", "x0", "v", "denoiser"]
+_PARAMETERIZATIONS = ("score", "eps", "x0", "v", "denoiser")
+
+
+class ScoreModel:
+    """A score function with the metadata a sampler needs.
+
+    Args:
+        fn: the network or callable. Its meaning depends on ``parameterization``: ``score``,
+            ``eps`` and ``x0`` and ``v`` are called as ``fn(x, t)``; ``denoiser`` as
+            ``fn(x / alpha, sigma / alpha)`` (k-diffusion/EDM convention).
+        sde: the SDE the network was trained with (used for conversions and as the default SDE
+            of :func:`scoresolve.sample`).
+        sample_shape: shape of one sample, e.g. ``(3, 32, 32)``; lets ``sample`` infer ``shape``.
+        parameterization: what ``fn`` predicts (see the module docstring).
+        data_range: the ``(low, high)`` range of the data, e.g. ``(-1, 1)`` (informational; used by
+            likelihood in bits/dim).
+        time_fn: optional map applied to ``t`` before calling ``fn`` (e.g. continuous time to a
+            network's discrete timestep index).
+
+    Calling the model returns the score :math:`\\nabla_x\\log p_t(x)` in ``x``'s dtype, whatever the
+    network's dtype.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Tensor],
+        sde: SDE | None = None,
+        sample_shape: Sequence[int] | None = None,
+        parameterization: Parameterization = "score",
+        data_range: tuple[float, float] | None = None,
+        time_fn: Callable[[Tensor], Tensor] | None = None,
+        **metadata: Any,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"ScoreModel: fn must be callable, got {type(fn).__name__}")
+        if parameterization not in _PARAMETERIZATIONS:
+            raise ValueError(
+                f"ScoreModel: unknown parameterization {parameterization!r}; expected one of "
+                f"{', '.join(_PARAMETERIZATIONS)}"
+            )
+        if parameterization != "score" and sde is None:
+            raise ValueError(f"ScoreModel: parameterization={parameterization!r} needs the model's sde")
+        if sde is not None and not isinstance(sde, SDE):
+            raise TypeError(f"ScoreModel: sde must be an SDE, got {type(sde).__name__}")
+        self.fn = fn
+        self.sde = sde
+        self.sample_shape = tuple(int(s) for s in sample_shape) if sample_shape is not None else None
+        self.parameterization: Parameterization = parameterization
+        self.data_range = data_range
+        self.time_fn = time_fn
+        self.metadata = metadata
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """The wrapped network's own output at ``(x, t)`` (no conversion)."""
+        if self.parameterization == "denoiser":
+            assert self.sde is not None
+            a = self.sde.alpha(t)
+            return self.fn(x / SDE.bcast(a, x), self.sde.sigma(t))
+        tt = self.time_fn(t) if self.time_fn is not None else t
+        return self.fn(x, tt)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.raw(x, t)
+        if self.parameterization == "score":
+            return out.to(x.dtype)
+        return output_to_score(out.to(x.dtype), x, t, self.sde, self.parameterization)  # type: ignore[arg-type]
+
+    def x0(self, x: Tensor, t: Tensor) -> Tensor:
+        """Tweedie's denoised estimate :math:`E[x_0 \\mid x_t]`."""
+        assert self.sde is not None, "x0 needs the model's sde"
+        return score_to_x0(self(x, t), x, t, self.sde)
+
+    def __repr__(self) -> str:
+        return (
+            f"ScoreModel(parameterization={self.parameterization!r}, sde={self.sde!r}, "
+            f"sample_shape={self.sample_shape})"
+        )
+
+
+def output_to_score(out: Tensor, x: Tensor, t: Tensor, sde: SDE, parameterization: Parameterization) -> Tensor:
+    """Convert a network output of the given parameterisation to the score (formulas above)."""
+    a = SDE.bcast(sde.alpha(t), x)
+    s = SDE.bcast(sde.marginal_std(t), x)
+    if parameterization == "score":
+        return out
+    if parameterization == "eps":
+        return -out / s
+    if parameterization == "v":
+        x0 = (a * x - s * out) / (a**2 + s**2)
+        return (a * x0 - x) / s**2
+    if parameterization in ("x0", "denoiser"):
+        return (a * out - x) / s**2
+    raise ValueError(f"unknown parameterization {parameterization!r}")
+
+
+def score_to_x0(score: Tensor, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+    r"""Tweedie: :math:`\hat x_0 = (x_t + \sigma_t^2 s)/\alpha_t`."""
+    a = SDE.bcast(sde.alpha(t), x)
+    s = SDE.bcast(sde.marginal_std(t), x)
+    return (x + s**2 * score) / a
+
+
+def score_to_eps(score: Tensor, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+    r""":math:`\hat\varepsilon = -\sigma_t s`."""
+    return -SDE.bcast(sde.marginal_std(t), x) * score
+
+
+def from_eps(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwargs: Any) -> ScoreModel:
+    r"""Wrap an ε-prediction network ``net(x, t)``: score :math:`= -\hat\varepsilon/\sigma_t`."""
+    return ScoreModel(net, sde, parameterization="eps", **kwargs)
+
+
+def from_x0(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwargs: Any) -> ScoreModel:
+    r"""Wrap an :math:`x_0`-prediction network: score :math:`= (\alpha_t\hat x_0 - x_t)/\sigma_t^2`."""
+    return ScoreModel(net, sde, parameterization="x0", **kwargs)
+
+
+def from_v(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwargs: Any) -> ScoreModel:
+    r"""Wrap a v-prediction network (:math:`v = \alpha_t\varepsilon - \sigma_t x_0`)."""
+    return ScoreModel(net, sde, parameterization="v", **kwargs)
+
+
+def from_denoiser(denoiser: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwargs: Any) -> ScoreModel:
+    r"""Wrap a k-diffusion/EDM denoiser ``D(x, sigma)`` trained on :math:`x = x_0 + \sigma n`.
+
+    Under an SDE with :math:`\alpha_t \neq 1`, :math:`x_t/\alpha_t` is data plus noise of std
+    :math:`\sigma_t/\alpha_t`, so the score is :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`.
+    """
+    return ScoreModel(denoiser, sde, parameterization="denoiser", **kwargs)
+
+
+def as_score_fn(model: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """Return a callable ``score(x, t)`` for a :class:`ScoreModel` or a plain callable."""
+    if isinstance(model, ScoreModel):
+        return model
+    if callable(model):
+        return model
+    raise TypeError(f"model must be a callable score(x, t) or a scoresolve.ScoreModel, got {type(model).__name__}")

@@ -1,0 +1,304 @@
+r"""Forward SDEs of score-based generative models (Song et al. 2021, arXiv:2011.13456).
+
+Every SDE here is *linear* in ``x``:
+
+.. math::  dx = h(t)\, x\, dt + g(t)\, dw,
+
+so its perturbation kernel is Gaussian, :math:`p_{0t}(x_t \mid x_0) = N(\alpha(t) x_0, \sigma(t)^2 I)`,
+and everything a solver needs follows from four scalar functions of ``t``: the drift coefficient
+:math:`h`, the diffusion :math:`g`, the mean coefficient :math:`\alpha` and the standard deviation
+:math:`\sigma`. Solvers call only the methods of :class:`SDE`; they never branch on its type, so a new
+SDE is one subclass.
+
+Conventions
+    ``t`` is a tensor of shape ``(B,)`` (one time per sample) or a 0-d tensor; coefficient methods
+    return tensors of ``t``'s shape and :meth:`SDE.bcast` views them against ``x`` of shape
+    ``(B, *dims)``. Time runs forward from 0 (data) to ``T`` (prior); samplers integrate backwards.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE"]
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class SDE(ABC):
+    r"""A linear forward SDE :math:`dx = h(t) x\,dt + g(t)\,dw` on :math:`t \in [0, T]`.
+
+    Subclasses implement :meth:`drift_coef`, :meth:`diffusion`, :meth:`alpha`,
+    :meth:`marginal_std` and set :attr:`prior_std`; everything else is derived.
+
+    Attributes:
+        T: end time (1 for the SDEs of the paper).
+        N: number of discretisation steps of the paper's discrete-time counterpart (SMLD/DDPM).
+        default_eps: the smallest time used for sampling in the paper's released configurations.
+        prior_std: the prior is :math:`N(0, \mathrm{prior\_std}^2 I)`.
+    """
+
+    T: float = 1.0
+    N: int = 1000
+    default_eps: float = 1e-3
+    prior_std: float = 1.0
+
+    # --- the four functions that define a linear SDE -------------------------------------------
+    @abstractmethod
+    def drift_coef(self, t: Tensor) -> Tensor:
+        r""":math:`h(t)` in the drift :math:`f(x, t) = h(t)\,x`."""
+
+    @abstractmethod
+    def diffusion(self, t: Tensor) -> Tensor:
+        r"""The diffusion coefficient :math:`g(t)`."""
+
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        r"""Mean coefficient of the perturbation kernel: :math:`E[x_t \mid x_0] = \alpha(t) x_0`."""
+
+    @abstractmethod
+    def marginal_std(self, t: Tensor) -> Tensor:
+        r"""Standard deviation :math:`\sigma(t)` of the perturbation kernel :math:`p_{0t}`."""
+
+    # --- derived quantities -------------------------------------------------------------------
+    @staticmethod
+    def bcast(c: Tensor, x: Tensor) -> Tensor:
+        """View a per-sample coefficient ``c`` (shape ``(B,)`` or 0-d) against ``x`` ``(B, *dims)``."""
+        if c.ndim == 0:
+            return c
+        return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """Forward drift :math:`f(x, t) = h(t) x`."""
+        return self.bcast(self.drift_coef(t), x) * x
+
+    def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Mean :math:`\alpha(t) x_0` and std :math:`\sigma(t)` of :math:`p_{0t}(x_t \mid x_0)`."""
+        return self.bcast(self.alpha(t), x0) * x0, self.marginal_std(t)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        r"""Half log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha(t)/\sigma(t))` (decreasing)."""
+        return torch.log(self.alpha(t)) - torch.log(self.marginal_std(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        r"""EDM/k-diffusion noise level :math:`\sigma(t)/\alpha(t) = e^{-\lambda(t)}`.
+
+        ``x_t / alpha(t)`` is data plus Gaussian noise of this standard deviation.
+        """
+        return self.marginal_std(t) / self.alpha(t)
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        r"""Inverse of :meth:`log_snr`. The default bisects (60 halvings, float64); subclasses with a
+        closed form override it."""
+        lam64 = lam.to(torch.float64)
+        lo = torch.zeros_like(lam64)
+        hi = torch.full_like(lam64, self.T)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam64  # log-SNR decreases with t: the root lies later
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return (0.5 * (lo + hi)).to(lam.dtype)
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of :meth:`sigma` (the EDM noise level)."""
+        return self.t_from_log_snr(-torch.log(sigma))
+
+    def transition(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Exact Gaussian transition of the forward SDE from time ``s`` to ``t > s``:
+        :math:`x_t \mid x_s \sim N(a\,x_s, b^2 I)` with :math:`a = \alpha(t)/\alpha(s)` and
+        :math:`b^2 = \sigma(t)^2 - a^2 \sigma(s)^2` (variances of a linear SDE add up).
+
+        Returns ``(a, b)``.
+        """
+        a = self.alpha(t) / self.alpha(s)
+        b2 = self.marginal_std(t) ** 2 - (a * self.marginal_std(s)) ** 2
+        return a, torch.sqrt(torch.clamp(b2, min=0.0))
+
+    def discretize(self, x: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Discrete forward step from ``s`` to ``t`` written as :math:`x_t = x_s + f + G z`.
+
+        Uses the exact transition (:meth:`transition`): :math:`f = (a-1)x`, :math:`G = b`. On the
+        paper's grids this is the SMLD discretisation for VE (:math:`f=0`,
+        :math:`G=\sqrt{\sigma_t^2-\sigma_s^2}`) and the DDPM one for VP
+        (:math:`f=(\sqrt{1-\beta_i}-1)x`, :math:`G=\sqrt{\beta_i}`, with
+        :math:`1-\beta_i = \bar\alpha_t/\bar\alpha_s` exact rather than :math:`\beta(t)/N`).
+        These are what the reverse-diffusion predictor reverses.
+        """
+        a, b = self.transition(t, s)
+        return self.bcast(a - 1.0, x) * x, b
+
+    def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
+        r"""Drift of the reverse-time SDE, :math:`f - g^2 \nabla\log p_t`, or of the
+        probability-flow ODE, :math:`f - \tfrac12 g^2 \nabla\log p_t` (Song et al. 2021, eqs. 6, 13).
+
+        Both are written for time running forward; integrate them with a negative ``dt``.
+        """
+        g2 = self.bcast(self.diffusion(t) ** 2, x)
+        return self.drift(x, t) - (0.5 if probability_flow else 1.0) * g2 * score
+
+    def pf_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        r"""Probability-flow ODE drift :math:`dx/dt = f(x,t) - \tfrac12 g(t)^2 \nabla\log p_t(x)`."""
+        return self.reverse_drift(x, t, score, probability_flow=True)
+
+    # --- prior --------------------------------------------------------------------------------
+    def prior_sample(
+        self,
+        shape: Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        r"""Draw from the prior :math:`N(0, \mathrm{prior\_std}^2 I)` with the given generator."""
+        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return z * self.prior_std
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """Log-density of the prior at each sample of ``z`` (shape ``(B, *dims)``) → ``(B,)``."""
+        d = z[0].numel()
+        s2 = self.prior_std**2
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(-1)
+        return -0.5 * d * math.log(2 * math.pi * s2) - 0.5 * sq / s2
+
+    # --- misc ---------------------------------------------------------------------------------
+    def config(self) -> dict[str, float | int | str]:
+        """The constructor arguments (JSON-friendly), with the class name under ``"type"``."""
+        return {"type": type(self).__name__, **self._config()}
+
+    def _config(self) -> dict[str, float | int]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SDE) and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.config().items())))
+
+
+class VESDE(SDE):
+    r"""Variance-exploding SDE (SMLD/NCSN in continuous time).
+
+    :math:`dx = \sqrt{d[\sigma^2(t)]/dt}\,dw` with
+    :math:`\sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t`, so
+    :math:`g(t) = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}`, :math:`\alpha = 1` and the
+    perturbation std is :math:`\sigma(t)` (the paper neglects the :math:`\sigma_{min}` at
+    :math:`t=0`: the process starts from data smoothed by :math:`N(0, \sigma_{min}^2)`).
+    Prior :math:`N(0, \sigma_{max}^2 I)`; sampling ends at :math:`\epsilon = 10^{-5}`.
+    """
+
+    default_eps = 1e-5
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
+        self.sigma_min, self.sigma_max, self.N = float(sigma_min), float(sigma_max), int(N)
+        self.prior_std = self.sigma_max
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def _config(self) -> dict[str, float | int]:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}
+
+    def drift_coef(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.marginal_std(t) * math.sqrt(2 * self._log_ratio)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def marginal_std(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        return (-lam - math.log(self.sigma_min)) / self._log_ratio
+
+
+class _BetaLinear(SDE):
+    r"""Shared parts of VP and sub-VP: :math:`\beta(t) = \beta_{min} + t(\beta_{max}-\beta_{min})`,
+    drift :math:`-\tfrac12\beta(t)x`, :math:`\log\alpha(t) = -\tfrac14 t^2(\beta_{max}-\beta_{min})
+    - \tfrac12 t\beta_{min}`."""
+
+    default_eps = 1e-3
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got {beta_min=}, {beta_max=}")
+        self.beta_min, self.beta_max, self.N = float(beta_min), float(beta_max), int(N)
+
+    def _config(self) -> dict[str, float | int]:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N}
+
+    def beta(self, t: Tensor) -> Tensor:
+        r""":math:`\beta(t)`."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t: Tensor) -> Tensor:
+        r""":math:`B(t) = \int_0^t \beta(s)\,ds`, so that :math:`\alpha(t)^2 = e^{-B(t)}`."""
+        return t * self.beta_min + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def drift_coef(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(-0.5 * self.int_beta(t))
+
+    def _t_from_int_beta(self, B: Tensor) -> Tensor:
+        # solve ½Δ t² + β_min t − B = 0 for t ≥ 0, in a cancellation-free form
+        d = self.beta_max - self.beta_min
+        return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * B))
+
+
+class VPSDE(_BetaLinear):
+    r"""Variance-preserving SDE (DDPM in continuous time).
+
+    :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dw`; perturbation kernel
+    :math:`N(\alpha(t)x_0, (1-\alpha(t)^2)I)`; prior :math:`N(0, I)`; sampling ends at
+    :math:`\epsilon = 10^{-3}`.
+    """
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def marginal_std(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(-self.int_beta(t)))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        # λ = −½ log(e^{B} − 1), accurate for small and large B
+        B = self.int_beta(t)
+        return -0.5 * (B + torch.log(-torch.expm1(-B)))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # e^{B} − 1 = e^{−2λ}  →  B = log1p(e^{−2λ})
+        return self._t_from_int_beta(torch.nn.functional.softplus(-2 * lam))
+
+
+class SubVPSDE(_BetaLinear):
+    r"""sub-VP SDE (Song et al. 2021, eq. 30).
+
+    :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)(1-e^{-2B(t)})}\,dw`; perturbation kernel
+    :math:`N(\alpha(t)x_0, (1-\alpha(t)^2)^2 I)`, whose variance is bounded by the VP one;
+    prior :math:`N(0, I)`.
+    """
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t) * -torch.expm1(-2 * self.int_beta(t)))
+
+    def marginal_std(self, t: Tensor) -> Tensor:
+        return -torch.expm1(-self.int_beta(t))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # α/(1−α²) = e^{λ}  →  α² + e^{−λ}α − 1 = 0
+        e = torch.exp(-lam)
+        a = 2.0 / (e + torch.sqrt(e**2 + 4.0))
+        return self._t_from_int_beta(-2.0 * torch.log(a))

@@ -1,0 +1,18 @@
+"""Solvers, predictors, correctors and time grids.
+
+Every module in this package is imported here, so a new solver is one file with one
+``@SOLVERS.register("name")``: nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import CountedScore, GridSolver, NoiseSource, NonFiniteScoreError, SolveContext, Solver
+
+__all__ = ["Solver", "GridSolver", "SolveContext", "NoiseSource", "CountedScore", "NonFiniteScoreError"]
+
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if not _m.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m}")

@@ -1,0 +1,80 @@
+r"""Time grids: where a fixed-step solver places its steps.
+
+A grid is a registered function ``grid(sde, n, eps, **options) -> Tensor`` returning ``n + 1``
+strictly decreasing float64 times from ``sde.T`` to ``eps``. Grids defined on a noise level
+(log-SNR, Karras σ) are mapped back to ``t`` through the SDE's own inverse
+(:meth:`SDE.t_from_log_snr`), so they work for every SDE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..registry import GRIDS
+from ..sde import SDE
+
+__all__ = ["make_grid", "grid_uniform", "grid_quadratic", "grid_log_snr", "grid_karras", "check_grid"]
+
+
+def _t64(v: float) -> Tensor:
+    return torch.tensor(v, dtype=torch.float64)
+
+
+@GRIDS.register("uniform", description="uniform in t (the paper's PC/ODE grids)")
+def grid_uniform(sde: SDE, n: int, eps: float) -> Tensor:
+    """``n + 1`` times uniform in ``t`` from ``T`` to ``eps``."""
+    return torch.linspace(sde.T, eps, n + 1, dtype=torch.float64)
+
+
+@GRIDS.register("quadratic", description="uniform in sqrt(t): denser near t = eps (DDIM's quadratic)")
+def grid_quadratic(sde: SDE, n: int, eps: float) -> Tensor:
+    """Times uniform in :math:`\\sqrt{t}` (Song et al. 2021 DDIM's quadratic schedule, continuous)."""
+    u = torch.linspace(sde.T**0.5, eps**0.5, n + 1, dtype=torch.float64)
+    return u**2
+
+
+@GRIDS.register("log_snr", description="uniform in log-SNR lambda (DPM-Solver's grid)")
+def grid_log_snr(sde: SDE, n: int, eps: float) -> Tensor:
+    r"""Times uniform in :math:`\lambda = \log(\alpha/\sigma)` (Lu et al. 2022, arXiv:2206.00927)."""
+    lam = torch.linspace(float(sde.log_snr(_t64(sde.T))), float(sde.log_snr(_t64(eps))), n + 1, dtype=torch.float64)
+    t = sde.t_from_log_snr(lam)
+    t[0], t[-1] = sde.T, eps
+    return t
+
+
+@GRIDS.register("karras", description="Karras et al. 2022 sigma^(1/rho) grid, rho = 7")
+def grid_karras(sde: SDE, n: int, eps: float, rho: float = 7.0) -> Tensor:
+    r"""Noise levels :math:`\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{n}(\sigma_{min}^{1/\rho} -
+    \sigma_{max}^{1/\rho}))^\rho` on the EDM scale :math:`\sigma = e^{-\lambda}` (Karras et al. 2022,
+    arXiv:2206.00364, eq. 5), mapped to ``t``."""
+    s_max = float(sde.sigma(_t64(sde.T)))
+    s_min = float(sde.sigma(_t64(eps)))
+    u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = sde.t_from_sigma(sig)
+    t[0], t[-1] = sde.T, eps
+    return t
+
+
+def check_grid(grid: Any, sde: SDE, *, name: str = "grid") -> Tensor:
+    """Validate a user-supplied grid: 1-D, finite, at least two points, strictly decreasing,
+    within ``(0, T]``. Returns it as a float64 CPU tensor."""
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    if g.ndim != 1 or g.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 times, got shape {tuple(g.shape)}")
+    if not torch.isfinite(g).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if not (g[1:] < g[:-1]).all():
+        raise ValueError(f"{name} must be strictly decreasing (from T towards 0), got {g.tolist()[:8]}...")
+    if g[-1] <= 0 or g[0] > sde.T:
+        raise ValueError(f"{name} must lie in (0, T={sde.T}], got [{float(g[-1])}, {float(g[0])}]")
+    return g
+
+
+def make_grid(name: str, sde: SDE, n: int, eps: float, **options: Any) -> Tensor:
+    """Build the registered grid ``name`` and validate it."""
+    fn = GRIDS.get(name, argument="grid")
+    return check_grid(fn(sde, n, eps, **options), sde, name=f"grid {name!r}")
