@@ -132,7 +132,7 @@ def sample(
     x_T: Tensor | None = None,
     eps: float | None = None,
     grid: str | Sequence[float] | Tensor | None = None,
-    denoise: bool = True,
+    denoise: bool | None = None,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | Tensor | None = None,
     device: torch.device | str | None = None,
@@ -163,7 +163,9 @@ def sample(
         grid: a registered grid name or an explicit decreasing sequence of times (which then sets
             the number of steps and the final time).
         denoise: finish with one Tweedie step :math:`\hat x_0 = (x + \sigma_\epsilon^2 s(x,\epsilon))
-            /\alpha_\epsilon` (one extra evaluation), as the paper does by default.
+            /\alpha_\epsilon` (one extra evaluation, counted in the NFE). ``None`` (default): the
+            solver's own choice (``Solver.denoise_default``: on for ``pc`` and the ODE solvers, as in
+            the paper; budgeted few-step solvers spend their last evaluation themselves).
         generator: one ``torch.Generator`` for all the randomness of the run.
         seeds: one integer seed per sample instead: each sample then depends only on its seed.
         device, dtype: where and in which precision the state lives (default: ``x_T``'s, else
@@ -243,7 +245,7 @@ def sample(
     try:
         with torch.no_grad():
             x = solver_obj.solve(ctx, x)
-            if denoise:
+            if solver_obj.denoise_default if denoise is None else denoise:
                 counted.step = n_int
                 t_end = torch.full((x.shape[0],), eps_, device=x.device, dtype=x.dtype)
                 x = score_to_x0(counted(x, t_end), x, t_end, sde)

@@ -205,6 +205,7 @@ class Solver(ABC):
         adaptive: whether it chooses its own steps.
         reference: the paper (with arXiv id) it comes from.
         default_grid: name of the registered grid used when the user gives none.
+        denoise_default: whether :func:`scoresolve.sample` ends with a Tweedie step by default.
     """
 
     order: ClassVar[float] = 1.0
@@ -213,6 +214,7 @@ class Solver(ABC):
     adaptive: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     default_grid: ClassVar[str] = "uniform"
+    denoise_default: ClassVar[bool] = True
 
     def steps_to_grid(self, steps: int) -> int:
         """Number of grid intervals for a user's ``steps`` (identity by default)."""
