@@ -1,0 +1,275 @@
+r"""k-diffusion / EDM interoperability (Karras et al. 2022, arXiv:2206.00364).
+
+k-diffusion models are *denoisers* :math:`D(x, \sigma)`: ``x = x_0 + \sigma n`` is data plus Gaussian noise of
+standard deviation :math:`\sigma`, and :math:`D` estimates :math:`x_0`. Both directions go through
+:func:`scoresolve.from_denoiser` (the one place the formula lives):
+
+- **their model, our solvers**: :func:`from_kdiffusion` wraps ``model(x, sigma, **extra_args)`` as a
+  :class:`~scoresolve.ScoreModel` under a :class:`~scoresolve.VESDE` spanning the model's noise range (or any
+  SDE you pass: the score is then :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`).
+- **our solvers, their code**: :func:`sample_scoresolve` (and ``sample_<solver>`` for every registered solver,
+  e.g. ``sample_dpmpp_2m``, ``sample_pc``) take k-diffusion's calling convention
+  ``sample_*(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`` and run a scoresolve
+  solver on exactly the noise levels ``sigmas``.
+
+How the sigmas become a scoresolve run: the state is k-diffusion's ``x`` unchanged (a VE SDE has
+:math:`\alpha = 1`). The SDE is ``VESDE(sigma_min=sigmas_pos[-1] / 2, sigma_max=sigmas[0])`` and the grid is
+:math:`t_i = \log(\sigma_i/\sigma_{min}) / \log(\sigma_{max}/\sigma_{min})`, so the model is evaluated at the
+given :math:`\sigma_i` (the halved ``sigma_min`` only keeps the last time above 0; for a VE SDE the
+reverse-diffusion, ancestral and Euler–Maruyama steps, the Langevin corrector and every log-SNR solver depend
+on the :math:`\sigma_i` alone, not on this choice). A final ``sigma = 0`` (k-diffusion's usual last entry) is
+the denoising step :math:`x \leftarrow D(x, \sigma_{n-1})`: it is scoresolve's final Tweedie step
+(``denoise=True``), one evaluation, as in every k-diffusion sampler.
+
+Noise: k-diffusion draws from the global RNG; here ``generator=`` or ``seeds=`` (one per sample) make runs
+reproducible, and without them the global RNG is used too (so seeding ``torch.manual_seed`` reproduces a
+k-diffusion ancestral run draw for draw, see the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..models import ScoreModel, from_denoiser
+from ..registry import SOLVERS
+from ..sde import SDE, VESDE
+from ..solvers.base import Solver
+
+__all__ = ["from_kdiffusion", "sample_scoresolve", "kdiffusion_sampler", "sde_for_sigmas", "sigmas_to_grid"]
+
+Denoiser = Callable[..., Tensor]
+
+
+def _scalar(v: Any, name: str) -> float:
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(v.shape)}")
+        v = v.item()
+    f = float(v)
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+    return f
+
+
+def from_kdiffusion(
+    model: Denoiser,
+    *,
+    sigma_min: float | Tensor | None = None,
+    sigma_max: float | Tensor | None = None,
+    sde: SDE | None = None,
+    extra_args: dict[str, Any] | None = None,
+    sample_shape: Sequence[int] | None = None,
+    data_range: tuple[float, float] | None = None,
+) -> ScoreModel:
+    r"""Wrap a k-diffusion/EDM denoiser ``model(x, sigma, **extra_args) -> x0`` as a score model.
+
+    The score is :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`
+    (:func:`scoresolve.from_denoiser`); with the default VE SDE (:math:`\alpha = 1`) it is
+    :math:`(D(x, \sigma) - x)/\sigma^2`.
+
+    Args:
+        model: the denoiser, called as ``model(x, sigma, **extra_args)`` with ``sigma`` of shape ``(B,)``
+            (k-diffusion's wrappers such as ``CompVisDenoiser`` / ``DiscreteEpsDDPMDenoiser`` qualify; they
+            quantise or interpolate their own discrete noise levels).
+        sigma_min, sigma_max: the model's noise range; default: the model's ``sigma_min`` / ``sigma_max``
+            attributes (k-diffusion's ``DiscreteSchedule`` has them). Define ``VESDE(sigma_min, sigma_max)``.
+        sde: use this SDE instead (e.g. a ``VPSDE``: the denoiser sees :math:`x_t/\alpha_t` and
+            :math:`\sigma_t/\alpha_t`). Mutually exclusive with ``sigma_min`` / ``sigma_max``.
+        extra_args: keyword arguments passed on every call (conditioning, as k-diffusion's ``extra_args``).
+        sample_shape: shape of one sample, e.g. ``(3, 32, 32)``.
+        data_range: the data range, informational.
+
+    Returns:
+        A :class:`~scoresolve.ScoreModel` with ``parameterization="denoiser"``.
+    """
+    if not callable(model):
+        raise TypeError(f"from_kdiffusion: model must be callable model(x, sigma), got {type(model).__name__}")
+    if sde is not None:
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError("from_kdiffusion: pass either sde= or sigma_min=/sigma_max=, not both")
+    else:
+        if sigma_min is None:
+            sigma_min = getattr(model, "sigma_min", None)
+        if sigma_max is None:
+            sigma_max = getattr(model, "sigma_max", None)
+        if sigma_min is None or sigma_max is None:
+            raise ValueError(
+                "from_kdiffusion: the model's noise range is unknown; pass sigma_min= and sigma_max= "
+                "(e.g. 0.002 and 80 for EDM models) or sde="
+            )
+        sde = VESDE(sigma_min=_scalar(sigma_min, "sigma_min"), sigma_max=_scalar(sigma_max, "sigma_max"))
+    kwargs = dict(extra_args or {})
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        return model(x, sigma, **kwargs)
+
+    return from_denoiser(denoise, sde, sample_shape=sample_shape, data_range=data_range)
+
+
+def _check_sigmas(sigmas: Any) -> Tensor:
+    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64)
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D tensor of at least 2 noise levels, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError("sigmas contains NaN or inf")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError(f"sigmas must be strictly decreasing, got {s.tolist()[:8]}...")
+    if s[-1] < 0 or (s[:-1] <= 0).any():
+        raise ValueError("sigmas must be positive except for an optional final 0")
+    return s
+
+
+def sde_for_sigmas(sigmas: Tensor) -> VESDE:
+    """The VE SDE a k-diffusion noise schedule is run under: ``sigma_max = sigmas[0]``, ``sigma_min`` half the
+    smallest positive sigma (see the module docstring)."""
+    s = _check_sigmas(sigmas)
+    pos = s[s > 0]
+    return VESDE(sigma_min=float(pos[-1]) / 2, sigma_max=float(pos[0]))
+
+
+def sigmas_to_grid(sigmas: Tensor, sde: SDE) -> Tensor:
+    """The decreasing float64 times at which ``sde``'s EDM noise level :meth:`SDE.sigma` equals the positive
+    entries of ``sigmas`` (a final 0 is dropped: it is the denoising step)."""
+    s = _check_sigmas(sigmas)
+    pos = s[s > 0]
+    t = sde.t_from_sigma(pos)
+    if math.isclose(float(t[0]), sde.T, rel_tol=0, abs_tol=1e-12):
+        t[0] = sde.T
+    return t
+
+
+def sample_scoresolve(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    solver: str | Solver = "dpmpp_2m",
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | Tensor | None = None,
+    **solver_options: Any,
+) -> Tensor:
+    r"""Run a scoresolve solver with k-diffusion's sampler convention.
+
+    Drop-in for ``k_diffusion.sampling.sample_*``: ``x`` is the starting state at ``sigmas[0]`` (k-diffusion
+    convention: ``x = randn * sigmas[0]``, *not* divided by anything), ``sigmas`` the decreasing noise levels
+    (an optional final 0). The model is called as ``model(x, sigma * ones(B), **extra_args)`` exactly at the
+    given sigmas (see the module docstring for the mapping to a scoresolve time grid). NFE: the solver's, plus
+    one for a final ``sigma = 0``.
+
+    Args:
+        model, x, sigmas, extra_args: as in k-diffusion.
+        callback: called after every step with k-diffusion's dict ``{'x', 'i', 'sigma', 'sigma_hat',
+            'sigma_next', 'denoised'}``; ``x`` is the state *after* step ``i`` (at ``sigma_next``) and
+            ``denoised`` the latest denoiser output (k-diffusion calls it before the step, with the state at
+            ``sigma``).
+        disable: ``True`` hides the progress bar (k-diffusion's meaning).
+        solver: a registered scoresolve solver name or instance (default ``"dpmpp_2m"``).
+        generator, seeds: scoresolve's noise control (default: the global RNG, as k-diffusion).
+        **solver_options: passed to the solver (e.g. ``predictor=``, ``corrector=``, ``snr=`` for ``"pc"``).
+
+    Returns:
+        The final state, in ``x``'s dtype and device.
+    """
+    from ..sampling import sample
+
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor (the starting state at sigmas[0])")
+    s = _check_sigmas(sigmas)
+    kwargs = dict(extra_args or {})
+    final_zero = bool(s[-1] == 0)
+    pos = s[s > 0]
+    last: dict[str, Tensor] = {}
+
+    def denoise(xx: Tensor, sigma: Tensor) -> Tensor:
+        out = model(xx, sigma, **kwargs)
+        last["denoised"] = out
+        return out
+
+    def report(i: int, x_now: Tensor) -> None:
+        if callback is not None:
+            callback(
+                {
+                    "x": x_now,
+                    "i": i,
+                    "sigma": s[i],
+                    "sigma_hat": s[i],
+                    "sigma_next": s[i + 1],
+                    "denoised": last.get("denoised", x_now),
+                }
+            )
+
+    if pos.numel() == 1:  # sigmas = [s0, 0]: one denoising step
+        ones = x.new_ones(x.shape[0])
+        out = denoise(x, float(pos[0]) * ones)
+        report(0, out)
+        return out
+
+    sde = sde_for_sigmas(s)
+    grid = sigmas_to_grid(s, sde)
+    score_model = from_denoiser(denoise, sde)
+
+    def cb(step: int, t: Tensor, x: Tensor, x_mean: Tensor) -> None:
+        report(step, x)
+
+    out = sample(
+        score_model,
+        sde,
+        solver,
+        grid=grid,
+        x_T=x,
+        denoise=final_zero,
+        generator=generator,
+        seeds=seeds,
+        progress=False if disable else None,
+        callback=cb if callback is not None else None,
+        **solver_options,
+    )
+    assert isinstance(out, Tensor)
+    if final_zero:
+        report(s.numel() - 2, out)
+    return out
+
+
+def kdiffusion_sampler(solver: str | Solver = "dpmpp_2m", **solver_options: Any) -> Callable[..., Tensor]:
+    """A k-diffusion-style ``sample_*`` function that runs the scoresolve ``solver`` with ``solver_options``.
+
+    Example::
+
+        sample_pc = kdiffusion_sampler("pc", predictor="ancestral_sampling", corrector="none")
+        x = sample_pc(model, torch.randn(4, 3, 32, 32) * sigmas[0], sigmas)
+    """
+    if isinstance(solver, str):
+        SOLVERS.get(solver, argument="solver")  # fail now, with the list of names
+
+    def sampler(
+        model: Denoiser,
+        x: Tensor,
+        sigmas: Tensor,
+        extra_args: dict[str, Any] | None = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        disable: bool | None = None,
+        **options: Any,
+    ) -> Tensor:
+        return sample_scoresolve(
+            model, x, sigmas, extra_args, callback, disable, solver=solver, **{**solver_options, **options}
+        )
+
+    name = solver if isinstance(solver, str) else type(solver).__name__
+    sampler.__name__ = sampler.__qualname__ = f"sample_{name}"
+    sampler.__doc__ = f"scoresolve solver {name!r} with k-diffusion's sample_* convention (see sample_scoresolve)."
+    return sampler
+
+
+def __getattr__(name: str) -> Any:
+    # sample_<solver> for every registered solver, e.g. `from scoresolve.adapters.kdiffusion import sample_dpmpp_2m`
+    if name.startswith("sample_") and name[len("sample_") :] in SOLVERS:
+        return kdiffusion_sampler(name[len("sample_") :])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
