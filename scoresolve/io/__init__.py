@@ -1,0 +1,51 @@
+"""Loading and saving score models: scoresolve's safetensors format, torch files (``weights_only``
+only) and the Hugging Face Hub (offline-capable). No network code is imported here; the Hub client
+is imported when a Hub id is actually loaded.
+
+    model = scoresolve.io.load("digits")            # the model bundled with the package
+    model = scoresolve.io.load("run/model.safetensors")
+    model = scoresolve.io.load("org/name")          # Hub id, through huggingface_hub's cache
+    scoresolve.io.save(model, "out/model.safetensors")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoint import (
+    BUNDLED,
+    CheckpointError,
+    architectures,
+    atomic_write,
+    load,
+    load_file,
+    read_config,
+    register_architecture,
+    save,
+    save_pretrained,
+    sde_from_config,
+    torch_load_safe,
+)
+
+__all__ = [
+    "load",
+    "save",
+    "save_pretrained",
+    "push_to_hub",
+    "load_file",
+    "read_config",
+    "register_architecture",
+    "architectures",
+    "sde_from_config",
+    "atomic_write",
+    "torch_load_safe",
+    "CheckpointError",
+    "BUNDLED",
+]
+
+
+def push_to_hub(model: Any, repo_id: str, **kwargs: Any) -> str:
+    """Upload ``model`` to the Hub (see :func:`scoresolve.io.hub.push_to_hub`)."""
+    from .hub import push_to_hub as _push
+
+    return _push(model, repo_id, **kwargs)

@@ -1,0 +1,544 @@
+r"""Safe checkpoints: safetensors weights with a JSON config, atomic writes, strict loading.
+
+The format
+    One ``.safetensors`` file whose metadata holds, under the key ``"scoresolve"``, a JSON config::
+
+        {"format": "scoresolve", "format_version": 1,
+         "architecture": "unet", "arch_kwargs": {...},          # how to rebuild the network
+         "sde": {"type": "VPSDE", "beta_min": 0.1, ...},        # SDE.config()
+         "parameterization": "eps", "data_range": [-1, 1], "sample_shape": [1, 8, 8],
+         "weights": "ema", "extra": {...}}
+
+    A directory written by :func:`save_pretrained` holds ``model.safetensors`` and the same config
+    as ``config.json`` (the layout the Hugging Face Hub serves). Weights are plain tensors: loading
+    runs no code from the file. Keys prefixed ``ema.`` / ``model.`` (both sets in one file) are
+    accepted; the EMA set is used unless ``use_ema=False``.
+
+Torch files (``.pt``/``.pth``/``.ckpt``/``.bin``, e.g. the trainer's resumable checkpoints) are read
+with ``torch.load(weights_only=True)`` only. A pickle that needs arbitrary globals is refused with a
+:class:`CheckpointError`; there is no fallback to unsafe unpickling.
+
+Writes go to a temporary file in the destination directory, are flushed to disk, then renamed over
+the destination with :func:`os.replace` (atomic on POSIX and Windows): a crash, a full disk or an
+unwritable directory leaves any previous file untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models import ScoreModel
+from ..sde import SDE, VESDE, VPSDE, SubVPSDE
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "BUNDLED",
+    "register_architecture",
+    "architectures",
+    "save",
+    "save_pretrained",
+    "load",
+    "load_file",
+    "read_config",
+    "sde_from_config",
+    "atomic_write",
+    "torch_load_safe",
+]
+
+FORMAT = "scoresolve"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_META_KEY = "scoresolve"
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+#: Models shipped inside the package, loadable by name with :func:`load`.
+BUNDLED: dict[str, Path] = {"digits": _DATA / "digits_model.safetensors"}
+
+# name -> "module:attribute" (imported on first use) or a callable building the network
+_ARCHITECTURES: dict[str, str | Callable[..., nn.Module]] = {
+    "mlp": "scoresolve.train.nets:MLP",
+    "unet": "scoresolve.train.nets:UNet",
+}
+
+_SDES: dict[str, type[SDE]] = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read, written or matched to its architecture; the message says why."""
+
+
+# --- architectures --------------------------------------------------------------------------------
+def register_architecture(name: str, factory: Callable[..., nn.Module] | str) -> None:
+    """Make ``name`` loadable: ``factory(**arch_kwargs)`` (or ``"module:attr"``) builds the network.
+
+    The network saved under this name needs ``arch_name = name`` and a JSON-friendly ``config``
+    dict of its constructor arguments (as :class:`scoresolve.train.nets.ScoreNet` has).
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError(f"architecture name must be a non-empty string, got {name!r}")
+    _ARCHITECTURES[name] = factory
+
+
+def architectures() -> list[str]:
+    """Registered architecture names."""
+    return sorted(_ARCHITECTURES)
+
+
+def _build_net(arch: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    if arch not in _ARCHITECTURES:
+        raise CheckpointError(
+            f"unknown architecture {arch!r} in the checkpoint config; registered: {', '.join(architectures())}. "
+            "Register yours with scoresolve.io.register_architecture(name, factory)."
+        )
+    factory = _ARCHITECTURES[arch]
+    if isinstance(factory, str):
+        mod, attr = factory.split(":")
+        factory = getattr(importlib.import_module(mod), attr)
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise CheckpointError(f"architecture {arch!r} rejected the config's arch_kwargs {dict(kwargs)}: {e}") from e
+
+
+def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
+    """Rebuild an SDE from :meth:`SDE.config` output (``{"type": "VPSDE", ...}``)."""
+    if not isinstance(cfg, Mapping) or "type" not in cfg:
+        raise CheckpointError(f"the checkpoint's sde config must be a dict with a 'type', got {cfg!r}")
+    kind = cfg["type"]
+    if kind not in _SDES:
+        raise CheckpointError(f"unknown SDE type {kind!r} in the checkpoint config; known: {', '.join(_SDES)}")
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    try:
+        return _SDES[kind](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"bad SDE config {dict(cfg)}: {e}") from e
+
+
+# --- atomic writes --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+
+    Raises:
+        CheckpointError: the directory is missing or not writable.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise CheckpointError(f"cannot write {dest}: directory {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {dest}: directory {folder} is not writable ({e})") from e
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise CheckpointError(f"writing {dest} failed ({e}); the previous file, if any, is unchanged") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- saving ---------------------------------------------------------------------------------------
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(u) for u in v]
+    if isinstance(v, list):
+        return [_jsonable(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(u) for k, u in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        raise CheckpointError(f"config value {v} is not finite")
+    return v
+
+
+def make_config(
+    net: nn.Module,
+    sde: SDE,
+    *,
+    parameterization: str,
+    sample_shape: tuple[int, ...] | list[int] | None,
+    data_range: tuple[float, float] | list[float] | None = None,
+    weights: str = "model",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON config of a network (``arch_name`` + ``config``) and its SDE/metadata."""
+    arch = getattr(net, "arch_name", None)
+    kwargs = getattr(net, "config", None)
+    if not arch or not isinstance(kwargs, Mapping):
+        raise CheckpointError(
+            f"cannot save a {type(net).__name__}: the network needs an 'arch_name' and a 'config' dict of its "
+            "constructor arguments (use scoresolve.train.nets, or subclass ScoreNet and register_architecture)"
+        )
+    if not isinstance(sde, SDE):
+        raise CheckpointError(f"the model needs its SDE to be saved, got sde={sde!r}")
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch,
+        "arch_kwargs": _jsonable(dict(kwargs)),
+        "sde": sde.config(),
+        "parameterization": parameterization,
+        "data_range": list(data_range) if data_range is not None else None,
+        "sample_shape": list(sample_shape) if sample_shape is not None else None,
+        "weights": weights,
+        "extra": _jsonable(dict(extra or {})),
+    }
+    json.dumps(cfg)  # fail here, not halfway through a write
+    return cfg
+
+
+def _unpack_model(model: Any, sde: SDE | None, parameterization: str | None, sample_shape: Any, data_range: Any):
+    if isinstance(model, ScoreModel):
+        net = model.fn
+        sde = sde or model.sde
+        parameterization = parameterization or model.parameterization
+        sample_shape = sample_shape or model.sample_shape
+        data_range = data_range or model.data_range
+        if model.time_fn is not None:
+            raise CheckpointError("cannot save a ScoreModel with a time_fn (it is code, not data)")
+    else:
+        net = model
+    if not isinstance(net, nn.Module):
+        raise CheckpointError(
+            f"save() needs a ScoreModel wrapping a torch module, or a module; got {type(net).__name__}"
+        )
+    sample_shape = sample_shape or getattr(net, "sample_shape", None)
+    return net, sde, parameterization or "score", sample_shape, data_range
+
+
+def _state_for_saving(net: nn.Module, dtype: torch.dtype | None) -> dict[str, Tensor]:
+    out = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous().clone()
+    return out
+
+
+def save(
+    model: ScoreModel | nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    sde: SDE | None = None,
+    parameterization: str | None = None,
+    sample_shape: tuple[int, ...] | None = None,
+    data_range: tuple[float, float] | None = None,
+    dtype: torch.dtype | None = None,
+    weights: str = "model",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a model in scoresolve's format, atomically.
+
+    ``path`` ending in ``.safetensors`` writes one file; any other path is treated as a directory and
+    written by :func:`save_pretrained` (``model.safetensors`` + ``config.json``).
+
+    Args:
+        model: a :class:`~scoresolve.ScoreModel` whose ``fn`` is a network with ``arch_name`` and
+            ``config`` (e.g. :class:`scoresolve.train.nets.UNet`), or such a network with ``sde=``.
+        sde, parameterization, sample_shape, data_range: override or supply the metadata.
+        dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the file;
+            they are cast back to the network's dtype on load).
+        weights: label recorded in the config (``"ema"`` when these are EMA weights).
+        extra: any JSON-friendly metadata (training steps, data set, ...).
+
+    Returns:
+        The written path.
+    """
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return save_pretrained(
+            model, p, sde=sde, parameterization=parameterization, sample_shape=sample_shape,
+            data_range=data_range, dtype=dtype, weights=weights, extra=extra,
+        )
+    from safetensors.torch import save_file
+
+    net, sde_, par, shape, rng = _unpack_model(model, sde, parameterization, sample_shape, data_range)
+    cfg = make_config(net, sde_, parameterization=par, sample_shape=shape, data_range=rng, weights=weights,
+                      extra=extra)
+    tensors = _state_for_saving(net, dtype)
+    with atomic_write(p) as tmp:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(cfg)})
+    return p
+
+
+def save_pretrained(
+    model: ScoreModel | nn.Module,
+    directory: str | os.PathLike[str],
+    **kwargs: Any,
+) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/config.json`` (created if missing), each
+    atomically — the layout to upload to the Hugging Face Hub (see :func:`scoresolve.io.push_to_hub`).
+    Keyword arguments as for :func:`save`. Returns the directory."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create directory {d}: {e}") from e
+    save(model, d / WEIGHTS_NAME, **kwargs)
+    cfg = read_config(d / WEIGHTS_NAME)
+    with atomic_write(d / CONFIG_NAME) as tmp:
+        Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
+
+
+# --- loading --------------------------------------------------------------------------------------
+def torch_load_safe(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; never unsafe."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refusing to load — the pickle needs objects beyond plain tensors and containers "
+            f"(weights_only=True rejected it: {str(e).splitlines()[-1] if str(e) else e}). scoresolve never "
+            "falls back to unsafe unpickling. If you trust the file, convert it yourself to a state dict and "
+            "save it with scoresolve.io.save."
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {e}") from e
+
+
+def _parse_config(raw: str | Mapping[str, Any], where: str) -> dict[str, Any]:
+    try:
+        cfg = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: the config is not valid JSON ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a scoresolve config (expected format={FORMAT!r})")
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format_version {cfg['format_version']} is newer than this scoresolve reads "
+            f"({FORMAT_VERSION}); upgrade scoresolve"
+        )
+    for key in ("architecture", "arch_kwargs", "sde"):
+        if key not in cfg:
+            raise CheckpointError(f"{where}: the config lacks {key!r}")
+    return cfg
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The scoresolve config of a ``.safetensors`` file (its metadata, else a ``config.json`` beside it)."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{p}: not a readable safetensors file (truncated or corrupted?): {e}") from e
+    if _META_KEY in meta:
+        return _parse_config(meta[_META_KEY], str(p))
+    side = p.with_name(CONFIG_NAME)
+    if side.is_file():
+        return _parse_config(side.read_text(), str(side))
+    raise CheckpointError(f"{p}: no scoresolve config in its metadata and no {CONFIG_NAME} beside it")
+
+
+def _select_weights(state: Mapping[str, Tensor], use_ema: bool, where: str) -> tuple[dict[str, Tensor], str]:
+    ema = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    plain = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    if ema and (use_ema or not plain):
+        return ema, "ema"
+    if plain:
+        return plain, "model"
+    return dict(state), "model"
+
+
+def _load_into(net: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+
+        def few(xs: list[str]) -> str:
+            return ", ".join(xs[:8]) + (f", ... ({len(xs)} in all)" if len(xs) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {few(wrong)}")
+        raise CheckpointError(f"{where}: the weights do not match the configured architecture — " + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in expected.items():
+            if not torch.isfinite(state[k]).all() and v.is_floating_point():
+                raise CheckpointError(f"{where}: weight {k} contains NaN or inf")
+            v.copy_(state[k].to(v.dtype))
+
+
+def _model_from(cfg: dict[str, Any], state: Mapping[str, Tensor], where: str, use_ema: bool,
+                device: Any, dtype: torch.dtype | None) -> ScoreModel:
+    sde = sde_from_config(cfg["sde"])
+    net = _build_net(cfg["architecture"], cfg["arch_kwargs"])
+    weights, which = _select_weights(state, use_ema, where)
+    _load_into(net, weights, where)
+    net.eval()
+    if dtype is not None or device is not None:
+        net.to(device=device, dtype=dtype)
+    shape = cfg.get("sample_shape") or getattr(net, "sample_shape", None)
+    rng = cfg.get("data_range")
+    return ScoreModel(
+        net,
+        sde,
+        sample_shape=tuple(shape) if shape is not None else None,
+        parameterization=cfg.get("parameterization", "score"),
+        data_range=tuple(rng) if rng is not None else None,
+        config=cfg,
+        weights=which if which == "ema" else cfg.get("weights", "model"),
+        source=where,
+    )
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    *,
+    use_ema: bool = True,
+    config: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> ScoreModel:
+    """Load a local file or ``save_pretrained`` directory (see :func:`scoresolve.io.load`)."""
+    p = Path(path)
+    if p.is_dir():
+        cand = [p / WEIGHTS_NAME] + sorted(p.glob("*.safetensors")) + sorted(
+            q for s in _TORCH_SUFFIXES for q in p.glob(f"*{s}")
+        )
+        found = [c for c in cand if c.is_file()]
+        if not found:
+            raise CheckpointError(f"{p}: directory holds no {WEIGHTS_NAME} (nor another .safetensors / torch file)")
+        return load_file(found[0], use_ema=use_ema, config=config, device=device, dtype=dtype)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {p}")
+    where = str(p)
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+
+        cfg = _parse_config(config, where) if config is not None else read_config(p)
+        try:
+            state = st_load(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{p}: not a readable safetensors file (truncated or corrupted?): {e}") from e
+        return _model_from(cfg, state, where, use_ema, device, dtype)
+    if p.suffix in _TORCH_SUFFIXES:
+        obj = torch_load_safe(p)
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(
+                f"{p}: expected a dict of tensors (a state dict or a checkpoint), got {type(obj).__name__}"
+            )
+        raw_cfg = config if config is not None else obj.get("config")
+        if raw_cfg is None:
+            raise CheckpointError(
+                f"{p}: a torch file without a scoresolve config; pass config= (the dict scoresolve.io.save writes)"
+            )
+        cfg = _parse_config(raw_cfg, where)
+        if "model" in obj or "ema" in obj:
+            state: dict[str, Tensor] = {}
+            for part in ("model", "ema"):
+                sd = obj.get(part)
+                if isinstance(sd, Mapping):
+                    state.update({f"{part}.{k}": v for k, v in sd.items()})
+        else:
+            state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+        if bad:
+            raise CheckpointError(f"{p}: non-tensor entries in the weights: {bad[:8]}")
+        return _model_from(cfg, state, where, use_ema, device, dtype)
+    raise CheckpointError(
+        f"{p}: unsupported file type {p.suffix!r}; expected .safetensors or a torch file ({', '.join(_TORCH_SUFFIXES)})"
+    )
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def load(
+    source: str | os.PathLike[str],
+    *,
+    use_ema: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> ScoreModel:
+    """Load a score model from a bundled name, a local file or directory, or a Hugging Face Hub id.
+
+    Resolution order: a bundled name (``"digits"``; write ``"./digits"`` for a local folder of that
+    name), an existing path, then a Hub repo id ``"org/name"`` (through huggingface_hub and its
+    cache; offline with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``).
+
+    Args:
+        source: as above.
+        use_ema: take the EMA weights when the file holds both (default).
+        device, dtype: move/cast the network after loading.
+        revision, local_files_only, cache_dir: Hub options (see :func:`scoresolve.io.hub.download`).
+        config: the scoresolve config, for a torch state dict that does not carry one.
+
+    Returns:
+        A :class:`~scoresolve.ScoreModel` with its ``sde``, ``sample_shape``, ``parameterization``
+        and ``data_range``; ``model.metadata["config"]`` holds the full config.
+
+    Raises:
+        CheckpointError: truncated/corrupted file, unsafe pickle, config/weights mismatch (names the
+            keys and shapes), unknown architecture, a Hub id missing from the cache while offline.
+        FileNotFoundError: nothing of that name exists.
+    """
+    s = os.fspath(source)
+    if s in BUNDLED:
+        path = BUNDLED[s]
+        if not path.is_file():
+            raise CheckpointError(f"the bundled model {s!r} is missing from this installation ({path})")
+        return load_file(path, use_ema=use_ema, device=device, dtype=dtype)
+    if os.path.exists(s):
+        return load_file(s, use_ema=use_ema, config=config, device=device, dtype=dtype)
+    if _REPO_ID.match(s) and not s.endswith(_TORCH_SUFFIXES + (".safetensors",)):
+        from .hub import download
+
+        local = download(s, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
+        return load_file(local, use_ema=use_ema, config=config, device=device, dtype=dtype)
+    raise FileNotFoundError(
+        f"cannot load {s!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing file or directory, "
+        "and not a Hugging Face repo id of the form 'org/name'"
+    )

@@ -1,0 +1,1 @@
+"""Training score models (never imported by the sampling core)."""
