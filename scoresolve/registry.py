@@ -70,11 +70,11 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             pass
-        arg = f"{argument}=" if argument else ""
+        arg = f" (argument {argument}=)" if argument else ""
         close = difflib.get_close_matches(name, list(self._entries), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {arg}{name!r}.{hint} Registered {self.kind}s: " + ", ".join(sorted(self._entries))
+            f"unknown {self.kind} {name!r}{arg}.{hint} Registered {self.kind}s: " + ", ".join(sorted(self._entries))
         ) from None
 
     def names(self) -> list[str]:
