@@ -1,0 +1,134 @@
+"""The main benchmark, ``benchmarks/nfe_vs_fid.py``: outputs, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "nfe_vs_fid.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("nfe_vs_fid_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: more threads only add contention at this size
+    yield _load()
+    torch.set_num_threads(threads)
+
+
+TINY = ["--model", "analytic", "--n", "200", "--nfe", "2,20", "--solvers", "pc,k_diffusion:euler", "--no-plot"]
+
+
+def _metric_rows(rows):
+    return sorted(
+        (r["solver"], r.get("budget"), r.get("nfe"), r.get("fd"), r.get("mode_tv"), r.get("loglik"))
+        for r in rows
+        if "skipped" not in r
+    )
+
+
+def test_tiny_run_writes_outputs_and_is_reproducible(bench, tmp_path):
+    a = bench.main([*TINY, "--out", str(tmp_path / "a")])
+    b = bench.main([*TINY, "--out", str(tmp_path / "b")])
+    # same seed -> the same figures, to the last bit (timings excluded)
+    assert _metric_rows(a["rows"]) == _metric_rows(b["rows"])
+    for name in ("results.json", "results.md"):
+        assert (tmp_path / "a" / name).is_file()
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert data["config"]["seed"] == 0 and data["config"]["machine"]["cpu_count"] >= 1
+    assert data["config"]["versions"]["torch"]
+    ran = [r for r in data["runs"] if "skipped" not in r]
+    pc20 = next(r for r in ran if r["solver"] == "pc" and r["budget"] == 20)
+    # pc: 2 NFE per step (predictor + corrector) + 1 final denoising step -> 9 steps = 19 NFE counted
+    assert pc20["steps"] == 9 and pc20["nfe"] == 19
+    # the budget of 2 is below pc's minimum (3 NFE): listed as skipped with the reason
+    skipped = [r for r in data["runs"] if r["solver"] == "pc" and r.get("budget") == 2]
+    assert skipped and "minimum" in skipped[0]["skipped"]
+    ref = data["references"]["analytic"]
+    assert ref["fd_floor"] > 0 and ref["floor_draws"] >= 50
+    # the peer ran on the same exact score, or is listed with a reason
+    peer = [r for r in data["runs"] if r["solver"] == "k_diffusion:euler"]
+    assert peer and all(("skipped" in r) or (r["nfe"] == r["budget"]) for r in peer)
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert "| pc |" in md and "FD / floor" in md
+
+
+def test_a_different_seed_changes_the_figures(bench, tmp_path):
+    a = bench.main([*TINY, "--nfe", "20", "--solvers", "pc", "--out", str(tmp_path / "a")])
+    b = bench.main([*TINY, "--nfe", "20", "--solvers", "pc", "--seed", "1", "--out", str(tmp_path / "b")])
+    assert _metric_rows(a["rows"]) != _metric_rows(b["rows"])
+
+
+def test_quality_improves_with_nfe_on_a_deterministic_solver(bench, tmp_path):
+    """Against the exact moments: a first-order ODE solver at 5 NFE must be clearly worse than at 100;
+    at 100 NFE it should be within a few floors (floor = FD of exact samples of the same size)."""
+    from scoresolve.registry import SOLVERS
+
+    name = next((s for s in ("ode_euler", "ddim", "ode_heun") if s in SOLVERS), None)
+    if name is None:
+        pytest.skip("no deterministic fixed-grid solver registered yet")
+    r = bench.main(["--model", "analytic", "--n", "500", "--nfe", "5,100", "--solvers", name, "--no-plot",
+                    "--out", str(tmp_path)])
+    rows = {x["budget"]: x for x in r["rows"] if "fd" in x}
+    assert rows[5]["fd_ratio"] > rows[100]["fd_ratio"]
+    assert rows[100]["fd_ratio"] < 3.0
+    assert math.isfinite(rows[100]["loglik"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--solvers", "no_such_solver"], "Registered solvers"),
+        (["--solvers", "k_diffusion:nope"], "Peers"),
+        (["--nfe", "ten"], "--nfe"),
+        (["--model", "no/such-model-here"], "built-in models"),
+    ],
+)
+def test_bad_input_is_a_clear_error(bench, tmp_path, args, message):
+    argv = ["--model", "analytic", "--n", "100", "--nfe", "10", "--no-plot", "--out", str(tmp_path), *args]
+    with pytest.raises(bench.BenchError, match=message):
+        bench.main(argv)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_folder(bench, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(SystemExit, match="not a writable folder"):
+        bench.main(["--model", "analytic", "--n", "100", "--nfe", "10", "--out", str(ro / "x")])
+
+
+def test_out_path_that_is_a_file(bench, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SystemExit, match="not a writable folder"):
+        bench.main(["--model", "analytic", "--n", "100", "--nfe", "10", "--out", str(f)])
+
+
+def test_command_line_reports_errors_with_status_2(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), "--solvers", "pcc", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 2
+    assert "unknown solver 'pcc'" in p.stderr and "Did you mean 'pc'" in p.stderr
