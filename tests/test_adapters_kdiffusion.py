@@ -124,8 +124,14 @@ def test_ancestral_round_trip_matches_k_diffusion_sample_euler_ancestral(ksampli
     torch.manual_seed(123)
     calls = []
     ours = kd.sample_scoresolve(
-        D, x0.clone(), sigmas, solver="pc", predictor="ancestral_sampling", corrector="none",
-        disable=True, callback=calls.append,
+        D,
+        x0.clone(),
+        sigmas,
+        solver="pc",
+        predictor="ancestral_sampling",
+        corrector="none",
+        disable=True,
+        callback=calls.append,
     )
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
     assert len(calls) == len(sigmas) - 1
