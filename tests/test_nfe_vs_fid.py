@@ -126,9 +126,10 @@ def test_out_path_that_is_a_file(bench, tmp_path):
 
 
 def test_command_line_reports_errors_with_status_2(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "--solvers", "pcc", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=env,
     )
     assert p.returncode == 2
     assert "unknown solver 'pcc'" in p.stderr and "Did you mean 'pc'" in p.stderr
