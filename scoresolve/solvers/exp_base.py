@@ -1,0 +1,223 @@
+r"""Shared machinery of the few-step (budgeted) ODE solvers: DPM-Solver, DPM-Solver++, UniPC, iPNDM, EDM Heun.
+
+All of them integrate the probability-flow ODE in the EDM variables of the SDE, whatever the SDE:
+
+.. math::  y = x/\alpha_t,\qquad \tilde\sigma = \sigma_t/\alpha_t = e^{-\lambda},\qquad
+           \frac{dy}{d\tilde\sigma} = \frac{y - D(y,\tilde\sigma)}{\tilde\sigma} = \hat\varepsilon,
+           \qquad\frac{dy}{d\lambda} = D - y,
+
+with the denoiser (Tweedie's posterior mean) :math:`D = y + \tilde\sigma^2 \alpha_t\, s_\theta(x, t)`
+and the noise prediction :math:`\hat\varepsilon = -\sigma_t s_\theta(x, t)`. Only the SDE's
+``alpha``, ``marginal_std``, ``sigma`` and ``log_snr`` are used, so VE, VP and sub-VP share the code.
+
+Budget semantics (``steps=K`` spends exactly ``K`` score evaluations, the final step included):
+
+- ``last_step="none"``: ``K`` grid intervals from ``T`` to ``eps``; one evaluation at each grid point
+  but the last; the result is the ODE state at ``eps`` (noise level :math:`\tilde\sigma_{min}`).
+- ``last_step="zero"``: ``K - 1`` grid intervals from ``T`` to ``eps``; evaluations at all ``K`` grid
+  points (``eps`` included); then one more step from :math:`\tilde\sigma(eps)` to
+  :math:`\tilde\sigma = 0` with the solver's own rule (Adams–Bashforth for iPNDM, first order =
+  Tweedie for the exponential integrators, whose higher-order weights diverge at :math:`h=\infty`).
+- ``last_step="tweedie"``: as ``"zero"`` but the final step is always :math:`y = D` (Tweedie).
+
+Solver state and coefficients are kept in float32 (float64 if the samples are float64) whatever
+the dtype of the model's output, and coefficients are computed in float64 Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import SolveContext, Solver
+
+__all__ = ["BudgetSolver", "Run", "LAST_STEPS", "lagrange_integral_weights", "exp_poly_integrals"]
+
+LAST_STEPS = ("none", "zero", "tweedie")
+
+
+def _f64(v: float) -> Tensor:
+    return torch.tensor(v, dtype=torch.float64)
+
+
+@dataclass
+class Run:
+    """One run of a budgeted solver: the grid in every variable, and the counted denoiser.
+
+    ``t[i]``, ``s[i]`` (:math:`\\tilde\\sigma`), ``lam[i]`` and ``alpha[i]`` are Python floats for the
+    extended grid: the user's grid, plus a final point with ``s = 0`` (``lam = inf``) when the run
+    ends at :math:`\\tilde\\sigma = 0`. ``n_steps`` is the number of steps (``len(s) - 1``).
+    """
+
+    ctx: SolveContext
+    t: list[float]
+    s: list[float]
+    lam: list[float]
+    alpha: list[float]
+    to_zero: bool
+    wdtype: torch.dtype
+    xdtype: torch.dtype
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.s) - 1
+
+    def denoise(self, y: Tensor, i: int) -> Tensor:
+        """Counted evaluation at grid point ``i``: returns :math:`D(y, \\tilde\\sigma_i)` in the working dtype."""
+        return self.denoise_at(y, self.t[i], self.s[i], self.alpha[i])
+
+    def denoise_at(self, y: Tensor, t: float, s: float, alpha: float) -> Tensor:
+        """Counted evaluation at an arbitrary time ``t`` (with its :math:`\\tilde\\sigma`, :math:`\\alpha`)."""
+        x = (y * alpha).to(self.xdtype)
+        tt = torch.full((y.shape[0],), t, device=y.device, dtype=self.xdtype)
+        score = self.ctx.score(x, tt).to(self.wdtype)
+        return y + (s * s * alpha) * score
+
+
+class BudgetSolver(Solver):
+    """Base class of the budgeted few-step ODE solvers (see the module docstring).
+
+    Subclasses implement :meth:`update`: given the state ``y`` at extended-grid point ``i`` and the
+    history, take the step to point ``i + 1``. The history is a list of ``(lam, s, D)`` with the
+    most recent last; it lives in the run's local variables, never on the object.
+
+    Args:
+        last_step: ``"none"`` (stop at ``eps``), ``"zero"`` (final step to :math:`\\tilde\\sigma=0` with
+            the solver's own rule) or ``"tweedie"`` (final step :math:`y = D`).
+        calibrate: ``False``; ``True`` to replace the grid by one calibrated for this model, solver
+            and budget before sampling (:func:`scoresolve.calibrate.calibrate_grid`, cost reported in
+            ``SampleResult.info["calibration"]``); or a path to a cache file used for it.
+    """
+
+    denoise_default: ClassVar[bool] = False
+    default_grid: ClassVar[str] = "log_snr"
+    stochastic: ClassVar[bool] = False
+    #: smallest budget ``steps`` accepted with ``last_step="none"``
+    min_steps: ClassVar[int] = 1
+
+    def __init__(self, last_step: str = "none", calibrate: bool | str = False) -> None:
+        if last_step not in LAST_STEPS:
+            raise ValueError(f"last_step must be one of {LAST_STEPS}, got {last_step!r}")
+        if not isinstance(calibrate, (bool, str)) and not hasattr(calibrate, "__fspath__"):
+            raise TypeError(f"calibrate must be a bool or a cache file path, got {type(calibrate).__name__}")
+        self.last_step = last_step
+        self.calibrate = calibrate
+
+    # --- configuration seen by calibration and caches ---------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-friendly description of the solver (name + options), used in cache fingerprints."""
+        cfg = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "calibrate"}
+        return {"class": type(self).__name__, **cfg}
+
+    def steps_to_grid(self, steps: int) -> int:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if self.last_step == "none":
+            if steps < self.min_steps:
+                raise ValueError(f"steps={steps} is below the minimum budget {self.min_steps} of {type(self).__name__}")
+            return steps
+        if steps < 2:
+            raise ValueError(
+                f"steps={steps} is too small for last_step={self.last_step!r} (it needs >= 2 evaluations: one "
+                "grid interval plus the final step to sigma=0); use last_step='none' for a budget of 1"
+            )
+        return steps - 1
+
+    def nfe_for(self, n_intervals: int) -> int:
+        return n_intervals + (0 if self.last_step == "none" else 1)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def make_run(self, ctx: SolveContext, x: Tensor, grid: Tensor) -> Run:
+        sde = ctx.sde
+        g = grid.to(torch.float64).cpu()
+        s = sde.sigma(g).tolist()
+        lam = [-math.log(v) for v in s]
+        alpha = sde.alpha(g).tolist()
+        t = g.tolist()
+        to_zero = self.last_step != "none"
+        if to_zero:
+            t, s, lam, alpha = t + [0.0], s + [0.0], lam + [math.inf], alpha + [1.0]
+        wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return Run(ctx=ctx, t=t, s=s, lam=lam, alpha=alpha, to_zero=to_zero, wdtype=wd, xdtype=x.dtype)
+
+    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
+        assert ctx.grid is not None, "budgeted solvers need a grid"
+        if self.calibrate:
+            from ..calibrate import calibrate_for_context
+
+            ctx.grid = calibrate_for_context(ctx, self, x)
+            ctx.info["times"] = ctx.grid
+        run = self.make_run(ctx, x, ctx.grid)
+        return self.integrate(run, x)
+
+    def integrate(self, run: Run, x: Tensor) -> Tensor:
+        """Run all steps from ``x`` at ``T``; returns the result in ``x``'s dtype (x-space)."""
+        ctx = run.ctx
+        y = x.to(run.wdtype) / run.alpha[0]
+        state: Any = None
+        for i in range(run.n_steps):
+            ctx.score.step = i
+            y, state = self.update(run, y, i, state)
+            if ctx.trajectory is not None or ctx.callback is not None or ctx.progress is not None:
+                xo = (y * run.alpha[i + 1]).to(x.dtype)
+                ctx.after_step(i, torch.full((x.shape[0],), run.t[i + 1], dtype=x.dtype, device=x.device), xo)
+        if not bool(torch.isfinite(y).all()):
+            raise FloatingPointError(f"{type(self).__name__}: the final state is not finite (grid {run.s[:4]}...)")
+        out = (y * run.alpha[-1]).to(x.dtype)
+        ctx.info["x_mean"] = out
+        return out
+
+    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def is_final_zero(self, run: Run, i: int) -> bool:
+        """Whether step ``i`` is the final jump to :math:`\\tilde\\sigma = 0`."""
+        return run.to_zero and i == run.n_steps - 1
+
+
+# --- coefficient helpers (float64, shared by the multistep solvers) --------------------------------
+def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[float]:
+    r"""Weights :math:`w_j = \int_a^b \ell_j(u)\,du` of the Lagrange basis through ``nodes``.
+
+    Computed in the scaled variable :math:`v = (u - a)/(b - a)` (nodes near 0, interval [0, 1]) so
+    the Vandermonde system stays well conditioned; exact for polynomials of degree ``len(nodes)-1``.
+    """
+    H = b - a
+    k = len(nodes)
+    if k == 1:
+        return [H]
+    v = torch.tensor([(u - a) / H for u in nodes], dtype=torch.float64)
+    V = torch.stack([v**p for p in range(k)], dim=0)  # V[p, j] = v_j^p
+    rhs = torch.tensor([1.0 / (p + 1) for p in range(k)], dtype=torch.float64)  # ∫_0^1 v^p dv
+    w = torch.linalg.solve(V, rhs)
+    return (w * H).tolist()
+
+
+def exp_poly_integrals(h: float, kmax: int) -> list[float]:
+    r""":math:`I_k(h) = \int_0^h e^{-(h-\tau)}\tau^k\,d\tau` for ``k = 0..kmax`` (float64).
+
+    Series :math:`h^{k+1}\sum_m (-h)^m k!/(k+m+1)!` for small ``h``, the recurrence
+    :math:`I_k = h^k - k I_{k-1}`, :math:`I_0 = 1 - e^{-h}` otherwise.
+    """
+    out = []
+    if h < 1.0:
+        for k in range(kmax + 1):
+            acc, term = 0.0, 1.0 / math.factorial(k + 1) * math.factorial(k)  # m = 0: k!/(k+1)!
+            m = 0
+            while True:
+                acc += term
+                m += 1
+                term = term * (-h) / (k + m + 1)
+                if abs(term) < 1e-18 * abs(acc) or m > 60:
+                    break
+            out.append(h ** (k + 1) * acc)
+        return out
+    out.append(-math.expm1(-h))
+    for k in range(1, kmax + 1):
+        out.append(h**k - k * out[-1])
+    return out

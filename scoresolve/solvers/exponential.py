@@ -1,0 +1,356 @@
+r"""Exponential integrators in log-SNR: DPM-Solver, DPM-Solver++ (2M, 3M) and UniPC.
+
+Written in the EDM variables of :mod:`scoresolve.solvers.exp_base` (:math:`y = x/\alpha`,
+:math:`\tilde\sigma = e^{-\lambda}`), where the probability-flow ODE has the exact solution
+
+.. math::  y_t = y_s - \tilde\sigma_s\int_0^h e^{-\tau}\hat\varepsilon(\lambda_s+\tau)\,d\tau
+               = e^{-h}y_s + \int_0^h e^{-(h-\tau)} D(\lambda_s+\tau)\,d\tau,\qquad h = \lambda_t-\lambda_s,
+
+(noise and data prediction). DPM-Solver (Lu et al. 2022, arXiv:2206.00927) expands
+:math:`\hat\varepsilon` in a Taylor series in :math:`\lambda`, DPM-Solver++ (Lu et al. 2022,
+arXiv:2211.01095) expands :math:`D`, with the derivatives from previous evaluations (multistep) or
+from intermediate evaluations (singlestep). UniPC (Zhao et al. 2023, arXiv:2302.04867) adds a
+corrector that reuses the evaluation at the new point, so it costs no extra evaluation.
+
+With the ``x``-space formulas of the papers, substitute :math:`\alpha_t/\alpha_s\,x_s \to y_s`,
+:math:`\sigma_t\to\tilde\sigma_t` (noise prediction) and :math:`\sigma_t/\sigma_s\,x_s\to
+\tilde\sigma_t/\tilde\sigma_s\,y_s`, :math:`\alpha_t\to 1` (data prediction). A step onto
+:math:`\tilde\sigma = 0` (``last_step="zero"``) is first order (:math:`y = D`): the higher-order
+weights diverge as :math:`h\to\infty`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import SOLVERS
+from .exp_base import BudgetSolver, Run
+
+__all__ = ["DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP", "UniPC"]
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in ("exact", "published"):
+        raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
+    return variant
+
+
+def _eps(y: Tensor, D: Tensor, s: float) -> Tensor:
+    return (y - D) / s
+
+
+# ------------------------------------------------------------------------------------------------
+@SOLVERS.register("dpm_solver", description="DPM-Solver (noise prediction), orders 1-3, single- or multistep")
+class DPMSolver(BudgetSolver):
+    r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927), orders 1–3.
+
+    Step :math:`s \to t`, :math:`h = \lambda_t - \lambda_s`, :math:`\varepsilon_0` the current noise
+    prediction:
+
+    - order 1 (DDIM): :math:`y_t = y_s - \tilde\sigma_t(e^h-1)\varepsilon_0`;
+    - multistep order 2: :math:`-\tfrac12\tilde\sigma_t(e^h-1)D_1` more, :math:`D_1 =
+      (\varepsilon_0-\varepsilon_{-1})/r_0`, :math:`r_0 = h_{-1}/h`;
+    - multistep order 3: :math:`y_t = y_s - \tilde\sigma_t(e^h-1)\varepsilon_0 - \tilde\sigma_t
+      (\tfrac{e^h-1}{h}-1)D_1 - \tilde\sigma_t(\tfrac{e^h-1-h}{h^2}-\tfrac12)D_2` with the divided
+      differences of the last three evaluations;
+    - singlestep orders 2 and 3 (DPM-Solver-2/-3, the paper's Algorithms 1–2): consecutive grid
+      intervals are grouped by ``order``; the inner grid points are the intermediate stage times
+      (:math:`r_1 = 1/2`, resp. :math:`1/3, 2/3` on a log-SNR grid). ``steps=K`` spends ``K``
+      evaluations: ``K // order`` full steps and one lower-order step for the remainder.
+
+    ``variant="exact"`` (default) doubles the :math:`D_2` weight of the published third-order multistep
+    formula: :math:`D_2 \approx h^2 y''/2`, so the Taylor term :math:`\int e^{\cdot}\tau^2/2\,y''` needs
+    twice the published coefficient; measured global order 3.0 instead of 2.3 (``tests/test_order.py``).
+    ``variant="published"`` keeps the papers' (and k-diffusion's ``sample_dpmpp_3m_sde``) coefficient.
+
+    Multistep solvers start with lower orders (1, 2, ...). Deterministic; one evaluation per grid
+    point; order ``order``.
+
+    Args:
+        order: 1, 2 or 3.
+        method: ``"multistep"`` or ``"singlestep"``.
+        last_step, calibrate: see :class:`~scoresolve.solvers.exp_base.BudgetSolver`.
+    """
+
+    reference = "Lu et al. 2022, DPM-Solver, arXiv:2206.00927"
+    order: ClassVar[float] = 2.0  # instance attribute overrides
+
+    def __init__(
+        self,
+        order: int = 2,
+        method: str = "multistep",
+        variant: str = "exact",
+        last_step: str = "none",
+        calibrate: Any = False,
+    ):
+        super().__init__(last_step=last_step, calibrate=calibrate)
+        self.variant = _check_variant(variant)
+        self._d2 = 2.0 if variant == "exact" else 1.0
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        if method not in ("multistep", "singlestep"):
+            raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
+        self.order = float(order)
+        self.method = method
+
+    # multistep ------------------------------------------------------------------------------
+    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        if self.method == "singlestep":
+            return self._single(run, y, i, state)
+        D = run.denoise(y, i)
+        s, st = run.s[i], run.s[i + 1]
+        if self.is_final_zero(run, i):
+            return D, None
+        eps0 = _eps(y, D, s)
+        hist: list[tuple[float, Tensor]] = (state or []) + [(run.lam[i], eps0)]
+        hist = hist[-int(self.order) :]
+        h = run.lam[i + 1] - run.lam[i]
+        em = math.expm1(h)
+        y_next = y - (st * em) * eps0
+        k = len(hist)
+        if k >= 2:
+            r0 = (hist[-1][0] - hist[-2][0]) / h
+            D1_0 = (hist[-1][1] - hist[-2][1]) / r0
+            if k == 2:
+                y_next = y_next - (0.5 * st * em) * D1_0
+            else:
+                r1 = (hist[-2][0] - hist[-3][0]) / h
+                D1_1 = (hist[-2][1] - hist[-3][1]) / r1
+                D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
+                D2 = (D1_0 - D1_1) / (r0 + r1)
+                y_next = y_next - (st * (em / h - 1.0)) * D1 - (self._d2 * st * ((em - h) / h**2 - 0.5)) * D2
+        return y_next, hist
+
+    # singlestep -----------------------------------------------------------------------------
+    def _groups(self, run: Run) -> list[int]:
+        """Start index of the group each step belongs to, and its size: list of group sizes."""
+        n = run.n_steps - (1 if run.to_zero else 0)
+        k = int(self.order)
+        sizes = [k] * (n // k) + ([n % k] if n % k else [])
+        if run.to_zero:
+            sizes.append(1)
+        return sizes
+
+    def _single(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        if state is None:
+            sizes = self._groups(run)
+            starts, pos = {}, 0
+            for g in sizes:
+                starts[pos] = g
+                pos += g
+            state = {"starts": starts}
+        if i in state["starts"]:
+            state.update(a=i, g=state["starts"][i], y0=y, eps=[])
+        a, g = state["a"], state["g"]
+        D = run.denoise(y, i)
+        if self.is_final_zero(run, i):
+            return D, state
+        eps_i = _eps(y, D, run.s[i])
+        state["eps"].append(eps_i)
+        j = i - a  # stage index within the group
+        lam_a, y0, e0 = run.lam[a], state["y0"], state["eps"][0]
+        H = run.lam[a + g] - lam_a  # the whole step
+        s_end = run.s[a + g]
+        if j == 0 and g == 1:
+            return y0 - (s_end * math.expm1(H)) * e0, state
+        if j == 0:
+            # first stage: DDIM to the next grid point
+            rh = run.lam[a + 1] - lam_a
+            return y0 - (run.s[a + 1] * math.expm1(rh)) * e0, state
+        if g == 2:
+            r1 = (run.lam[a + 1] - lam_a) / H
+            em = math.expm1(H)
+            out = y0 - (s_end * em) * e0 - (s_end / (2 * r1) * em) * (state["eps"][1] - e0)
+            return out, state
+        # g == 3
+        r1 = (run.lam[a + 1] - lam_a) / H
+        r2 = (run.lam[a + 2] - lam_a) / H
+        if j == 1:
+            D1 = state["eps"][1] - e0
+            s2 = run.s[a + 2]
+            e2 = math.expm1(r2 * H)
+            u2 = y0 - (s2 * e2) * e0 - (s2 * r2 / r1 * (e2 / (r2 * H) - 1.0)) * D1
+            return u2, state
+        em = math.expm1(H)
+        D2 = state["eps"][2] - e0
+        out = y0 - (s_end * em) * e0 - (s_end / r2 * (em / H - 1.0)) * D2
+        return out, state
+
+
+# ------------------------------------------------------------------------------------------------
+class DPMSolverPP(BudgetSolver):
+    r"""DPM-Solver++ multistep with data prediction (Lu et al. 2022, arXiv:2211.01095).
+
+    Step :math:`s\to t`, :math:`h = \lambda_t-\lambda_s`, :math:`D_0` the current denoiser output:
+
+    - order 1: :math:`y_t = \tfrac{\tilde\sigma_t}{\tilde\sigma_s}y_s - (e^{-h}-1)D_0`;
+    - 2M: :math:`D_0` replaced by :math:`(1+\tfrac1{2r})D_0 - \tfrac1{2r}D_{-1}`, :math:`r = h_{-1}/h`;
+    - 3M: :math:`y_t = \tfrac{\tilde\sigma_t}{\tilde\sigma_s}y_s - (e^{-h}-1)D_0 + (\tfrac{e^{-h}-1}{h}+1)D_1
+      - (\tfrac{e^{-h}-1+h}{h^2}-\tfrac12)D_2` with divided differences of the last three outputs.
+
+    ``variant``: ``"exact"`` (default) or ``"published"`` third-order weight, see :class:`DPMSolver`.
+    The order ramps up from 1 at the start; the step onto :math:`\tilde\sigma=0` is first order
+    (as k-diffusion's ``sample_dpmpp_2m``). One evaluation per grid point; deterministic.
+    """
+
+    reference = "Lu et al. 2022, DPM-Solver++, arXiv:2211.01095"
+    max_order: ClassVar[int] = 2
+
+    def __init__(self, variant: str = "exact", last_step: str = "none", calibrate: Any = False) -> None:
+        super().__init__(last_step=last_step, calibrate=calibrate)
+        self.variant = _check_variant(variant)
+        self._d2 = 2.0 if variant == "exact" else 1.0
+
+    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        D = run.denoise(y, i)
+        if self.is_final_zero(run, i):
+            return D, None
+        hist: list[tuple[float, Tensor]] = ((state or []) + [(run.lam[i], D)])[-self.max_order :]
+        s, st = run.s[i], run.s[i + 1]
+        h = run.lam[i + 1] - run.lam[i]
+        em = math.expm1(-h)
+        k = len(hist)
+        if k == 1:
+            return (st / s) * y - em * D, hist
+        r0 = (hist[-1][0] - hist[-2][0]) / h
+        if k == 2:
+            Dd = (1 + 0.5 / r0) * D - (0.5 / r0) * hist[-2][1]
+            return (st / s) * y - em * Dd, hist
+        r1 = (hist[-2][0] - hist[-3][0]) / h
+        D1_0 = (D - hist[-2][1]) / r0
+        D1_1 = (hist[-2][1] - hist[-3][1]) / r1
+        D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
+        D2 = (D1_0 - D1_1) / (r0 + r1)
+        out = (st / s) * y - em * D + (em / h + 1.0) * D1 - (self._d2 * ((em + h) / h**2 - 0.5)) * D2
+        return out, hist
+
+
+@SOLVERS.register("dpmpp_2m", description="DPM-Solver++(2M): 2nd-order multistep, data prediction, log-SNR")
+class DPMSolverPP2M(DPMSolverPP):
+    __doc__ = DPMSolverPP.__doc__
+    order: ClassVar[float] = 2.0
+    max_order = 2
+
+
+@SOLVERS.register("dpmpp_3m", description="DPM-Solver++(3M): 3rd-order multistep, data prediction, log-SNR")
+class DPMSolverPP3M(DPMSolverPP):
+    __doc__ = DPMSolverPP.__doc__
+    order: ClassVar[float] = 3.0
+    max_order = 3
+
+
+# ------------------------------------------------------------------------------------------------
+def _unipc_b(h: float, order: int, variant: str) -> tuple[float, list[float], float]:
+    r"""``(phi_1, b, B_h)`` of UniPC with data prediction: :math:`hh = -h`,
+    :math:`\varphi_1 = e^{hh}-1`, :math:`b_k = k!\,\varphi_{k+1}(hh)/B(h)` where
+    :math:`\varphi_{k+1}` is built by :math:`\varphi_{k+1} = \varphi_k/hh - 1/k!`."""
+    hh = -h
+    phi1 = math.expm1(hh)
+    Bh = hh if variant == "bh1" else phi1
+    hk = phi1 / hh - 1.0
+    fact = 1
+    b = []
+    for k in range(1, order + 1):
+        b.append(hk * fact / Bh)
+        fact *= k + 1
+        hk = hk / hh - 1.0 / fact
+    return phi1, b, Bh
+
+
+@SOLVERS.register("unipc", description="UniPC (bh1/bh2): multistep predictor + corrector reusing the evaluation")
+class UniPC(BudgetSolver):
+    r"""UniPC with data prediction (Zhao et al. 2023, arXiv:2302.04867).
+
+    Predictor UniP-p from :math:`s` (current, output :math:`m_0`) to :math:`t`, :math:`h=\lambda_t-\lambda_s`:
+
+    .. math:: y_t = \tfrac{\tilde\sigma_t}{\tilde\sigma_s}y_s - \varphi_1 m_0 - B(h)\sum_{k<p}\rho^p_k D_k,
+       \quad \varphi_1 = e^{-h}-1,\ D_k = (m_{-k}-m_0)/r_k,\ r_k = (\lambda_{-k}-\lambda_s)/h,
+
+    with :math:`\rho^p` solving :math:`R\rho = b` (:math:`R_{ik} = r_k^{i}`, :math:`b` from the
+    :math:`\varphi` functions; :math:`\rho = 1/2` for :math:`p=2`). The corrector UniC-p applies the same
+    formula once the model has been evaluated at the predicted point (:math:`r = 1` for the new point),
+    and that evaluation is the next predictor's :math:`m_0`: no extra evaluation. ``variant`` picks
+    :math:`B(h) = -h` (``bh1``) or :math:`e^{-h}-1` (``bh2``). Order ``order + 1`` with the corrector
+    (predictor order ``order``), ramping up at the start; the corrector is skipped after the last
+    evaluation (nothing to reuse) and the step onto :math:`\tilde\sigma=0` is first order.
+
+    Args:
+        order: predictor order 1–3 (diffusers' ``solver_order``; default 2).
+        variant: ``"bh1"`` or ``"bh2"`` (default, recommended for few steps by the authors).
+        corrector: apply UniC (default True).
+        lower_order_final: use lower orders near the end (diffusers' default for < 15 steps).
+    """
+
+    reference = "Zhao et al. 2023, UniPC, arXiv:2302.04867"
+
+    def __init__(
+        self,
+        order: int = 2,
+        variant: str = "bh2",
+        corrector: bool = True,
+        lower_order_final: bool = True,
+        last_step: str = "none",
+        calibrate: Any = False,
+    ) -> None:
+        super().__init__(last_step=last_step, calibrate=calibrate)
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        if variant not in ("bh1", "bh2"):
+            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+        self.solver_order = int(order)
+        self.order = float(order + 1 if corrector else order)
+        self.variant = variant
+        self.corrector = bool(corrector)
+        self.lower_order_final = bool(lower_order_final)
+
+    def _rhs(self, run: Run, hist: list[tuple[float, Tensor]], h: float, order: int, lam_s: float):
+        rks, D1s = [], []
+        m0 = hist[-1][1]
+        for k in range(1, order):
+            lam_k, mk = hist[-1 - k]
+            rk = (lam_k - lam_s) / h
+            rks.append(rk)
+            D1s.append((mk - m0) / rk)
+        rks.append(1.0)
+        phi1, b, Bh = _unipc_b(h, order, self.variant)
+        R = torch.tensor([[r**p for r in rks] for p in range(order)], dtype=torch.float64)
+        return rks, D1s, phi1, b, Bh, R
+
+    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        m = run.denoise(y, i)
+        st = state or {"hist": [], "prev": None}
+        hist = st["hist"]
+        # corrector for the previous step, reusing this evaluation
+        if self.corrector and st["prev"] is not None:
+            y_prev, j, order_prev = st["prev"]
+            h = run.lam[i] - run.lam[j]
+            lam_s = run.lam[j]
+            rks, D1s, phi1, b, Bh, R = self._rhs(run, hist, h, order_prev, lam_s)
+            if order_prev == 1:
+                rhos = [0.5]
+            else:
+                rhos = torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+            corr = sum((rhos[k] * D1s[k] for k in range(len(D1s))), torch.zeros_like(y))
+            D1_t = m - hist[-1][1]
+            y = (run.s[i] / run.s[j]) * y_prev - phi1 * hist[-1][1] - Bh * (corr + rhos[-1] * D1_t)
+        hist = (hist + [(run.lam[i], m)])[-(self.solver_order + 1) :]
+        if self.is_final_zero(run, i):
+            return m, None
+        n_left = run.n_steps - i
+        order = min(self.solver_order, len(hist))
+        if self.lower_order_final:
+            order = min(order, n_left)
+        h = run.lam[i + 1] - run.lam[i]
+        rks, D1s, phi1, b, Bh, R = self._rhs(run, hist, h, order, run.lam[i])
+        y_next = (run.s[i + 1] / run.s[i]) * y - phi1 * m
+        if D1s:
+            if order == 2:
+                rhos_p = [0.5]
+            else:
+                rhos_p = torch.linalg.solve(R[:-1, :-1], torch.tensor(b[:-1], dtype=torch.float64)).tolist()
+            y_next = y_next - Bh * sum((rhos_p[k] * D1s[k] for k in range(len(D1s))), torch.zeros_like(y))
+        return y_next, {"hist": hist, "prev": (y, i, order)}
