@@ -236,6 +236,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     npz, png = _outputs(args, "samples")
+    if args.shard_dir:
+        return _sample_sharded(args)
     model, sde, _ = resolve_model(args.model, args.sde, args.device)
     opts = parse_options(args.option)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
@@ -279,11 +281,48 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if png is not None:
         rng = getattr(model, "data_range", None) or tuple(args.data_range)
         if x.ndim == 4 and x.shape[1] in (1, 3):
-            write_png_grid(x, png, data_range=rng, scale=args.png_scale)
+            write_png_grid(x[: args.png_max], png, data_range=rng, scale=args.png_scale)
             print(f"wrote {png}", file=sys.stderr)
         else:
             print(f"note: samples of shape {tuple(x.shape[1:])} are not images; no PNG written", file=sys.stderr)
     print(f"{args.n} samples, {nfe} NFE per batch, {secs:.2f} s")
+    return 0
+
+
+def _sample_sharded(args: argparse.Namespace) -> int:
+    """``scoresolve sample --shard-dir``: resumable shards, across processes under torchrun."""
+    import torch
+
+    from scoresolve import distributed as ssd
+
+    rank, world = ssd.init()
+    npz, png = (None, None)
+    if rank == 0:
+        npz, png = _outputs(args, str(Path(args.shard_dir) / "samples"))
+    model, sde, _ = resolve_model(args.model, args.sde, args.device)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    try:
+        res = ssd.sample_distributed(
+            model, sde, n=args.n, out_dir=args.shard_dir, solver=args.solver, steps=args.steps, seed=args.seed,
+            shard_size=args.batch_size or 256, eps=args.eps, grid=args.grid, denoise=args.denoise,
+            device=args.device, dtype=dtype, model_id=args.model, progress=not args.quiet and None,
+            **parse_options(args.option),
+        )
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from e
+    print(f"rank {rank}/{world}: {len(res.shards_done)} shards sampled, {len(res.shards_skipped)} already done",
+          file=sys.stderr)
+    if rank != 0 or res.samples is None:
+        return 0
+    x = res.samples
+    if npz is not None:
+        _save_npz(npz, samples=x.numpy(), seeds=res.seeds.numpy(),
+                  config=(Path(args.shard_dir) / "config.json").read_text(encoding="utf-8"))
+        print(f"wrote {npz} ({tuple(x.shape)})", file=sys.stderr)
+    if png is not None and x.ndim == 4 and x.shape[1] in (1, 3):
+        rng = getattr(model, "data_range", None) or tuple(args.data_range)
+        write_png_grid(x[: args.png_max], png, data_range=rng, scale=args.png_scale)
+        print(f"wrote {png}", file=sys.stderr)
     return 0
 
 
@@ -429,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--solver", default="pc", help="a registered solver (see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
                     help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
-    pa.add_argument("--n", type=int, default=64, help="number of samples")
+    pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                    help="number of samples (write --num-samples after torchrun, whose parser takes --n for itself)")
     pa.add_argument("--batch-size", type=int, default=None, help="samples per batch (default min(n, 256))")
     pa.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     pa.add_argument("--eps", type=float, default=None, help="final time (default: the SDE's default_eps)")
@@ -443,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--png-scale", type=int, default=4, help="pixel repetition in the PNG grid")
     pa.add_argument("--data-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                     help="value range mapped to black..white in the PNG when the model does not declare one")
+    pa.add_argument("--png-max", type=int, default=256, help="at most this many samples in the PNG grid")
+    pa.add_argument("--shard-dir", default=None,
+                    help="write resumable shards of --batch-size samples here (scoresolve.distributed): a killed "
+                    "run resumes, and under torchrun the shards are shared out across the processes, e.g. "
+                    "'torchrun --nproc-per-node 4 -m scoresolve sample --num-samples 50000 --shard-dir shards/'")
     pa.add_argument("--overwrite", action="store_true", help="replace existing output files")
     pa.add_argument("--quiet", action="store_true", help="no progress bar")
 

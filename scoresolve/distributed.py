@@ -1,0 +1,449 @@
+r"""Sampling across processes and machines with PyTorch's own distributed runtime.
+
+Launch with ``torchrun`` (gloo on CPUs, NCCL on GPUs); every process runs the same script::
+
+    # sample_50k.py
+    import scoresolve as ss
+    from scoresolve import distributed as ssd
+
+    ssd.init()                                   # reads torchrun's RANK / WORLD_SIZE / MASTER_ADDR
+    model = ss.io.load("digits")
+    x = ssd.sample_distributed(model, n=50_000, out_dir="shards/", solver="pc", steps=500, seed=0)
+    # rank 0 gets the merged samples (and shards/merged.safetensors); other ranks get None
+
+    $ torchrun --nproc-per-node 8 sample_50k.py
+
+How it works:
+
+- The ``n`` samples get the seeds ``seed, seed + 1, ..., seed + n - 1`` and are cut into shards of
+  ``shard_size`` consecutive seeds. Shard ``k`` is sampled by rank ``k mod world_size`` in one call of
+  :func:`scoresolve.sample` with ``seeds=`` (each sample's noise depends only on its seed), so every
+  sample is the same bit for bit whatever the number of processes: the batches are the same shards.
+  (Changing ``shard_size`` changes the batches and may change the float rounding of batched matrix
+  products; it is part of the configuration.)
+- Each shard is written atomically (a temporary file, then :func:`os.replace`) as a safetensors file
+  holding the samples, their seeds and the configuration. A killed run leaves only complete shards;
+  running the same command again skips them and samples the rest (also with another world size).
+- The folder's ``config.json`` records the configuration; a run with a different configuration
+  (model, SDE, solver, options, seed, ``n``, ``shard_size``, dtype, ...) refuses to write into it.
+- Rank 0 merges the shards, checks that every seed is present exactly once, and writes
+  ``merged.safetensors``.
+- :func:`gather_moments` all-reduces feature sums so that FID statistics can be computed on each
+  rank's share and combined exactly (sum, sum of outer products, count in float64).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "init",
+    "rank_and_world",
+    "ShardConfigError",
+    "shard_ranges",
+    "sample_distributed",
+    "merge_shards",
+    "gather_moments",
+    "DistributedResult",
+]
+
+CONFIG_NAME = "config.json"
+MERGED_NAME = "merged.safetensors"
+
+
+class ShardConfigError(ValueError):
+    """The shard folder holds a run with a different configuration (nothing is overwritten)."""
+
+
+def init(backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int]:
+    """Initialise ``torch.distributed`` from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) if it is not initialised yet; returns ``(rank, world_size)``.
+
+    ``backend`` defaults to NCCL when CUDA is available and gloo otherwise. Without ``WORLD_SIZE`` in
+    the environment (a plain ``python script.py``) nothing is initialised and ``(0, 1)`` is returned.
+    On CUDA each process uses the GPU ``LOCAL_RANK``.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this PyTorch build")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, or ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _dist_on() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _comm_device() -> torch.device:
+    import torch.distributed as dist
+
+    if _dist_on() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _barrier() -> None:
+    if _dist_on():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not _dist_on():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_comm_device())
+    return box[0]
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` offsets of the shards of ``n`` samples (the last may be shorter)."""
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short description of ``model`` for the configuration: its class, metadata and, for
+    :class:`torch.nn.Module` networks, a SHA-256 of the parameters and buffers."""
+    from .models import ScoreModel
+
+    net = model.fn if isinstance(model, ScoreModel) else model
+    parts = [type(net).__name__]
+    if isinstance(model, ScoreModel):
+        parts += [model.parameterization, str(model.sample_shape), str(model.metadata.get("name", ""))]
+    if isinstance(net, torch.nn.Module):
+        h = hashlib.sha256()
+        for k, v in net.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        parts.append(h.hexdigest()[:16])
+    return "/".join(parts)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, Tensor):
+        return v.detach().cpu().tolist()
+    return repr(v)
+
+
+@dataclass
+class DistributedResult:
+    """What :func:`sample_distributed` did on this rank (``samples`` only on rank 0 when merging)."""
+
+    samples: Tensor | None
+    seeds: Tensor | None
+    shards_done: list[int]
+    shards_skipped: list[int]
+    nfe: int
+    seconds: float
+    out_dir: Path
+
+
+def _write_shard(path: Path, samples: Tensor, seeds: Tensor, config_json: str, shard: int) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(
+        {"samples": samples.detach().cpu().contiguous(), "seeds": seeds.to(torch.int64).contiguous()},
+        str(tmp),
+        metadata={"config": config_json, "shard": str(shard)},
+    )
+    os.replace(tmp, path)
+
+
+def _read_shard(path: Path) -> tuple[Tensor, Tensor, dict[str, str]] | None:
+    """The shard's tensors and metadata, or ``None`` if it cannot be read (then it is redone)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return f.get_tensor("samples"), f.get_tensor("seeds"), meta
+    except Exception:  # noqa: BLE001 - a damaged shard is resampled, never trusted
+        return None
+
+
+def _check_config(out_dir: Path, config: dict[str, Any]) -> None:
+    """On rank 0: create the folder and its config, or check that the existing one is the same."""
+    path = out_dir / CONFIG_NAME
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ShardConfigError(f"{path} cannot be read ({e}); use a new folder") from None
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            details = "; ".join(f"{k}: folder has {old.get(k)!r}, this run {config.get(k)!r}" for k in diff)
+            raise ShardConfigError(
+                f"the shard folder {out_dir} holds a run with a different configuration ({details}). "
+                "Refusing to mix them: use another out_dir, or delete the folder to start over."
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stray = [p.name for p in out_dir.glob("shard_*.safetensors")]
+    if stray:
+        raise ShardConfigError(f"{out_dir} holds shards but no {CONFIG_NAME}; refusing to mix them with this run")
+    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sample_distributed(
+    model: Any,
+    sde: Any = None,
+    *,
+    n: int,
+    out_dir: str | os.PathLike[str],
+    solver: str = "pc",
+    steps: int | None = None,
+    seed: int = 0,
+    shard_size: int = 256,
+    shape: Sequence[int] | None = None,
+    eps: float | None = None,
+    grid: str | None = None,
+    denoise: bool | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    model_id: str | None = None,
+    merge: bool = True,
+    progress: bool | None = None,
+    on_shard: Callable[[int], None] | None = None,
+    **solver_options: Any,
+) -> DistributedResult:
+    """Draw ``n`` samples with seeds ``seed … seed + n - 1`` across the ranks of the process group,
+    as resumable shards in ``out_dir`` (see the module docstring).
+
+    Args:
+        model, sde, solver, steps, eps, grid, denoise, solver_options: as :func:`scoresolve.sample`.
+        n: total number of samples; must be at least the world size.
+        out_dir: the shard folder (created; must be shared by all ranks, e.g. a network filesystem
+            across machines).
+        seed: seed of the first sample.
+        shard_size: samples per shard (one :func:`scoresolve.sample` call each).
+        shape: one sample's shape, when the model does not carry ``sample_shape``.
+        device: default ``cuda:LOCAL_RANK`` under NCCL, else the model's device / CPU.
+        dtype: precision of the state (part of the configuration).
+        model_id: a name for the model in the configuration (default: :func:`model_fingerprint`).
+        merge: rank 0 merges the shards at the end (``merged.safetensors``) and returns them.
+        progress: a tqdm bar over this rank's shards (``None``: on a terminal).
+        on_shard: called with the shard index after each shard is written (e.g. for logging).
+
+    Returns:
+        A :class:`DistributedResult`; ``samples``/``seeds`` are the merged ones on rank 0 when ``merge``.
+
+    Raises:
+        ValueError: ``n`` smaller than the world size, bad ``shard_size``.
+        ShardConfigError: ``out_dir`` belongs to a run with a different configuration.
+    """
+    from . import __version__
+    from .sampling import sample
+
+    rank, world = rank_and_world()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if world > n:
+        raise ValueError(f"the world size ({world} processes) is larger than the number of samples n={n}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    if sde is None:
+        sde = getattr(model, "sde", None)
+        if sde is None:
+            raise ValueError("sde is required (the model does not carry one)")
+    sample_shape = tuple(shape) if shape is not None else getattr(model, "sample_shape", None)
+    if sample_shape is None:
+        raise ValueError("shape= (one sample's shape) is required when the model has no sample_shape")
+    if device is None and _comm_device().type == "cuda":
+        device = _comm_device()
+    out = Path(out_dir)
+    config = _jsonable({
+        "model": model_id or model_fingerprint(model),
+        "sde": repr(sde),
+        "solver": solver,
+        "steps": steps,
+        "solver_options": dict(sorted(solver_options.items())),
+        "seed": seed,
+        "n": n,
+        "shard_size": shard_size,
+        "sample_shape": list(sample_shape),
+        "eps": eps,
+        "grid": grid,
+        "denoise": denoise,
+        "dtype": str(dtype),
+        "scoresolve": __version__,
+    })
+    config_json = json.dumps(config, sort_keys=True)
+
+    # rank 0 checks/creates the folder; every rank gets the same verdict (no rank hangs on an error)
+    err = None
+    if rank == 0:
+        try:
+            _check_config(out, config)
+        except (ShardConfigError, OSError) as e:
+            err = (type(e).__name__, str(e))
+    err = _broadcast(err)
+    if err is not None:
+        raise (ShardConfigError if err[0] == "ShardConfigError" else OSError)(err[1])
+
+    ranges = shard_ranges(n, shard_size)
+    mine = [k for k in range(len(ranges)) if k % world == rank]
+    done, skipped, nfe, t0 = [], [], 0, time.perf_counter()
+    bar = None
+    if progress or (progress is None and os.isatty(2)):
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"rank {rank} shards", position=rank)
+        except ImportError:
+            bar = None
+    for k in mine:
+        path = out / f"shard_{k:06d}.safetensors"
+        lo, hi = ranges[k]
+        want = torch.arange(seed + lo, seed + hi, dtype=torch.int64)
+        if path.exists():
+            got = _read_shard(path)
+            if got is not None and got[2].get("config") == config_json and torch.equal(got[1], want):
+                skipped.append(k)
+                if bar is not None:
+                    bar.update(1)
+                continue
+        res = sample(
+            model, sde, solver=solver, steps=steps, shape=(hi - lo, *sample_shape), seeds=want.tolist(), eps=eps,
+            grid=grid, denoise=denoise, device=device, dtype=dtype, progress=False, return_result=True,
+            **solver_options,
+        )
+        _write_shard(path, res.samples, want, config_json, k)
+        nfe += res.nfe
+        done.append(k)
+        if bar is not None:
+            bar.update(1)
+        if on_shard is not None:
+            on_shard(k)
+    if bar is not None:
+        bar.close()
+    _barrier()
+    samples = seeds = None
+    if merge and rank == 0:
+        samples, seeds = merge_shards(out)
+    _barrier()
+    return DistributedResult(samples, seeds, done, skipped, nfe, time.perf_counter() - t0, out)
+
+
+def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[Tensor, Tensor]:
+    """Concatenate the shards of ``out_dir`` in seed order, checking that every seed of the run is
+    present exactly once; write ``merged.safetensors`` (atomically) when ``write``.
+
+    Raises:
+        ShardConfigError: missing config, a shard from another configuration, gaps or duplicates.
+    """
+    out = Path(out_dir)
+    cfg_path = out / CONFIG_NAME
+    if not cfg_path.exists():
+        raise ShardConfigError(f"{out} has no {CONFIG_NAME}: not a shard folder")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    config_json = json.dumps(config, sort_keys=True)
+    n, seed, shard_size = int(config["n"]), int(config["seed"]), int(config["shard_size"])
+    ranges = shard_ranges(n, shard_size)
+    xs, ss = [], []
+    missing = []
+    for k in range(len(ranges)):
+        got = _read_shard(out / f"shard_{k:06d}.safetensors")
+        if got is None:
+            missing.append(k)
+            continue
+        if got[2].get("config") != config_json:
+            raise ShardConfigError(f"shard {k} in {out} was written by a different configuration")
+        xs.append(got[0])
+        ss.append(got[1])
+    if missing:
+        raise ShardConfigError(f"{out}: shards {missing} are missing or unreadable; run the sampling again to resume")
+    samples, seeds = torch.cat(xs), torch.cat(ss)
+    expected = torch.arange(seed, seed + n, dtype=torch.int64)
+    if seeds.numel() != n or not torch.equal(seeds, expected):
+        dup = int(seeds.numel() - torch.unique(seeds).numel())
+        raise ShardConfigError(f"{out}: seeds do not cover {seed}..{seed + n - 1} exactly once ({dup} duplicates)")
+    if write:
+        from safetensors.torch import save_file
+
+        tmp = out / f".{MERGED_NAME}.tmp"
+        save_file({"samples": samples.contiguous(), "seeds": seeds}, str(tmp), metadata={"config": config_json})
+        os.replace(tmp, out / MERGED_NAME)
+    return samples, seeds
+
+
+def gather_moments(features: Tensor) -> tuple[Tensor, Tensor, int]:
+    r"""Mean ``(D,)``, unbiased covariance ``(D, D)`` and count of features spread over the ranks.
+
+    Each rank passes its own ``(n_r, D)`` features; the sums :math:`\sum f`, :math:`\sum f f^\top` and
+    :math:`n` are all-reduced in float64 (on the GPU under NCCL), so the result equals the moments of
+    the concatenated features up to float64 rounding — the statistics FID needs, without moving the
+    features. Without a process group this is the local computation.
+    """
+    f = features.reshape(features.shape[0], -1).to(torch.float64)
+    dev = _comm_device() if _dist_on() else f.device
+    f = f.to(dev)
+    # centre on a shared shift (rank 0's first row) for accuracy of the second moment
+    shift = f[0].clone() if f.shape[0] else torch.zeros(f.shape[1], dtype=torch.float64, device=dev)
+    if _dist_on():
+        import torch.distributed as dist
+
+        dist.broadcast(shift, src=0)
+    c = f - shift
+    s1 = c.sum(0)
+    s2 = c.T @ c
+    cnt = torch.tensor([float(f.shape[0])], dtype=torch.float64, device=dev)
+    if _dist_on():
+        import torch.distributed as dist
+
+        for t in (s1, s2, cnt):
+            dist.all_reduce(t)
+    total = int(cnt.item())
+    if total < 2:
+        raise ValueError(f"need at least 2 feature vectors in total, got {total}")
+    mean_c = s1 / total
+    cov = (s2 - total * torch.outer(mean_c, mean_c)) / (total - 1)
+    return (mean_c + shift).cpu(), (0.5 * (cov + cov.T)).cpu(), total
+
+
+def expected_shards(n: int, shard_size: int) -> int:
+    """Number of shards of a run."""
+    return math.ceil(n / shard_size)
