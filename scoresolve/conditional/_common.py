@@ -1,0 +1,221 @@
+r"""Shared pieces of conditional sampling: argument checks, the observation and its forward-noised path.
+
+An observation is held in the flattened sample space (``D = prod(event_shape)``) as three ``(n, D)``
+tensors: the values ``y``, a boolean ``mask`` of observed coordinates and a per-coordinate noise
+level ``nu`` on the EDM scale (0 for an exact observation). ``y_c = x_{0,c} + \nu_c \varepsilon`` is
+distributed as :math:`x_{t^*}/\alpha_{t^*}` with :math:`\sigma_{t^*}/\alpha_{t^*} = \nu_c`, so a noisy
+observation is an exact observation of the diffused state at time :math:`t^*` (MCGdiff's
+observation of the noisy coordinate, Cardoso et al. 2023, arXiv:2308.07983). Given ``y``, the
+diffused coordinate at any :math:`t` with :math:`\sigma_t/\alpha_t \ge \nu_c` is
+
+.. math:: x_{t,c} \mid y_c \sim N(\alpha_t y_c,\ \sigma_t^2 - \alpha_t^2 \nu_c^2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..models import ScoreModel, as_score_fn
+from ..sde import SDE
+from ..solvers.base import NoiseSource
+
+__all__ = ["Observation", "resolve_model", "check_particles", "choose", "rand"]
+
+
+def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor], Tensor], SDE]:
+    """The score callable and the SDE (the model's own when ``sde`` is ``None``)."""
+    fn = as_score_fn(model)
+    if sde is None:
+        sde = model.sde if isinstance(model, ScoreModel) else None
+        if sde is None:
+            raise ValueError("sde is required (the model does not carry one): e.g. ss.VPSDE()")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
+    return fn, sde
+
+
+def check_particles(particles: Any) -> int:
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+    return int(particles)
+
+
+def choose(name: Any, options: Sequence[str], argument: str) -> str:
+    """Validate a string option, suggesting the closest valid one."""
+    if isinstance(name, str) and name in options:
+        return name
+    close = difflib.get_close_matches(str(name), options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown {argument} {name!r}; expected one of {', '.join(map(repr, options))}{hint}")
+
+
+def rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Uniform [0, 1) numbers from ``generator`` (drawn on the generator's device, then moved)."""
+    if generator is not None and generator.device.type != device.type:
+        return torch.rand(tuple(shape), generator=generator, dtype=dtype).to(device)
+    return torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+@dataclass
+class Observation:
+    """An observation in the flattened sample space.
+
+    Attributes:
+        y: ``(n, D)`` observed values (entries outside ``mask`` are zero).
+        mask: ``(n, D)`` bool, the observed coordinates.
+        nu: ``(n, D)`` noise level of each observed coordinate on the EDM scale (0: exact).
+        event_shape: the shape of one sample.
+    """
+
+    y: Tensor
+    mask: Tensor
+    nu: Tensor
+    event_shape: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def noisy(self) -> bool:
+        return bool((self.nu > 0).any())
+
+    @classmethod
+    def from_inpainting(
+        cls,
+        y: Any,
+        mask: Any,
+        event_shape: Sequence[int] | None,
+        *,
+        noise_std: float | Tensor = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Observation:
+        """Check and flatten ``y`` ``(n, *event_shape)`` and ``mask`` (broadcastable to ``y``)."""
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y must be a tensor of shape (n, *sample_shape), got {type(y).__name__}")
+        if not y.is_floating_point():
+            raise TypeError(f"y must be a floating-point tensor, got dtype {y.dtype}")
+        if y.ndim < 2:
+            raise ValueError(f"y must have shape (n, *sample_shape) with one observation per row, got {tuple(y.shape)}")
+        if event_shape is not None and tuple(y.shape[1:]) != tuple(event_shape):
+            raise ValueError(
+                f"y has shape {tuple(y.shape)}, expected (n, *{tuple(event_shape)}) for the model's sample shape"
+            )
+        ev = tuple(y.shape[1:])
+        dev = torch.device(device) if device is not None else y.device
+        dt = dtype or y.dtype
+        m = torch.as_tensor(mask, device=dev)
+        if m.dtype != torch.bool:
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError("mask must be boolean (or 0/1): True marks an observed entry")
+            m = m != 0
+        try:
+            m = torch.broadcast_to(m, y.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"mask of shape {tuple(m.shape)} is not broadcastable to y's shape {tuple(y.shape)} "
+                f"(use a mask of the sample shape {ev} or of y's shape)"
+            ) from None
+        yv = y.to(device=dev, dtype=dt)
+        obs_vals = yv[m]
+        if not torch.isfinite(obs_vals).all():
+            raise ValueError("y contains NaN or inf at observed entries (mask True); observed values must be finite")
+        if not bool(m.any()):
+            raise ValueError("mask observes nothing: use scoresolve.sample for unconditional sampling")
+        nu = torch.as_tensor(noise_std, device=dev, dtype=dt)
+        if not torch.isfinite(nu).all() or bool((nu < 0).any()):
+            raise ValueError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+        n = y.shape[0]
+        mf = m.reshape(n, -1).clone()
+        nu_full = torch.broadcast_to(nu, y.shape).reshape(n, -1) * mf
+        yf = torch.where(mf, yv.reshape(n, -1), torch.zeros((), device=dev, dtype=dt))
+        return cls(yf, mf, nu_full.contiguous(), ev)
+
+    # --- the diffused observation ---------------------------------------------------------------
+    def mask_at(self, sde: SDE, t: float) -> Tensor:
+        """Coordinates observed at time ``t``: those whose noise level lies below the SDE's ``sigma(t)``."""
+        if not self.noisy:
+            return self.mask
+        sig = float(sde.sigma(torch.tensor(t, dtype=torch.float64)))
+        return self.mask & (self.nu <= sig)
+
+    def marginal_at(self, sde: SDE, t: float, z: Tensor) -> Tensor:
+        r"""A draw of :math:`x_t \mid y` on the observed coordinates, :math:`\alpha_t y +
+        (\sigma_t^2 - \alpha_t^2\nu^2)^{1/2} z` (fresh noise ``z``; the paper's replacement value)."""
+        tt = torch.tensor(t, dtype=torch.float64)
+        a, s = float(sde.alpha(tt)), float(sde.marginal_std(tt))
+        std = torch.sqrt(torch.clamp(s**2 - a**2 * self.nu**2, min=0.0))
+        return a * self.y + std * z
+
+    def mean_at(self, sde: SDE, t: float) -> Tensor:
+        return float(sde.alpha(torch.tensor(t, dtype=torch.float64))) * self.y
+
+    def path(self, sde: SDE, times: Tensor, noise: NoiseSource) -> tuple[Tensor, Tensor]:
+        r"""One forward-noised path of the observation on the decreasing grid ``times``.
+
+        Built from the smallest time upwards: a coordinate enters at the first grid time where it is
+        observed with a draw of :math:`x_t \mid y`, and moves up with the exact forward transition
+        :math:`x_{t'} = a\,x_t + b\,z` (:meth:`SDE.transition`). Returns values and masks, both
+        ``(len(times), n, D)``, indexed like ``times``.
+        """
+        y, mask, nu = self.y, self.mask, self.nu
+        n_t = times.numel()
+        vals = torch.zeros((n_t,) + y.shape, device=y.device, dtype=y.dtype)
+        masks = torch.zeros((n_t,) + y.shape, device=y.device, dtype=torch.bool)
+        prev: Tensor | None = None
+        prev_mask = torch.zeros_like(mask)
+        for j in range(n_t - 1, -1, -1):
+            t = float(times[j])
+            tt = torch.tensor(t, dtype=torch.float64)
+            a_t, s_t = float(sde.alpha(tt)), float(sde.marginal_std(tt))
+            m_j = mask & (nu <= float(sde.sigma(tt))) if self.noisy else mask
+            z = noise.randn(y.shape, device=y.device, dtype=y.dtype)
+            fresh = a_t * y + torch.sqrt(torch.clamp(s_t**2 - a_t**2 * nu**2, min=0.0)) * z
+            if prev is None:
+                v = fresh
+            else:
+                a, b = sde.transition(tt, torch.tensor(float(times[j + 1]), dtype=torch.float64))
+                v = torch.where(prev_mask, float(a) * prev + float(b) * z, fresh)
+            v = torch.where(m_j, v, torch.zeros((), device=y.device, dtype=y.dtype))
+            vals[j], masks[j] = v, m_j
+            prev, prev_mask = v, m_j
+        return vals, masks
+
+    def observation_times(self, sde: SDE, eps: float) -> list[float]:
+        """Times :math:`t^*` at which noisy coordinates become exact observations of :math:`x_{t^*}`
+        (those above ``eps``); a grid that contains them conditions on all the information in ``y``."""
+        if not self.noisy:
+            return []
+        levels = torch.unique(self.nu[self.mask & (self.nu > 0)].to(torch.float64).cpu())
+        ts = sde.t_from_sigma(levels)
+        return sorted({float(t) for t in ts if eps < float(t) < sde.T}, reverse=True)
+
+
+def merge_times(times: Tensor, extra: Sequence[float], tol: float = 1e-9) -> Tensor:
+    """Insert ``extra`` times into a decreasing grid (dropping near-duplicates)."""
+    if not extra:
+        return times
+    allt = torch.cat([times, torch.tensor(list(extra), dtype=torch.float64)])
+    allt = torch.sort(allt, descending=True).values
+    keep = torch.ones_like(allt, dtype=torch.bool)
+    keep[1:] = (allt[:-1] - allt[1:]) > tol
+    return allt[keep]
+
+
+def finite_float(value: Any, name: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
