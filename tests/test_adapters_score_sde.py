@@ -54,6 +54,7 @@ def test_synthetic_official_checkpoint_loads_and_reproduces_outputs(tmp_path):
     net, ema, opt = _trained_like()
     ckpt = make_score_sde_checkpoint(net, ema, step=1234, optimizer=opt)
     assert all(k.startswith("module.") for k in ckpt["model"]) and "module.all_modules.0.W" in ckpt["model"]
+    assert "module.sigmas" not in ckpt["model"]  # a plain attribute in the released model, not a buffer
     assert len(ckpt["ema"]["shadow_params"]) == sum(p.requires_grad for p in net.parameters())
     path = tmp_path / "checkpoint_26.pth"
     torch.save(ckpt, path)
@@ -82,6 +83,8 @@ def test_mismatches_are_reported_by_name(tmp_path):
     extra = dict(ckpt, model={**ckpt["model"], "module.foo.weight": torch.zeros(1)})
     with pytest.raises(CheckpointMismatchError, match=r"unexpected \(1\): foo\.weight"):
         load_score_sde_checkpoint(extra, config=TINY)
+    with pytest.warns(UserWarning, match="foo.weight"):  # the released restore code loads with strict=False
+        load_score_sde_checkpoint(extra, config=TINY, strict=False)
     short = dict(ckpt, ema={**ckpt["ema"], "shadow_params": ckpt["ema"]["shadow_params"][:-1]})
     with pytest.raises(CheckpointMismatchError, match="shadow parameters but the model has"):
         load_score_sde_checkpoint(short, config=TINY)

@@ -302,7 +302,7 @@ class NCSNpp(nn.Module):
         nf, nres = cfg.nf, len(cfg.ch_mult)
         self.resolutions = [cfg.image_size // 2**i for i in range(nres)]
         sig = torch.exp(torch.linspace(math.log(cfg.sigma_max), math.log(cfg.sigma_min), cfg.num_scales))
-        self.register_buffer("sigmas", sig)
+        self.register_buffer("sigmas", sig, persistent=False)  # not in the released state dicts
 
         mods: list[nn.Module] = []
         if cfg.embedding_type == "fourier":

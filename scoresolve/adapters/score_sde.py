@@ -21,6 +21,7 @@ Time conditioning as in the released ``get_score_fn`` (continuous models): VE ne
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,10 +91,18 @@ def _strip(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Te
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
-def _check_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+def _check_state(model: nn.Module, state: Mapping[str, Tensor], strict: bool = True) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    if not strict and (missing or unexpected):
+        warnings.warn(
+            f"strict=False: ignoring {len(missing)} missing ({', '.join(missing[:5])}) and {len(unexpected)} "
+            f"unexpected ({', '.join(unexpected[:5])}) tensors",
+            UserWarning,
+            stacklevel=3,
+        )
+        missing, unexpected = [], []
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in own.items()
@@ -136,6 +145,7 @@ def load_score_sde_checkpoint(
     config: NCSNppConfig | None = None,
     model: nn.Module | None = None,
     use_ema: bool = True,
+    strict: bool = True,
     map_location: Any = "cpu",
 ) -> nn.Module:
     """Build the network and load a score_sde checkpoint into it (EMA weights by default).
@@ -147,6 +157,8 @@ def load_score_sde_checkpoint(
         config: or the architecture itself.
         model: or an already built module to load into.
         use_ema: load the EMA ``shadow_params`` (what the paper samples with) over the raw weights.
+        strict: ``False`` warns about missing/unexpected tensors instead of raising (mis-shaped tensors always
+            raise); the released restore code loads with ``strict=False``.
         map_location: passed to ``torch.load``.
 
     Returns:
@@ -161,8 +173,8 @@ def load_score_sde_checkpoint(
         model = NCSNpp(cfg)
     raw = ckpt.get("model", ckpt) if isinstance(ckpt.get("model"), Mapping) else ckpt
     state = _strip(raw)
-    _check_state(model, state)
-    model.load_state_dict(state)
+    _check_state(model, state, strict)
+    model.load_state_dict(state, strict=strict)
     if use_ema:
         if "ema" not in ckpt:
             raise CheckpointMismatchError("use_ema=True but the checkpoint has no 'ema' entry (pass use_ema=False)")
