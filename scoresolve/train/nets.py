@@ -143,7 +143,10 @@ class MLP(ScoreNet):
 
 
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, c // 4) if c >= 4 else 1, c)
+    g = math.gcd(c, 32)  # at most 32 groups, dividing c, of at least 4 channels where possible
+    while g > 1 and c // g < 4:
+        g //= 2
+    return nn.GroupNorm(g, c)
 
 
 class ResBlock(nn.Module):
