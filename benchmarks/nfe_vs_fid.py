@@ -643,7 +643,8 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
                    "samples' (positive: over-concentrated, negative: too spread).", ""]
         else:
             ref = p.reference
-            md += [f"FID floor (real held-out digits vs real training digits, n = {config['n']}): "
+            md += [f"FID floor ({config['n']} real train-split digits drawn with replacement, against the "
+                   f"{ref['n_reference']} held-out digits, {FLOOR_DRAWS} draws): "
                    f"{ref['fid_floor']:.4g} ± {ref['fid_floor_stderr']:.2g}.", ""]
         md += [_table(prow, p), ""]
         series: dict[str, list[tuple[float, float]]] = {}

@@ -133,3 +133,75 @@ def test_command_line_reports_errors_with_status_2(tmp_path):
     )
     assert p.returncode == 2
     assert "unknown solver 'pcc'" in p.stderr and "Did you mean 'pc'" in p.stderr
+
+
+# --- the bundled digits classifier and the feature-space FID -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_fid():
+    pytest.importorskip("sklearn")
+    import torch
+
+    torch.set_num_threads(1)
+    from scoresolve.metrics.fid import DigitsFID
+
+    return DigitsFID()
+
+
+def test_bundled_classifier_is_small_and_accurate_on_held_out_digits():
+    pytest.importorskip("sklearn")
+    import torch
+
+    from scoresolve.metrics.classifier import WEIGHTS, digits_with_labels, load_classifier
+
+    assert WEIGHTS.stat().st_size < 300_000
+    x, y = digits_with_labels("test")
+    assert x.shape == (359, 1, 8, 8)
+    with torch.no_grad():
+        acc = float((load_classifier()(x).argmax(1) == y).float().mean())
+    # 359 held-out images: 0.97 leaves ~3 standard errors below the 0.989 measured when training
+    assert acc >= 0.97
+
+
+def test_digits_fid_separates_real_from_corrupted_digits(digits_fid):
+    import torch
+
+    from scoresolve.metrics.classifier import digits_with_labels
+
+    floor, se = digits_fid.floor(500, draws=50, seed=0)
+    assert floor > 0 and se < 0.1 * floor
+    train = digits_with_labels("train")[0]
+    g = torch.Generator().manual_seed(1)
+    real = train[torch.randint(0, train.shape[0], (500,), generator=g)]
+    # one real draw of 500 sits near the floor (single draws spread ~ sqrt(50) * se around it)
+    assert abs(digits_fid.fid(real) - floor) < 4 * se * 50**0.5
+    noisy = (real + 0.5 * torch.randn(real.shape, generator=g)).clamp(-1, 1)
+    assert digits_fid.fid(noisy) > 2 * floor
+    assert digits_fid.fid(torch.rand(500, 1, 8, 8, generator=g) * 2 - 1) > 10 * floor
+
+
+def test_inception_fid_never_downloads(tmp_path, monkeypatch):
+    import torch
+
+    from scoresolve.metrics import fid
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        fid._inception_weights(None)
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        fid._inception_weights(tmp_path / "missing.pth")
+
+
+def test_trained_model_path_scores_with_classifier_fid(bench, tmp_path, monkeypatch, digits_fid):
+    """The benchmark's trained-model path, with the exact mixture standing in for a trained network."""
+    import scoresolve as ss
+
+    monkeypatch.setattr(bench, "_load_model", lambda spec: ss.analytic.digits().score_model(ss.VPSDE()))
+    r = bench.main(["--model", "stand-in", "--n", "400", "--nfe", "3,20", "--solvers", "ode_euler", "--no-plot",
+                    "--out", str(tmp_path)])
+    rows = {x["budget"]: x for x in r["rows"] if "fid" in x}
+    ref = r["references"]["stand-in"]
+    assert ref["fid_floor"] > 0 and ref["n_reference"] == 359
+    assert rows[3]["fid_ratio"] > rows[20]["fid_ratio"]
+    assert rows[20]["fid_ratio"] < 2.0
