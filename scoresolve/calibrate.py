@@ -1,0 +1,512 @@
+r"""Time grids calibrated for a given model, solver and evaluation budget, and their cache.
+
+The few-step frontier is set as much by *where* the evaluations go as by the solver (ANCHORS.md:
+GITS, LD3, DMN, AYS). :func:`calibrate_grid` chooses the interior noise levels of a budgeted solver's
+grid to minimise **that solver's own endpoint error** against a fine teacher solution of the
+probability-flow ODE, on a small calibration batch:
+
+.. math:: \min_{\tilde\sigma_1 > \dots > \tilde\sigma_{n-1}}\ \mathrm{RMSE}\big(\Phi_{solver}(x_T^{(b)};\tilde\sigma),
+          \ x^{(b)}_{teacher}\big),\qquad b = 1..B,
+
+with :math:`x_T^{(b)}` drawn from a generator seeded from ``seed`` on a stream separate from
+sampling (so calibration noise is independent of later use), the teacher a 4th-order Adams method
+(:mod:`~scoresolve.solvers.ipndm`) on ``teacher_steps`` log-SNR steps, and the grid parametrised by
+the softmax of the log-noise-level increments (always strictly decreasing). The search is a
+derivative-free coordinate pattern search (no gradients through the model, so any callable
+works) started from the best of a few standard grids (log-SNR, Karras :math:`\rho \in \{3, 5, 7\}`).
+With ``last_step="zero"`` the last grid point (the last evaluation before the jump to
+:math:`\tilde\sigma = 0`) is free too, bounded below by ``eps``.
+
+The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
+in a small JSON file keyed by a fingerprint of the model (its outputs at fixed probe points), the
+SDE's configuration, the solver's configuration, the budget, ``eps`` and the sample shape; the file
+is written atomically, and loading it for another model/SDE/solver/budget raises an error naming the
+argument that differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .models import ScoreModel, as_score_fn
+from .sde import SDE
+
+__all__ = [
+    "CalibratedGrid",
+    "CalibrationMismatchError",
+    "calibrate_grid",
+    "model_signature",
+    "teacher_solution",
+    "gits_grid",
+]
+
+_PROBE_SEED = 0x5C0E
+_CALIB_STREAM = 0x0CA1_1B00  # calibration noise: seed + this, away from the small seeds users sample with
+_SIG_RTOL = 1e-3
+_CACHE: dict[str, CalibratedGrid] = {}
+
+
+class CalibrationMismatchError(ValueError):
+    """A cached calibrated grid was made for another model, SDE, solver, budget, eps or shape."""
+
+
+def _f64(v: float | Sequence[float]) -> Tensor:
+    return torch.tensor(v, dtype=torch.float64)
+
+
+# --- fingerprint ------------------------------------------------------------------------------------
+def model_signature(model: Callable[[Tensor, Tensor], Tensor], sde: SDE, sample_shape: Sequence[int]) -> list[float]:
+    """A short fingerprint of a score model: its outputs at 4 fixed probe points and 3 times,
+    projected on 8 fixed random directions (96 numbers; 3 evaluations). Compared with a relative
+    tolerance of 1e-3, so it survives float noise across devices but not another model."""
+    g = torch.Generator().manual_seed(_PROBE_SEED)
+    shape = (4, *sample_shape)
+    d = math.prod(sample_shape)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    proj = torch.randn(d, 8, generator=g, dtype=torch.float64) / math.sqrt(d)
+    out = []
+    for frac in (0.9, 0.5, 0.05):
+        t = torch.full((4,), frac * sde.T, dtype=torch.float64)
+        x = x0 * sde.bcast(sde.marginal_std(t), x0) + sde.bcast(sde.alpha(t), x0) * 0.5 * torch.tanh(x0)
+        sc = model(x.to(torch.float32), t.to(torch.float32)).to(torch.float64)
+        out.extend((sc.reshape(4, -1) @ proj * sde.bcast(sde.marginal_std(t), sc.reshape(4, -1))).flatten().tolist())
+    return out
+
+
+def _same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
+    if len(a) != len(b):
+        return False
+    ta, tb = _f64(list(a)), _f64(list(b))
+    return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
+
+
+@dataclass
+class CalibratedGrid:
+    """A grid calibrated for one model, SDE, solver and budget.
+
+    Attributes:
+        times: the grid (float64 times, decreasing from ``T``), as passed to ``sample(grid=...)``.
+        steps: the evaluation budget it was made for.
+        eps: the final time the solver was asked for.
+        sde: ``sde.config()``.
+        solver: the solver's configuration (name and options).
+        shape: the sample shape (without the batch).
+        signature: :func:`model_signature` of the model.
+        nfe: evaluations spent on calibration (probe + teacher + search), batched calls count once.
+        seconds: wall time of the calibration.
+        rmse_initial, rmse: calibration-batch RMSE against the teacher on the starting grid and on
+            the calibrated one.
+        init: the starting grid's name.
+        seed, n_samples: calibration noise seed and batch size.
+    """
+
+    times: list[float]
+    steps: int
+    eps: float
+    sde: dict[str, Any]
+    solver: dict[str, Any]
+    shape: list[int]
+    signature: list[float]
+    nfe: int = 0
+    seconds: float = 0.0
+    rmse_initial: float = math.nan
+    rmse: float = math.nan
+    init: str = ""
+    seed: int = 0
+    n_samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> Tensor:
+        return _f64(self.times)
+
+    def key(self) -> str:
+        return json.dumps([self.sde, self.solver, self.steps, self.eps, self.shape], sort_keys=True, default=str)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as JSON, atomically (temporary file in the same folder, then ``os.replace``)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=p.name, suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": "scoresolve.calibrated_grid/1", **asdict(self)}, f, default=str)
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibratedGrid:
+        with open(path) as f:
+            data = json.load(f)
+        if data.pop("format", None) != "scoresolve.calibrated_grid/1":
+            raise ValueError(f"{path} is not a scoresolve calibrated-grid file")
+        return cls(**data)
+
+    def check(
+        self, *, signature: Sequence[float] | None, sde: SDE, solver: Any, steps: int, eps: float, shape: Sequence[int]
+    ) -> None:
+        """Raise :class:`CalibrationMismatchError` naming the argument that differs."""
+        checks = [
+            ("sde", self.sde, sde.config()),
+            ("solver", self.solver, _solver_config(solver)),
+            ("steps", self.steps, int(steps)),
+            ("shape", self.shape, list(shape)),
+        ]
+        for name, have, want in checks:
+            if json.dumps(have, sort_keys=True, default=str) != json.dumps(want, sort_keys=True, default=str):
+                raise CalibrationMismatchError(
+                    f"the cached calibrated grid was made for {name}={have!r}, not {name}={want!r}; "
+                    "delete the cache file or pass another path to recalibrate"
+                )
+        if not math.isclose(self.eps, float(eps), rel_tol=1e-9):
+            raise CalibrationMismatchError(f"the cached calibrated grid was made for eps={self.eps}, not eps={eps}")
+        if signature is not None and not _same_signature(self.signature, signature):
+            raise CalibrationMismatchError(
+                "the cached calibrated grid was made for another model (its outputs at the probe points differ); "
+                "delete the cache file or pass another path to recalibrate"
+            )
+
+
+def _solver_config(solver: Any) -> dict[str, Any]:
+    cfg = solver.config() if hasattr(solver, "config") else {"class": type(solver).__name__}
+    return json.loads(json.dumps(cfg, default=str))
+
+
+# --- teacher and objective ----------------------------------------------------------------------------
+def _run(model, sde: SDE, solver: Any, grid: Tensor, x_T: Tensor) -> tuple[Tensor, int]:
+    from .solvers.base import CountedScore, NoiseSource, SolveContext
+
+    counted = CountedScore(model, check_every=10**9)
+    ctx = SolveContext(score=counted, sde=sde, grid=grid, noise=NoiseSource(), t_end=float(grid[-1]))
+    with torch.no_grad():
+        out = solver.integrate(solver.make_run(ctx, x_T, grid), x_T)
+    return out, counted.nfe
+
+
+def teacher_solution(
+    model: Callable[[Tensor, Tensor], Tensor], sde: SDE, x_T: Tensor, eps: float, *, to_zero: bool, steps: int = 200
+) -> tuple[Tensor, int]:
+    """Fine PF-ODE solution from ``x_T`` (at ``T``) to ``eps`` (or on to :math:`\\tilde\\sigma = 0`):
+    4th-order variable-step Adams on ``steps`` log-SNR steps. Returns ``(x, nfe)``."""
+    from .solvers.grids import make_grid
+    from .solvers.ipndm import IPNDM
+
+    teacher = IPNDM(order=4, last_step="zero" if to_zero else "none")
+    grid = make_grid("log_snr", sde, steps, eps)
+    return _run(model, sde, teacher, grid, x_T)
+
+
+def _grid_from_params(theta: Tensor, u0: float, u_end: float, free_end: bool, u_floor: float) -> Tensor:
+    """Log-noise levels from parameters: increments = softmax; with ``free_end`` the last parameter
+    sets the end between ``u_floor`` and ``u0``."""
+    if free_end:
+        inc_logits, e = theta[:-1], theta[-1]
+        u_end = u_floor + (u0 - u_floor) * (1 - torch.sigmoid(e)) * 0.999
+    else:
+        inc_logits = theta
+    w = torch.softmax(torch.cat([inc_logits, torch.zeros(1, dtype=torch.float64)]), 0)
+    u = u0 - (u0 - u_end) * torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w, 0)])
+    u[-1] = u_end
+    return u
+
+
+def _params_from_grid(u: Tensor, free_end: bool, u_floor: float) -> Tensor:
+    inc = (u[:-1] - u[1:]).clamp_min(1e-12)
+    logits = torch.log(inc) - torch.log(inc[-1])
+    theta = logits[:-1]
+    if free_end:
+        frac = float((u[-1] - u_floor) / (u[0] - u_floor)) / 0.999
+        frac = min(max(frac, 1e-6), 1 - 1e-6)
+        e = math.log((1 - frac) / frac)
+        theta = torch.cat([theta, _f64([e])])
+    return theta
+
+
+def calibrate_grid(
+    model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
+    sde: SDE,
+    solver: Any,
+    steps: int,
+    *,
+    shape: Sequence[int] | None = None,
+    eps: float | None = None,
+    n_samples: int = 128,
+    seed: int = 0,
+    teacher_steps: int = 200,
+    max_evals: int | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    init: str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> CalibratedGrid:
+    """Calibrate the grid of a budgeted solver for ``model`` and budget ``steps`` (see the module docstring).
+
+    Args:
+        model: score callable or :class:`~scoresolve.ScoreModel`.
+        sde: the SDE.
+        solver: a registered budgeted solver name or instance (e.g. ``"ipndm"``; ``IPNDM(last_step="zero")``).
+        steps: the evaluation budget the grid is for.
+        shape: sample shape without the batch (default: the model's ``sample_shape``).
+        eps: final time (default ``sde.default_eps``).
+        n_samples: calibration batch size (64–256 is enough).
+        seed: calibration noise seed (drawn on a stream separate from sampling noise).
+        teacher_steps: log-SNR steps of the 4th-order teacher.
+        max_evals: cap on objective evaluations of the search (default ``60 + 25 * steps``).
+        cache: JSON file: loaded (and checked against the fingerprint) if it exists, written otherwise.
+        init: start from this registered grid only (default: the best of log-SNR and Karras ρ 3/5/7).
+        dtype: dtype of the calibration states (the model sees it); float64 by default.
+
+    Returns:
+        A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver.
+    """
+    from .sampling import resolve_solver
+    from .solvers.exp_base import BudgetSolver
+    from .solvers.grids import make_grid
+
+    solver_obj = resolve_solver(solver, {}) if isinstance(solver, (str, type)) else solver
+    if not isinstance(solver_obj, BudgetSolver):
+        raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
+    solver_obj = copy.copy(solver_obj)
+    solver_obj.calibrate = False
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    n = solver_obj.steps_to_grid(steps)
+    if shape is None:
+        if isinstance(model, ScoreModel) and model.sample_shape is not None:
+            shape = model.sample_shape
+        else:
+            raise ValueError("shape= (the sample shape without the batch) is required for a plain callable model")
+    shape = [int(s) for s in shape]
+    eps_ = sde.default_eps if eps is None else float(eps)
+    if not (0 < eps_ < sde.T):
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
+    fn = as_score_fn(model)
+    start = time.perf_counter()
+    sig = model_signature(fn, sde, shape)
+    nfe = 3
+    if cache is not None and Path(cache).exists():
+        cg = CalibratedGrid.load(cache)
+        cg.check(signature=sig, sde=sde, solver=solver_obj, steps=steps, eps=eps_, shape=shape)
+        return cg
+
+    g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
+    x_T = (torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std).to(dtype)
+    to_zero = solver_obj.last_step != "none"
+    target, t_nfe = teacher_solution(fn, sde, x_T, eps_, to_zero=to_zero, steps=teacher_steps)
+    nfe += t_nfe
+
+    u0 = math.log(float(sde.sigma(_f64(sde.T))))
+    u_eps = math.log(float(sde.sigma(_f64(eps_))))
+    free_end = to_zero and n >= 1
+    counter = {"nfe": 0, "evals": 0}
+
+    def grid_of(u: Tensor) -> Tensor:
+        t = sde.t_from_sigma(torch.exp(u))
+        t[0] = sde.T
+        if not free_end:
+            t[-1] = eps_
+        return t
+
+    def objective_u(u: Tensor) -> float:
+        t = grid_of(u)
+        if not bool((t[1:] < t[:-1]).all()) or float(t[-1]) <= 0:
+            return math.inf
+        out, k = _run(fn, sde, solver_obj, t, x_T)
+        counter["nfe"] += k
+        counter["evals"] += 1
+        err = float((out.double() - target.double()).pow(2).mean().sqrt())
+        return err if math.isfinite(err) else math.inf
+
+    if n == 1 and not free_end:
+        t = make_grid("log_snr", sde, 1, eps_)
+        e = objective_u(torch.log(sde.sigma(t)))
+        cg = CalibratedGrid(
+            times=t.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
+            signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e, rmse=e,
+            init="log_snr", seed=int(seed), n_samples=int(n_samples),
+        )
+        if cache is not None:
+            cg.save(cache)
+        return cg
+
+    # starting grids
+    inits = [init] if init else ["log_snr", "karras_3", "karras_5", "karras_7"]
+    best_u, best_e, best_name = None, math.inf, ""
+    for name in inits:
+        if name.startswith("karras_"):
+            t = make_grid("karras", sde, n, eps_, rho=float(name.split("_")[1]))
+        else:
+            t = make_grid(name, sde, n, eps_)
+        u = torch.log(sde.sigma(t))
+        e = objective_u(u)
+        if e < best_e:
+            best_u, best_e, best_name = u, e, name
+    if best_u is None:
+        raise FloatingPointError("every starting grid gave a non-finite endpoint error; check the model")
+    e_init = best_e
+    theta = _params_from_grid(best_u, free_end, u_eps)
+
+    def objective(th: Tensor) -> float:
+        return objective_u(_grid_from_params(th, u0, u_eps, free_end, u_eps))
+
+    cur = objective(theta)
+    step = torch.full_like(theta, 0.5)
+    budget = max_evals if max_evals is not None else 60 + 25 * steps
+    while counter["evals"] < budget and float(step.max()) > 0.01:
+        improved = False
+        for j in range(theta.numel()):
+            for sgn in (1.0, -1.0):
+                trial = theta.clone()
+                trial[j] += sgn * step[j]
+                e = objective(trial)
+                if e < cur:
+                    theta, cur, improved = trial, e, True
+                    step[j] *= 1.5
+                    break
+            else:
+                step[j] *= 0.5
+            if counter["evals"] >= budget:
+                break
+        if not improved and float(step.max()) <= 0.01:
+            break
+    u = _grid_from_params(theta, u0, u_eps, free_end, u_eps)
+    times = grid_of(u)
+    cg = CalibratedGrid(
+        times=times.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
+        signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
+        init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"]},
+    )
+    if cache is not None:
+        cg.save(cache)
+    return cg
+
+
+def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> Tensor:
+    """Used by budgeted solvers with ``calibrate=`` inside :func:`scoresolve.sample`: calibrates (or
+    loads) the grid for the run's model, SDE, budget and shape, records the cost in
+    ``ctx.info["calibration"]`` and returns the grid. An in-memory cache avoids recalibrating
+    within one process (keyed by the fingerprint)."""
+    assert ctx.grid is not None
+    n = ctx.grid.numel() - 1
+    steps = solver.nfe_for(n)
+    cache = None if solver.calibrate is True else solver.calibrate
+    fn = ctx.score.fn
+    shape = list(x.shape[1:])
+    sig = model_signature(fn, ctx.sde, shape)
+    key = json.dumps([ctx.sde.config(), _solver_config(_no_cal(solver)), steps, ctx.t_end, shape], default=str)
+    hit = _CACHE.get(key)
+    if hit is not None and _same_signature(hit.signature, sig) and cache is None:
+        ctx.info["calibration"] = {"nfe": 3, "seconds": 0.0, "cached": True, "rmse": hit.rmse}
+        return hit.grid
+    was_cached = cache is not None and Path(cache).exists()
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cg = calibrate_grid(fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt)
+    _CACHE[key] = cg
+    ctx.info["calibration"] = {
+        "nfe": 3 if was_cached else cg.nfe,
+        "seconds": cg.seconds,
+        "cached": was_cached,
+        "rmse_initial": cg.rmse_initial,
+        "rmse": cg.rmse,
+        "init": cg.init,
+    }
+    return cg.grid
+
+
+def _no_cal(solver: Any) -> Any:
+    s = copy.copy(solver)
+    s.calibrate = False
+    return s
+
+
+# --- GITS ---------------------------------------------------------------------------------------------
+def gits_grid(
+    model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
+    sde: SDE,
+    steps: int,
+    *,
+    shape: Sequence[int] | None = None,
+    eps: float | None = None,
+    n_samples: int = 256,
+    fine: int = 100,
+    seed: int = 0,
+) -> tuple[Tensor, dict[str, Any]]:
+    r"""GITS-style grid (Chen et al. 2024, arXiv:2405.11326): teacher trajectories on ``fine``
+    log-SNR points, the cost of every one-step Euler (DDIM) jump :math:`i \to j` between teacher
+    states, :math:`c_{ij} = \mathrm{mean}\,\|y_i + (\tilde\sigma_j-\tilde\sigma_i)\hat\varepsilon_i -
+    y_j\|^2`, and dynamic programming for the ``steps``-jump path from ``T`` to ``eps`` of least total
+    cost. Returns ``(grid, info)`` with the cost in evaluations and seconds. The grid is chosen for
+    Euler jumps; for multistep solvers :func:`calibrate_grid` is better (ANCHORS.md)."""
+    from .solvers.grids import make_grid
+
+    start = time.perf_counter()
+    if shape is None:
+        if isinstance(model, ScoreModel) and model.sample_shape is not None:
+            shape = model.sample_shape
+        else:
+            raise ValueError("shape= is required for a plain callable model")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= fine:
+        raise ValueError(f"steps must be an integer in [1, fine={fine}], got {steps!r}")
+    fn = as_score_fn(model)
+    eps_ = sde.default_eps if eps is None else float(eps)
+    g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
+    x = torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std
+    tgrid = make_grid("log_snr", sde, fine, eps_)
+    # teacher trajectory: 4 Adams sub-steps per fine interval
+    sub = make_grid("log_snr", sde, 4 * fine, eps_)
+    traj = []
+
+    def grab(step: int, t: Tensor, x: Tensor, x_mean: Tensor) -> None:
+        if (step + 1) % 4 == 0:
+            traj.append(x.clone())
+
+    from .solvers.base import CountedScore, NoiseSource, SolveContext
+    from .solvers.ipndm import IPNDM
+
+    counted = CountedScore(fn, check_every=10**9)
+    ctx = SolveContext(score=counted, sde=sde, grid=sub, noise=NoiseSource(), t_end=eps_, callback=grab)
+    teacher = IPNDM(order=4)
+    with torch.no_grad():
+        teacher.integrate(teacher.make_run(ctx, x, sub), x)
+        ys = [x] + traj  # states at tgrid (x-space)
+        s = sde.sigma(tgrid)
+        a = sde.alpha(tgrid)
+        Y = torch.stack([ys[i] / a[i] for i in range(fine + 1)])  # (fine+1, B, ...)
+        eps_hat = []
+        for i in range(fine):
+            ti = torch.full((n_samples,), float(tgrid[i]), dtype=torch.float64)
+            sc = fn(ys[i], ti).to(torch.float64)
+            eps_hat.append(-(sde.marginal_std(ti)[0]) * sc)
+        cost = torch.full((fine + 1, fine + 1), math.inf, dtype=torch.float64)
+        for i in range(fine):
+            ds = (s[i + 1 :] - s[i]).reshape(-1, *([1] * (Y.ndim - 1)))
+            pred = Y[i][None] + ds * eps_hat[i][None]
+            cost[i, i + 1 :] = (pred - Y[i + 1 :]).pow(2).reshape(fine - i, n_samples, -1).mean(dim=(1, 2))
+    # DP: best[k][j] = least cost to reach j in k jumps
+    best = torch.full((steps + 1, fine + 1), math.inf, dtype=torch.float64)
+    arg = torch.zeros((steps + 1, fine + 1), dtype=torch.long)
+    best[0, 0] = 0.0
+    for k in range(1, steps + 1):
+        tot = best[k - 1][:, None] + cost  # from i to j
+        best[k], arg[k] = tot.min(dim=0)
+    path = [fine]
+    for k in range(steps, 0, -1):
+        path.append(int(arg[k, path[-1]]))
+    path = path[::-1]
+    grid = tgrid[path].clone()
+    info = {"nfe": counted.nfe + fine, "seconds": time.perf_counter() - start, "cost": float(best[steps, fine])}
+    return grid, info

@@ -1,0 +1,112 @@
+"""Calibrated grids: improvement on independent noise, determinism, cache file and fingerprint errors, GITS."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import scoresolve as ss
+from scoresolve.calibrate import (
+    CalibratedGrid,
+    CalibrationMismatchError,
+    calibrate_grid,
+    gits_grid,
+    teacher_solution,
+)
+from scoresolve.solvers.grids import make_grid
+from scoresolve.solvers.ipndm import IPNDM
+
+SHAPE = (4,)
+
+
+@functools.cache
+def _problem():
+    gm = ss.analytic.anisotropic(dim=4, n_components=3, seed=2)
+    sde = ss.VPSDE()
+    return gm, sde, (lambda x, t: gm.score(x, t, sde))
+
+
+@functools.cache
+def _calibrated(steps=4, last_step="none", seed=0):
+    gm, sde, score = _problem()
+    return calibrate_grid(score, sde, IPNDM(last_step=last_step), steps, shape=SHAPE, n_samples=64, seed=seed,
+                          max_evals=60, teacher_steps=100)
+
+
+def _heldout_rmse(grid, last_step="none"):
+    gm, sde, score = _problem()
+    x_T = sde.prior_sample((256, 4), generator=torch.Generator().manual_seed(777), dtype=torch.float64)
+    ref, _ = teacher_solution(score, sde, x_T, sde.default_eps, to_zero=last_step != "none", steps=100)
+    out = ss.sample(score, sde, solver="ipndm", grid=grid, x_T=x_T, last_step=last_step)
+    return (out - ref).pow(2).mean().sqrt().item()
+
+
+def test_calibration_improves_on_independent_noise():
+    gm, sde, score = _problem()
+    cg = _calibrated()
+    assert cg.rmse < cg.rmse_initial
+    assert cg.nfe > 0 and cg.seconds > 0 and len(cg.times) == 5
+    base = min(_heldout_rmse(make_grid(n, sde, 4, sde.default_eps)) for n in ("log_snr", "karras"))
+    tuned = _heldout_rmse(cg.grid)
+    assert tuned < 0.8 * base, (tuned, base)
+
+
+def test_deterministic_given_seed_and_seed_matters():
+    gm, sde, score = _problem()
+    a = calibrate_grid(score, sde, "ipndm", 3, shape=SHAPE, n_samples=32, seed=5, max_evals=20, teacher_steps=60)
+    b = calibrate_grid(score, sde, "ipndm", 3, shape=SHAPE, n_samples=32, seed=5, max_evals=20, teacher_steps=60)
+    c = calibrate_grid(score, sde, "ipndm", 3, shape=SHAPE, n_samples=32, seed=6, max_evals=20, teacher_steps=60)
+    assert a.times == b.times
+    assert a.times != c.times
+
+
+def test_cache_round_trip_and_mismatch_errors(tmp_path):
+    gm, sde, score = _problem()
+    path = tmp_path / "grid.json"
+    cg = calibrate_grid(score, sde, "ipndm", 3, shape=SHAPE, n_samples=32, max_evals=20, teacher_steps=60, cache=path)
+    assert path.exists() and not list(tmp_path.glob("*.tmp"))
+    again = calibrate_grid(score, sde, "ipndm", 3, shape=SHAPE, n_samples=32, max_evals=20, teacher_steps=60,
+                           cache=path)
+    assert again.times == cg.times and CalibratedGrid.load(path).times == cg.times
+    other = ss.analytic.anisotropic(dim=4, n_components=3, seed=3)
+    with pytest.raises(CalibrationMismatchError, match="model"):
+        calibrate_grid(lambda x, t: other.score(x, t, sde), sde, "ipndm", 3, shape=SHAPE, cache=path)
+    with pytest.raises(CalibrationMismatchError, match="sde"):
+        calibrate_grid(lambda x, t: gm.score(x, t, ss.SubVPSDE()), ss.SubVPSDE(), "ipndm", 3, shape=SHAPE, cache=path)
+    with pytest.raises(CalibrationMismatchError, match="solver"):
+        calibrate_grid(score, sde, "dpmpp_2m", 3, shape=SHAPE, cache=path)
+    with pytest.raises(CalibrationMismatchError, match="steps"):
+        calibrate_grid(score, sde, "ipndm", 4, shape=SHAPE, cache=path)
+    # the same file through sample(): the solver option
+    x = ss.sample(score, sde, solver="ipndm", steps=3, shape=(8, 4), calibrate=str(path), return_result=True)
+    assert x.nfe == 3 and x.info["calibration"]["cached"]
+    assert torch.allclose(x.grid, cg.grid)
+
+
+def test_sample_with_calibrate_reports_cost_separately():
+    gm, sde, score = _problem()
+    res = ss.sample(score, sde, solver="ipndm", steps=3, shape=(16, 4), calibrate=True, return_result=True,
+                    generator=torch.Generator().manual_seed(0), last_step="zero")
+    assert res.nfe == 3  # sampling evaluations only
+    cal = res.info["calibration"]
+    assert cal["nfe"] > 100 and cal["rmse"] <= cal["rmse_initial"]
+    assert res.grid.numel() == 3  # 2 intervals + the jump to sigma = 0
+
+
+def test_model_dependent_grids_need_the_model():
+    gm, sde, score = _problem()
+    for name in ("calibrated", "gits"):
+        with pytest.raises(ValueError, match=f"grid={name!r}"):
+            ss.sample(score, sde, solver="ipndm", steps=4, shape=(2, 4), grid=name)
+
+
+def test_gits_grid():
+    gm, sde, score = _problem()
+    grid, info = gits_grid(score, sde, 4, shape=SHAPE, n_samples=32, fine=40)
+    assert grid.shape == (5,) and (grid[1:] < grid[:-1]).all()
+    assert grid[0] == sde.T and abs(float(grid[-1]) - sde.default_eps) < 1e-12
+    assert info["nfe"] > 0
+    with pytest.raises(ValueError, match="steps"):
+        gits_grid(score, sde, 50, shape=SHAPE, fine=40)
