@@ -78,7 +78,11 @@ def test_ve_score_is_the_raw_output_at_sigma(ve_unet):
 def test_ddpm_score_is_hand_conversion_at_trained_timesteps(ddpm_unet, ptype):
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=ptype, clip_sample=False)
     m = from_diffusers(ddpm_unet, scheduler=sched)
-    assert m.sde == ss.VPSDE(0.1, 20.0, 1000)
+    # DDPM's continuous limit beta_min = N beta_start, with beta_max set so that alpha(T)^2 = alphas_cumprod[-1]
+    assert isinstance(m.sde, ss.VPSDE) and m.sde.beta_min == pytest.approx(0.1) and m.sde.N == 1000
+    assert float(m.sde.alpha(torch.tensor(1.0, dtype=torch.float64)) ** 2) == pytest.approx(
+        float(sched.alphas_cumprod[-1]), rel=1e-6
+    )
     idx = torch.tensor([0, 10, 500, 999])
     t = m.metadata["time_map"].t_of_timestep(idx)
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
@@ -105,6 +109,7 @@ def test_discrete_time_map_is_exact_at_the_nodes(schedule):
     a2 = sde.alpha(tm.times) ** 2
     assert ((a2 / ac - 1).abs().max()) <= 1e-6
     assert ((sde.marginal_std(tm.times) ** 2 / (1 - ac) - 1).abs().max()) <= 1e-6
+    assert 0 < float(tm.times[0]) < 0.01 and abs(float(tm.times[-1]) - sde.T) < 1e-12  # the default SDE spans them
     back = tm(tm.times)
     assert (back.double() - torch.arange(1000, dtype=torch.float64)).abs().max() <= 1e-3
     # between two nodes the fractional index is linear in log-SNR; "nearest" rounds it
@@ -116,6 +121,29 @@ def test_discrete_time_map_is_exact_at_the_nodes(schedule):
         naive = torch.tensor([1.0 / 1000, 1.0])
         rel = (sde.marginal_std(naive) / (1 - ac[[0, -1]]).sqrt() - 1).abs()
         assert float(rel[0]) > 0.02
+
+
+@torch.no_grad()
+def test_scheduler_timesteps_as_a_grid_evaluate_the_trained_timesteps(ddpm_unet):
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=False, timestep_spacing="trailing")
+    sched.set_timesteps(8)
+    seen = []
+
+    def net(x, ts, **kw):
+        seen.append(ts.clone())
+        return ddpm_unet(x, ts, **kw)
+
+    m = from_diffusers(net, scheduler=sched)
+    grid = m.metadata["time_map"].grid(sched.timesteps)
+    assert grid[0] == m.sde.T  # trailing spacing starts at timestep 999: the SDE's T
+    ss.sample(
+        m, solver="dpmpp_2m", grid=grid, shape=(2, 1, 8, 8), denoise=False, generator=torch.Generator().manual_seed(0)
+    )
+    got = torch.stack([s[0] for s in seen]).double()
+    want = sched.timesteps[: len(got)].double()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="beyond the SDE"):
+        from_diffusers(net, scheduler=sched, sde=ss.VPSDE(0.1, 20.0)).metadata["time_map"].grid([999, 500])
 
 
 def test_clip_sample_is_not_inherited_silently(ddpm_unet):
@@ -222,7 +250,9 @@ def test_load_through_offline_hub_cache(tmp_path, ve_unet, ddpm_unet):
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert out["sde"] == "VESDE(sigma_min=0.01, sigma_max=50.0, N=100)VPSDE(beta_min=0.1, beta_max=20.0, N=1000)"
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    want_sde = repr(from_diffusers(ddpm_unet, scheduler=sched).sde)
+    assert out["sde"] == "VESDE(sigma_min=0.01, sigma_max=50.0, N=100)" + want_sde
     with torch.no_grad():
         want_ve = from_diffusers(ve_unet, scheduler=diffusers.ScoreSdeVeScheduler(**VE_CFG))(x, t)
         sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)

@@ -19,9 +19,11 @@ Conventions handled (the conversions themselves are :mod:`scoresolve.models`'):
   interpolation in :math:`\lambda` between the nodes (``timestep_mode="fractional"``, the default: a smooth
   score for ODE solvers) or to the nearest trained index (``"nearest"``: only trained noise levels are
   queried, k-diffusion's ``quantize=True``); times outside the trained range clamp to index 0 or N-1. The
-  default SDE is ``VPSDE(N*beta_start, N*beta_end, N)`` for a linear beta schedule (DDPM's continuous limit)
-  and otherwise a least-squares VP fit of :math:`-\log\bar\alpha_i`; it only sets the time axis and the
-  prior, the noise level at each node is the scheduler's.
+  default SDE (:func:`vp_sde_for_alphas_cumprod`) is a VP SDE that ends exactly at the last trained noise
+  level, :math:`\alpha(T)^2 = \bar\alpha_{N-1}`, with :math:`\beta_{min} = N\beta_{start}` for linear betas
+  (``VPSDE(0.1, 20.13)`` for ``google/ddpm-*``); it only sets the time axis and the prior, the noise level at
+  each node is the scheduler's. :meth:`DiscreteTimeMap.grid` turns a scheduler's ``timesteps`` into a
+  scoresolve grid that evaluates the network at exactly those timesteps.
 - **Clipping**: diffusers' ``DDPMScheduler`` clips its :math:`\hat x_0` to ``[-1, 1]`` by default
   (``clip_sample=True``). scoresolve does not clip unless asked (``clip_x0=True``: the score is rebuilt from
   the clamped Tweedie estimate), and warns when the scheduler config says it clips and ``clip_x0`` was left
@@ -103,6 +105,22 @@ class DiscreteTimeMap:
         """Continuous time of the (integer) timestep index ``i``."""
         return self.times[torch.as_tensor(i, dtype=torch.long)]
 
+    def grid(self, timesteps: Tensor | Sequence[int]) -> Tensor:
+        """A scoresolve time grid (float64, decreasing) through the given trained timesteps, e.g. a diffusers
+        scheduler's ``timesteps`` after ``set_timesteps(n)``: ``ss.sample(model, grid=tm.grid(sched.timesteps))``
+        evaluates the network at exactly those timesteps. Times within 1e-9 of ``T`` are set to ``T``."""
+        idx = torch.as_tensor(timesteps).detach().cpu().long()
+        if idx.ndim != 1 or ((idx < 0) | (idx >= self.num_timesteps)).any():
+            raise ValueError(f"timesteps must be a 1-D sequence of indices in [0, {self.num_timesteps - 1}]")
+        t = self.times[idx].clone()
+        t[(t > self.sde.T) & (t <= self.sde.T + 1e-9)] = self.sde.T
+        if (t > self.sde.T).any():
+            raise ValueError(
+                f"timestep(s) {idx[t > self.sde.T].tolist()} lie beyond the SDE's T={self.sde.T} (noisier than its "
+                "prior); use the default SDE of from_diffusers, which ends at the last trained level"
+            )
+        return t
+
     def __call__(self, t: Tensor) -> Tensor:
         """Timestep index (float; integral in ``"nearest"`` mode) for continuous times ``t``."""
         lam = self.sde.log_snr(t.detach().to(torch.float64)).cpu()
@@ -122,24 +140,29 @@ def vp_sde_for_alphas_cumprod(
     beta_start: float | None = None,
     beta_end: float | None = None,
 ) -> VPSDE:
-    r"""A continuous VP SDE for a discrete schedule (the time axis only; nodes are matched exactly anyway).
+    r"""A continuous VP SDE spanning a discrete schedule: its time axis runs from (about) the first trained noise
+    level to exactly the last one, :math:`\alpha(T)^2 = \bar\alpha_{N-1}` at :math:`T = 1`, so every trained
+    timestep lies in :math:`(0, T]` and sampling starts at the noise level the model was trained to start from.
 
-    Linear betas: ``VPSDE(N*beta_start, N*beta_end, N)`` (DDPM's continuous limit, Song et al. 2021, App. B).
-    Otherwise: least squares of :math:`B(t) = \beta_{min}t + \tfrac12(\beta_{max}-\beta_{min})t^2` against
-    :math:`-\log\bar\alpha_i` at :math:`t = (i+1)/N` (nodes with :math:`\bar\alpha_i > 10^{-5}`).
+    With :math:`B(t) = \beta_{min}t + \tfrac12(\beta_{max}-\beta_{min})t^2 = -\log\alpha(t)^2`, the end
+    condition is :math:`B(1) = -\log\bar\alpha_{N-1}`, i.e. :math:`\beta_{max} = 2B(1) - \beta_{min}`.
+    :math:`\beta_{min}` is ``N*beta_start`` for linear betas (DDPM's continuous limit, Song et al. 2021, App. B:
+    for ``google/ddpm-*`` this gives ``VPSDE(0.1, 20.13)`` where the paper's rounded ``VPSDE(0.1, 20)`` would put
+    the last trained level at :math:`t = 1.0067 > T`), otherwise the least-squares fit of :math:`B` to
+    :math:`-\log\bar\alpha_i` at :math:`t = (i+1)/N`. The SDE only sets the time axis and the prior; the noise
+    level at every node is the scheduler's (:class:`DiscreteTimeMap`).
     """
     ac = torch.as_tensor(alphas_cumprod).to(torch.float64)
     n = ac.numel()
-    if beta_schedule == "linear" and beta_start is not None and beta_end is not None:
-        return VPSDE(beta_min=n * float(beta_start), beta_max=n * float(beta_end), N=n)
-    t = torch.arange(1, n + 1, dtype=torch.float64) / n
-    keep = ac > 1e-5
-    t, B = t[keep], -torch.log(ac[keep])
-    A = torch.stack([t, 0.5 * t**2], dim=1)
-    bmin, d = torch.linalg.lstsq(A, B[:, None]).solution[:, 0].tolist()
-    if bmin < 0:
-        bmin, d = 0.0, float((0.5 * t**2 * B).sum() / (0.25 * t**4).sum())
-    return VPSDE(beta_min=bmin, beta_max=bmin + max(d, 1e-6), N=n)
+    b1 = float(-torch.log(ac[-1]))
+    if beta_schedule == "linear" and beta_start is not None:
+        bmin = n * float(beta_start)
+    else:
+        t = torch.arange(1, n + 1, dtype=torch.float64) / n
+        u = t - t**2  # B(t) = bmin (t - t^2) + B(1) t^2
+        bmin = float((u * (-torch.log(ac) - b1 * t**2)).sum() / (u**2).sum())
+    bmin = min(max(bmin, 0.0), b1 * (1 - 1e-6))
+    return VPSDE(beta_min=bmin, beta_max=2 * b1 - bmin, N=n)
 
 
 # ---------------------------------------------------------------------------------------------------------
