@@ -14,7 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
+
+try:
+    from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
+except ImportError:  # optional dependency: nothing to show without it
+    print("this example needs diffusers: pip install diffusers")
+    raise SystemExit(0) from None
 
 import scoresolve as ss
 from scoresolve.adapters.diffusers import from_diffusers, sample_pipeline
