@@ -54,7 +54,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "classifier_free": ("scoresolve.conditional", "classifier_free"),
     "load": ("scoresolve.io", "load"),
     "save": ("scoresolve.io", "save"),
-    "from_diffusers": ("scoresolve.io.diffusers", "from_diffusers"),
+    "from_diffusers": ("scoresolve.adapters.diffusers", "from_diffusers"),
+    "from_kdiffusion": ("scoresolve.adapters.kdiffusion", "from_kdiffusion"),
+    "from_score_sde": ("scoresolve.adapters.score_sde", "from_score_sde"),
     "metrics": ("scoresolve.metrics", ""),
 }
 

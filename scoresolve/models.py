@@ -57,7 +57,8 @@ class ScoreModel:
         data_range: the ``(low, high)`` range of the data, e.g. ``(-1, 1)`` (informational; used by
             likelihood in bits/dim).
         time_fn: optional map applied to ``t`` before calling ``fn`` (e.g. continuous time to a
-            network's discrete timestep index).
+            network's discrete timestep index). Not used by ``denoiser`` models, which are called
+            with the noise level ``sigma(t)`` instead of ``t``.
 
     Calling the model returns the score :math:`\\nabla_x\\log p_t(x)` in ``x``'s dtype, whatever the
     network's dtype.
