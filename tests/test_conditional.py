@@ -172,16 +172,19 @@ def test_replace_works_with_other_solvers(small):
 # --- exact posteriors (small problems) ---------------------------------------------------------
 @pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE(sigma_max=20.0)], ids=["vp", "ve"])
 def test_smc_matches_exact_bimodal_conditional(sde):
-    """3-D mixture, coordinate 0 observed: 2-mode posterior. n = 400 outputs, K = 32, 40 steps.
+    """3-D mixture, coordinate 0 observed: 3-mode posterior (weights 0.17/0.18/0.65).
+    n = 400 outputs, K = 48 particles, 150 steps.
 
-    Tolerances: the FD floor at n = 400 is itself ~30 % noisy; 2.5x leaves room for one unlucky
-    seed while replacement sits at > 10x here. Mode TV: sampling noise of 400 draws is ~0.02.
+    Tolerances: the FD of 400 exact draws fluctuates by a factor ~2 around its floor (few effective
+    degrees of freedom: the mode means dominate); 2.5x leaves room for that while replacement sits
+    far above (next test). Mode TV: sampling noise of 400 draws is ~0.02; at 40 steps the kernel's
+    variance error biased the weights by up to 0.09, so this also checks the step count is enough.
     """
     gm = mix3()
     mask = torch.tensor([True, False, False])
     y0 = torch.tensor([0.0, 0.0, 0.0])
     y = y0.expand(400, 3).clone()
-    x = inpaint(gm.score_model(sde), sde, y, mask, steps=40, particles=32, generator=gen(7))
+    x = inpaint(gm.score_model(sde), sde, y, mask, steps=150, particles=48, generator=gen(7))
     check_posterior(gm, mask, y0, x, fd_factor=2.5, tv_tol=0.06)
 
 
@@ -232,9 +235,11 @@ def test_classifier_guidance_with_exact_classifier_is_component_score(sde):
         with torch.no_grad():
             got = model(x, t)
         torch.testing.assert_close(got, comp.score(x, t, sde), rtol=1e-9, atol=1e-9)
-    with torch.inference_mode():  # the gradient is taken even inside inference mode
-        got = model(x.float(), torch.full((64,), 0.5))
-    assert got.shape == (64, 3)
+    # the gradient is taken even inside inference mode (sample() runs under no_grad)
+    quad = guided(lambda x, t: torch.zeros_like(x), lambda x, t: -(x**2).sum(1), scale=0.5)
+    with torch.inference_mode():
+        got = quad(x, torch.full((64,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(got, -x)
 
 
 def test_classifier_guidance_samples_the_component():
@@ -247,7 +252,9 @@ def test_classifier_guidance_samples_the_component():
 
     model = guided(gm.score_model(sde), log_p_k, scale=1.0)
     assert model.sde is sde and model.sample_shape == (3,)
-    x = ss.sample(model, sde, steps=200, batch_size=400, generator=gen(2))
+    # reverse diffusion without the Langevin corrector: on this 3-D problem the corrector's
+    # per-sample snr step size over-disperses even the unguided sampler (see docs/conditional.md)
+    x = ss.sample(model, sde, steps=200, batch_size=400, corrector="none", generator=gen(2))
     comp = _component(gm, k)
     m, c = comp.moments()
     floor, _ = frechet_floor(lambda n, g: comp.sample(n, g), m, c, 400)
@@ -323,7 +330,7 @@ def test_linear_inverse_exact_posterior_and_consistency():
     y0 = A @ x_true
     n = 300
     x = linear_inverse(
-        gm.score_model(sde), sde, y0.float().expand(n, 2).clone(), A.float(), steps=40, particles=32, generator=gen(4)
+        gm.score_model(sde), sde, y0.float().expand(n, 2).clone(), A.float(), steps=150, particles=48, generator=gen(4)
     )
     assert x.shape == (n, 5)
     torch.testing.assert_close((x.double() @ A.T), y0.expand(n, 2), atol=1e-4, rtol=1e-4)
@@ -370,23 +377,24 @@ def test_linear_inverse_noisy_posterior():
 
 
 def test_colorize_exact_posterior():
-    """A 3-channel 2x2 'image' mixture: gray = mean of the channels; exact conditional per pixel basis."""
-    base = anisotropic(12, 3, seed=4, min_var=0.02)
-    gm = GaussianMixture(base.weights, base.means, base.covs, event_shape=(3, 2, 2))
+    """A 3-channel 1x2 'image' mixture: gray = mean of the channels; exact conditional in the
+    per-pixel colour basis (2 of 6 coordinates observed)."""
+    base = anisotropic(6, 3, seed=4, min_var=0.1)
+    gm = GaussianMixture(base.weights, base.means, base.covs, event_shape=(3, 1, 2))
     sde = ss.VESDE(sigma_max=30.0)
     x_true = gm.sample(1, gen(8), dtype=torch.float64)[0]
     gray = x_true.mean(0)
     n = 300
     x = colorize(
-        gm.score_model(sde), sde, gray.float().expand(n, 2, 2).clone(), steps=40, particles=32, generator=gen(9)
+        gm.score_model(sde), sde, gray.float().expand(n, 1, 2).clone(), steps=150, particles=48, generator=gen(9)
     )
-    assert x.shape == (n, 3, 2, 2)
-    torch.testing.assert_close(x.mean(1).double(), gray.expand(n, 2, 2), atol=1e-5, rtol=0)
+    assert x.shape == (n, 3, 1, 2)
+    torch.testing.assert_close(x.mean(1).double(), gray.expand(n, 1, 2), atol=1e-5, rtol=0)
     B = color_basis((1 / 3, 1 / 3, 1 / 3))
-    R = torch.kron(B, torch.eye(4, dtype=torch.float64))  # channel-major flattening
-    rot = _rotated(GaussianMixture(gm.weights, gm.means, gm.covs), R)
-    mask = torch.zeros(12, dtype=torch.bool)
-    mask[:4] = True
+    R = torch.kron(B, torch.eye(2, dtype=torch.float64))  # channel-major flattening
+    rot = _rotated(base, R)
+    mask = torch.zeros(6, dtype=torch.bool)
+    mask[:2] = True
     check_posterior(rot, mask, R @ x_true.reshape(-1), x.double().reshape(n, -1) @ R.T, fd_factor=2.5, tv_tol=0.07)
 
 
