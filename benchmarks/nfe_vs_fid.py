@@ -252,7 +252,9 @@ def run_diffusers(
         num_train_timesteps=n_train, beta_start=sde.beta_min / n_train, beta_end=sde.beta_max / n_train,
         beta_schedule="linear", prediction_type="epsilon",
     )
-    if "clip_sample" in cls.__init__.__code__.co_varnames:
+    import inspect
+
+    if "clip_sample" in inspect.signature(cls.__init__).parameters:  # follows register_to_config's wrapper
         kwargs["clip_sample"] = False
     sched = cls(**kwargs)
     sched.set_timesteps(n_steps)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table"]
+__all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table", "solver_markdown"]
 
 ANALYTIC = ("digits", "grid2d", "anisotropic")
 SDE_NAMES = ("vp", "ve", "subvp")
@@ -184,10 +184,31 @@ def solver_table() -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 
+def solver_markdown() -> str:
+    """The registered solvers as a Markdown table (``docs/solvers.md`` is made from it)."""
+    lines = [
+        "| solver | order | NFE / step | kind | default grid | final denoise | description | reference |",
+        "|---|---:|---:|---|---|---|---|---|",
+    ]
+    for r in solver_table():
+        kind = "stochastic" if r["stochastic"] else "deterministic"
+        if r["adaptive"]:
+            kind += ", adaptive"
+        order = "—" if r["order"] is None else f"{r['order']:g}"
+        nfe = "adaptive" if r["adaptive"] else ("—" if r["nfe_per_step"] is None else str(r["nfe_per_step"]))
+        cells = [f"`{r['name']}`", order, nfe, kind, r["default_grid"] or "—", "yes" if r["denoise_default"] else "no",
+                 r["description"], r["reference"] or "—"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_solvers(args: argparse.Namespace) -> int:
     rows = solver_table()
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if args.markdown:
+        print(solver_markdown(), end="")
         return 0
     head = f"{'name':<22} {'order':>5} {'NFE/step':>8} {'kind':<13} {'grid':<9} description"
     print(head)
@@ -457,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(strong order for stochastic ones), score evaluations per step at default options, "
                         "deterministic/stochastic/adaptive, default time grid.")
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/solvers.md)")
 
     pa = sub.add_parser(
         "sample", help="draw samples; write them as .npz and a PNG grid",
