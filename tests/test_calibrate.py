@@ -110,3 +110,21 @@ def test_gits_grid():
     assert info["nfe"] > 0
     with pytest.raises(ValueError, match="steps"):
         gits_grid(score, sde, 50, shape=SHAPE, fine=40)
+
+
+def test_auto_solver(tmp_path):
+    gm, sde, score = _problem()
+    from scoresolve.solvers.auto import AutoSolver
+
+    with pytest.raises(ValueError, match="steps=1"):
+        ss.sample(score, sde, solver="auto", steps=1, shape=(2, 4))
+    for k in (2, 5, 9):
+        res = ss.sample(score, sde, solver="auto", steps=k, shape=(8, 4), calibrate=False, return_result=True)
+        assert res.nfe == k and torch.isfinite(res.samples).all()
+    # a calibrated grid made once (small search) and used by solver="auto" through its cache file
+    path = tmp_path / "auto5.json"
+    cg = calibrate_grid(score, sde, AutoSolver(), 5, shape=SHAPE, n_samples=32, max_evals=30, teacher_steps=60,
+                        cache=path)
+    res = ss.sample(score, sde, solver="auto", steps=5, shape=(8, 4), calibrate=str(path), return_result=True)
+    assert res.nfe == 5 and res.info["calibration"]["cached"] and torch.allclose(res.grid, cg.grid)
+    assert res.info["auto"]["last_step"] == "zero"

@@ -1,0 +1,177 @@
+"""Few-step deterministic samplers at 5 / 10 / 20 score evaluations on exact Gaussian mixtures.
+
+For each problem (digits × VP, digits × VE, 16-D anisotropic × VE), budget and method:
+
+- FD / floor: Fréchet distance of ``n`` samples to the exact moments over the mean FD of ``n`` exact
+  samples (floor from ``--floor-draws`` ≥ 50 draws);
+- log p0 gap: mean exact log-density of the samples minus that of exact samples (≈ 0 is right;
+  positive = over-concentrated, negative = too spread);
+- RMSE vs reference: per-sample RMSE against a tight reference PF-ODE solution from the same prior
+  noise (4th-order Adams, 200 log-SNR steps; to the method's own endpoint: eps, or σ = 0), mean and median;
+- FD of the reference itself (the exact PF-ODE from the same noise) for the VE criterion;
+- calibration cost (evaluations, seconds), calibrated on its own noise stream and evaluated on
+  ``--seeds`` independent sampling seeds.
+
+Usage::
+
+    python benchmarks/fewstep.py            # full: n = 2000, seeds 0 1 2, budgets 5 10 20
+    python benchmarks/fewstep.py --quick    # n = 500, one seed, budgets 5 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, markdown_table, prepare_out_dir, versions, write_json, write_text  # noqa: E402
+
+import scoresolve as ss  # noqa: E402
+from scoresolve.calibrate import calibrate_grid, teacher_solution  # noqa: E402
+from scoresolve.metrics import frechet_floor, frechet_to_moments  # noqa: E402
+from scoresolve.sampling import resolve_solver  # noqa: E402
+
+# method name -> (solver name, options, grid: registered name or "calibrated")
+METHODS = {
+    "auto": ("auto", {}, None),
+    "ipndm(fixed)+cal, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated"),
+    "ipndm(fixed)+cal, step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated"),
+    "ipndm(var)+cal, step to 0": ("ipndm", {"last_step": "zero"}, "calibrated"),
+    "dpmpp_3m+cal, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated"),
+    "unipc+cal, step to 0": ("unipc", {"last_step": "zero"}, "calibrated"),
+    "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "karras"),
+    "dpmpp_2m karras, step to 0": ("dpmpp_2m", {"last_step": "zero"}, "karras"),
+    "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr"),
+    "unipc log_snr, step to 0": ("unipc", {"last_step": "zero"}, "log_snr"),
+}
+FULL_METHODS = ["auto", "ipndm(fixed)+cal, stop at eps", "dpmpp_2m karras, step to 0", "unipc log_snr, step to 0"]
+QUICK_METHODS = ["auto", "ipndm(fixed)+cal, stop at eps", "ipndm(fixed)+cal, step to 0", "dpmpp_2m karras, step to 0"]
+
+PROBLEMS = {
+    "digits_vp": (lambda: ss.analytic.digits(), lambda: ss.VPSDE()),
+    "digits_ve": (lambda: ss.analytic.digits(), lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0)),
+    "aniso16_ve": (lambda: ss.analytic.anisotropic(dim=16, n_components=8, seed=0),
+                   lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0)),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--budgets", type=int, nargs="+", default=None)
+    ap.add_argument("--problems", nargs="+", default=None, choices=sorted(PROBLEMS))
+    ap.add_argument("--methods", nargs="+", default=None)
+    ap.add_argument("--floor-draws", type=int, default=50)
+    ap.add_argument("--calib-samples", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = prepare_out_dir(args.out, "fewstep")
+    n = args.n or (500 if args.quick else 2000)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    budgets = args.budgets or ([5, 10] if args.quick else [5, 10, 20])
+    problems = args.problems or (["digits_vp"] if args.quick else list(PROBLEMS))
+    methods = args.methods or (QUICK_METHODS if args.quick else FULL_METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise SystemExit(f"unknown method {m!r}; choose from {list(METHODS)}")
+
+    rows = []
+    for prob in problems:
+        gm_f, sde_f = PROBLEMS[prob]
+        gm, sde = gm_f(), sde_f()
+        shape = tuple(gm.event_shape) if hasattr(gm, "event_shape") else (gm.means.shape[-1],)
+        score = gm.score_model(sde)
+        mean, cov = gm.moments()
+        floor = frechet_floor(lambda k, g, gm=gm: gm.sample(k, g), mean, cov, n, draws=args.floor_draws)[0]
+        big = gm.sample(50_000, torch.Generator().manual_seed(999))
+        exact_logp = float(gm.log_prob(big).mean())
+        print(f"[{prob}] floor {floor:.4g}, exact mean log p0 {exact_logp:.3f}", flush=True)
+        refs: dict[tuple[int, bool], torch.Tensor] = {}
+        x_Ts = {s: sde.prior_sample((n, *shape), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in seeds}
+
+        def reference(seed: int, to_zero: bool, x_Ts=x_Ts, refs=refs, sde=sde, score=score) -> torch.Tensor:
+            key = (seed, to_zero)
+            if key not in refs:
+                refs[key] = teacher_solution(score, sde, x_Ts[seed], sde.default_eps, to_zero=to_zero, steps=200)[0]
+            return refs[key]
+
+        for seed in seeds:
+            r = reference(seed, True)
+            rows.append({"problem": prob, "method": "exact PF-ODE (reference)", "nfe": 200, "seed": seed,
+                         "fd_floor": frechet_to_moments(r.reshape(n, -1).float(), mean, cov) / floor,
+                         "logp_gap": float(gm.log_prob(r).mean()) - exact_logp})
+        for m in methods:
+            solver_name, opts, grid_name = METHODS[m]
+            for K in budgets:
+                solver = resolve_solver(solver_name, dict(opts))
+                cal_nfe, cal_sec, grid = 0, 0.0, grid_name
+                if grid_name == "calibrated":
+                    cg = calibrate_grid(score, sde, solver, K, shape=shape, n_samples=args.calib_samples, seed=0,
+                                        max_evals=60 + 20 * K)
+                    cal_nfe, cal_sec, grid = cg.nfe, cg.seconds, cg.grid
+                for seed in seeds:
+                    x_T = x_Ts[seed]
+                    t0 = time.perf_counter()
+                    res = ss.sample(score, sde, solver=solver, steps=K if not isinstance(grid, torch.Tensor) else None,
+                                    grid=grid, x_T=x_T, return_result=True)
+                    sec = time.perf_counter() - t0
+                    if solver_name == "auto":
+                        cal = res.info.get("calibration", {})
+                        cal_nfe, cal_sec = cal.get("nfe", 0), cal.get("seconds", 0.0)
+                    x = res.samples
+                    to_zero = res.info.get("last_step", getattr(solver, "last_step", "none")) != "none"
+                    ref = reference(seed, to_zero)
+                    per = (x - ref).reshape(n, -1).pow(2).mean(1).sqrt()
+                    row = {
+                        "problem": prob, "method": m, "nfe": res.nfe, "seed": seed,
+                        "fd_floor": frechet_to_moments(x.reshape(n, -1).float(), mean, cov) / floor,
+                        "logp_gap": float(gm.log_prob(x).mean()) - exact_logp,
+                        "rmse_mean": float(per.mean()), "rmse_median": float(per.median()),
+                        "cal_nfe": cal_nfe, "cal_seconds": cal_sec, "seconds": sec,
+                        "finite": bool(torch.isfinite(x).all()),
+                    }
+                    rows.append(row)
+                    print(f"[{prob}] {m:36s} K={K:3d} seed={seed} FD/floor={row['fd_floor']:.3f} "
+                          f"dlogp={row['logp_gap']:+.3f} rmse={row['rmse_mean']:.4f} (median {row['rmse_median']:.4f}) "
+                          f"cal={cal_nfe} evals/{cal_sec:.1f}s", flush=True)
+    cols = [("problem", "problem"), ("method", "method"), ("nfe", "NFE"), ("seed", "seed"), ("fd_floor", "FD/floor"),
+            ("logp_gap", "Δ mean log p0 (nats)"), ("rmse_mean", "RMSE vs ref"), ("rmse_median", "median RMSE"),
+            ("cal_nfe", "calib. evals"), ("cal_seconds", "calib. s")]
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    md = "# Few-step deterministic samplers\n\n" + f"`python benchmarks/fewstep.py {cmd}`\n\n"
+    md += f"Machine: {machine_info()}\n\n" + markdown_table(rows, cols)
+    summ = []
+    keys = sorted({(r["problem"], r["method"], r["nfe"]) for r in rows}, key=lambda k: (k[0], k[2], k[1]))
+    for prob, meth, nfe in keys:
+        rs = [r for r in rows if (r["problem"], r["method"], r["nfe"]) == (prob, meth, nfe)]
+        agg = {"problem": prob, "method": meth, "nfe": nfe, "seeds": len(rs)}
+        for k in ("fd_floor", "logp_gap", "rmse_mean", "rmse_median"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                agg[k] = sum(vals) / len(vals)
+                agg[k + "_worst"] = max(vals, key=abs)
+        agg["cal_nfe"], agg["cal_seconds"] = rs[0].get("cal_nfe"), rs[0].get("cal_seconds")
+        summ.append(agg)
+    scol = [("problem", "problem"), ("method", "method"), ("nfe", "NFE"), ("fd_floor", "FD/floor (mean)"),
+            ("fd_floor_worst", "FD/floor (worst seed)"), ("logp_gap", "Δ log p0 (mean)"),
+            ("logp_gap_worst", "Δ log p0 (worst)"), ("rmse_mean", "RMSE vs ref"), ("rmse_median", "median RMSE"),
+            ("cal_nfe", "calib. evals"), ("cal_seconds", "calib. s")]
+    md += "\n## Summary over seeds\n\n" + markdown_table(summ, scol)
+    write_text(out / "results.md", md)
+    write_json(out / "results.json", {"config": vars(args), "n": n, "seeds": seeds, "budgets": budgets,
+                                      "machine": machine_info(), "versions": versions(), "rows": rows,
+                                      "summary": summ})
+    print(f"wrote {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
