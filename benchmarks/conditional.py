@@ -11,6 +11,11 @@ Cost is reported as score evaluations of single samples per output.
     python benchmarks/conditional.py            # full: n = 1000 outputs (~20 min on one CPU core)
     python benchmarks/conditional.py --quick    # n = 200, small K, a minute or two
 
+    # the same in four parallel processes, then one table:
+    for p in "vp 1" "vp 8" "ve 1" "ve 8"; do set -- $p
+      python benchmarks/conditional.py --sdes $1 --observed $2 --out bench_out/conditional/$1_$2 & done; wait
+    python benchmarks/conditional.py --merge bench_out/conditional/{vp_1,vp_8,ve_1,ve_8}
+
 Writes results.json, results.md and conditional.png to --out (default bench_out/conditional/).
 """
 
@@ -77,7 +82,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="seeds per configuration (results averaged)")
     ap.add_argument("--sdes", default="vp,ve")
     ap.add_argument("--observed", default="1,8")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="combine the results.json of earlier runs (e.g. one per SDE/observation) into --out",
+    )
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
+        meta = dict(parts[0]["meta"], merged_from=args.merge)
+        write_outputs([r for p in parts for r in p["rows"]], meta, Path(args.out))
+        return
     torch.set_num_threads(1)
     n = args.n or (200 if args.quick else 1000)
     out = Path(args.out)
@@ -153,11 +170,17 @@ def main() -> None:
         "machine": machine(),
         "observation_seeds": OBS,
     }
+    write_outputs(rows, meta, out)
+
+
+def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    mach = meta["machine"]
     lines = [
-        f"Conditional sampling on anisotropic(16, 8, seed=0), n = {n} outputs, {args.seeds} seed(s); "
-        f"floor = mean FD of 50 exact draws of the same size. Machine: {meta['machine']['processor']}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s).",
+        f"Conditional sampling on anisotropic(16, 8, seed=0), n = {meta['n']} outputs, {meta['seeds']} seed(s); "
+        f"floor = mean FD of 50 exact draws of the same size. Machine: {mach['processor']}, "
+        f"{mach['cpu_count']} CPUs (shared), torch {mach['torch']}, {mach['threads']} thread(s).",
         "",
         "| SDE | observed | method | FD / floor | mode TV | score evals / output | seconds |",
         "|---|---:|---|---:|---:|---:|---:|",

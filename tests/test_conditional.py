@@ -426,7 +426,7 @@ def test_acceptance_16d(sde_name, n_obs, obs_seed):
     mask[:n_obs] = True
     y0 = gm.sample(1, gen(obs_seed))[0]
     y = y0.expand(1000, 16).clone()
-    x = inpaint(gm.score_model(sde), sde, y, mask, steps=200, particles=128, generator=gen(1))
+    x = inpaint(gm.score_model(sde), sde, y, mask, steps=200, particles=128, generator=gen(1000))
     assert torch.equal(x[:, mask], y[:, mask])
     check_posterior(gm, mask, y0, x, fd_factor=2.0, tv_tol=0.05)
     assert math.isfinite(float(x.sum()))
