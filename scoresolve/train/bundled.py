@@ -52,7 +52,7 @@ STEPS = 2500
 
 def evaluate(
     path: str | Path = OUT, n: int = 1000, steps: int = 1000, seed: int = 0, bpd: bool = True,
-    bpd_rtol: float = 1e-5,
+    bpd_rtol: float = 1e-5, bpd_n: int | None = None,
 ) -> dict[str, float]:
     """Sample quality and held-out bits/dim of the model at ``path`` (see the module docstring)."""
     import json
@@ -99,12 +99,15 @@ def evaluate(
         if likelihood is not None:
             t0 = time.perf_counter()
             gq = torch.Generator().manual_seed(seed + 1)
-            xd = test + torch.rand(test.shape, generator=gq) / 8.0
+            xt = test if bpd_n is None else test[:bpd_n]
+            xd = xt + torch.rand(xt.shape, generator=gq) / 8.0
             r = likelihood(model, model.sde, xd, rtol=bpd_rtol, atol=bpd_rtol, generator=gq, data_range=None)
             nll = r.nll.double()
             out["test_nll_nats"] = float(nll.mean())
             out["test_bpd"] = float(nll.mean() / (64 * math.log(2)) + 3.0)
             out["test_bpd_stderr"] = float(nll.std() / (64 * math.log(2)) / math.sqrt(len(nll)))
+            out["bpd_n"] = len(nll)
+            out["bpd_nfe"] = float(getattr(r, "nfe", float("nan")))
             out["bpd_seconds"] = time.perf_counter() - t0
     print(json.dumps(out, indent=1))
     return out
@@ -120,10 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-n", type=int, default=1000)
     ap.add_argument("--eval-steps", type=int, default=1000)
     ap.add_argument("--no-bpd", action="store_true")
+    ap.add_argument("--bpd-n", type=int, default=None, help="held-out images for bits/dim (default: all 359)")
+    ap.add_argument("--bpd-rtol", type=float, default=1e-5)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.evaluate:
-        evaluate(args.out, n=args.eval_n, steps=args.eval_steps, bpd=not args.no_bpd)
+        evaluate(args.out, n=args.eval_n, steps=args.eval_steps, bpd=not args.no_bpd, bpd_n=args.bpd_n,
+                 bpd_rtol=args.bpd_rtol)
         return
     torch.manual_seed(0)
     net = UNet(**ARCH)
