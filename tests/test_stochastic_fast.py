@@ -1,0 +1,224 @@
+"""Fast stochastic samplers: SDE-DPM-Solver++ (scoresolve/solvers/sde_dpmpp.py) and the adaptive
+Gotta Go Fast solver (scoresolve/solvers/gotta_go_fast.py), against analytic Gaussian mixtures.
+
+Ground truth: the exact moments and mode weights of the mixture; tolerances are derived from the
+sample size (z-scores of sample means / proportions) plus a stated discretisation allowance.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from conftest import SDES
+
+import scoresolve as ss
+from scoresolve.metrics import mode_weights
+from scoresolve.solvers.sde_dpmpp import SDEDPMSolverPP2M, phi_integrals
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these tests make thousands of tiny tensor ops: on a loaded 2-core machine two intra-op threads
+    # spin-wait on each other (einsum/softmax at 10-20 ms a call); one thread is ~50x faster
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# A 2-D mixture of three well-separated modes with unequal weights: mode weights are a sharp test of
+# the stochastic part (an ODE-like or over-damped sampler still finds the modes, but a wrong noise
+# level shifts the within-mode spread).
+MIX = ss.analytic.GaussianMixture(
+    [0.2, 0.3, 0.5],
+    torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]]),
+    torch.stack([torch.diag(torch.tensor([0.3, 0.1])), torch.diag(torch.tensor([0.05, 0.4])), 0.2 * torch.eye(2)]),
+    name="three_modes",
+)
+
+
+def _check_distribution(x: torch.Tensor, gm: ss.analytic.GaussianMixture, bias: float) -> None:
+    """Mode weights, mean and per-coordinate variance of samples ``x`` against the exact values.
+
+    Each statistic must lie within 4.5 standard errors (from the sample size; family-wise false alarm
+    below 1e-3 for the ~10 checks) plus ``bias``, the discretisation allowance of the solver.
+    """
+    n = x.shape[0]
+    xd = x.double().reshape(n, -1)
+    assert torch.isfinite(xd).all()
+    w = mode_weights(gm.labels(xd), gm.n_components)
+    ref = gm.weights
+    se_w = (ref * (1 - ref) / n).sqrt()
+    assert ((w - ref).abs() <= 4.5 * se_w + bias).all(), f"mode weights {w.tolist()} vs {ref.tolist()}"
+    mean, cov = gm.moments()
+    var = torch.diagonal(cov)
+    se_m = (var / n).sqrt()
+    assert ((xd.mean(0) - mean).abs() <= 4.5 * se_m + bias).all(), f"mean {xd.mean(0).tolist()} vs {mean.tolist()}"
+    # variance of the sample variance: (m4 - var²)/n; bound m4 by the exact samples' kurtosis
+    ex = gm.sample(20_000, torch.Generator().manual_seed(99), dtype=torch.float64).reshape(20_000, -1)
+    m4 = ((ex - mean) ** 4).mean(0)
+    se_v = ((m4 - var**2) / n).sqrt()
+    assert ((xd.var(0) - var).abs() <= 4.5 * se_v + bias * var.sqrt() * 2).all(), (
+        f"variance {xd.var(0).tolist()} vs {var.tolist()}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# SDE-DPM-Solver++
+
+
+def test_phi_integrals_against_quadrature():
+    for h in (1e-6, 1e-4, 1e-3, 0.05, 0.7, 3.0):
+        for eta in (0.0, 0.5, 1.0):
+            c = 1 + eta
+            u = torch.linspace(0, h, 20_001, dtype=torch.float64)
+            wgt = c * torch.exp(-c * (h - u))
+            ref = [float(torch.trapezoid(wgt * u**k, u)) for k in range(3)]
+            got = phi_integrals(h, eta)
+            for k in range(3):
+                assert got[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-300), (h, eta, k)
+
+
+@pytest.mark.parametrize("solver", ["sde_dpmpp_2m", "sde_dpmpp_3m"])
+@pytest.mark.parametrize("final", ["denoise", "sigma_min", "zero"])
+def test_budget_semantics(solver, final):
+    sde = ss.VPSDE()
+    model = MIX.score_model(sde)
+    for k in (1, 2, 3, 5, 17):
+        if final == "denoise" and k == 1:
+            with pytest.raises(ValueError, match="steps=1 is too small for final='denoise'"):
+                ss.sample(model, sde, solver, k, batch_size=4, final=final)
+            continue
+        calls: list[int] = []
+        res = ss.sample(
+            model,
+            sde,
+            solver,
+            k,
+            batch_size=4,
+            final=final,
+            return_result=True,
+            generator=torch.Generator().manual_seed(0),
+            callback=lambda calls=calls, **kw: calls.append(kw["step"]),
+        )
+        assert res.nfe == k, f"{solver} final={final}: steps={k} spent {res.nfe} evaluations"
+        assert torch.isfinite(res.samples).all()
+        assert len(calls) == k
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_no_nan_over_budgets(sde_name):
+    sde = SDES[sde_name]()
+    model = MIX.score_model(sde)
+    for k in (2, 3, 4, 5, 7, 10, 20, 50, 100, 999, 1000):
+        x = ss.sample(model, sde, "sde_dpmpp_2m", k, batch_size=3, generator=torch.Generator().manual_seed(k))
+        assert torch.isfinite(x).all(), f"NaN/inf at steps={k} under {sde_name}"
+    for final in ("zero", "sigma_min"):
+        x = ss.sample(model, sde, "sde_dpmpp_2m", 1, batch_size=3, final=final)
+        assert torch.isfinite(x).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_no_nan_every_budget_1_to_1000(sde_name):
+    sde = SDES[sde_name]()
+    model = MIX.score_model(sde)
+    for k in range(1, 1001):
+        x = ss.sample(
+            model,
+            sde,
+            "sde_dpmpp_2m",
+            k,
+            batch_size=2,
+            final="zero" if k == 1 else "denoise",
+            generator=torch.Generator().manual_seed(k),
+        )
+        assert torch.isfinite(x).all(), f"NaN/inf at steps={k} under {sde_name}"
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_sde_dpmpp_2m_distribution(sde_name):
+    # n = 4000 at 40 evaluations; the discretisation allowance (0.01 on weights and means, 2 % on
+    # variances) is below what a first-order solver reaches at 10 steps or a score off by 10 % gives.
+    sde = SDES[sde_name]()
+    x = ss.sample(
+        MIX.score_model(sde), sde, "sde_dpmpp_2m", 40, batch_size=4000, generator=torch.Generator().manual_seed(1)
+    )
+    _check_distribution(x, MIX, bias=0.01)
+
+
+def test_sde_dpmpp_noise_matters_and_is_reproducible():
+    sde = ss.VPSDE()
+    model = MIX.score_model(sde)
+    a = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(3))
+    b = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(3))
+    c = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # per-sample seeds: a sample depends only on its own seed, not on the batch
+    s1 = ss.sample(model, sde, "sde_dpmpp_2m", 10, seeds=[5, 6, 7])
+    s2 = ss.sample(model, sde, "sde_dpmpp_2m", 10, seeds=[7, 5])
+    assert torch.allclose(s1[0], s2[1], atol=1e-6) and torch.allclose(s1[2], s2[0], atol=1e-6)
+
+
+@functools.cache
+def _order_problem():
+    gm = ss.analytic.anisotropic(dim=8, n_components=4)
+    sde = ss.VPSDE()
+    model = gm.score_model(sde)
+    x_T = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = ss.sample(model, sde, "sde_dpmpp_3m", 800, x_T=x_T, eta=0.0, final="sigma_min")
+    return model, sde, x_T, ref
+
+
+@pytest.mark.parametrize("order, solver_type", [(1, "midpoint"), (2, "midpoint"), (2, "heun"), (3, "midpoint")])
+def test_eta0_convergence_order(order, solver_type):
+    # with eta = 0 the solver is a deterministic exponential multistep method of order `order`:
+    # the slope of log2(median per-sample error) from 40 to 80 steps against a 3M solution with 800
+    # steps, on an 8-D anisotropic mixture in float64
+    model, sde, x_T, ref = _order_problem()
+    errs = []
+    for k in (20, 40, 80):
+        x = ss.sample(
+            model, sde, "sde_dpmpp_2m", k, x_T=x_T, eta=0.0, order=order, solver_type=solver_type, final="sigma_min"
+        )
+        errs.append(float((x - ref).pow(2).mean(1).sqrt().median()))
+    slope = math.log2(errs[1] / errs[2])
+    assert abs(slope - order) <= 0.6, f"order {order}: errors {errs}, slope {slope:.2f}"
+
+
+def test_half_precision_model_output():
+    sde = ss.VPSDE()
+    model = MIX.score_model(sde)
+    x = ss.sample(
+        lambda x, t: model(x, t).half(),
+        sde,
+        "sde_dpmpp_2m",
+        20,
+        shape=(64, 2),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_sde_dpmpp_bad_input():
+    with pytest.raises(ValueError, match="order"):
+        SDEDPMSolverPP2M(order=4)
+    with pytest.raises(ValueError, match="solver_type"):
+        SDEDPMSolverPP2M(solver_type="rk4")
+    with pytest.raises(ValueError, match="final"):
+        SDEDPMSolverPP2M(final="tweedie")
+    with pytest.raises(ValueError, match="eta"):
+        SDEDPMSolverPP2M(eta=-1.0)
+    sde = ss.VPSDE()
+    with pytest.raises(ValueError, match="steps"):
+        ss.sample(MIX.score_model(sde), sde, "sde_dpmpp_2m", 0, batch_size=2)
+
+
+def test_declarations():
+    cls = ss.registry.SOLVERS.get("sde_dpmpp_2m")
+    assert cls.stochastic and not cls.adaptive and not cls.denoise_default and cls.nfe_per_step == 1
+    assert "2211.01095" in cls.reference
