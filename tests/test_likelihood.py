@@ -188,3 +188,21 @@ def test_bad_inputs():
         likelihood(nan_late, sde, x, method="rk4", steps=4, trace="exact")
     with pytest.raises(ss.NonFiniteScoreError, match=r"t="):
         likelihood(nan_late, sde, x, trace="exact")
+
+
+def test_local_gaussian_preconditioning():
+    """precondition='local' is an exact change of variables: it converges to the same value and, on a
+    stiff VE mixture, is far more accurate at a fixed budget."""
+    mix, sde = analytic.anisotropic(16), ss.VESDE(sigma_min=0.01, sigma_max=50.0)
+    x = _data(mix, 16)
+    model = mix.score_model(sde)
+    pl = lambda z: mix.log_prob(z, sde.T, sde)  # noqa: E731
+    ref = mix.log_prob(x, 1e-5, sde)
+    kw = dict(method="rk4", steps=10, grid="karras", trace="exact", prior_logp=pl)
+    plain = likelihood(model, sde, x, **kw)
+    local = likelihood(model, sde, x, precondition="local", **kw)
+    assert local.nfe == plain.nfe == 40  # the Jacobian at the start is the first stage: no extra call
+    e_plain, e_local = _bpd_err(plain.logp, ref, 16), _bpd_err(local.logp, ref, 16)
+    assert e_local <= 0.01 and e_local < e_plain / 3, (e_local, e_plain)
+    with pytest.raises(ValueError, match="precondition"):
+        likelihood(model, sde, x, method="rk4", steps=4, trace="hutchinson", precondition="local")
