@@ -184,7 +184,7 @@ def test_smc_matches_exact_bimodal_conditional(sde):
     mask = torch.tensor([True, False, False])
     y0 = torch.tensor([0.0, 0.0, 0.0])
     y = y0.expand(400, 3).clone()
-    x = inpaint(gm.score_model(sde), sde, y, mask, steps=150, particles=48, generator=gen(7))
+    x = inpaint(gm.score_model(sde), sde, y, mask, steps=120, particles=48, generator=gen(7))
     check_posterior(gm, mask, y0, x, fd_factor=2.5, tv_tol=0.06)
 
 
@@ -330,7 +330,7 @@ def test_linear_inverse_exact_posterior_and_consistency():
     y0 = A @ x_true
     n = 300
     x = linear_inverse(
-        gm.score_model(sde), sde, y0.float().expand(n, 2).clone(), A.float(), steps=150, particles=48, generator=gen(4)
+        gm.score_model(sde), sde, y0.float().expand(n, 2).clone(), A.float(), steps=120, particles=48, generator=gen(4)
     )
     assert x.shape == (n, 5)
     torch.testing.assert_close((x.double() @ A.T), y0.expand(n, 2), atol=1e-4, rtol=1e-4)
@@ -386,7 +386,7 @@ def test_colorize_exact_posterior():
     gray = x_true.mean(0)
     n = 300
     x = colorize(
-        gm.score_model(sde), sde, gray.float().expand(n, 1, 2).clone(), steps=150, particles=48, generator=gen(9)
+        gm.score_model(sde), sde, gray.float().expand(n, 1, 2).clone(), steps=120, particles=48, generator=gen(9)
     )
     assert x.shape == (n, 3, 1, 2)
     torch.testing.assert_close(x.mean(1).double(), gray.expand(n, 1, 2), atol=1e-5, rtol=0)
