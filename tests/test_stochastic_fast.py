@@ -222,3 +222,140 @@ def test_declarations():
     cls = ss.registry.SOLVERS.get("sde_dpmpp_2m")
     assert cls.stochastic and not cls.adaptive and not cls.denoise_default and cls.nfe_per_step == 1
     assert "2211.01095" in cls.reference
+
+
+# --------------------------------------------------------------------------------------------------
+# Gotta Go Fast
+
+
+def _ggf(sde, n, **kw):
+    return ss.sample(MIX.score_model(sde), sde, "gotta_go_fast", batch_size=n, return_result=True, **kw)
+
+
+@pytest.mark.parametrize("norm", ["batch_rms", "per_sample"])
+def test_ggf_distribution_vp(norm):
+    # paper tolerances, n = 4000; same allowance as for SDE-DPM-Solver++ (0.01 on weights and means)
+    res = _ggf(ss.VPSDE(), 4000, norm=norm, generator=torch.Generator().manual_seed(2))
+    _check_distribution(res.samples, MIX, bias=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", ["ve", "subvp"])
+@pytest.mark.parametrize("norm", ["batch_rms", "batch_max", "per_sample"])
+def test_ggf_distribution_all(sde_name, norm):
+    res = _ggf(SDES[sde_name](), 4000, norm=norm, generator=torch.Generator().manual_seed(2))
+    _check_distribution(res.samples, MIX, bias=0.01)
+
+
+@pytest.mark.parametrize("norm", ["batch_rms", "batch_max", "per_sample"])
+def test_ggf_nfe_accounting(norm):
+    res = _ggf(ss.VPSDE(), 16, norm=norm, generator=torch.Generator().manual_seed(0))
+    info = res.info
+    assert info["attempted_steps"] >= 1
+    # two evaluations per attempted step, plus the final denoising step counted by sample()
+    assert res.nfe == 2 * info["attempted_steps"] + 1
+    per = info["nfe_per_sample"]
+    assert per.shape == (16,) and int(per.max()) == 2 * info["attempted_steps"]
+    assert info["row_evaluations"] == int(per.sum())
+    if norm == "per_sample":
+        assert int(per.min()) < int(per.max()), "per-sample step sizes should finish at different times"
+        assert info["row_evaluations"] < 16 * 2 * info["attempted_steps"]
+    else:
+        assert bool((per == per[0]).all())
+        times = res.grid
+        assert float(times[0]) == 1.0 and float(times[-1]) == pytest.approx(1e-3)
+        assert (times[1:] < times[:-1]).all()
+    res2 = ss.sample(
+        MIX.score_model(ss.VPSDE()),
+        ss.VPSDE(),
+        "gotta_go_fast",
+        batch_size=16,
+        norm=norm,
+        denoise=False,
+        return_result=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert res2.nfe == res.nfe - 1
+
+
+def test_ggf_tighter_tolerance_costs_more():
+    sde = ss.VPSDE()
+    loose = _ggf(sde, 64, rtol=0.1, atol=0.05, generator=torch.Generator().manual_seed(0))
+    tight = _ggf(sde, 64, rtol=0.01, atol=0.005, generator=torch.Generator().manual_seed(0))
+    assert tight.nfe > 1.5 * loose.nfe
+
+
+def test_ggf_per_sample_batch_independence():
+    # a sample depends only on its own seed: the same seed gives the same sample in any batch
+    sde = ss.VPSDE()
+    model = MIX.score_model(sde)
+    a = ss.sample(model, sde, "gotta_go_fast", norm="per_sample", seeds=[11, 12, 13], return_result=True)
+    b = ss.sample(model, sde, "gotta_go_fast", norm="per_sample", seeds=[13, 40, 41, 11], return_result=True)
+    assert torch.allclose(a.samples[0], b.samples[3], atol=1e-6)
+    assert torch.allclose(a.samples[2], b.samples[0], atol=1e-6)
+    assert a.info["nfe_per_sample"][0] == b.info["nfe_per_sample"][3]
+    # and the batch controllers do couple samples (documented): the same seed, another batch
+    c = ss.sample(model, sde, "gotta_go_fast", norm="batch_rms", seeds=[11, 12, 13])
+    d = ss.sample(model, sde, "gotta_go_fast", norm="batch_rms", seeds=[11, 40, 41, 42, 43])
+    assert not torch.allclose(c[0], d[0], atol=1e-6)
+
+
+def test_ggf_brownian_bridge_split_is_exact_in_distribution():
+    # splitting a known increment W_h at h' by the bridge, the pieces must be independent with
+    # variances h' and h - h' (a wrong bridge shows up as a correlation or a wrong variance)
+    from scoresolve.solvers.gotta_go_fast import _split_increment
+
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    L = torch.full((n,), 0.3, dtype=torch.float64)
+    w = torch.randn(n, 1, generator=g, dtype=torch.float64) * math.sqrt(0.3)
+    h = torch.full((n,), 0.1, dtype=torch.float64)
+    w1, left = _split_increment(
+        [(L, w)],
+        h,
+        torch.randn(n, 1, generator=g, dtype=torch.float64),
+        torch.randn(n, 1, generator=g, dtype=torch.float64),
+    )
+    w2 = left[0][1]
+    assert torch.allclose(w1 + w2, w)
+    assert torch.allclose(left[0][0], L - h)
+    tol = 4.5 * math.sqrt(2 / n)  # relative SE of a sample variance / correlation
+    assert float(w1.var()) == pytest.approx(0.1, rel=tol)
+    assert float(w2.var()) == pytest.approx(0.2, rel=tol)
+    assert abs(float(torch.corrcoef(torch.stack([w1[:, 0], w2[:, 0]]))[0, 1])) < tol
+    # beyond the known pieces: fresh noise of the remaining variance
+    w3, left3 = _split_increment(
+        [(L, w)],
+        torch.full((n,), 0.5, dtype=torch.float64),
+        torch.zeros(n, 1, dtype=torch.float64),
+        torch.randn(n, 1, generator=g, dtype=torch.float64),
+    )
+    assert float((w3 - w).var()) == pytest.approx(0.2, rel=tol)
+    assert float(left3[0][0].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rtol": 0.0}, "rtol"),
+        ({"rtol": -0.1}, "rtol"),
+        ({"atol": 0.0}, "atol"),
+        ({"norm": "rms"}, "norm must be one of"),
+        ({"exponent": 1.0}, "exponent"),
+        ({"h_init": 0.0}, "h_init"),
+        ({"max_steps": 0}, "max_steps"),
+    ],
+)
+def test_ggf_bad_input(kwargs, match):
+    sde = ss.VPSDE()
+    with pytest.raises(ValueError, match=match):
+        ss.sample(MIX.score_model(sde), sde, "gotta_go_fast", batch_size=2, **kwargs)
+
+
+def test_ggf_rejects_steps_and_max_steps_error():
+    sde = ss.VPSDE()
+    model = MIX.score_model(sde)
+    with pytest.raises(ValueError, match="adaptive"):
+        ss.sample(model, sde, "gotta_go_fast", 10, batch_size=2)
+    with pytest.raises(RuntimeError, match="max_steps=3"):
+        ss.sample(model, sde, "gotta_go_fast", batch_size=2, max_steps=3)
