@@ -37,19 +37,27 @@ from scoresolve.sampling import resolve_solver  # noqa: E402
 
 # method name -> (solver name, options, grid: registered name or "calibrated")
 METHODS = {
-    "auto": ("auto", {}, None),
-    "ipndm(fixed)+cal, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated"),
-    "ipndm(fixed)+cal, step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated"),
-    "ipndm(var)+cal, step to 0": ("ipndm", {"last_step": "zero"}, "calibrated"),
-    "dpmpp_3m+cal, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated"),
-    "unipc+cal, step to 0": ("unipc", {"last_step": "zero"}, "calibrated"),
-    "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "karras"),
-    "dpmpp_2m karras, step to 0": ("dpmpp_2m", {"last_step": "zero"}, "karras"),
-    "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr"),
-    "unipc log_snr, step to 0": ("unipc", {"last_step": "zero"}, "log_snr"),
+    "auto": ("auto", {}, None, None),
+    "ipndm(fixed)+cal[both], stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated", "both"),
+    "ipndm(fixed)+cal[local], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "local"),
+    "ipndm(fixed)+cal[rmse], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "rmse"),
+    "ipndm(var)+cal[both], step to 0": ("ipndm", {"last_step": "zero"}, "calibrated", "both"),
+    "dpmpp_3m+cal[both], step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated", "both"),
+    "unipc+cal[both], step to 0": ("unipc", {"last_step": "zero"}, "calibrated", "both"),
+    "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "karras", None),
+    "dpmpp_2m karras, step to 0 (= k-diffusion)": ("dpmpp_2m", {"last_step": "zero"}, "karras", None),
+    "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr", None),
+    "unipc log_snr, step to 0 (= diffusers)": ("unipc", {"last_step": "zero"}, "log_snr", None),
 }
-FULL_METHODS = ["auto", "ipndm(fixed)+cal, stop at eps", "dpmpp_2m karras, step to 0", "unipc log_snr, step to 0"]
-QUICK_METHODS = ["auto", "ipndm(fixed)+cal, stop at eps", "ipndm(fixed)+cal, step to 0", "dpmpp_2m karras, step to 0"]
+FULL_METHODS = [
+    "auto",
+    "ipndm(fixed)+cal[both], stop at eps",
+    "ipndm(fixed)+cal[local], step to 0",
+    "dpmpp_3m+cal[both], step to 0",
+    "dpmpp_2m karras, step to 0 (= k-diffusion)",
+    "unipc log_snr, step to 0 (= diffusers)",
+]
+QUICK_METHODS = ["auto", "ipndm(fixed)+cal[both], stop at eps", "dpmpp_2m karras, step to 0 (= k-diffusion)"]
 
 PROBLEMS = {
     "digits_vp": (lambda: ss.analytic.digits(), lambda: ss.VPSDE()),
@@ -110,13 +118,13 @@ def main(argv: list[str] | None = None) -> None:
                          "fd_floor": frechet_to_moments(r.reshape(n, -1).float(), mean, cov) / floor,
                          "logp_gap": float(gm.log_prob(r).mean()) - exact_logp})
         for m in methods:
-            solver_name, opts, grid_name = METHODS[m]
+            solver_name, opts, grid_name, metric = METHODS[m]
             for K in budgets:
                 solver = resolve_solver(solver_name, dict(opts))
                 cal_nfe, cal_sec, grid = 0, 0.0, grid_name
                 if grid_name == "calibrated":
                     cg = calibrate_grid(score, sde, solver, K, shape=shape, n_samples=args.calib_samples, seed=0,
-                                        max_evals=60 + 20 * K)
+                                        max_evals=60 + 20 * K, metric=metric)
                     cal_nfe, cal_sec, grid = cg.nfe, cg.seconds, cg.grid
                 for seed in seeds:
                     x_T = x_Ts[seed]

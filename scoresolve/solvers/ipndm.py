@@ -44,6 +44,9 @@ class IPNDM(BudgetSolver):
     Args:
         order: maximum Adams–Bashforth order (default 4).
         variable: variable-step coefficients (default) or iPNDM's fixed equal-step ones.
+        final_variable: with ``last_step="zero"``, take the jump to :math:`\tilde\sigma=0` with the
+            variable-step weights even when ``variable=False`` (the equal-step weights assume an
+            interval like the previous ones, which the last jump never is).
         last_step, calibrate: see :class:`~scoresolve.solvers.exp_base.BudgetSolver`.
     """
 
@@ -51,13 +54,19 @@ class IPNDM(BudgetSolver):
     default_grid: ClassVar[str] = "karras"
 
     def __init__(
-        self, order: int = 4, variable: bool = True, last_step: str = "none", calibrate: Any = False
+        self,
+        order: int = 4,
+        variable: bool = True,
+        final_variable: bool = True,
+        last_step: str = "none",
+        calibrate: Any = False,
     ) -> None:
         super().__init__(last_step=last_step, calibrate=calibrate)
         if order not in (1, 2, 3, 4):
             raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
         self.order = float(order)
         self.variable = bool(variable)
+        self.final_variable = bool(final_variable)
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         D = run.denoise(y, i)
@@ -67,7 +76,7 @@ class IPNDM(BudgetSolver):
         hist: list[tuple[float, Tensor]] = ((state or []) + [(run.s[i], d)])[-int(self.order) :]
         k = len(hist)
         a, b = run.s[i], run.s[i + 1]
-        if self.variable:
+        if self.variable or (self.final_variable and self.is_final_zero(run, i)):
             w = lagrange_integral_weights([h[0] for h in reversed(hist)], a, b)
         else:
             w = [c * (b - a) for c in _FIXED[k]]
