@@ -233,7 +233,8 @@ class PerSampleAdaptiveODE(Solver):
             (~40 % rejected attempts measured); in :math:`\lambda` the steps stay comparable.
 
     ``SampleResult.nfe`` counts model calls; ``info["nfe_per_sample"]`` each sample's evaluations,
-    ``info["row_evals"]`` their sum. Deterministic; ends with the Tweedie step by default.
+    ``info["row_evals"]`` their sum. Deterministic; ends with the Tweedie step by default. Samples have
+    different step times, so ``callback``/``return_trajectory`` see only the final state (one "step").
     """
 
     adaptive = True
