@@ -47,6 +47,7 @@ def grids() -> dict[str, str]:
 _LAZY: dict[str, tuple[str, str]] = {
     "likelihood": ("scoresolve.likelihood", "likelihood"),
     "LikelihoodResult": ("scoresolve.likelihood", "LikelihoodResult"),
+    "bpd_offset": ("scoresolve.likelihood", "bpd_offset"),
     "inpaint": ("scoresolve.conditional", "inpaint"),
     "linear_inverse": ("scoresolve.conditional", "linear_inverse"),
     "colorize": ("scoresolve.conditional", "colorize"),
