@@ -21,6 +21,10 @@ Bits/dim of digits: the pixels take 17 levels ``k/8 - 1`` (k = 0..16), so a bin 
 held-out images are dequantized as ``x + u/8``, ``u ~ U[0, 1)``, and
 ``bpd = NLL / (64 ln 2) + log2(8)`` bounds the discrete bits per pixel (at most ``log2 17 ≈ 4.09``
 for a uniform model).
+
+Measured (``--evaluate --eval-n 500 --eval-steps 200``): FD in pixels 0.69 (500 training images: 0.63),
+classifier-feature FID 6.8 (training images: 7.6; the 10-component Gaussian mixture: 23.5), held-out
+bits/dim 2.31 ± 0.01 (dopri5 at 1e-5, 248 NFE).
 """
 
 from __future__ import annotations
