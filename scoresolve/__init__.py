@@ -55,6 +55,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "classifier_free": ("scoresolve.conditional", "classifier_free"),
     "load": ("scoresolve.io", "load"),
     "save": ("scoresolve.io", "save"),
+    "save_pretrained": ("scoresolve.io", "save_pretrained"),
+    "push_to_hub": ("scoresolve.io", "push_to_hub"),
     "from_diffusers": ("scoresolve.adapters.diffusers", "from_diffusers"),
     "from_kdiffusion": ("scoresolve.adapters.kdiffusion", "from_kdiffusion"),
     "from_score_sde": ("scoresolve.adapters.score_sde", "from_score_sde"),
