@@ -123,8 +123,9 @@ def test_auto_solver(tmp_path):
         assert res.nfe == k and torch.isfinite(res.samples).all()
     # a calibrated grid made once (small search) and used by solver="auto" through its cache file
     path = tmp_path / "auto5.json"
-    cg = calibrate_grid(score, sde, AutoSolver(), 5, shape=SHAPE, n_samples=32, max_evals=30, teacher_steps=60,
-                        cache=path)
+    cg = calibrate_grid(score, sde, AutoSolver().choose(5), 5, shape=SHAPE, n_samples=32, max_evals=30,
+                        teacher_steps=60, cache=path)
     res = ss.sample(score, sde, solver="auto", steps=5, shape=(8, 4), calibrate=str(path), return_result=True)
     assert res.nfe == 5 and res.info["calibration"]["cached"] and torch.allclose(res.grid, cg.grid)
-    assert res.info["auto"]["last_step"] == "zero"
+    assert res.info["auto"]["last_step"] == "zero" and res.info["auto"]["class"] == "IPNDM"
+    assert AutoSolver().choose(10).config()["class"] == "UniPC"
