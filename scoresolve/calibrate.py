@@ -289,8 +289,11 @@ def calibrate_grid(
     solver_obj = resolve_solver(solver, {}) if isinstance(solver, (str, type)) else solver
     if not isinstance(solver_obj, BudgetSolver):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
+    if metric not in ("rmse", "local", "both"):
+        raise ValueError(f"metric must be 'rmse', 'local' or 'both', got {metric!r}")
     solver_obj = copy.copy(solver_obj)
     solver_obj.calibrate = False
+    solver_obj.calibrate_metric = metric  # part of the fingerprint
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     n = solver_obj.steps_to_grid(steps)
@@ -317,8 +320,6 @@ def calibrate_grid(
     to_zero = solver_obj.last_step != "none"
     target, t_nfe = teacher_solution(fn, sde, x_T, eps_, to_zero=to_zero, steps=teacher_steps)
     nfe += t_nfe
-    if metric not in ("rmse", "local", "both"):
-        raise ValueError(f"metric must be 'rmse', 'local' or 'both', got {metric!r}")
     t_eps = torch.full((n_samples,), eps_, dtype=target.dtype)
     if metric != "rmse":
         s_ref = fn(target, t_eps).to(torch.float64)
@@ -436,7 +437,10 @@ def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> Tensor:
         return hit.grid
     was_cached = cache is not None and Path(cache).exists()
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cg = calibrate_grid(fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt)
+    metric = getattr(solver, "calibrate_metric", "both")
+    cg = calibrate_grid(
+        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric
+    )
     _CACHE[key] = cg
     ctx.info["calibration"] = {
         "nfe": 3 if was_cached else cg.nfe,

@@ -92,6 +92,8 @@ class BudgetSolver(Solver):
         calibrate: ``False``; ``True`` to replace the grid by one calibrated for this model, solver
             and budget before sampling (:func:`scoresolve.calibrate.calibrate_grid`, cost reported in
             ``SampleResult.info["calibration"]``); or a path to a cache file used for it.
+
+    The attribute ``calibrate_metric`` (default ``"both"``) is the ``metric=`` of that calibration.
     """
 
     denoise_default: ClassVar[bool] = False
@@ -107,6 +109,7 @@ class BudgetSolver(Solver):
             raise TypeError(f"calibrate must be a bool or a cache file path, got {type(calibrate).__name__}")
         self.last_step = last_step
         self.calibrate = calibrate
+        self.calibrate_metric = "both"
 
     # --- configuration seen by calibration and caches ---------------------------------------
     def config(self) -> dict[str, Any]:
