@@ -122,6 +122,16 @@ DEFAULT_PEERS = (
     "diffusers:unipc",
 )
 QUICK_PEERS = ("k_diffusion:dpmpp_2m", "diffusers:dpmsolver_multistep")
+# --quick runs these registered solvers (those present): one of each family, all cheap; the full run takes all
+QUICK_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "sde_dpmpp_2m")
+# a trained network costs ~1000x the analytic score per evaluation on the CPU: fewer samples, budgets, solvers
+TRAINED_N, QUICK_TRAINED_N = 500, 200
+TRAINED_NFE, QUICK_TRAINED_NFE = (5, 10, 20, 50, 100), (10,)
+TRAINED_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "ipndm", "auto", "sde_dpmpp_2m", "heun_edm",
+                   "k_diffusion:dpmpp_2m", "k_diffusion:lms", "diffusers:dpmsolver_multistep", "diffusers:unipc")
+QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
+DEFAULT_TIME_LIMIT = 240.0
+QUICK_TIME_LIMIT = 20.0
 
 _KDIFF_NOTE: str | None = None
 
@@ -485,7 +495,10 @@ def _sample_ours(problem: Problem, solver_name: str, opts: dict[str, Any], steps
         progress=False, return_result=True, device=device, **opts,
     )
     secs = time.perf_counter() - t0
-    extra = {}
+    extra: dict[str, Any] = {}
+    cal = res.info.get("calibration")
+    if isinstance(cal, dict):  # model-dependent grids: their one-off cost is not in the sampling NFE
+        extra["calibration"] = {k: v for k, v in cal.items() if isinstance(v, (int, float, str, bool))}
     if "nfe_per_sample" in res.info:
         v = res.info["nfe_per_sample"]
         extra["nfe_per_sample_mean"] = float(torch.as_tensor(v, dtype=torch.float64).mean())
@@ -618,6 +631,11 @@ def _table(rows: list[dict[str, Any]], problem: Problem) -> str:
         if r.get("setting") is None:
             r["setting"] = r.get("budget") if r.get("budget") is not None else "—"
         r["remark"] = r.get("skipped") or r.get("error") or r.get("note") or ""
+        cal = r.get("calibration")
+        if cal:
+            bits = [f"{cal[k]:.3g} {k}" for k in ("nfe", "seconds") if isinstance(cal.get(k), (int, float))]
+            r["remark"] = (r["remark"] + "; " if r["remark"] else "") + "time incl. grid calibration" + (
+                f" ({', '.join(bits)})" if bits else "")
         out.append(r)
     return markdown_table(out, cols)
 
@@ -631,7 +649,8 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
     md = ["# NFE vs sample quality", "", f"Command: `{config['command']}`", "",
           f"Machine: {config['machine']['processor']}, {config['machine']['cpu_count']} CPUs, "
           f"torch threads {config['machine']['torch_threads']}, device {config['machine']['device']}; "
-          f"seed {config['seed']}, n = {config['n']}, SDE {config['sde']}.", ""]
+          f"seed {config['seed']}; n = {config['n']} samples per run on the analytic model, "
+          f"{config['n_trained']} on trained models; SDE {config['sde']} (analytic model).", ""]
     files: dict[str, Path] = {}
     for p in problems:
         prow = sorted([r for r in rows if r["model"] == p.name], key=_sort_key)
@@ -645,7 +664,7 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
                    "samples' (positive: over-concentrated, negative: too spread).", ""]
         else:
             ref = p.reference
-            md += [f"FID floor ({config['n']} real train-split digits drawn with replacement, against the "
+            md += [f"FID floor ({config['n_trained']} real train-split digits drawn with replacement, against the "
                    f"{ref['n_reference']} held-out digits, {FLOOR_DRAWS} draws): "
                    f"{ref['fid_floor']:.4g} ± {ref['fid_floor_stderr']:.2g}.", ""]
         md += [_table(prow, p), ""]
@@ -656,7 +675,8 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
         png = None if not plot else plot_metric_vs_nfe(
             out / f"nfe_vs_fd_{p.name if p.name in BUILTIN_MODELS else 'model'}.png", series,
             ylabel="FD / floor (1 = exact samples)" if p.metric_name == "fd_ratio" else "FID / floor",
-            title=f"{p.name}, {config['sde']} SDE, n = {config['n']}", hline=1.0, hline_label="floor (exact samples)",
+            title=f"{p.name}, n = {config['n'] if p.name == 'analytic' else config['n_trained']}", hline=1.0,
+            hline_label="floor (exact / real samples)",
         )
         if png is not None:
             files[f"plot_{p.name}"] = png
@@ -701,17 +721,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated solvers: registered names, optionally with options as name[key=value,...] "
                    "(e.g. pc[corrector=none]), and peers as k_diffusion:<sampler> / diffusers:<scheduler>; "
                    "'all' = every registered solver and the default peers; 'ours' = registered solvers only "
-                   "(default: all)")
+                   "(default: all on the analytic model, a representative subset on trained models; --quick: "
+                   "one solver per family)")
     p.add_argument("--nfe", default=None,
                    help=f"comma-separated NFE budgets (default {','.join(map(str, DEFAULT_NFE))}; "
                    f"--quick: {','.join(map(str, QUICK_NFE))})")
-    p.add_argument("--n", type=int, default=None, help=f"samples per run (default {DEFAULT_N}; --quick: {QUICK_N})")
+    p.add_argument("--n", type=int, default=None,
+                   help=f"samples per run on the analytic model (default {DEFAULT_N}; --quick: {QUICK_N})")
+    p.add_argument("--n-trained", type=int, default=None,
+                   help=f"samples per run on trained models (default {TRAINED_N}; --quick: {QUICK_TRAINED_N})")
+    p.add_argument("--nfe-trained", default=None,
+                   help="NFE budgets for trained models (default: --nfe if given, else "
+                   f"{','.join(map(str, TRAINED_NFE))}; --quick: {','.join(map(str, QUICK_TRAINED_NFE))})")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of the solvers' noise")
     p.add_argument("--device", default="cpu", help="torch device for scoresolve's solvers (the peers run on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default=None, help=f"output folder (default bench_out/{NAME}/)")
     p.add_argument("--quick", action="store_true",
                    help="a run under a minute: fewer budgets, fewer samples, two peers")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help=f"seconds: after a run of a solver takes longer, its larger budgets are skipped (with the "
+                   f"reason in the table); default {DEFAULT_TIME_LIMIT:g}, --quick {QUICK_TIME_LIMIT:g}")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--debug", action="store_true", help="print tracebacks of failing runs")
     return p
@@ -736,13 +766,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n = args.n if args.n is not None else (QUICK_N if args.quick else DEFAULT_N)
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")
-    if args.solvers in (None, "all"):
+    n_trained = args.n_trained if args.n_trained is not None else (QUICK_TRAINED_N if args.quick else TRAINED_N)
+    if n_trained < 2:
+        raise BenchError(f"--n-trained must be >= 2, got {n_trained}")
+    if args.nfe_trained:
+        budgets_trained = _parse_ints(args.nfe_trained, "nfe-trained")
+    elif args.nfe:
+        budgets_trained = budgets
+    else:
+        budgets_trained = list(QUICK_TRAINED_NFE if args.quick else TRAINED_NFE)
+    if args.solvers is None and args.quick:
+        specs = [s for s in QUICK_SOLVERS if s in SOLVERS] + list(QUICK_PEERS)
+    elif args.solvers in (None, "all"):
         specs = default_solver_names() + list(QUICK_PEERS if args.quick else DEFAULT_PEERS)
     elif args.solvers == "ours":
         specs = default_solver_names()
     else:
         specs = [s for s in _split_specs(args.solvers) if s]
     solver_specs = check_solver_names(specs)
+    if args.solvers is None:
+        subset = QUICK_TRAINED_SOLVERS if args.quick else TRAINED_SOLVERS
+        trained_specs = check_solver_names([s for s in subset if s in SOLVERS or ":" in s])
+    else:
+        trained_specs = solver_specs
     try:
         torch.empty(1, device=args.device)
     except Exception as e:  # noqa: BLE001
@@ -761,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             problems.append(analytic_problem(sde, n, args.seed))
             continue
         try:
-            problems.append(trained_problem(m, n, args.seed, sde if sde_given else None))
+            problems.append(trained_problem(m, n_trained, args.seed, sde if sde_given else None))
         except BenchError:
             raise
         except Exception as e:  # noqa: BLE001 - the bundled model is optional; anything else is the user's error
@@ -776,23 +822,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     peer_skips: list[dict[str, Any]] = []
     for p in problems:
-        runs, skipped = plan_runs(p, solver_specs, budgets, args.quick)
+        trained = p.name != "analytic"
+        runs, skipped = plan_runs(p, trained_specs if trained else solver_specs,
+                                  budgets_trained if trained else budgets, args.quick)
         all_runs += [(p, r) for r in runs]
         rows += skipped
         peer_skips += [s for s in skipped if s.get("budget") is None]
     for s in {s["solver"]: s for s in peer_skips}.values():
         print(f"note: skipping {s['solver']}: {s['skipped']}", file=sys.stderr)
 
+    limit = args.time_limit if args.time_limit is not None else (QUICK_TIME_LIMIT if args.quick else DEFAULT_TIME_LIMIT)
+    too_slow: dict[tuple[str, str], float] = {}
     for p, r in progress(all_runs, total=len(all_runs), desc="nfe_vs_fid"):
+        key = (p.name, r["solver"])
+        if key in too_slow:
+            rows.append({k: v for k, v in r.items() if k not in ("options", "kind")} | {
+                "skipped": f"skipped: a smaller budget took {too_slow[key]:.0f} s > --time-limit {limit:g} s"})
+            continue
         row = execute(p, r, args.seed, args.device)
         rows.append(row)
         if row.get("setting") is None:
             row["setting"] = row.get("budget")
+        if (row.get("seconds") or 0) > limit:
+            too_slow[key] = row["seconds"]
     argv_list = list(argv) if argv is not None else sys.argv[1:]
     config = {
         "command": "python benchmarks/nfe_vs_fid.py " + " ".join(argv_list),
         "models": models, "sde": args.sde, "solvers": [s for s, _ in solver_specs], "nfe_budgets": budgets,
-        "n": n, "seed": args.seed, "device": args.device, "quick": args.quick,
+        "n": n, "n_trained": n_trained, "nfe_budgets_trained": budgets_trained,
+        "solvers_trained": [s for s, _ in trained_specs],
+        "seed": args.seed, "device": args.device, "quick": args.quick, "time_limit_s": limit,
         "versions": versions(), "machine": machine_info(args.device),
         "notes": [_KDIFF_NOTE] if _KDIFF_NOTE else [],
     }

@@ -198,7 +198,7 @@ def test_trained_model_path_scores_with_classifier_fid(bench, tmp_path, monkeypa
     import scoresolve as ss
 
     monkeypatch.setattr(bench, "_load_model", lambda spec: ss.analytic.digits().score_model(ss.VPSDE()))
-    r = bench.main(["--model", "stand-in", "--n", "400", "--nfe", "3,20", "--solvers", "ode_euler", "--no-plot",
+    r = bench.main(["--model", "stand-in", "--n-trained", "400", "--nfe", "3,20", "--solvers", "ode_euler", "--no-plot",
                     "--out", str(tmp_path)])
     rows = {x["budget"]: x for x in r["rows"] if "fid" in x}
     ref = r["references"]["stand-in"]
