@@ -252,7 +252,7 @@ def calibrate_grid(
     cache: str | os.PathLike[str] | None = None,
     init: str | None = None,
     dtype: torch.dtype = torch.float64,
-    metric: str = "both",
+    metric: str | None = None,
 ) -> CalibratedGrid:
     r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``steps`` (see the module docstring).
 
@@ -275,7 +275,8 @@ def calibrate_grid(
             :math:`\sqrt{\mathrm{mean}_b\,[\delta_b\cdot(s(x^{ref}_b) - s(x^{ref}_b+\delta_b))]_+ / D}`
             with the model's score at ``eps`` — a finite-difference :math:`\delta^\top\Sigma^{-1}\delta`
             that weights thin data directions as the log-density does (one extra evaluation per
-            objective evaluation); ``"both"`` (default): the geometric mean of the two. Plain RMSE
+            objective evaluation); ``"both"``: the geometric mean of the two. Default: the solver's
+            ``calibrate_metric`` (``"both"`` unless set; ``solver="auto"`` sets it per budget). Plain RMSE
             ignores thin directions (mean :math:`\log p_0` tens of nats off); the local metric alone
             ignores the wide ones (Fréchet distance 14× the floor at 5 NFE on digits).
 
@@ -289,6 +290,8 @@ def calibrate_grid(
     solver_obj = resolve_solver(solver, {}) if isinstance(solver, (str, type)) else solver
     if not isinstance(solver_obj, BudgetSolver):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
+    if metric is None:
+        metric = getattr(solver_obj, "calibrate_metric", "both")
     if metric not in ("rmse", "local", "both"):
         raise ValueError(f"metric must be 'rmse', 'local' or 'both', got {metric!r}")
     solver_obj = copy.copy(solver_obj)
