@@ -440,3 +440,24 @@ def test_acceptance_16d(sde_name, n_obs, obs_seed):
     assert torch.equal(x[:, mask], y[:, mask])
     check_posterior(gm, mask, y0, x, fd_factor=2.0, tv_tol=0.05)
     assert math.isfinite(float(x.sum()))
+
+
+@pytest.mark.parametrize("sde", [ss.VPSDE(), ss.VESDE()], ids=["vp", "ve"])
+@pytest.mark.parametrize("kernel", ["ancestral", "reverse_diffusion", "euler_maruyama"])
+def test_smc_kernels_match_the_predictors(sde, kernel):
+    """The particle filter's Gaussian kernels are the registered predictors' updates (mean and std)."""
+    from scoresolve.conditional.particles import kernel_coefficients
+    from scoresolve.registry import PREDICTORS
+    from scoresolve.solvers.base import CountedScore, NoiseSource
+
+    gm = mix3()
+    x = gm.sample(8, gen(0), sde=sde, t=0.4, dtype=torch.float64)
+    t, tn = 0.4, 0.37
+    score = CountedScore(lambda x, t: gm.score(x, t, sde))
+    tb, tnb = torch.full((8,), t, dtype=torch.float64), torch.full((8,), tn, dtype=torch.float64)
+    pred = PREDICTORS.get({"ancestral": "ancestral_sampling"}.get(kernel, kernel))()
+    x1, mean = pred(score, sde, x, tb, tnb, NoiseSource(gen(1)))
+    c_x, c_s, std = kernel_coefficients(sde, kernel, t, tn)
+    torch.testing.assert_close(c_x * x + c_s * gm.score(x, tb, sde), mean, rtol=1e-10, atol=1e-10)
+    z = torch.randn(x.shape, generator=gen(1), dtype=torch.float64)
+    torch.testing.assert_close(mean + std * z, x1, rtol=1e-10, atol=1e-10)
