@@ -56,3 +56,8 @@ def grid_calibrated(
 
     s = resolve_solver(solver, {}) if isinstance(solver, str) else solver
     return calibrate_grid(model, sde, s, s.nfe_for(n), shape=shape, eps=eps, **options).grid
+
+
+# marker read by callers that build every registered grid without a model (they should skip these)
+grid_gits.needs_model = True  # type: ignore[attr-defined]
+grid_calibrated.needs_model = True  # type: ignore[attr-defined]
