@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import analytic
+from . import analytic, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
 from .models import ScoreModel, from_denoiser, from_eps, from_v, from_x0
 from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
 from .sampling import SampleResult, sample
@@ -21,11 +21,6 @@ from .sde import SDE, VESDE, VPSDE, SubVPSDE
 from .solvers.base import NonFiniteScoreError  # also registers every solver
 
 __version__ = "0.1.0"
-
-
-def solvers() -> dict[str, str]:
-    """Registered solvers: ``{name: one-line description}``."""
-    return SOLVERS.describe()
 
 
 def predictors() -> dict[str, str]:
@@ -53,6 +48,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "colorize": ("scoresolve.conditional", "colorize"),
     "guided": ("scoresolve.conditional", "guided"),
     "classifier_free": ("scoresolve.conditional", "classifier_free"),
+    "calibrate_grid": ("scoresolve.calibrate", "calibrate_grid"),
+    "CalibratedGrid": ("scoresolve.calibrate", "CalibratedGrid"),
+    "CalibrationMismatchError": ("scoresolve.calibrate", "CalibrationMismatchError"),
+    "gits_grid": ("scoresolve.calibrate", "gits_grid"),
     "load": ("scoresolve.io", "load"),
     "save": ("scoresolve.io", "save"),
     "save_pretrained": ("scoresolve.io", "save_pretrained"),

@@ -210,7 +210,11 @@ def sample(
     )
     dt = dtype or (x_T.dtype if x_T is not None else torch.float32)
 
+    noise = NoiseSource(generator=generator, seeds=seeds, device=dev)
+    shp = _resolve_shape(model, shape, batch_size, noise, x_T)
+
     # time grid
+    n_steps: int | None = None
     if grid is not None and not isinstance(grid, str):
         times = check_grid(grid, sde)
         if eps is not None and not math.isclose(float(times[-1]), eps, rel_tol=1e-9):
@@ -228,10 +232,11 @@ def sample(
             n_steps = getattr(solver_obj, "default_steps", sde.N) if steps is None else steps
             if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
                 raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-            times = make_grid(grid or solver_obj.default_grid, sde, solver_obj.steps_to_grid(n_steps), eps_)
+            # grids that are fitted to a model (e.g. "calibrated", "gits") receive it, with the solver and shape
+            context = {"model": model, "solver": solver_obj, "shape": shp[1:]}
+            times = make_grid(grid or solver_obj.default_grid, sde, solver_obj.steps_to_grid(n_steps), eps_,
+                              context=context)
 
-    noise = NoiseSource(generator=generator, seeds=seeds, device=dev)
-    shp = _resolve_shape(model, shape, batch_size, noise, x_T)
     x = x_T.to(device=dev, dtype=dt) if x_T is not None else noise.randn(shp, device=dev, dtype=dt) * sde.prior_std
 
     counted = CountedScore(score_fn, check_every=check_every)
@@ -241,6 +246,8 @@ def sample(
     ctx = SolveContext(
         score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj, progress=bar
     )
+    if n_steps is not None:
+        ctx.info["steps"] = n_steps  # the user's budget, for solvers whose grid intervals differ from it
     start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -258,7 +265,7 @@ def sample(
     seconds = time.perf_counter() - start
     if not (return_result or return_trajectory):
         return x
-    info = {k: v for k, v in ctx.info.items() if k not in ("x_mean", "times")}
+    info = {k: v for k, v in ctx.info.items() if k not in ("x_mean", "times", "steps")}
     grid_out = ctx.info.get("times", times)
     return SampleResult(
         samples=x,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
+import types
 
 from .base import CountedScore, GridSolver, NoiseSource, NonFiniteScoreError, SolveContext, Solver
 
@@ -16,3 +18,16 @@ __all__ = ["Solver", "GridSolver", "SolveContext", "NoiseSource", "CountedScore"
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _m.startswith("_"):
         importlib.import_module(f"{__name__}.{_m}")
+
+
+class _SolversModule(types.ModuleType):
+    """``scoresolve.solvers`` is both this package and, called, the listing ``ss.solvers()``."""
+
+    def __call__(self) -> dict[str, str]:
+        """Registered solvers: ``{name: one-line description}``."""
+        from ..registry import SOLVERS
+
+        return SOLVERS.describe()
+
+
+sys.modules[__name__].__class__ = _SolversModule

@@ -8,6 +8,7 @@ strictly decreasing float64 times from ``sde.T`` to ``eps``. Grids defined on a 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -74,7 +75,17 @@ def check_grid(grid: Any, sde: SDE, *, name: str = "grid") -> Tensor:
     return g
 
 
-def make_grid(name: str, sde: SDE, n: int, eps: float, **options: Any) -> Tensor:
-    """Build the registered grid ``name`` and validate it."""
+def make_grid(name: str, sde: SDE, n: int, eps: float, context: dict[str, Any] | None = None,
+              **options: Any) -> Tensor:
+    """Build the registered grid ``name`` and validate it.
+
+    ``context`` holds what :func:`scoresolve.sample` knows about the run (``model``, ``solver``,
+    ``shape`` — one sample's shape, without the batch); each entry is passed only to grid functions
+    that declare a parameter of that name, so model-fitted grids (``calibrated``, ``gits``) get the
+    model and plain grids stay plain functions.
+    """
     fn = GRIDS.get(name, argument="grid")
+    if context:
+        params = inspect.signature(fn).parameters
+        options = {**{k: v for k, v in context.items() if k in params}, **options}
     return check_grid(fn(sde, n, eps, **options), sde, name=f"grid {name!r}")
