@@ -83,7 +83,7 @@ def inpaint(
             ``info["score_rows"]`` the single-sample evaluations for ``smc``; ``info["log_z"]``
             per-system log-normalising-constant estimates).
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
-            ``"euler_maruyama"``), ``ess_threshold`` (0.5). ``replace``: ``solver`` (any
+            ``"euler_maruyama"``), ``ess_threshold`` (0.1). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
             ``snr=``, ...).
 

@@ -19,7 +19,10 @@ particle is weighted by the kernel's density of the next observed value — a *f
     x^{(k)}_{t_{i+1},m} = \mu_m(x^{(A_k)}_{t_i}) + s_i z,\qquad x^{(k)}_{t_{i+1},o} = y_{t_{i+1}},
 
 with ancestors :math:`A_k` drawn (systematic resampling, from ``generator``) when the effective sample
-size falls below ``ess_threshold · K``. One output is drawn from each system's final weights, denoised
+size falls below ``ess_threshold · K`` (default 0.1: resampling less often keeps the genealogy diverse —
+at 0.5 a few systems in a thousand collapsed onto a wrong mode, at 1.0 (every step) five times more;
+measured on the 16-D mixture, 8 of 16 observed, K = 16: 7 / 3 / 0 lost outputs of 800 at thresholds
+0.5 / 0.2 / 0.1, and FD 400–2000× → 4–7× the floor). One output is drawn from each system's final weights, denoised
 by Tweedie's formula (one score evaluation) and its observed entries are set to ``y`` exactly.
 
 Each output has its **own** system (outputs are i.i.d.; nothing couples different rows of ``y``), and the
@@ -118,7 +121,7 @@ def smc_inpaint(
     *,
     particles: int = 64,
     kernel: str = "ancestral",
-    ess_threshold: float = 0.5,
+    ess_threshold: float = 0.1,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     return_result: bool = False,
