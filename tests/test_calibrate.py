@@ -95,11 +95,17 @@ def test_sample_with_calibrate_reports_cost_separately():
     assert res.grid.numel() == 3  # 2 intervals + the jump to sigma = 0
 
 
-def test_model_dependent_grids_need_the_model():
+def test_model_dependent_grids_get_the_model_through_sample():
     gm, sde, score = _problem()
     for name in ("calibrated", "gits"):
+        # called directly without a model: a clear error naming the grid
         with pytest.raises(ValueError, match=f"grid={name!r}"):
-            ss.sample(score, sde, solver="ipndm", steps=4, shape=(2, 4), grid=name)
+            ss.GRIDS.get(name)(sde, 4, sde.default_eps)
+    # through ss.sample the run's model, solver and sample shape are passed to the grid
+    res = ss.sample(score, sde, solver="ipndm", steps=4, shape=(8, 4), grid="calibrated", return_result=True,
+                    generator=torch.Generator().manual_seed(0))
+    assert res.nfe == 4 and torch.isfinite(res.samples).all()
+    assert (res.grid[1:] < res.grid[:-1]).all()
 
 
 def test_gits_grid():
