@@ -130,7 +130,7 @@ TRAINED_NFE, QUICK_TRAINED_NFE = (5, 10, 20, 50, 100), (10,)
 TRAINED_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "ipndm", "auto", "sde_dpmpp_2m", "heun_edm",
                    "k_diffusion:dpmpp_2m", "k_diffusion:lms", "diffusers:dpmsolver_multistep", "diffusers:unipc")
 QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
-DEFAULT_TIME_LIMIT = 240.0
+DEFAULT_TIME_LIMIT = 60.0
 QUICK_TIME_LIMIT = 20.0
 
 _KDIFF_NOTE: str | None = None
