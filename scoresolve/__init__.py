@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from . import analytic, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
+from .likelihood import LikelihoodResult, likelihood  # eager: `ss.likelihood` must stay the function
 from .models import ScoreModel, from_denoiser, from_eps, from_v, from_x0
 from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
 from .sampling import SampleResult, sample
@@ -40,8 +41,6 @@ def grids() -> dict[str, str]:
 
 # Names whose modules are imported on first use (optional parts, heavier imports).
 _LAZY: dict[str, tuple[str, str]] = {
-    "likelihood": ("scoresolve.likelihood", "likelihood"),
-    "LikelihoodResult": ("scoresolve.likelihood", "LikelihoodResult"),
     "bpd_offset": ("scoresolve.likelihood", "bpd_offset"),
     "inpaint": ("scoresolve.conditional", "inpaint"),
     "linear_inverse": ("scoresolve.conditional", "linear_inverse"),
@@ -60,6 +59,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "from_kdiffusion": ("scoresolve.adapters.kdiffusion", "from_kdiffusion"),
     "from_score_sde": ("scoresolve.adapters.score_sde", "from_score_sde"),
     "metrics": ("scoresolve.metrics", ""),
+    "distributed": ("scoresolve.distributed", ""),
 }
 
 
@@ -81,6 +81,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "sample",
     "SampleResult",
+    "likelihood",
+    "LikelihoodResult",
     "SDE",
     "VESDE",
     "VPSDE",
