@@ -81,3 +81,12 @@ def test_digits_problem_shape():
     x = gm.sample(4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and x.dtype == torch.float32
     assert gm.score(x, torch.full((4,), 0.5), ss.VPSDE()).shape == x.shape
+
+
+def test_cache_filled_in_inference_mode_still_supports_autograd():
+    gm = ss.analytic.anisotropic(3, 2, seed=5)
+    with torch.inference_mode():
+        gm.log_prob(torch.zeros(2, 3))
+    x = torch.zeros(2, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
+    assert torch.allclose(g, gm.score(x.detach()))
