@@ -87,9 +87,10 @@ class GaussianMixture:
     def _params(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
         key = (device, dtype)
         if key not in self._cache:
-            self._cache[key] = tuple(
-                p.to(device=device, dtype=dtype) for p in (self.weights.log(), self.means, self.evals, self.evecs)
-            )
+            # normal tensors even when first filled inside inference_mode, so autograd can use them later
+            with torch.inference_mode(False):
+                params = (self.weights.log(), self.means, self.evals, self.evecs)
+                self._cache[key] = tuple(p.to(device=device, dtype=dtype).clone() for p in params)
         return self._cache[key]
 
     def _coefs(self, x: Tensor, t: Tensor | float | None, sde: SDE | None) -> tuple[Tensor, Tensor]:
