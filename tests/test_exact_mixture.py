@@ -76,5 +76,7 @@ ALL = [
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name,predictor,corrector", [a for a in ALL if a not in PAPER_PAIRINGS])
 def test_every_pairing(sde_name, predictor, corrector):
-    # corrector-only sampling uses two corrector steps per level (the paper's C2000 row of Table 1)
+    # corrector-only sampling uses two corrector steps per level (the paper's C2000 row of Table 1).
+    # Measured (docs/core.md): every pairing with a predictor passes; corrector-only fails the 1.5x bar under
+    # VP with annealed_langevin (1.71x) and under sub-VP (2.25x, 3.09x). The bar is kept as the issue set it.
     check_sampler(sde_name, predictor, corrector, n_corrector_steps=2 if predictor == "none" else 1)
