@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .models import ScoreModel, as_score_fn
+from .models import ScoreModel, resolve_model
 from .sde import SDE
 from .solvers.base import CountedScore
 from .solvers.grids import check_grid, make_grid
@@ -396,13 +396,7 @@ def likelihood(
         res = ss.likelihood(model, ss.VPSDE(), x, method="rk4", steps=5, trace="exact")
         res.bpd.mean()
     """
-    score_fn = as_score_fn(model)
-    if sde is None:
-        sde = model.sde if isinstance(model, ScoreModel) else None
-        if sde is None:
-            raise ValueError("sde is required (the model does not carry one): e.g. ss.VPSDE()")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
+    score_fn, sde = resolve_model(model, sde)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor of data (B, *dims), got {type(x).__name__}")
     if not x.is_floating_point():

@@ -172,6 +172,21 @@ def from_denoiser(denoiser: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwar
     return ScoreModel(denoiser, sde, parameterization="denoiser", **kwargs)
 
 
+def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor], Tensor], SDE]:
+    """The score callable of ``model`` and the SDE to use: ``sde``, else the model's own.
+
+    Raises a clear error when neither is given or ``sde`` is not an :class:`SDE`.
+    """
+    fn = as_score_fn(model)
+    if sde is None:
+        sde = model.sde if isinstance(model, ScoreModel) else None
+        if sde is None:
+            raise ValueError("sde is required (the model does not carry one): e.g. ss.VPSDE()")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
+    return fn, sde
+
+
 def as_score_fn(model: Any) -> Callable[[Tensor, Tensor], Tensor]:
     """Return a callable ``score(x, t)`` for a :class:`ScoreModel` or a plain callable."""
     if isinstance(model, ScoreModel):

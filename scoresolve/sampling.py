@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .models import ScoreModel, as_score_fn, score_to_x0
+from .models import ScoreModel, resolve_model, score_to_x0
 from .registry import SOLVERS
 from .sde import SDE
 from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver
@@ -188,13 +188,7 @@ def sample(
                       predictor="reverse_diffusion", corrector="langevin", snr=0.16,
                       generator=torch.Generator().manual_seed(0))
     """
-    score_fn = as_score_fn(model)
-    if sde is None:
-        sde = model.sde if isinstance(model, ScoreModel) else None
-        if sde is None:
-            raise ValueError("sde is required (the model does not carry one): e.g. ss.VPSDE()")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
+    score_fn, sde = resolve_model(model, sde)
     solver_obj = resolve_solver(solver, solver_options)
 
     if x_T is not None and not isinstance(x_T, Tensor):

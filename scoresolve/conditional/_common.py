@@ -15,30 +15,18 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..models import ScoreModel, as_score_fn
+from ..models import resolve_model  # noqa: F401  (re-exported for the conditional modules)
 from ..sde import SDE
 from ..solvers.base import NoiseSource
 
 __all__ = ["Observation", "resolve_model", "check_particles", "choose", "rand"]
-
-
-def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor], Tensor], SDE]:
-    """The score callable and the SDE (the model's own when ``sde`` is ``None``)."""
-    fn = as_score_fn(model)
-    if sde is None:
-        sde = model.sde if isinstance(model, ScoreModel) else None
-        if sde is None:
-            raise ValueError("sde is required (the model does not carry one): e.g. ss.VPSDE()")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
-    return fn, sde
 
 
 def check_particles(particles: Any) -> int:
