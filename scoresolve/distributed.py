@@ -34,6 +34,7 @@ How it works:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import json
@@ -50,6 +51,7 @@ from torch import Tensor
 
 __all__ = [
     "init",
+    "shutdown",
     "rank_and_world",
     "ShardConfigError",
     "shard_ranges",
@@ -87,7 +89,23 @@ def init(backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    # a process that exits with a live gloo group can abort in the group's threads ("terminate called
+    # without an active exception"): tear the group down at exit unless the caller did
+    atexit.register(shutdown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Wait for every rank, then destroy the process group (a no-op when none is initialised).
+
+    :func:`init` registers this to run at interpreter exit; call it earlier to free the group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -39,7 +39,8 @@ WORKER = textwrap.dedent(
     mean, cov, count = ssd.gather_moments(feats[rank::world])
     print(json.dumps({"rank": rank, "done": res.shards_done, "skipped": res.shards_skipped,
                       "merged": res.samples is not None, "mean": mean.tolist(), "cov": cov.tolist(),
-                      "count": count}))
+                      "count": count}), flush=True)
+    ssd.shutdown()
     """
 )
 
