@@ -137,45 +137,12 @@ _KDIFF_NOTE: str | None = None
 
 
 def _load_k_diffusion_sampling() -> Any:
-    """``k_diffusion.sampling``; when only the package's optional imports fail (its ``__init__`` pulls in
-    scikit-image, torchvision, ...), load ``sampling.py`` alone with the two helpers it needs."""
+    """``k_diffusion.sampling`` (see :func:`scoresolve.adapters.kdiffusion.load_kdiffusion_sampling`)."""
     global _KDIFF_NOTE
-    try:
-        import k_diffusion.sampling as ks
+    from scoresolve.adapters.kdiffusion import load_kdiffusion_sampling
 
-        return ks
-    except ImportError as e:
-        import importlib.util
-        import types
-
-        spec = importlib.util.find_spec("k_diffusion")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("k-diffusion is not installed (pip install k-diffusion)") from e
-        pkg_dir = Path(list(spec.submodule_search_locations)[0])
-        for m in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
-            del sys.modules[m]
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = [str(pkg_dir)]  # type: ignore[attr-defined]
-        utils = types.ModuleType("k_diffusion.utils")
-
-        def append_dims(x: Tensor, target_dims: int) -> Tensor:
-            return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-        def append_zero(x: Tensor) -> Tensor:
-            return torch.cat([x, x.new_zeros([1])])
-
-        utils.append_dims = append_dims  # type: ignore[attr-defined]
-        utils.append_zero = append_zero  # type: ignore[attr-defined]
-        pkg.utils = utils  # type: ignore[attr-defined]
-        sys.modules["k_diffusion"] = pkg
-        sys.modules["k_diffusion.utils"] = utils
-        sspec = importlib.util.spec_from_file_location("k_diffusion.sampling", pkg_dir / "sampling.py")
-        assert sspec is not None and sspec.loader is not None
-        ks = importlib.util.module_from_spec(sspec)
-        sys.modules["k_diffusion.sampling"] = ks
-        sspec.loader.exec_module(ks)
-        _KDIFF_NOTE = f"k_diffusion.sampling loaded without the package __init__ (its import failed: {e})"
-        return ks
+    ks, _KDIFF_NOTE = load_kdiffusion_sampling()
+    return ks
 
 
 def peer_available(name: str) -> str | None:

@@ -8,11 +8,6 @@ under a stub package (test-only; nothing of theirs is copied into scoresolve).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
@@ -24,32 +19,12 @@ torch.set_num_threads(1)
 
 
 def _load_k_sampling():
+    from scoresolve.adapters.kdiffusion import load_kdiffusion_sampling
+
     try:
-        return importlib.import_module("k_diffusion.sampling")
-    except Exception:
-        pass
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    pytest.importorskip("scipy")
-    pytest.importorskip("torchsde")
-    pytest.importorskip("tqdm")
-    path = list(spec.submodule_search_locations)[0] + "/sampling.py"
-    pkg = types.ModuleType("_kdiff_stub")
-    pkg.__path__ = []  # type: ignore[attr-defined]
-    utils = types.ModuleType("_kdiff_stub.utils")
-
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims  # type: ignore[attr-defined]
-    pkg.utils = utils  # type: ignore[attr-defined]
-    sys.modules.setdefault("_kdiff_stub", pkg)
-    sys.modules.setdefault("_kdiff_stub.utils", utils)
-    sspec = importlib.util.spec_from_file_location("_kdiff_stub.sampling", path)
-    mod = importlib.util.module_from_spec(sspec)
-    sspec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+        return load_kdiffusion_sampling()[0]
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,6 @@ package import needs torchvision/skimage, so its ``sampling.py`` is loaded alone
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
@@ -24,27 +19,12 @@ import scoresolve as ss
 
 
 def _load_k_sampling():
+    from scoresolve.adapters.kdiffusion import load_kdiffusion_sampling
+
     try:
-        return importlib.import_module("k_diffusion.sampling")
-    except Exception:
-        pass
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    for dep in ("scipy", "torchsde", "tqdm"):
-        pytest.importorskip(dep)
-    path = list(spec.submodule_search_locations)[0] + "/sampling.py"
-    pkg = types.ModuleType("_kdiff_fewstep_stub")
-    pkg.__path__ = []  # type: ignore[attr-defined]
-    utils = types.ModuleType("_kdiff_fewstep_stub.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]  # type: ignore[attr-defined]
-    pkg.utils = utils  # type: ignore[attr-defined]
-    sys.modules.setdefault("_kdiff_fewstep_stub", pkg)
-    sys.modules.setdefault("_kdiff_fewstep_stub.utils", utils)
-    sspec = importlib.util.spec_from_file_location("_kdiff_fewstep_stub.sampling", path)
-    mod = importlib.util.module_from_spec(sspec)
-    sspec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+        return load_kdiffusion_sampling()[0]
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 def _mixture():

@@ -40,9 +40,66 @@ from ..registry import SOLVERS
 from ..sde import SDE, VESDE
 from ..solvers.base import Solver
 
-__all__ = ["from_kdiffusion", "sample_scoresolve", "kdiffusion_sampler", "sde_for_sigmas", "sigmas_to_grid"]
+__all__ = [
+    "from_kdiffusion",
+    "sample_scoresolve",
+    "kdiffusion_sampler",
+    "sde_for_sigmas",
+    "sigmas_to_grid",
+    "load_kdiffusion_sampling",
+]
 
 Denoiser = Callable[..., Tensor]
+
+_KSAMPLING: tuple[Any, str | None] | None = None
+
+
+def load_kdiffusion_sampling() -> tuple[Any, str | None]:
+    """k-diffusion's own sampler module ``k_diffusion.sampling`` (for comparisons), and a note.
+
+    ``k_diffusion/__init__.py`` imports scikit-image, torchvision, kornia, ...; its ``sampling.py`` only
+    needs scipy, torchsde, tqdm and two helpers of ``k_diffusion.utils``. When the package import fails,
+    ``sampling.py`` is loaded alone under a private package name with those two helpers, and the note
+    says so (``None`` when the package imported normally). The result is cached.
+
+    Raises:
+        ImportError: k-diffusion (``pip install --no-deps k-diffusion``) or one of scipy, torchsde,
+            tqdm is missing.
+    """
+    global _KSAMPLING
+    if _KSAMPLING is not None:
+        return _KSAMPLING
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        _KSAMPLING = (importlib.import_module("k_diffusion.sampling"), None)
+        return _KSAMPLING
+    except Exception as e:  # the package's own optional imports
+        reason = e
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)") from reason
+    for dep in ("scipy", "torchsde", "tqdm"):
+        importlib.import_module(dep)  # ImportError names the missing one
+    name = "_scoresolve_kdiffusion"
+    pkg = types.ModuleType(name)
+    pkg.__path__ = []  # type: ignore[attr-defined]
+    utils = types.ModuleType(f"{name}.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]  # type: ignore[attr-defined]
+    utils.append_zero = lambda x: torch.cat([x, x.new_zeros([1])])  # type: ignore[attr-defined]
+    pkg.utils = utils  # type: ignore[attr-defined]
+    sys.modules[name], sys.modules[f"{name}.utils"] = pkg, utils
+    path = list(spec.submodule_search_locations)[0] + "/sampling.py"
+    sspec = importlib.util.spec_from_file_location(f"{name}.sampling", path)
+    assert sspec is not None and sspec.loader is not None
+    mod = importlib.util.module_from_spec(sspec)
+    sys.modules[f"{name}.sampling"] = mod
+    sspec.loader.exec_module(mod)
+    _KSAMPLING = (mod, f"k_diffusion.sampling loaded without the package __init__ (its import failed: {reason})")
+    return _KSAMPLING
 
 
 def _scalar(v: Any, name: str) -> float:
