@@ -16,7 +16,7 @@ from torch import Tensor
 from .models import ScoreModel, resolve_model, score_to_x0
 from .registry import SOLVERS
 from .sde import SDE
-from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver
+from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver, check_positive_int
 from .solvers.grids import check_grid, make_grid
 
 __all__ = ["sample", "SampleResult", "resolve_solver"]
@@ -223,9 +223,8 @@ def sample(
             if steps is not None or grid is not None:
                 raise ValueError(f"solver {solver!r} is adaptive: it takes no steps= or grid=")
         else:
-            n_steps = getattr(solver_obj, "default_steps", sde.N) if steps is None else steps
-            if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-                raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+            n_steps = check_positive_int(getattr(solver_obj, "default_steps", sde.N) if steps is None else steps,
+                                         "steps")
             # grids that are fitted to a model (e.g. "calibrated", "gits") receive it, with the solver and shape
             context = {"model": model, "solver": solver_obj, "shape": shp[1:]}
             times = make_grid(grid or solver_obj.default_grid, sde, solver_obj.steps_to_grid(n_steps), eps_,
