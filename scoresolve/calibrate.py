@@ -56,6 +56,8 @@ _PROBE_SEED = 0x5C0E
 _CALIB_STREAM = 0x0CA1_1B00  # calibration noise: seed + this, away from the small seeds users sample with
 _SIG_RTOL = 1e-3
 _CACHE: dict[str, CalibratedGrid] = {}
+#: calibration objectives (``metric=`` of :func:`calibrate_grid`)
+METRICS = ("rmse", "local", "both", "logp")
 
 
 class CalibrationMismatchError(ValueError):
@@ -253,6 +255,9 @@ def calibrate_grid(
     init: str | None = None,
     dtype: torch.dtype = torch.float64,
     metric: str | None = None,
+    logp_tol: float = 1.0,
+    logp_cap: float = 1.25,
+    fd_weight: float = 0.0,
 ) -> CalibratedGrid:
     r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``steps`` (see the module docstring).
 
@@ -292,8 +297,10 @@ def calibrate_grid(
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
     if metric is None:
         metric = getattr(solver_obj, "calibrate_metric", "both")
-    if metric not in ("rmse", "local", "both"):
-        raise ValueError(f"metric must be 'rmse', 'local' or 'both', got {metric!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not (isinstance(logp_tol, (int, float)) and logp_tol > 0):
+        raise ValueError(f"logp_tol must be a positive number (nats), got {logp_tol!r}")
     solver_obj = copy.copy(solver_obj)
     solver_obj.calibrate = False
     solver_obj.calibrate_metric = metric  # part of the fingerprint
@@ -340,6 +347,12 @@ def calibrate_grid(
             t[-1] = eps_
         return t
 
+    if fd_weight:
+        from .metrics.frechet import gaussian_moments
+
+        t_mom = gaussian_moments(target.reshape(n_samples, -1).double())
+    stage = {"metric": "rmse" if metric == "logp" else metric, "rmse_cap": math.inf}
+
     def objective_u(u: Tensor) -> float:
         t = grid_of(u)
         if not bool((t[1:] < t[:-1]).all()) or float(t[-1]) <= 0:
@@ -349,12 +362,29 @@ def calibrate_grid(
         counter["evals"] += 1
         delta = out.double() - target.double()
         rmse = float(delta.pow(2).mean().sqrt())
-        if metric != "rmse":
-            s_out = fn(out, t_eps).to(torch.float64)
-            counter["nfe"] += 1
+        if fd_weight and math.isfinite(rmse):
+            # paired Frechet distance between the output batch and the teacher batch (systematic errors)
+            from .metrics.frechet import frechet_distance, gaussian_moments
+
+            mo, co = gaussian_moments(out.reshape(n_samples, -1).double())
+            fdp = max(frechet_distance(mo, co, t_mom[0], t_mom[1]), 0.0)
+            rmse = math.sqrt(rmse**2 + fd_weight * fdp / delta[0].numel())
+        m = stage["metric"]
+        if m == "rmse":
+            return rmse if math.isfinite(rmse) else math.inf
+        if rmse > stage["rmse_cap"] or not math.isfinite(rmse):
+            return math.inf
+        s_out = fn(out, t_eps).to(torch.float64)
+        counter["nfe"] += 1
+        if m == "logp":
+            # trapezoid estimate of the mean of log p_eps(out) - log p_eps(ref) along each segment (exact for a
+            # locally Gaussian density; trusted only near the RMSE optimum, hence the cap)
+            dlogp = float((delta * (s_ref + s_out)).reshape(n_samples, -1).sum(1).mean()) / 2
+            err = rmse * math.sqrt(1.0 + (dlogp / logp_tol) ** 2)
+        else:
             q = (delta * (s_ref - s_out)).reshape(n_samples, -1).sum(1).clamp_min(0)
             local = float((q.mean() / delta[0].numel()).sqrt())
-        err = rmse if metric == "rmse" else local if metric == "local" else math.sqrt(rmse * local)
+            err = local if m == "local" else math.sqrt(rmse * local)
         return err if math.isfinite(err) else math.inf
 
     if n == 1 and not free_end:
@@ -389,9 +419,32 @@ def calibrate_grid(
     def objective(th: Tensor) -> float:
         return objective_u(_grid_from_params(th, u0, u_eps, free_end, u_eps))
 
-    cur = objective(theta)
-    step = torch.full_like(theta, 0.5)
     budget = max_evals if max_evals is not None else 60 + 25 * steps
+    theta, cur = _pattern_search(objective, theta, budget, counter, step0=0.5)
+    if metric == "logp":
+        # stage 2: from the RMSE optimum, trade RMSE (capped at logp_cap x its optimum) for the log-density gap
+        stage.update(metric="logp", rmse_cap=logp_cap * cur)
+        theta, cur = _pattern_search(objective, theta, counter["evals"] + budget, counter, step0=0.2)
+    u = _grid_from_params(theta, u0, u_eps, free_end, u_eps)
+    times = grid_of(u)
+    cg = CalibratedGrid(
+        times=times.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
+        signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
+        init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"]},
+    )
+    if cache is not None:
+        cg.save(cache)
+    return cg
+
+
+def _pattern_search(
+    objective: Callable[[Tensor], float], theta: Tensor, budget: int, counter: dict[str, int], step0: float
+) -> tuple[Tensor, float]:
+    """Derivative-free coordinate pattern search: try +-step on each coordinate, grow a step that
+    helped (x1.5), shrink one that did not (x0.5); stop when every step is below 0.01 or after
+    ``budget`` objective evaluations in all (``counter["evals"]``)."""
+    cur = objective(theta)
+    step = torch.full_like(theta, step0)
     while counter["evals"] < budget and float(step.max()) > 0.01:
         improved = False
         for j in range(theta.numel()):
@@ -409,16 +462,7 @@ def calibrate_grid(
                 break
         if not improved and float(step.max()) <= 0.01:
             break
-    u = _grid_from_params(theta, u0, u_eps, free_end, u_eps)
-    times = grid_of(u)
-    cg = CalibratedGrid(
-        times=times.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
-        signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
-        init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"]},
-    )
-    if cache is not None:
-        cg.save(cache)
-    return cg
+    return theta, cur
 
 
 def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> Tensor:
@@ -441,8 +485,9 @@ def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> Tensor:
     was_cached = cache is not None and Path(cache).exists()
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     metric = getattr(solver, "calibrate_metric", "both")
+    opts = dict(getattr(solver, "calibrate_options", {}) or {})
     cg = calibrate_grid(
-        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric
+        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric, **opts
     )
     _CACHE[key] = cg
     ctx.info["calibration"] = {

@@ -40,6 +40,9 @@ __all__ = ["AutoSolver", "UNIPC_BUDGETS"]
 
 #: budgets at which ``auto`` runs UniPC rather than iPNDM
 UNIPC_BUDGETS = range(7, 16)
+#: calibration options of ``auto`` below 7 evaluations with a ``gaussian_prior``
+UNIPC_OPTIONS = {"logp_tol": 1.0, "logp_cap": 1.25}
+GAUSS_FEW_OPTIONS = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
 
 @SOLVERS.register("auto", description="best measured few-step choice for the budget, calibrated grid, step to 0")
@@ -55,16 +58,26 @@ class AutoSolver(BudgetSolver):
     order: ClassVar[float] = 2.0
     default_grid: ClassVar[str] = "karras"
 
-    def __init__(self, calibrate: bool | str | os.PathLike[str] = True) -> None:
-        super().__init__(last_step="zero", calibrate=calibrate)
+    def __init__(
+        self,
+        calibrate: bool | str | os.PathLike[str] = True,
+        gaussian_prior: tuple[Tensor | float, Tensor | float] | None = None,
+    ) -> None:
+        super().__init__(last_step="zero", calibrate=calibrate, gaussian_prior=gaussian_prior)
 
     def choose(self, steps: int) -> BudgetSolver:
         """The solver ``auto`` runs for a budget of ``steps`` evaluations (e.g. to pre-calibrate it), with
-        the calibration metric it uses (``calibrate_metric``)."""
+        the calibration metric and options it uses (``calibrate_metric``, ``calibrate_options``)."""
         inner: BudgetSolver
-        if steps in UNIPC_BUDGETS:
+        if steps < 7 and self.gaussian_prior is not None:
+            inner = IPNDM(order=4, variable=False, last_step="tweedie", calibrate=self.calibrate,
+                          gaussian_prior=self.gaussian_prior)
+            inner.calibrate_metric = "logp"
+            inner.calibrate_options = dict(GAUSS_FEW_OPTIONS)
+        elif steps in UNIPC_BUDGETS:
             inner = UniPC(order=2, variant="bh2", last_step="zero", calibrate=self.calibrate)
-            inner.calibrate_metric = "rmse"
+            inner.calibrate_metric = "logp"
+            inner.calibrate_options = dict(UNIPC_OPTIONS)
         else:
             inner = IPNDM(order=4, variable=False, last_step="zero", calibrate=self.calibrate)
             inner.calibrate_metric = "both"
@@ -80,10 +93,13 @@ class AutoSolver(BudgetSolver):
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         assert ctx.grid is not None
-        inner = self.choose(ctx.grid.numel())  # K - 1 intervals + the jump to 0
+        inner = self.choose(self.nfe_for(ctx.grid.numel() - 1))  # the budget K
         ctx.info["auto"] = {k: v for k, v in inner.config().items()}
         ctx.info["last_step"] = inner.last_step
         return inner.solve(ctx, x)
 
     def config(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "last_step": self.last_step}
+        cfg: dict[str, Any] = {"class": type(self).__name__, "last_step": self.last_step}
+        if self.gaussian_prior is not None:
+            cfg["gaussian_prior"] = self.gaussian_prior.digest
+        return cfg

@@ -20,6 +20,23 @@ Budget semantics (``steps=K`` spends exactly ``K`` score evaluations, the final 
   Tweedie for the exponential integrators, whose higher-order weights diverge at :math:`h=\infty`).
 - ``last_step="tweedie"``: as ``"zero"`` but the final step is always :math:`y = D` (Tweedie).
 
+Analytical first step (``gaussian_prior=(mean, cov)``, any budgeted solver): at the largest noise
+levels the data density seen through the noise is almost that of a Gaussian with the data's mean
+:math:`m` and covariance :math:`C = V\,\mathrm{diag}(c)\,V^\top`, whose probability-flow ODE has the
+closed-form solution
+
+.. math:: y(\tilde\sigma_1) = m + V\,\mathrm{diag}\Big(\sqrt{\tfrac{c + \tilde\sigma_1^2}
+          {c + \tilde\sigma_0^2}}\Big)V^\top\,(y(\tilde\sigma_0) - m)
+
+(Gaussian denoiser :math:`D_G = m + C(C + \tilde\sigma^2 I)^{-1}(y - m)`). With the option the
+first grid interval is this flow and costs **no evaluation**: the grid gets one more interval for the
+same budget (``steps=K`` still spends exactly ``K`` evaluations, now at grid points ``1..K``), and
+solvers that keep a history may seed it with the Gaussian direction at ``T`` (iPNDM does:
+:math:`d_G = \tilde\sigma_0(C+\tilde\sigma_0^2)^{-1}(y-m)`). The moments are the user's (estimated
+from data, or provided by the model's author); ``cov`` may be a full ``(D, D)`` matrix, a ``(D,)``
+vector of variances (diagonal) or a scalar. Worth about one evaluation at 5 NFE on the digits mixture
+(docs/fast_samplers.md).
+
 Solver state and coefficients are kept in float32 (float64 if the samples are float64) whatever
 the dtype of the model's output, and coefficients are computed in float64 Python floats.
 """
@@ -35,13 +52,78 @@ from torch import Tensor
 
 from .base import SolveContext, Solver
 
-__all__ = ["BudgetSolver", "Run", "LAST_STEPS", "lagrange_integral_weights", "exp_poly_integrals"]
+__all__ = ["BudgetSolver", "GaussianFit", "Run", "LAST_STEPS", "lagrange_integral_weights", "exp_poly_integrals"]
 
 LAST_STEPS = ("none", "zero", "tweedie")
 
 
 def _f64(v: float) -> Tensor:
     return torch.tensor(v, dtype=torch.float64)
+
+
+class GaussianFit:
+    r"""A Gaussian :math:`N(m, C)` of the data (flattened), for the analytical first step.
+
+    Args:
+        mean: ``(D,)`` (or any shape with ``D`` elements, or a scalar).
+        cov: ``(D, D)`` symmetric PSD matrix, ``(D,)`` variances (diagonal) or a scalar variance.
+
+    Stored as float64 ``mean``, eigenvalues ``c`` (clamped at 0) and eigenvectors ``V`` (``None``
+    for a diagonal covariance). ``digest`` (16 hex digits of a SHA-1 of the values) identifies it in
+    calibration fingerprints.
+    """
+
+    def __init__(self, mean: Tensor | float, cov: Tensor | float) -> None:
+        import hashlib
+
+        m = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
+        C = torch.as_tensor(cov, dtype=torch.float64).detach().cpu()
+        if C.ndim == 2:
+            if C.shape[0] != C.shape[1]:
+                raise ValueError(f"gaussian_prior: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
+            d = C.shape[0]
+            c, V = torch.linalg.eigh((C + C.T) / 2)
+        elif C.ndim <= 1:
+            d = C.numel() if C.ndim == 1 else m.numel()
+            c, V = C.reshape(-1).expand(d).clone(), None
+        else:
+            raise ValueError(f"gaussian_prior: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
+        if m.numel() == 1:
+            m = m.reshape(1).expand(d).clone()
+        m = m.reshape(-1)
+        if m.numel() != d:
+            raise ValueError(f"gaussian_prior: mean has {m.numel()} elements but cov is for dimension {d}")
+        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(c).all())):
+            raise ValueError("gaussian_prior: mean and cov must be finite")
+        if float(c.min()) < -1e-6 * max(float(c.abs().max()), 1.0):
+            raise ValueError(
+                f"gaussian_prior: cov must be positive semi-definite (smallest eigenvalue {float(c.min()):.3g})"
+            )
+        self.mean, self.c, self.V, self.dim = m, c.clamp_min(0.0), V, d
+        h = hashlib.sha1(m.numpy().tobytes())
+        h.update(C.numpy().tobytes())
+        self.digest = h.hexdigest()[:16]
+
+    def _to(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return (self.mean.to(y), self.c.to(y), None if self.V is None else self.V.to(y))
+
+    def flow(self, y: Tensor, s0: float, s1: float) -> tuple[Tensor, Tensor]:
+        r"""Exact Gaussian PF-ODE flow of ``y`` (batch first) from :math:`\tilde\sigma_0` to
+        :math:`\tilde\sigma_1`, and the Gaussian direction :math:`d_G = (y - D_G)/\tilde\sigma_0` at the start."""
+        shape = y.shape
+        yf = y.reshape(shape[0], -1)
+        if yf.shape[1] != self.dim:
+            raise ValueError(f"gaussian_prior is for dimension {self.dim}, the samples have {yf.shape[1]}")
+        m, c, V = self._to(yf)
+        e = yf - m
+        if V is not None:
+            e = e @ V
+        ratio = torch.sqrt((c + s1 * s1) / (c + s0 * s0))
+        dG = s0 * e / (c + s0 * s0)
+        y1, d0 = e * ratio, dG
+        if V is not None:
+            y1, d0 = y1 @ V.T, d0 @ V.T
+        return (y1 + m).reshape(shape), d0.reshape(shape)
 
 
 @dataclass
@@ -102,7 +184,20 @@ class BudgetSolver(Solver):
     #: smallest budget ``steps`` accepted with ``last_step="none"``
     min_steps: ClassVar[int] = 1
 
-    def __init__(self, last_step: str = "none", calibrate: bool | str = False) -> None:
+    def __init__(
+        self,
+        last_step: str = "none",
+        calibrate: bool | str = False,
+        gaussian_prior: tuple[Tensor | float, Tensor | float] | None = None,
+    ) -> None:
+        if gaussian_prior is None:
+            self._gauss: GaussianFit | None = None
+        elif isinstance(gaussian_prior, GaussianFit):
+            self._gauss = gaussian_prior
+        elif isinstance(gaussian_prior, (tuple, list)) and len(gaussian_prior) == 2:
+            self._gauss = GaussianFit(*gaussian_prior)
+        else:
+            raise TypeError("gaussian_prior must be None or a (mean, cov) pair of the data's moments")
         if last_step not in LAST_STEPS:
             raise ValueError(f"last_step must be one of {LAST_STEPS}, got {last_step!r}")
         if not isinstance(calibrate, (bool, str)) and not hasattr(calibrate, "__fspath__"):
@@ -110,16 +205,27 @@ class BudgetSolver(Solver):
         self.last_step = last_step
         self.calibrate = calibrate
         self.calibrate_metric = "both"
+        #: extra keyword arguments of :func:`~scoresolve.calibrate.calibrate_grid` (part of the fingerprint)
+        self.calibrate_options: dict[str, Any] = {}
+
+    @property
+    def gaussian_prior(self) -> GaussianFit | None:
+        """The Gaussian fit used for the analytical first step (``None``: off)."""
+        return self._gauss
 
     # --- configuration seen by calibration and caches ---------------------------------------
     def config(self) -> dict[str, Any]:
         """JSON-friendly description of the solver (name + options), used in cache fingerprints."""
         cfg = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "calibrate"}
+        if self._gauss is not None:
+            cfg["gaussian_prior"] = self._gauss.digest
         return {"class": type(self).__name__, **cfg}
 
     def steps_to_grid(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if self._gauss is not None:  # one more interval, taken analytically
+            return steps + (1 if self.last_step == "none" else 0)
         if self.last_step == "none":
             if steps < self.min_steps:
                 raise ValueError(f"steps={steps} is below the minimum budget {self.min_steps} of {type(self).__name__}")
@@ -132,7 +238,7 @@ class BudgetSolver(Solver):
         return steps - 1
 
     def nfe_for(self, n_intervals: int) -> int:
-        return n_intervals + (0 if self.last_step == "none" else 1)
+        return n_intervals + (0 if self.last_step == "none" else 1) - (1 if self._gauss is not None else 0)
 
     # --- the loop ----------------------------------------------------------------------------
     def make_run(self, ctx: SolveContext, x: Tensor, grid: Tensor) -> Run:
@@ -163,7 +269,17 @@ class BudgetSolver(Solver):
         ctx = run.ctx
         y = x.to(run.wdtype) / run.alpha[0]
         state: Any = None
-        for i in range(run.n_steps):
+        first = 0
+        if self._gauss is not None:
+            if run.n_steps < 2:
+                raise ValueError("gaussian_prior needs a grid of at least 2 intervals (the first is analytical)")
+            y, dG = self._gauss.flow(y, run.s[0], run.s[1])
+            state = self.gaussian_state(run, dG)
+            first = 1
+            if ctx.trajectory is not None or ctx.callback is not None or ctx.progress is not None:
+                xo = (y * run.alpha[1]).to(x.dtype)
+                ctx.after_step(0, torch.full((x.shape[0],), run.t[1], dtype=x.dtype, device=x.device), xo)
+        for i in range(first, run.n_steps):
             ctx.score.step = i
             y, state = self.update(run, y, i, state)
             if ctx.trajectory is not None or ctx.callback is not None or ctx.progress is not None:
@@ -177,6 +293,12 @@ class BudgetSolver(Solver):
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def gaussian_state(self, run: Run, d_gauss: Tensor) -> Any:
+        r"""Solver state after the analytical first step, given the Gaussian direction
+        :math:`d_G = (y - D_G)/\tilde\sigma_0` at ``T``: ``None`` (history starts at grid point 1) unless
+        a subclass seeds its history with it."""
+        return None
 
     def is_final_zero(self, run: Run, i: int) -> bool:
         """Whether step ``i`` is the final jump to :math:`\\tilde\\sigma = 0`."""

@@ -86,8 +86,9 @@ class DPMSolver(BudgetSolver):
         variant: str = "exact",
         last_step: str = "none",
         calibrate: Any = False,
+        gaussian_prior: Any = None,
     ):
-        super().__init__(last_step=last_step, calibrate=calibrate)
+        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         self.variant = _check_variant(variant)
         self._d2 = 2.0 if variant == "exact" else 1.0
         if order not in (1, 2, 3):
@@ -96,6 +97,8 @@ class DPMSolver(BudgetSolver):
             raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
         self.order = float(order)
         self.method = method
+        if method == "singlestep" and gaussian_prior is not None:
+            raise ValueError("gaussian_prior is not supported with method='singlestep' (use method='multistep')")
 
     # multistep ------------------------------------------------------------------------------
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
@@ -200,8 +203,10 @@ class DPMSolverPP(BudgetSolver):
     reference = "Lu et al. 2022, DPM-Solver++, arXiv:2211.01095"
     max_order: ClassVar[int] = 2
 
-    def __init__(self, variant: str = "exact", last_step: str = "none", calibrate: Any = False) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate)
+    def __init__(
+        self, variant: str = "exact", last_step: str = "none", calibrate: Any = False, gaussian_prior: Any = None
+    ) -> None:
+        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         self.variant = _check_variant(variant)
         self._d2 = 2.0 if variant == "exact" else 1.0
 
@@ -295,8 +300,9 @@ class UniPC(BudgetSolver):
         lower_order_final: bool = True,
         last_step: str = "none",
         calibrate: Any = False,
+        gaussian_prior: Any = None,
     ) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate)
+        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):

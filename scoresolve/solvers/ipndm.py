@@ -48,6 +48,9 @@ class IPNDM(BudgetSolver):
             variable-step weights even when ``variable=False`` (the equal-step weights assume an
             interval like the previous ones, which the last jump never is).
         last_step, calibrate: see :class:`~scoresolve.solvers.exp_base.BudgetSolver`.
+        gaussian_prior: ``(mean, cov)`` of the data: the first interval is the exact Gaussian flow (no
+            evaluation) and the Adams history starts with the Gaussian direction at ``T``
+            (:mod:`~scoresolve.solvers.exp_base`).
     """
 
     reference = "Zhang & Chen 2023, DEIS/iPNDM, arXiv:2204.13902"
@@ -60,13 +63,18 @@ class IPNDM(BudgetSolver):
         final_variable: bool = True,
         last_step: str = "none",
         calibrate: Any = False,
+        gaussian_prior: Any = None,
     ) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate)
+        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         if order not in (1, 2, 3, 4):
             raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
         self.order = float(order)
         self.variable = bool(variable)
         self.final_variable = bool(final_variable)
+
+    def gaussian_state(self, run: Run, d_gauss: Tensor) -> Any:
+        """With ``gaussian_prior``: the history starts with the Gaussian direction at ``T`` (no evaluation)."""
+        return [(run.s[0], d_gauss.to(run.wdtype))]
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         D = run.denoise(y, i)
