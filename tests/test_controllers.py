@@ -50,6 +50,43 @@ def test_error_norm_shape_mismatch():
         error_norm(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), 0.1, 0.1)
 
 
+def test_error_norm_scale_replaces_the_state_magnitude():
+    g = torch.Generator().manual_seed(1)
+    err = torch.randn(3, 2, 4, generator=g, dtype=torch.float64) * 1e-2
+    y = torch.randn(3, 2, 4, generator=g, dtype=torch.float64) * 100  # ignored when a scale is given
+    sigma = torch.tensor([0.5, 0.1, 0.01], dtype=torch.float64)[:, None, None]
+    rtol, atol = 0.3, 0.002
+    got = error_norm(err, y, y, rtol, atol, scale=sigma)
+    for b in range(3):
+        ref = (err[b] / (atol + rtol * sigma[b])).pow(2).mean().sqrt()
+        assert float(got[b]) == pytest.approx(float(ref), rel=1e-12)
+    # a scale of |y| gives back the default rule
+    assert torch.allclose(error_norm(err, y, y, rtol, atol, scale=y.abs()), error_norm(err, y, y, rtol, atol))
+    ctl = Controller(rtol=rtol, atol=atol, norm="per_sample")
+    assert torch.allclose(ctl.ratio(err, y, y, scale=sigma), got)
+    with pytest.raises(ValueError, match="scale must be broadcastable"):
+        error_norm(err, y, y, rtol, atol, scale=torch.ones(2, 1, 1))
+    with pytest.raises(TypeError, match="scale must be a tensor"):
+        error_norm(err, y, y, rtol, atol, scale=0.5)
+
+
+def test_propose_hold_caps_growth_only_where_asked():
+    ctl = Controller(rtol=0.1, atol=0.1, safety=0.9, min_factor=0.2, max_factor=10.0)
+    ratio = torch.tensor([0.01, 0.01, 4.0, 4.0], dtype=torch.float64)
+    hold = torch.tensor([False, True, False, True])
+    accept, h = ctl.propose(ratio, 1.0, error_order=1, hold=hold)
+    assert accept.tolist() == [True, True, False, False]
+    assert float(h[0]) == pytest.approx(9.0)  # 0.9 * 0.01^-1/2
+    assert float(h[1]) == pytest.approx(1.0)  # held: no growth
+    assert float(h[2]) == pytest.approx(0.45) and float(h[3]) == pytest.approx(0.45)  # shrinking unaffected
+    _, h_none = ctl.propose(ratio, 1.0, error_order=1)
+    assert float(h_none[1]) == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="hold must be a bool tensor"):
+        ctl.propose(ratio, 1.0, error_order=1, hold=torch.ones(4))
+    with pytest.raises(ValueError, match="hold must be a bool tensor"):
+        ctl.propose(ratio, 1.0, error_order=1, hold=torch.ones(3, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_ratio_per_norm(norm):
     err = torch.tensor([[0.1, 0.1], [0.3, 0.3], [0.0, 0.0]])

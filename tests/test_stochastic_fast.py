@@ -345,11 +345,14 @@ def test_ggf_brownian_bridge_split_is_exact_in_distribution():
         ({"exponent": 1.0}, "exponent"),
         ({"h_init": 0.0}, "h_init"),
         ({"max_steps": 0}, "max_steps"),
+        ({"tolerance": "relative"}, "tolerance must be one of"),
+        ({"variable": "sigma"}, "variable must be one of"),
+        ({"hold_after_reject": 1}, "hold_after_reject"),
     ],
 )
 def test_ggf_bad_input(kwargs, match):
     sde = ss.VPSDE()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         ss.sample(MIX.score_model(sde), sde, "gotta_go_fast", batch_size=2, **kwargs)
 
 
@@ -360,3 +363,65 @@ def test_ggf_rejects_steps_and_max_steps_error():
         ss.sample(model, sde, "gotta_go_fast", 10, batch_size=2)
     with pytest.raises(RuntimeError, match="max_steps=3"):
         ss.sample(model, sde, "gotta_go_fast", batch_size=2, max_steps=3)
+
+
+def test_ggf_default_tolerances_per_rule():
+    from scoresolve.solvers.gotta_go_fast import GottaGoFast
+
+    noise, state = GottaGoFast(), GottaGoFast(tolerance="state")
+    assert (noise.tolerance, noise.variable, noise.hold_after_reject) == ("noise", "log_snr", True)
+    assert (noise.controller.rtol, noise.controller.atol) == (1.0, 0.0078)
+    assert (state.controller.rtol, state.controller.atol) == (0.05, 0.0078)  # the paper's
+    assert GottaGoFast(tolerance="state", rtol=0.2).controller.rtol == 0.2
+
+
+@functools.cache
+def _digits_problem():
+    from scoresolve.metrics import frechet_floor
+
+    gm = ss.analytic.digits()
+    sde = ss.VPSDE(beta_min=0.1, beta_max=20.0)
+    mean, cov = gm.moments()
+    floor, _ = frechet_floor(lambda k, g: gm.sample(k, g), mean, cov, 2000, draws=20)
+    return gm, sde, mean, cov, floor
+
+
+def _digits_ggf(seed, **kw):
+    from scoresolve.metrics import frechet_to_moments
+
+    gm, sde, mean, cov, floor = _digits_problem()
+    res = ss.sample(
+        gm.score_model(sde),
+        sde,
+        "gotta_go_fast",
+        batch_size=2000,
+        return_result=True,
+        generator=torch.Generator().manual_seed(1000 + seed),
+        **kw,
+    )
+    assert torch.isfinite(res.samples).all()
+    return res, frechet_to_moments(res.samples, mean, cov) / floor
+
+
+def test_ggf_digits_vp_two_x_floor_within_40_nfe():
+    # issue 14's bar for the adaptive SDE solver: FD <= 2x the floor of exact samples at <= 40 NFE on
+    # the 64-D digits mixture under VP, n = 2000, three noise seeds (the benchmark's seeds). Measured
+    # 33-37 NFE and <= 1.6x; the floor (20 exact draws) has a standard error of ~2 %.
+    for seed in range(3):
+        res, ratio = _digits_ggf(seed)
+        assert res.nfe <= 40, f"seed {seed}: {res.nfe} NFE"
+        assert ratio <= 2.0, f"seed {seed}: FD / floor = {ratio:.2f} at {res.nfe} NFE"
+        # steps controlled in log-SNR: few rejections (the t-controller rejected every other step)
+        assert res.info["rejected_steps"] <= res.info["accepted_steps"] // 3
+        times = res.grid
+        assert float(times[0]) == 1.0 and float(times[-1]) == pytest.approx(1e-3)
+        assert (times[1:] < times[:-1]).all()
+
+
+def test_ggf_digits_vp_paper_rule_breaks_down_below_50_nfe():
+    # the paper's rule (tolerance on |x|, steps in t, no hold after rejection) at ~45 NFE: the last steps
+    # jump over the stiff thin directions near eps (measured 2.7-3.0x on the three seeds); the default at
+    # fewer evaluations stays below 2x (test above)
+    res, ratio = _digits_ggf(0, tolerance="state", variable="t", hold_after_reject=False, rtol=0.16, atol=0.16)
+    assert res.nfe >= 41
+    assert ratio > 2.0, f"FD / floor = {ratio:.2f} at {res.nfe} NFE"

@@ -20,6 +20,12 @@ with :math:`q` the order of the error estimate (the lower of the two embedded or
 solver, where the error is dominated by the stochastic terms, the paper uses :math:`q = 1`,
 i.e. exponent :math:`-1/2`).
 
+Options for solvers that need them (defaults leave the rule above unchanged): ``scale=`` in
+:func:`error_norm` / :meth:`Controller.ratio` replaces :math:`\max(|y_0|, |y_1|)` by a given
+scale (Gotta Go Fast measures its error in units of the marginal noise std :math:`\sigma_t`), and
+``hold=`` in :meth:`Controller.propose` caps the factor at 1 for the rows just rejected (Hairer et
+al., II.4: no step growth right after a rejection).
+
 Three norms, a trade-off measured on the digits mixture (see docs/stochastic_samplers.md and
 ANCHORS.md):
 
@@ -27,7 +33,7 @@ ANCHORS.md):
   but a batched loop runs until the slowest sample is done: 1.6–1.9× more model calls at equal
   quality in our measurements.
 * ``"batch_rms"``: one step size for the batch from :math:`\sqrt{\mathrm{mean}_b\, r_b^2}` (equal to
-  the RMS over all entries of the batch, like torchdiffeq and Gotta Go Fast's code). Cheapest, but
+  the RMS over all entries of the batch, like torchdiffeq; Gotta Go Fast's released code is per sample). Cheapest, but
   couples the samples: a sample's trajectory depends on its neighbours through the step sizes.
 * ``"batch_max"``: one step size from :math:`\max_b r_b`: every sample meets the tolerance, at
   about 3× the model calls of ``batch_rms``.
@@ -51,13 +57,16 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
+def error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float, scale: Tensor | None = None) -> Tensor:
     r"""Per-sample RMS of ``err / (atol + rtol * max(|y0|, |y1|))`` over all non-batch dimensions.
 
     Args:
         err: the error estimate, shape ``(B, *dims)``.
         y0, y1: the state before and after the step (same shape), for the relative part.
         rtol, atol: relative and absolute tolerance (> 0).
+        scale: optional non-negative tensor broadcastable to ``err`` (e.g. a per-sample ``(B, 1, ...)``
+            noise level) that replaces ``max(|y0|, |y1|)`` in the relative part:
+            ``err / (atol + rtol * scale)``.
 
     Returns:
         ``(B,)`` tensor, ``<= 1`` where the step meets the tolerance.
@@ -69,7 +78,18 @@ def error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) ->
     if err.ndim < 1:
         raise ValueError("err must have a batch dimension: shape (B, *dims)")
     dt = _work_dtype(err)
-    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs()).to(dt)
+    if scale is None:
+        scale = atol + rtol * torch.maximum(y0.abs(), y1.abs()).to(dt)
+    else:
+        if not isinstance(scale, Tensor):
+            raise TypeError(f"scale must be a tensor broadcastable to err's shape, got {type(scale).__name__}")
+        try:
+            torch.broadcast_shapes(scale.shape, err.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"scale must be broadcastable to err's shape {tuple(err.shape)}, got {tuple(scale.shape)}"
+            ) from None
+        scale = atol + rtol * scale.to(device=err.device, dtype=dt)
     r = (err.to(dt) / scale).reshape(err.shape[0], -1)
     if r.shape[1] == 0:
         return torch.zeros(err.shape[0], device=err.device, dtype=dt)
@@ -139,20 +159,24 @@ class Controller:
         """Whether each sample gets its own step size."""
         return self.norm == "per_sample"
 
-    def ratio(self, err: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
+    def ratio(self, err: Tensor, y0: Tensor, y1: Tensor, scale: Tensor | None = None) -> Tensor:
         """The error ratio per sample ``(B,)``: :func:`error_norm` for ``"per_sample"``, else its batch
         RMS (``"batch_rms"``) or maximum (``"batch_max"``) broadcast to ``(B,)``.
 
-        A non-finite per-sample ratio stays non-finite (and is rejected by :meth:`propose`).
+        ``scale`` (optional) replaces ``max(|y0|, |y1|)`` in the relative tolerance (see
+        :func:`error_norm`). A non-finite per-sample ratio stays non-finite (and is rejected by
+        :meth:`propose`).
         """
-        r = error_norm(err, y0, y1, self.rtol, self.atol)
+        r = error_norm(err, y0, y1, self.rtol, self.atol, scale=scale)
         if self.norm == "batch_rms":
             return r.pow(2).mean().sqrt().expand_as(r)
         if self.norm == "batch_max":
             return r.max().expand_as(r)
         return r
 
-    def propose(self, ratio: Tensor, h: Tensor | float, error_order: float) -> tuple[Tensor, Tensor]:
+    def propose(
+        self, ratio: Tensor, h: Tensor | float, error_order: float, hold: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         r"""Accept where ``ratio <= 1`` and propose
         :math:`h' = h\,\mathrm{clip}(\mathrm{safety}\cdot \mathrm{ratio}^{-1/(q+1)}, \mathrm{min},
         \mathrm{max})`.
@@ -164,6 +188,9 @@ class Controller:
             ratio: ``(B,)`` error ratios (from :meth:`ratio`).
             h: the step just tried, a number or a ``(B,)``/0-d tensor.
             error_order: order :math:`q` of the error estimate (> 0).
+            hold: optional ``(B,)`` bool: where true the factor is capped at 1 (the step may shrink but
+                not grow). Hairer et al., *Solving ODEs I*, II.4, advise this for the step right after
+                a rejection: the rejected attempt showed the error model is optimistic there.
 
         Returns:
             ``(accept, h_next)``: ``(B,)`` bool and ``(B,)`` tensor (in ``h``'s dtype if a tensor,
@@ -188,6 +215,10 @@ class Controller:
         factor = self.safety * torch.where(r > 0, r, torch.zeros_like(r)).pow(-1.0 / (q + 1.0))
         factor = torch.where(finite, factor, torch.full_like(factor, self.min_factor))
         factor = factor.clamp(self.min_factor, self.max_factor)
+        if hold is not None:
+            if not isinstance(hold, Tensor) or hold.shape != ratio.shape or hold.dtype != torch.bool:
+                raise ValueError(f"hold must be a bool tensor of shape {tuple(ratio.shape)}")
+            factor = torch.where(hold.to(factor.device), factor.clamp(max=1.0), factor)
         h_next = (h.to(torch.float64) * factor).to(h.dtype)
         return accept, h_next
 

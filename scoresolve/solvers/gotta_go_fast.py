@@ -1,6 +1,6 @@
 r"""Gotta Go Fast: an adaptive solver of the reverse SDE (Jolicoeur-Martineau, Li, Piché-Taillefer,
 Kachman, Mitliagkas 2021, "Gotta Go Fast When Generating Data with Score-Based Models",
-arXiv:2105.14080, Algorithm 1).
+arXiv:2105.14080, Algorithm 1), with a tolerance in the model's noise scale and step sizes in log-SNR.
 
 One step from :math:`t` to :math:`t - h` with a Brownian increment :math:`W` (variance :math:`h`),
 reverse drift :math:`b(x, t) = f(x, t) - g(t)^2 s(x, t)`:
@@ -10,32 +10,65 @@ reverse drift :math:`b(x, t) = f(x, t) - g(t)^2 s(x, t)`:
     \tilde x  &= x - h\, b(x', t-h) + g(t-h)\, W                &\\
     x''       &= \tfrac12 (x' + \tilde x)                        &\text{(stochastic improved Euler)}
 
-The error estimate is :math:`x' - x''`, measured against the mixed tolerance
-:math:`\mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)` (the paper's rule, with
-:math:`x'_{prev}` the Euler–Maruyama proposal of the last accepted step; the paper takes the max of
-the two tolerances where we add them, which differs by at most a factor 2) as an RMS over the
-entries. A step is accepted when that ratio :math:`E \le 1`, and then the *higher-order* solution
-:math:`x''` is kept (extrapolation). The next step is :math:`h \leftarrow \min(t - \epsilon,\
-\theta h E^{-r})`, with the paper's :math:`\theta = 0.9`, :math:`r = 0.9` (:math:`r = 1/(q+1)` in
-:class:`~scoresolve.solvers.controllers.Controller`'s terms) and ``h_init = 0.01``; the step-size
-factor is also clipped to ``[min_factor, max_factor]``.
+The same :math:`W` in both stages (the paper's rule). The error estimate :math:`x' - x''` is measured
+as an RMS over the entries of :math:`(x' - x'')/\delta`; a step is accepted when that ratio
+:math:`E \le 1`, and then the *higher-order* solution :math:`x''` is kept (extrapolation). The
+next step is :math:`h \leftarrow \theta h E^{-r}` (:math:`\theta = 0.9`, :math:`r = 0.9` as the
+paper; :math:`r = 1/(q+1)` in :class:`~scoresolve.solvers.controllers.Controller`'s terms), the
+factor clipped to ``[min_factor, max_factor]``, and never above the distance to :math:`\epsilon`.
 
 Two score evaluations per attempted step. Strong order 1 (the SDEs here have additive noise, where
-the stochastic improved Euler method has strong order 1; the error estimate has order 1/2 relative
-to it, hence the step-size exponent).
+the stochastic improved Euler method has strong order 1).
+
+**Tolerance** (``tolerance=``):
+
+* ``"noise"`` (default): :math:`\delta = \mathrm{atol} + \mathrm{rtol}\,\sigma_{t-h}`, with
+  :math:`\sigma_t` the SDE's marginal noise std (``sde.marginal_std``) at the step's end. Why: an
+  error :math:`e` made at time :math:`t` in a direction of data variance :math:`v` is contracted by
+  the rest of the reverse SDE to :math:`e\,(v + \sigma_0^2)/(v + \sigma_t^2)` (with
+  :math:`\alpha \approx 1`), i.e. relative to that direction's final spread :math:`\sqrt v` it
+  weighs :math:`e\sqrt v/(v + \sigma_t^2) \le e/(2\sigma_t)`, the worst case at :math:`v =
+  \sigma_t^2`. Measuring the error in units of :math:`\sigma_t` bounds its effect on every direction
+  of the data, the thin ones included. Defaults ``rtol = 1``, ``atol = 0.0078`` (the paper's 8-bit
+  level for data in ``[-1, 1]``, a floor once :math:`\sigma_t` is below it).
+* ``"state"``: the paper's :math:`\delta = \mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)`,
+  :math:`x'_{prev}` the Euler–Maruyama proposal of the last accepted step (the paper takes
+  :math:`\max(\mathrm{atol}, \cdot)` where we add, at most a factor 2 apart). Defaults: the paper's
+  ``rtol = 0.05``, ``atol = 0.0078`` for images in ``[-1, 1]`` (the paper's VP runs; 0.0039 for its
+  VE runs on ``[0, 1]`` data). The relative part follows the pixel's *magnitude*: a background pixel
+  at −1 with data std 0.03 gets a tolerance of ``rtol``, so near :math:`\epsilon` the error estimate
+  does not see the stiff thin directions (:math:`\partial b/\partial x \approx g^2/(v + \sigma_t^2)`,
+  ~100 at :math:`\epsilon` for :math:`v = 10^{-3}`) and the last steps jump too far.
+
+**Step-size variable** (``variable=``): ``"log_snr"`` (default) controls the step in
+:math:`\lambda = \log(\alpha_t/\sigma_t)` (``sde.log_snr``; the step in ``t`` follows from
+``sde.t_from_log_snr``), ``"t"`` in ``t`` as the paper. The stiffness grows like :math:`1/\sigma_t^2`
+towards :math:`\epsilon`, so in ``t`` good steps shrink geometrically and the integral controller,
+which predicts the next step from the last, overshoots again and again (a rejected attempt every
+other step below :math:`t \approx 0.3` on the digits mixture); in :math:`\lambda` good steps are
+nearly constant. ``h_init`` stays the paper's first step in ``t`` (0.01), converted to :math:`\lambda`.
+
+**After a rejection** (``hold_after_reject=True``) the next accepted step may shrink but not grow
+(Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4): the rejection showed the error model is
+optimistic there.
+
+Measured on the 64-D digits mixture under VP (exact score, n = 2000, three noise seeds, FD over the
+floor of exact samples; ``benchmarks/stochastic.py``; see docs/stochastic_samplers.md): the
+defaults take 33–37 evaluations at ≤ 1.6× the floor; the paper's rule (``tolerance="state",
+variable="t", hold_after_reject=False``) needs 51 for 2× and falls off a cliff below (5× at 45).
 
 Step-size control (:class:`~scoresolve.solvers.controllers.Controller`, ``norm=``):
 
-* ``"batch_rms"`` (default): one step size for the batch from the RMS over all its entries, as the
-  paper's code. Cheapest (ANCHORS: 36 NFE for 2× the floor on the digits mixture), but samples are
-  coupled through the shared step sizes.
-* ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; ~3× the
-  model calls.
-* ``"per_sample"``: each sample has its own time and step size; finished samples are masked out of
-  the model calls, so a call may hold fewer rows. No coupling: a sample depends only on its own noise
-  (with ``seeds=``, on its seed). The loop runs until the slowest sample is done: 1.6–1.9× more model
-  calls than ``batch_rms`` at equal quality. ``SampleResult.info["nfe_per_sample"]`` gives the
-  evaluations each sample took part in, ``info["row_evaluations"]`` their sum.
+* ``"batch_rms"`` (default): one step size for the batch from the RMS over all its entries. Cheapest,
+  but samples are coupled through the shared step sizes.
+* ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; more model
+  calls.
+* ``"per_sample"``: each sample has its own time and step size (as the paper's released code);
+  finished samples are masked out of the model calls, so a call may hold fewer rows. No coupling: a
+  sample depends only on its own noise (with ``seeds=``, on its seed). The loop runs until the
+  slowest sample is done, so it makes more model calls than ``batch_rms`` at equal quality.
+  ``SampleResult.info["nfe_per_sample"]`` gives the evaluations each sample took part in,
+  ``info["row_evaluations"]`` their sum.
 
 Noise: the Brownian path is sampled consistently across rejections. An increment drawn for a
 rejected step is never thrown away: the retried, shorter step takes its part of it from the Brownian
@@ -45,11 +78,8 @@ favour small increments, a bias. All noise comes from the run's noise source (tw
 attempted step, for every row, so per-sample seeds give batch-independent samples).
 
 Ends at ``eps``; like the paper's samplers it is followed by the Tweedie denoising step by default
-(``denoise_default``: one more evaluation, counted by :func:`scoresolve.sample`).
-
-Default tolerances: the paper's ``rtol = 0.05`` and ``atol = 0.0078`` for images scaled to
-``[-1, 1]`` (2/255: one 8-bit level on a ``[0, 1]`` scale is 1/255 ≈ 0.0039, and the ``[-1, 1]`` scale
-doubles it). For data on another scale, scale ``atol`` with it.
+(``denoise_default``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
+adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \approx 1`).
 """
 
 from __future__ import annotations
@@ -65,7 +95,15 @@ from ..sde import SDE
 from .base import SolveContext, Solver, check_positive_int
 from .controllers import Controller
 
-__all__ = ["GottaGoFast"]
+__all__ = ["GottaGoFast", "TOLERANCES", "VARIABLES"]
+
+#: tolerance rules: ``"noise"`` (atol + rtol·σ_t, default) and ``"state"``
+#: (the paper's atol + rtol·max(|x'|, |x'_prev|))
+TOLERANCES: tuple[str, ...] = ("noise", "state")
+#: variables the step size is controlled in: ``"log_snr"`` (λ, default) and ``"t"`` (the paper's)
+VARIABLES: tuple[str, ...] = ("log_snr", "t")
+# default (rtol, atol) per tolerance rule
+_DEFAULT_TOLS: dict[str, tuple[float, float]] = {"noise": (1.0, 0.0078), "state": (0.05, 0.0078)}
 
 
 def _bc(c: Tensor, x: Tensor) -> Tensor:
@@ -114,14 +152,22 @@ class GottaGoFast(Solver):
     2 evaluations per attempted step, plus the final denoising (on by default).
 
     Args:
-        rtol: relative tolerance (> 0), paper: 0.05.
-        atol: absolute tolerance (> 0), paper: 0.0078 for data in ``[-1, 1]``.
+        rtol: relative tolerance (> 0); default 1.0 with ``tolerance="noise"`` (a multiple of
+            :math:`\sigma_t`), the paper's 0.05 with ``"state"`` (a fraction of :math:`|x|`).
+        atol: absolute tolerance (> 0); default 0.0078 (the paper's, for data in ``[-1, 1]``; scale
+            it with your data).
         norm: ``"batch_rms"`` (default), ``"batch_max"`` or ``"per_sample"`` (see the module
             docstring for the trade-off).
+        tolerance: ``"noise"`` (default, :math:`\mathrm{atol} + \mathrm{rtol}\,\sigma_t`) or
+            ``"state"`` (the paper's :math:`\mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)`).
+        variable: ``"log_snr"`` (default) or ``"t"`` (the paper's): the variable the step size is
+            controlled in.
         h_init: first step size in ``t`` (paper: 0.01).
         safety: :math:`\theta` (0.9).
         exponent: :math:`r` in :math:`h \leftarrow \theta h E^{-r}`, in ``(0, 1)`` (paper: 0.9).
         min_factor, max_factor: bounds on the step-size ratio per attempt (0.2, 10).
+        hold_after_reject: no step growth on the attempt after a rejection (default ``True``;
+            the paper has none).
         max_steps: give up (``RuntimeError``) after this many attempted steps.
     """
 
@@ -136,18 +182,33 @@ class GottaGoFast(Solver):
 
     def __init__(
         self,
-        rtol: float = 0.05,
-        atol: float = 0.0078,
+        rtol: float | None = None,
+        atol: float | None = None,
         norm: str = "batch_rms",
+        tolerance: str = "noise",
+        variable: str = "log_snr",
         h_init: float = 0.01,
         safety: float = 0.9,
         exponent: float = 0.9,
         min_factor: float = 0.2,
         max_factor: float = 10.0,
+        hold_after_reject: bool = True,
         max_steps: int = 100_000,
     ) -> None:
+        if tolerance not in TOLERANCES:
+            raise ValueError(f"tolerance must be one of {', '.join(map(repr, TOLERANCES))}, got {tolerance!r}")
+        if variable not in VARIABLES:
+            raise ValueError(f"variable must be one of {', '.join(map(repr, VARIABLES))}, got {variable!r}")
+        d_rtol, d_atol = _DEFAULT_TOLS[tolerance]
+        self.tolerance = tolerance
+        self.variable = variable
         self.controller = Controller(
-            rtol=rtol, atol=atol, norm=norm, safety=safety, min_factor=min_factor, max_factor=max_factor
+            rtol=d_rtol if rtol is None else rtol,
+            atol=d_atol if atol is None else atol,
+            norm=norm,
+            safety=safety,
+            min_factor=min_factor,
+            max_factor=max_factor,
         )
         r = float(exponent)
         if not (math.isfinite(r) and 0.0 < r < 1.0):
@@ -157,6 +218,9 @@ class GottaGoFast(Solver):
         if not (math.isfinite(h0) and h0 > 0):
             raise ValueError(f"h_init must be a finite number > 0, got {h_init!r}")
         self.h_init = h0
+        if not isinstance(hold_after_reject, bool):
+            raise TypeError(f"hold_after_reject must be a bool, got {hold_after_reject!r}")
+        self.hold_after_reject = hold_after_reject
         self.max_steps = check_positive_int(max_steps, "max_steps")
 
     @property
@@ -167,16 +231,15 @@ class GottaGoFast(Solver):
     def __repr__(self) -> str:
         c = self.controller
         return (
-            f"GottaGoFast(rtol={c.rtol}, atol={c.atol}, norm={c.norm!r}, h_init={self.h_init}, "
-            f"safety={c.safety}, exponent={self.exponent})"
+            f"GottaGoFast(rtol={c.rtol}, atol={c.atol}, norm={c.norm!r}, tolerance={self.tolerance!r}, "
+            f"variable={self.variable!r}, h_init={self.h_init}, safety={c.safety}, exponent={self.exponent}, "
+            f"hold_after_reject={self.hold_after_reject})"
         )
 
-    def _attempt(
-        self, ctx: SolveContext, x: Tensor, t: Tensor, h: Tensor, w: Tensor, last: Tensor, t_end: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One attempted step on the rows given: returns ``(x_em, x_extrapolated, t_next)``."""
+    def _attempt(self, ctx: SolveContext, x: Tensor, t: Tensor, t_next: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """One attempted step ``t → t_next`` on the rows given: returns ``(x_em, x_extrapolated)``."""
         sde = ctx.sde
-        t_next = torch.where(last, torch.full_like(t, t_end), t - h)
+        h = t - t_next
         s1 = ctx.score(x, t)
         g1 = sde.diffusion(t)
         b1 = _bc(sde.drift_coef(t), x) * x - _bc(g1**2, x) * s1
@@ -186,23 +249,32 @@ class GottaGoFast(Solver):
         g2 = sde.diffusion(t_next)
         b2 = _bc(sde.drift_coef(t_next), x) * x_em - _bc(g2**2, x) * s2
         x_tilde = x - hb * b2 + _bc(g2, x) * w
-        return x_em, 0.5 * (x_em + x_tilde), t_next
+        return x_em, 0.5 * (x_em + x_tilde)
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         sde = ctx.sde
         ctl = self.controller
         t_end = float(ctx.t_end)
+        T = float(sde.T)
         b = x.shape[0]
         dev = x.device
         f64 = torch.float64
-        t = torch.full((b,), float(sde.T), device=dev, dtype=f64)
-        h = torch.full((b,), min(self.h_init, float(sde.T) - t_end), device=dev, dtype=f64)
+        in_lam = self.variable == "log_snr"
+        t = torch.full((b,), T, device=dev, dtype=f64)
+        lam_end = sde.log_snr(torch.full((b,), t_end, device=dev, dtype=f64))
+        # the step size h lives in the controlled variable: t, or λ (increasing along the solve)
+        h0_t = min(self.h_init, T - t_end)
+        if in_lam:
+            h = sde.log_snr(torch.full((b,), T - h0_t, device=dev, dtype=f64)) - sde.log_snr(t)
+        else:
+            h = torch.full((b,), h0_t, device=dev, dtype=f64)
         x = x.clone()
         x_prev = x.clone()  # the paper's x'_prev, initialised with x
         pieces: list[tuple[Tensor, Tensor]] = []
         nfe_rows = torch.zeros(b, dtype=torch.long, device=dev)
         done = torch.zeros(b, dtype=torch.bool, device=dev)
-        times = [float(sde.T)]
+        rejected = torch.zeros(b, dtype=torch.bool, device=dev)  # last attempt of the row was rejected
+        times = [T]
         n_acc = n_rej = 0
         per_sample = ctl.per_sample
         it = 0
@@ -218,43 +290,60 @@ class GottaGoFast(Solver):
                     f"(t = {float(t.max()):.4g}); loosen rtol/atol or raise max_steps"
                 )
             ctx.score.step = it
-            remaining = t - t_end
+            if in_lam:
+                remaining = lam_end - sde.log_snr(t)
+            else:
+                remaining = t - t_end
             h_eff = torch.minimum(h, remaining)
             if float(h_eff[~done].min() if per_sample else h_eff.min()) <= 1e-14:
                 raise RuntimeError(
                     "gotta_go_fast: the step size underflowed; the score may be non-finite or rtol/atol too tight"
                 )
             last = h_eff >= remaining * (1 - 1e-12)
+            if in_lam:
+                t_inner = sde.t_from_log_snr(sde.log_snr(t) + h_eff).to(f64)
+                t_inner = torch.minimum(torch.maximum(t_inner, torch.full_like(t, t_end)), t)
+                t_next = torch.where(last, torch.full_like(t, t_end), t_inner)
+            else:
+                t_next = torch.where(last, torch.full_like(t, t_end), t - h_eff)
+            dt = torch.where(done, torch.zeros_like(t), t - t_next)  # Brownian increment's time span
             xi_b = ctx.noise.randn_like(x)
             xi_f = ctx.noise.randn_like(x)
-            w, left = _split_increment(pieces, h_eff, xi_b, xi_f)
+            w, left = _split_increment(pieces, dt, xi_b, xi_f)
             if per_sample:
                 idx = (~done).nonzero().squeeze(1)
-                xa, ta, ha, wa, la = x[idx], t[idx], h_eff[idx], w[idx], last[idx]
+                xa, ta, tna, ha, wa = x[idx], t[idx], t_next[idx], h_eff[idx], w[idx]
+                prev, hold = x_prev[idx], rejected[idx]
             else:
                 idx = None
-                xa, ta, ha, wa, la = x, t, h_eff, w, last
-            x_em, x_ext, t_next = self._attempt(ctx, xa, ta, ha, wa, la, t_end)
-            prev = x_prev[idx] if idx is not None else x_prev
-            ratio = ctl.ratio(x_em - x_ext, prev, x_em)
-            accept, h_new = ctl.propose(ratio, ha, self.error_order)
+                xa, ta, tna, ha, wa, prev, hold = x, t, t_next, h_eff, w, x_prev, rejected
+            x_em, x_ext = self._attempt(ctx, xa, ta, tna, wa)
+            err = x_em - x_ext
+            if self.tolerance == "noise":
+                # the marginal noise level σ_t at the step's end, per sample (see the module docstring)
+                ratio = ctl.ratio(err, prev, x_em, scale=_bc(sde.marginal_std(tna), x_em))
+            else:
+                ratio = ctl.ratio(err, prev, x_em)
+            accept, h_new = ctl.propose(ratio, ha, self.error_order, hold=hold if self.hold_after_reject else None)
             acc_b = SDE.bcast(accept, xa)
             x_new = torch.where(acc_b, x_ext, xa)
             xp_new = torch.where(acc_b, x_em, prev)
-            t_new = torch.where(accept, t_next, ta)
+            t_new = torch.where(accept, tna, ta)
             if idx is not None:
                 x[idx], x_prev[idx], t[idx], h[idx] = x_new, xp_new, t_new, h_new
+                rejected[idx] = ~accept
                 nfe_rows[idx] += 2
                 acc_full = torch.zeros(b, dtype=torch.bool, device=dev)
                 acc_full[idx] = accept
                 done = t <= t_end
             else:
                 x, x_prev, t, h = x_new, xp_new, t_new, h_new
+                rejected = ~accept
                 nfe_rows += 2
                 acc_full = accept
-            # Brownian path: accepted rows consume [0, h]; rejected rows keep it as known increment
+            # Brownian path: accepted rows consume [0, dt]; rejected rows keep it as known increment
             keep = ~acc_full
-            first = (torch.where(keep, h_eff, torch.zeros_like(h_eff)), torch.where(SDE.bcast(keep, w), w, 0.0))
+            first = (torch.where(keep, dt, torch.zeros_like(dt)), torch.where(SDE.bcast(keep, w), w, 0.0))
             pieces = [p for p in [first, *left] if bool((p[0] > 0).any())]
             if per_sample:
                 n_acc_it = int(accept.sum())
