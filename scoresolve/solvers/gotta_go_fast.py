@@ -142,7 +142,8 @@ def _split_increment(
 
 @SOLVERS.register(
     "gotta_go_fast",
-    description="adaptive reverse-SDE solver (Jolicoeur-Martineau et al. 2021): EM + improved Euler, rtol/atol/norm",
+    description="adaptive reverse-SDE solver (Jolicoeur-Martineau et al. 2021): EM + improved Euler, "
+    "tolerance in sigma_t, steps in log-SNR; rtol/atol/norm",
 )
 class GottaGoFast(Solver):
     r"""Adaptive Euler–Maruyama / stochastic improved Euler solver of the reverse SDE
