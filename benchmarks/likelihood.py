@@ -37,6 +37,7 @@ from scoresolve import analytic
 from scoresolve.likelihood import likelihood
 
 LN2 = math.log(2)
+ONLY: str | None = None
 
 # Grids calibrated once on 8 digits samples (seed 7, disjoint from the evaluation samples) by Nelder-Mead
 # on the interior times, with precondition="local" and the exact p_T (solver error only); see docs/likelihood.md.
@@ -80,6 +81,14 @@ def configs(quick: bool) -> list[dict[str, Any]]:
                         "precondition": pc,
                     }
                 )
+    # Adams PEC in re-fitted local coordinates: one evaluation per step
+    for steps, grid, go in [(20, "power", {"rho": 1.5}), (20, "quadratic", {}), (20, "karras", {}), (40, "karras", {})]:
+        if quick and steps == 40:
+            continue
+        label = f"adams {steps} steps, {grid}" + (f" rho={go['rho']}" if go else "") + ", local (re-fit)"
+        cfg: dict[str, Any] = {"label": label, "method": "adams", "steps": steps, "grid": grid}
+        cfg.update(precondition="local", grid_options=go or None)
+        out.append(cfg)
     for key, grid in CALIBRATED.items():
         method = key.split("_")[0]
         out.append(
@@ -106,6 +115,8 @@ def run_problem(name: str, prob: dict[str, Any], n: int, quick: bool) -> list[di
     exact_pT = lambda z: mix.log_prob(z, sde.T, sde)  # noqa: E731
     rows = []
     for cfg in configs(quick):
+        if ONLY and ONLY not in cfg["label"]:
+            continue
         kw = {k: v for k, v in cfg.items() if k != "label"}
         if name != "digits_vp" and isinstance(kw.get("grid"), list):
             continue
@@ -175,14 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples and configurations")
     ap.add_argument("--n", type=int, default=None, help="samples per problem (default 64, quick 8)")
     ap.add_argument("--out", default=None, help="output folder (default bench_out/likelihood)")
+    ap.add_argument("--only", default=None, help="run only configurations whose label contains this text")
     args = ap.parse_args(argv)
+    global ONLY
+    ONLY = args.only
     torch.set_num_threads(1)
     out = prepare_out_dir(args.out, "likelihood")
     n = args.n or (8 if args.quick else 64)
     rows: list[dict[str, Any]] = []
     for name, prob in problems(args.quick).items():
         rows += run_problem(name, prob, n, args.quick)
-    hut = hutchinson(4 if args.quick else 16, 16 if args.quick else 64)
+    hut = [] if args.only else hutchinson(4 if args.quick else 16, 16 if args.quick else 64)
     meta = {
         "machine": machine_info(),
         "versions": versions(),

@@ -41,8 +41,11 @@ Methods:
   at 1e-5); the batch shares one step size;
 - ``"euler"``, ``"heun"``, ``"rk4"``: our fixed-step Runge–Kutta on a time grid (``steps=`` and
   ``grid=``; default ``"quadratic"``; ``"karras"`` suits VE better, see :func:`likelihood_grid` and
-  docs/likelihood.md) — "likelihood on a budget", best with ``precondition="local"`` (exact trace):
-  Heun at 10 steps or RK4 at 5 steps = 20 evaluations;
+  docs/likelihood.md);
+- ``"adams"``: Adams predictor–corrector (AB3/AM4, PEC), one evaluation per interval — "likelihood on
+  a budget": with ``precondition="local"`` (exact trace) it re-fits each sample's local Gaussian at
+  every evaluation (:func:`_refit_adams`); ``steps=20, grid="power"`` (ρ = 1.5) is the recommended
+  20-evaluation setting (docs/likelihood.md);
 - ``"adaptive"`` (alias ``"dopri5_per_sample"``) / ``"bosh3_per_sample"``: the per-sample adaptive
   pairs of :mod:`scoresolve.solvers.ode_adaptive` (own step size per sample).
 """
@@ -54,6 +57,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,7 +73,10 @@ __all__ = ["likelihood", "LikelihoodResult", "likelihood_grid", "bpd_offset", "F
 State = tuple[Tensor, ...]
 
 #: our fixed-step methods: name → score evaluations per step.
-FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "heun": 2, "rk4": 4}
+FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "heun": 2, "rk4": 4, "adams": 1}
+#: order of the ``"adams"`` predictor (Adams–Bashforth; the Adams–Moulton corrector has one more),
+#: ramping up from 1 over the first steps
+ADAMS_ORDER = 3
 _PER_SAMPLE = {"adaptive": "dopri5", "dopri5_per_sample": "dopri5", "bosh3_per_sample": "bosh3"}
 DEFAULT_GRID = "quadratic"
 DEFAULT_RHO = 3.0
@@ -263,70 +270,205 @@ class _Field:
         return total
 
 
-def _preconditioned_fixed_step(
-    fld: _Field, sde: SDE, x: Tensor, times: Tensor, tab: Any, counted: CountedScore
-) -> tuple[State, Tensor]:
-    r"""Fixed-step Runge–Kutta for the likelihood ODE in locally Gaussian coordinates.
+def adams_weights(nodes: Sequence[float], a: float, b: float) -> list[float]:
+    r"""Weights :math:`w_j = \int_a^b L_j(\tau)\,d\tau` of the Lagrange basis on ``nodes``: the
+    variable-step Adams–Bashforth update :math:`y(b) \approx y(a) + \sum_j w_j f(t_j)` integrates
+    the polynomial through the past derivatives exactly (Gauss–Legendre, float64)."""
+    k = len(nodes)
+    xs, ws = np.polynomial.legendre.leggauss(k)
+    tau = 0.5 * (b - a) * xs + 0.5 * (a + b)
+    w = 0.5 * (b - a) * ws
+    out = []
+    for j, tj in enumerate(nodes):
+        basis = np.ones_like(tau)
+        for m, tm in enumerate(nodes):
+            if m != j:
+                basis = basis * (tau - tm) / (tj - tm)
+        out.append(float((w * basis).sum()))
+    return out
 
-    At the start :math:`(x, \epsilon)` one evaluation gives the score :math:`s` and its Jacobian
-    :math:`J`. If the data were locally Gaussian, :math:`N(\mu, \Sigma)`, then
-    :math:`-J^{-1} = \alpha^2\Sigma + \sigma^2 I =: V` and :math:`\alpha\mu = x + V s`; with
-    :math:`\Sigma = U\,\mathrm{diag}(\lambda)\,U^\top` (eigenvalues floored at 1e-12) every
-    trajectory of that Gaussian's probability flow is
+
+def integrate_on_grid(
+    f: Callable[[Tensor, State], State], times: Tensor, y: State, method: str, counted: CountedScore
+) -> State:
+    r"""Integrate ``dy/dt = f(t, y)`` over the increasing grid ``times`` with a fixed-step method:
+    one Runge–Kutta step per interval (``euler``/``heun``/``rk4``, 1/2/4 evaluations), or
+    ``"adams"``: variable-step Adams predictor–corrector in PEC mode — Adams–Bashforth of order
+    :data:`ADAMS_ORDER` predicts, one evaluation at the predicted point, Adams–Moulton of one order
+    more corrects (orders ramp up over the first steps; Hairer, Nørsett & Wanner, *Solving ODEs I*,
+    III.1 and III.5) — **one evaluation per interval**, the last interval predictor-only, so ``steps``
+    intervals cost exactly ``steps`` evaluations."""
+    b = y[0].shape[0]
+    g = times.to(y[0].device)
+    n = times.numel() - 1
+    if method != "adams":
+        tab = TABLEAUS[method]
+        for i in range(n):
+            counted.step = i
+            y = rk_step(f, g[i].expand(b), y, (g[i + 1] - g[i]).expand(b), tab)
+        return y
+    tt = [float(v) for v in times]
+    counted.step = 0
+    hist: list[State] = [f(g[0].expand(b), y)]
+    for i in range(n):
+        k = min(ADAMS_ORDER, len(hist))
+        w = adams_weights([tt[i - j] for j in range(k)], tt[i], tt[i + 1])
+        y1 = _adams_update(y, w, hist)
+        if i < n - 1:
+            counted.step = i + 1
+            hist.insert(0, f(g[i + 1].expand(b), y1))
+            del hist[ADAMS_ORDER + 1 :]
+            k = min(ADAMS_ORDER + 1, len(hist))
+            w = adams_weights([tt[i + 1 - j] for j in range(k)], tt[i], tt[i + 1])
+            y1 = _adams_update(y, w, hist)
+        y = y1
+    return y
+
+
+def _adams_update(y: State, w: Sequence[float], derivs: Sequence[State]) -> State:
+    """``y + sum_j w_j f_j`` component by component (``derivs`` newest first, as many as ``w``)."""
+    return tuple(yc + sum(wj * fj[c] for wj, fj in zip(w, derivs[: len(w)], strict=True)) for c, yc in enumerate(y))
+
+
+class _LocalFrame:
+    r"""Locally Gaussian coordinates of a batch, read off one evaluation: the score :math:`s` and its
+    Jacobian :math:`J` at :math:`(x, t_0)`.
+
+    If the data were locally Gaussian, :math:`N(\mu, \Sigma)`, then :math:`-J^{-1} = \alpha^2\Sigma +
+    \sigma^2 I =: V` and :math:`\alpha\mu = x + V s`; with :math:`\Sigma = U\,\mathrm{diag}(\lambda)\,U^\top`
+    (from the symmetric part of :math:`J`; :math:`\lambda` clipped to ``[1e-12, LAMBDA_MAX]``, which
+    also covers non-log-concave directions) every trajectory of that Gaussian's probability flow is
     :math:`x_t = \alpha_t\mu + U\,\mathrm{diag}(v_t)^{1/2} y` with :math:`v_t = \alpha_t^2\lambda + \sigma_t^2`
-    and **constant** :math:`y`. We integrate :math:`y` (and the log-density) instead of :math:`x`:
+    and **constant** :math:`y`. In :math:`y` the probability-flow ODE and its divergence read
 
-    .. math:: \dot y = \mathrm{diag}(v)^{-1/2} U^\top (F(x, t) - h\alpha\mu) - \tfrac12 \mathrm{diag}(\dot{\ln v})\,y,
-              \qquad \dot r = \nabla\cdot F - \tfrac12 \textstyle\sum_i \dot{\ln v_i},
+    .. math:: \dot y = \mathrm{diag}(v)^{-1/2} U^\top (F(x, t) - F_G(x, t)), \qquad
+              \nabla\cdot F = \tfrac12 \textstyle\sum_i \dot{\ln v_i} + (\nabla\cdot F - \nabla\cdot F_G),
 
-    with :math:`\dot{\ln v} = 2h + g^2/v` (the variance ODE of a linear SDE), so only the
-    non-Gaussian part of the dynamics is left to the Runge–Kutta steps. The change of variables is
-    exact for any :math:`\mu, U, \lambda`: a poor local fit costs accuracy, never correctness;
-    :math:`\log p_\epsilon(x) = \log p_T(x_T) + r_T + \tfrac12\sum_i \ln(v_{i,T}/v_{i,\epsilon})`.
-    The first Runge–Kutta stage reuses the evaluation that gave :math:`J`. Per sample: no coupling.
-
-    Returns ``((x_T, r_T), log-det term)``.
+    with :math:`F_G(x, t) = h\alpha\mu + U\,\mathrm{diag}(\tfrac12\dot{\ln v})\,U^\top(x - \alpha\mu)` the
+    Gaussian's drift and :math:`\dot{\ln v} = 2h + g^2/v` (the variance ODE of a linear SDE): only the
+    non-Gaussian residual is left to the numerical steps, and the Gaussian part of the log-density,
+    :math:`\tfrac12\sum_i \ln(v_{i}(t_1)/v_{i}(t_0))`, is exact. The change of variables is exact for any
+    :math:`\mu, U, \lambda`: a poor fit costs accuracy, never correctness. Per sample: no coupling.
     """
+
+    LAMBDA_MAX = 1e4
+
+    def __init__(self, sde: SDE, x: Tensor, t0: Tensor, s: Tensor, jac: Tensor) -> None:
+        b, d = x.shape[0], x[0].numel()
+        self.sde, self.b, self.d = sde, b, d
+        a0, sg0 = sde.alpha(t0), sde.marginal_std(t0)
+        ev, self.U = torch.linalg.eigh(-0.5 * (jac + jac.transpose(1, 2)))
+        vv = 1.0 / ev.clamp_min(1e-12)
+        self.lam = ((vv - sg0[:, None] ** 2) / a0[:, None] ** 2).clamp(1e-12, self.LAMBDA_MAX)
+        v0 = self.v(t0)
+        self.mu = (x.reshape(b, d) + self._rot(self._rot_t(s.reshape(b, d)) * v0)) / a0[:, None]
+
+    def _rot(self, z: Tensor) -> Tensor:
+        return torch.einsum("bij,bj->bi", self.U, z)
+
+    def _rot_t(self, z: Tensor) -> Tensor:
+        return torch.einsum("bji,bj->bi", self.U, z)
+
+    def v(self, t: Tensor) -> Tensor:
+        return self.sde.alpha(t)[:, None] ** 2 * self.lam + self.sde.marginal_std(t)[:, None] ** 2
+
+    def to_y(self, t: Tensor, x: Tensor) -> Tensor:
+        return self._rot_t(x.reshape(self.b, self.d) - self.sde.alpha(t)[:, None] * self.mu) / self.v(t).sqrt()
+
+    def to_x(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde.alpha(t)[:, None] * self.mu + self._rot(self.v(t).sqrt() * y)
+
+    def gaussian_logdet(self, t0: Tensor, t1: Tensor) -> Tensor:
+        r""":math:`\int_{t_0}^{t_1}\nabla\cdot F_G\,dt` (independent of the path)."""
+        return 0.5 * (torch.log(self.v(t1)) - torch.log(self.v(t0))).sum(1)
+
+    def residual(self, t: Tensor, x: Tensor, dx: Tensor, div: Tensor) -> State:
+        """``(dy/dt, div F - div F_G)`` at ``(x, t)`` from the field's values ``dx = F``, ``div``."""
+        a, h, g2 = self.sde.alpha(t), self.sde.drift_coef(t), self.sde.diffusion(t) ** 2
+        v = self.v(t)
+        dlnv = 2 * h[:, None] + g2[:, None] / v
+        dev = x.reshape(self.b, self.d) - a[:, None] * self.mu
+        fg = (h * a)[:, None] * self.mu + self._rot(0.5 * dlnv * self._rot_t(dev))
+        return self._rot_t(dx.reshape(self.b, self.d) - fg) / v.sqrt(), div - 0.5 * dlnv.sum(1)
+
+
+def _preconditioned_fixed_step(
+    fld: _Field, sde: SDE, x: Tensor, times: Tensor, method: str, counted: CountedScore
+) -> tuple[State, Tensor]:
+    r"""Fixed-step Runge–Kutta for the likelihood ODE in the locally Gaussian coordinates
+    (:class:`_LocalFrame`) of the start :math:`(x, \epsilon)`. The first Runge–Kutta stage reuses
+    the evaluation that gave the frame; :math:`\log p_\epsilon(x) = \log p_T(x_T) + r_T + \tfrac12\sum_i
+    \ln(v_{i,T}/v_{i,\epsilon})`. Returns ``((x_T, r_T), log-det term)``."""
     b = x.shape[0]
-    shape = x.shape
-    d = x[0].numel()
     g = times.to(x.device)
     t0 = g[0].expand(b).to(x.dtype)
     counted.step = 0
-    s0, J = fld.score_and_jacobian(t0, x)
-    fld.first = (s0, J.diagonal(dim1=1, dim2=2).sum(1))
-    J = 0.5 * (J + J.transpose(1, 2))
-    a0, sg0 = sde.alpha(t0), sde.marginal_std(t0)
-    ev, U = torch.linalg.eigh(-J)
-    vv = 1.0 / ev.clamp_min(1e-12)
-    lam = ((vv - sg0[:, None] ** 2) / a0[:, None] ** 2).clamp_min(1e-12)
-    v0 = a0[:, None] ** 2 * lam + sg0[:, None] ** 2
-    xf = x.reshape(b, d)
-    mu = (xf + torch.einsum("bij,bj->bi", U, torch.einsum("bji,bj->bi", U, s0.reshape(b, d)) * v0)) / a0[:, None]
-
-    def v_of(t: Tensor) -> Tensor:
-        return sde.alpha(t)[:, None] ** 2 * lam + sde.marginal_std(t)[:, None] ** 2
-
-    def to_x(t: Tensor, y: Tensor) -> Tensor:
-        return (sde.alpha(t)[:, None] * mu + torch.einsum("bij,bj->bi", U, v_of(t).sqrt() * y)).reshape(shape)
+    s0, jac = fld.score_and_jacobian(t0, x)
+    fld.first = (s0, jac.diagonal(dim1=1, dim2=2).sum(1))
+    frame = _LocalFrame(sde, x, t0, s0, jac)
 
     def f(t: Tensor, yy: State) -> State:
-        y = yy[0]
-        a, h, g2 = sde.alpha(t), sde.drift_coef(t), sde.diffusion(t) ** 2
-        v = v_of(t)
-        dlnv = 2 * h[:, None] + g2[:, None] / v
-        dx, div = fld(t, (to_x(t, y), yy[1]))
-        dy = torch.einsum("bji,bj->bi", U, dx.reshape(b, d) - (h * a)[:, None] * mu) / v.sqrt() - 0.5 * dlnv * y
-        return dy, div - 0.5 * dlnv.sum(1)
+        xt = frame.to_x(t, yy[0]).reshape(x.shape)
+        return frame.residual(t, xt, *fld(t, (xt, yy[1])))
 
-    y0 = torch.einsum("bji,bj->bi", U, xf - a0[:, None] * mu) / v0.sqrt()
-    y: State = (y0, torch.zeros(b, device=x.device, dtype=x.dtype))
-    for i in range(times.numel() - 1):
-        counted.step = i
-        y = rk_step(f, g[i].expand(b), y, (g[i + 1] - g[i]).expand(b), tab)
+    y: State = (frame.to_y(t0, x), torch.zeros(b, device=x.device, dtype=x.dtype))
+    y = integrate_on_grid(f, times, y, method, counted)
     tT = g[-1].expand(b).to(x.dtype)
-    logdet = 0.5 * (torch.log(v_of(tT)) - torch.log(v0)).sum(1)
-    return (to_x(tT, y[0]), y[1]), logdet
+    return (frame.to_x(tT, y[0]).reshape(x.shape), y[1]), frame.gaussian_logdet(t0, tT)
+
+
+def _refit_adams(fld: _Field, sde: SDE, x: Tensor, times: Tensor, counted: CountedScore) -> tuple[State, Tensor]:
+    r"""``method="adams"`` with ``precondition="local"``: Adams predictor–corrector in locally
+    Gaussian coordinates **re-fitted at every evaluation** (:class:`_LocalFrame`; the exact trace
+    computes the full Jacobian anyway, so a new frame costs no evaluation).
+
+    Step :math:`t_n \to t_{n+1}` in the frame fitted at the last evaluation: the residual field
+    (zero at the fit point) is extrapolated from the stored evaluations by Adams–Bashforth of order
+    :data:`ADAMS_ORDER` (P), evaluated once at the predicted point (E, which also gives the next
+    frame), and the step is redone with Adams–Moulton of order ``ADAMS_ORDER + 1`` (C): one
+    evaluation per step, PEC mode (Hairer, Nørsett & Wanner, *Solving ODEs I*, III.1). The last step
+    is predictor-only, so ``steps`` intervals cost exactly ``steps`` evaluations. Exact for Gaussian
+    data; the stored evaluations are re-expressed in each new frame, so the frames never couple samples.
+    Returns ``((x_T, r_T), 0)`` with the Gaussian log-determinants already in ``r_T``.
+    """
+    b = x.shape[0]
+    tt = [float(v) for v in times]
+
+    def tv(v: float) -> Tensor:
+        return torch.full((b,), v, device=x.device, dtype=x.dtype)
+
+    def evaluate(i: int, xi: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], _LocalFrame]:
+        counted.step = i
+        t = tv(tt[i])
+        s, jac = fld.score_and_jacobian(t, xi)
+        dx, div = fld._finish(xi, t, s, jac.diagonal(dim1=1, dim2=2).sum(1))
+        return (t, xi, dx, div), _LocalFrame(sde, xi, t, s, jac)
+
+    record, frame = evaluate(0, x)
+    hist = [record]
+    xn = x
+    r = torch.zeros(b, device=x.device, dtype=x.dtype)
+    n_int = len(tt) - 1
+    for n in range(n_int):
+        t0, t1 = tv(tt[n]), tv(tt[n + 1])
+        y0, r0 = frame.to_y(t0, xn), torch.zeros_like(r)
+        k = min(ADAMS_ORDER, len(hist))
+        res = [frame.residual(*h) for h in hist[:k]]
+        w = adams_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
+        y1, dr = _adams_update((y0, r0), w, res)
+        new_frame = frame
+        if n < n_int - 1:  # E and C; the last step is predictor-only (no evaluation at T)
+            record, new_frame = evaluate(n + 1, frame.to_x(t1, y1).reshape(x.shape))
+            hist.insert(0, record)
+            del hist[ADAMS_ORDER + 1 :]
+            k = min(ADAMS_ORDER + 1, len(hist))
+            res = [frame.residual(*h) for h in hist[:k]]
+            w = adams_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
+            y1, dr = _adams_update((y0, r0), w, res)
+        r = r + dr + frame.gaussian_logdet(t0, t1)
+        xn = frame.to_x(t1, y1).reshape(x.shape)
+        frame = new_frame
+    return (xn, r), torch.zeros_like(r)
 
 
 def likelihood(
@@ -361,9 +503,11 @@ def likelihood(
         sde: the forward SDE (default: the model's).
         x: data, ``(B, *dims)``.
         method: ``"dopri5"`` (default, the paper's RK45 analogue) or another adaptive torchdiffeq
-            method; ``"euler"`` / ``"heun"`` / ``"rk4"`` (our fixed-step methods, with ``steps``);
+            method; ``"euler"`` / ``"heun"`` / ``"rk4"`` (our fixed-step Runge–Kutta, with ``steps``);
+            ``"adams"`` (Adams PEC, one evaluation per step: the few-evaluation choice);
             ``"adaptive"`` / ``"dopri5_per_sample"`` / ``"bosh3_per_sample"`` (per-sample steps).
-        steps: grid steps of a fixed-step method (NFE = steps × 1/2/4).
+        steps: grid steps of a fixed-step method (NFE = steps × 1/2/4 for euler/heun/rk4, = steps
+            for adams).
         grid: grid of a fixed-step method: a name (``"quadratic"`` default, ``"karras"``,
             ``"log_snr"``, ``"uniform"``, ``"power"``) or explicit times from ``eps`` to ``T``.
         rtol, atol: tolerances of the adaptive methods (> 0; 1e-5 as in the paper).
@@ -385,15 +529,17 @@ def likelihood(
             (:meth:`SDE.prior_logp`), e.g. the exact :math:`\log p_T` of an analytic model, to
             separate the prior mismatch :math:`p_T \neq` prior from solver error.
         precondition: ``"local"`` (fixed-step methods with the exact trace): integrate in the
-            coordinates of each sample's local Gaussian, read off the score's Jacobian at the start
-            (no extra evaluation); see :func:`_preconditioned_fixed_step`. ``"none"`` (default).
+            coordinates of each sample's local Gaussian, read off the score's Jacobian (no extra
+            evaluation): fitted once at the start for Runge–Kutta (:func:`_preconditioned_fixed_step`),
+            re-fitted at every evaluation for ``"adams"`` (:func:`_refit_adams`). ``"none"`` (default).
 
     Returns:
         :class:`LikelihoodResult`.
 
     Example::
 
-        res = ss.likelihood(model, ss.VPSDE(), x, method="rk4", steps=5, trace="exact")
+        res = ss.likelihood(model, ss.VPSDE(), x, method="adams", steps=20, grid="power",
+                            grid_options={"rho": 1.5}, trace="exact", precondition="local")
         res.bpd.mean()
     """
     score_fn, sde = resolve_model(model, sde)
@@ -495,18 +641,18 @@ def likelihood(
             "score's full Jacobian at the start"
         )
     lp_jac: Tensor | None = None
-    if precondition == "local":
-        y, lp_jac = _preconditioned_fixed_step(fld, sde, x, times, TABLEAUS[method], counted)
+    if precondition == "local" and method == "adams":
+        y, lp_jac = _refit_adams(fld, sde, x, times, counted)
+        nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
+        info["grid"] = times
+        info["precondition"] = "local (re-fitted at every evaluation)"
+    elif precondition == "local":
+        y, lp_jac = _preconditioned_fixed_step(fld, sde, x, times, method, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
         info["precondition"] = "local"
     elif fixed and method in FIXED_STEP_METHODS:
-        tab = TABLEAUS[method]
-        g = times.to(x.device)
-        y = y0
-        for i in range(times.numel() - 1):
-            counted.step = i
-            y = rk_step(fld, g[i].expand(b), y, (g[i + 1] - g[i]).expand(b), tab)
+        y = integrate_on_grid(fld, times, y0, method, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
     elif per_sample:
