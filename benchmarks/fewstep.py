@@ -41,6 +41,15 @@ from scoresolve.sampling import resolve_solver  # noqa: E402
 # method name -> (solver name, options, grid: registered name or "calibrated")
 METHODS = {
     "auto": ("auto", {}, None, None),
+    # auto estimates the data's mean/covariance during calibration (gaussian_prior="estimate", the default);
+    # here with the exact moments instead, and without the analytical first step
+    "auto+gauss": ("auto", {"gaussian_prior": "moments"}, None, None),
+    "auto, no gaussian step": ("auto", {"gaussian_prior": None}, None, None),
+    "ipndm(fixed)+gauss+cal[logp], tweedie": (
+        "ipndm", {"variable": False, "last_step": "tweedie", "gaussian_prior": "moments"}, "calibrated", "logp"),
+    "unipc+gauss+cal[logp], step to 0": ("unipc", {"last_step": "zero", "gaussian_prior": "moments"}, "calibrated",
+                                         "logp"),
+    "unipc+cal[logp], step to 0": ("unipc", {"last_step": "zero"}, "calibrated", "logp"),
     "ipndm(fixed)+cal[both], stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated", "both"),
     "ipndm(fixed)+cal[local], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "local"),
     "ipndm(fixed)+cal[rmse], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "rmse"),
@@ -55,15 +64,24 @@ METHODS = {
     "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr", None),
     "unipc log_snr, step to 0 (= diffusers)": ("unipc", {"last_step": "zero"}, "log_snr", None),
 }
+# calibration options beyond the defaults (as auto uses them)
+CAL_OPTIONS = {
+    "ipndm(fixed)+gauss+cal[logp], tweedie": {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0,
+                                               "max_evals": None},
+    "unipc+gauss+cal[logp], step to 0": {"max_evals": None},
+    "unipc+cal[logp], step to 0": {"max_evals": None},
+}
 FULL_METHODS = [
     "auto",
+    "auto+gauss",
+    "auto, no gaussian step",
     "ipndm(fixed)+cal[both], stop at eps",
     "ipndm(fixed)+cal[local], step to 0",
     "dpmpp_3m+cal[both], step to 0",
     "dpmpp_2m karras, step to 0 (= k-diffusion)",
     "unipc log_snr, step to 0 (= diffusers)",
 ]
-QUICK_METHODS = ["auto", "ipndm(fixed)+cal[both], stop at eps", "dpmpp_2m karras, step to 0 (= k-diffusion)"]
+QUICK_METHODS = ["auto", "auto+gauss", "dpmpp_2m karras, step to 0 (= k-diffusion)"]
 
 PROBLEMS = {
     "digits_vp": (lambda: ss.analytic.digits(), lambda: ss.VPSDE()),
@@ -129,11 +147,16 @@ def main(argv: list[str] | None = None) -> None:
         for m in methods:
             solver_name, opts, grid_name, metric = METHODS[m]
             for K in budgets:
-                solver = resolve_solver(solver_name, dict(opts))
+                o = dict(opts)
+                if o.get("gaussian_prior") == "moments":  # the data's exact mean and covariance
+                    o["gaussian_prior"] = (mean, cov)
+                solver = resolve_solver(solver_name, o)
                 cal_nfe, cal_sec, grid = 0, 0.0, grid_name
                 if grid_name == "calibrated":
-                    cg = calibrate_grid(score, sde, solver, K, shape=shape, n_samples=args.calib_samples, seed=0,
-                                        max_evals=60 + 20 * K, metric=metric)
+                    cal_opts = {"n_samples": args.calib_samples, "max_evals": 60 + 20 * K}
+                    if m in CAL_OPTIONS:
+                        cal_opts.update(CAL_OPTIONS[m])
+                    cg = calibrate_grid(score, sde, solver, K, shape=shape, seed=0, metric=metric, **cal_opts)
                     cal_nfe, cal_sec, grid = cg.nfe, cg.seconds, cg.grid
                 for seed in seeds:
                     x_T = x_Ts[seed]

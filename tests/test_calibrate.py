@@ -133,5 +133,64 @@ def test_auto_solver(tmp_path):
                         teacher_steps=60, cache=path)
     res = ss.sample(score, sde, solver="auto", steps=5, shape=(8, 4), calibrate=str(path), return_result=True)
     assert res.nfe == 5 and res.info["calibration"]["cached"] and torch.allclose(res.grid, cg.grid)
-    assert res.info["auto"]["last_step"] == "zero" and res.info["auto"]["class"] == "IPNDM"
+    assert res.info["auto"]["last_step"] == "tweedie" and res.info["auto"]["class"] == "IPNDM"
+    assert res.info["auto"]["gaussian_prior"] == "estimate" and res.grid.numel() == 6  # K intervals, first analytical
     assert AutoSolver().choose(10).config()["class"] == "UniPC"
+
+
+def test_logp_metric_and_options():
+    """metric='logp' (RMSE optimum, then the estimated log-density gap under an RMSE cap): its RMSE on
+    the calibration batch stays within the cap of the RMSE-calibrated grid's, bad options are named."""
+    gm, sde, score = _problem()
+    kw = dict(shape=SHAPE, n_samples=64, max_evals=40, teacher_steps=60)
+    base = calibrate_grid(score, sde, IPNDM(last_step="zero"), 4, metric="rmse", **kw)
+    cg = calibrate_grid(score, sde, IPNDM(last_step="zero"), 4, metric="logp", logp_cap=1.25, fd_weight=4.0, **kw)
+    assert cg.solver["calibrate_metric"] == "logp" and len(cg.times) == 4  # K - 1 intervals + the jump to 0
+    x_T = sde.prior_sample((64, 4), generator=torch.Generator().manual_seed(0x0CA11B00), dtype=torch.float64)
+    ref, _ = teacher_solution(score, sde, x_T, sde.default_eps, to_zero=True, steps=60)
+    err = {}
+    for name, g in (("rmse", base), ("logp", cg)):
+        out = ss.sample(score, sde, solver="ipndm", grid=g.grid, x_T=x_T, last_step="zero")
+        err[name] = (out - ref).pow(2).mean().sqrt().item()
+    assert err["logp"] <= 1.25 * 1.25 * err["rmse"] + 1e-9, err  # cap x stage-1 optimum (itself <= the RMSE-only one)
+    with pytest.raises(ValueError, match="metric"):
+        calibrate_grid(score, sde, IPNDM(), 4, metric="fd", **kw)
+    with pytest.raises(ValueError, match="logp_tol"):
+        calibrate_grid(score, sde, IPNDM(), 4, metric="logp", logp_tol=0, **kw)
+
+
+def test_gaussian_prior_estimate_through_calibration(tmp_path):
+    """gaussian_prior='estimate': the moments come from the calibration batch (one extra evaluation),
+    are stored in the cache file and reused from it; sampling still spends exactly K evaluations."""
+    gm, sde, score = _problem()
+    path = tmp_path / "est.json"
+    solver = IPNDM(variable=False, last_step="tweedie", gaussian_prior="estimate", calibrate=str(path))
+    solver.calibrate_options = {"n_samples": 64, "max_evals": 30, "teacher_steps": 60}
+    res = ss.sample(score, sde, solver=solver, steps=4, shape=(16, 4), return_result=True,
+                    generator=torch.Generator().manual_seed(0))
+    assert res.nfe == 4 and res.grid.numel() == 5 and torch.isfinite(res.samples).all()
+    cg = CalibratedGrid.load(path)
+    rec = cg.extra["gaussian_prior"]
+    assert rec["kind"] in ("isotropic", "shrunk") and set(rec["objective"]) == {"isotropic", "shrunk"}
+    mean, _ = gm.moments()
+    assert torch.allclose(torch.tensor(rec["mean"], dtype=torch.float64), mean.reshape(-1), atol=0.1)
+    assert cg.solver["gaussian_prior"] == "estimate"
+    res2 = ss.sample(score, sde, solver=solver, steps=4, shape=(16, 4), return_result=True,
+                     generator=torch.Generator().manual_seed(0))
+    assert res2.info["calibration"]["cached"] and torch.equal(res2.samples, res.samples)
+    with pytest.raises(ValueError, match="calibrate=True"):
+        ss.sample(score, sde, solver="ipndm", steps=4, shape=(4, 4), gaussian_prior="estimate")
+    with pytest.raises(ValueError, match="gaussian_prior"):
+        IPNDM(gaussian_prior="guess")
+
+
+def test_auto_uses_the_gaussian_first_step_below_7():
+    from scoresolve.solvers.auto import AutoSolver
+
+    gm, sde, score = _problem()
+    mean, cov = gm.moments()
+    inner = AutoSolver(gaussian_prior=(mean, cov)).choose(5)
+    assert inner.uses_gaussian and inner.calibrate_metric == "logp" and inner.last_step == "tweedie"
+    assert AutoSolver().choose(5).gaussian_prior == "estimate"  # the default
+    assert not AutoSolver(calibrate=False).uses_gaussian  # nothing to estimate from: plain first step
+    assert not AutoSolver().choose(10).uses_gaussian and not AutoSolver().choose(20).uses_gaussian

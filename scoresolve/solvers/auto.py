@@ -61,15 +61,17 @@ class AutoSolver(BudgetSolver):
     def __init__(
         self,
         calibrate: bool | str | os.PathLike[str] = True,
-        gaussian_prior: tuple[Tensor | float, Tensor | float] | None = None,
+        gaussian_prior: tuple[Tensor | float, Tensor | float] | str | None = "estimate",
     ) -> None:
+        if gaussian_prior == "estimate" and not calibrate:
+            gaussian_prior = None  # the estimate comes from calibration: without it, no analytical first step
         super().__init__(last_step="zero", calibrate=calibrate, gaussian_prior=gaussian_prior)
 
     def choose(self, steps: int) -> BudgetSolver:
         """The solver ``auto`` runs for a budget of ``steps`` evaluations (e.g. to pre-calibrate it), with
         the calibration metric and options it uses (``calibrate_metric``, ``calibrate_options``)."""
         inner: BudgetSolver
-        if steps < 7 and self.gaussian_prior is not None:
+        if steps < 7 and self.uses_gaussian:
             inner = IPNDM(order=4, variable=False, last_step="tweedie", calibrate=self.calibrate,
                           gaussian_prior=self.gaussian_prior)
             inner.calibrate_metric = "logp"
@@ -89,17 +91,30 @@ class AutoSolver(BudgetSolver):
                 "steps=1 is too small for solver='auto' (it spends one evaluation at eps for the final step to "
                 "sigma=0 and needs >= 2); with a single evaluation use solver='ipndm', last_step='none'"
             )
-        return super().steps_to_grid(steps)
+        super().steps_to_grid(steps)  # validates
+        return self.choose(steps).steps_to_grid(steps)
+
+    def nfe_for(self, n_intervals: int) -> int:
+        """Budget of a grid of ``n_intervals`` (used only when ``sample()`` got a grid, not ``steps``: a grid of
+        up to 6 intervals is read as the analytical first step's, ``K = n``, when that step is on)."""
+        return n_intervals if (self.uses_gaussian and n_intervals <= 6) else n_intervals + 1
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         assert ctx.grid is not None
-        inner = self.choose(self.nfe_for(ctx.grid.numel() - 1))  # the budget K
+        n = ctx.grid.numel() - 1
+        k = ctx.info.get("steps")
+        k = self.nfe_for(n) if k is None else int(k)
+        inner = self.choose(k)
+        if inner.steps_to_grid(k) != n:
+            raise ValueError(f"grid: solver='auto' with a budget of {k} evaluations needs {inner.steps_to_grid(k)} "
+                             f"grid intervals, got {n}")
         ctx.info["auto"] = {k: v for k, v in inner.config().items()}
         ctx.info["last_step"] = inner.last_step
         return inner.solve(ctx, x)
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"class": type(self).__name__, "last_step": self.last_step}
-        if self.gaussian_prior is not None:
-            cfg["gaussian_prior"] = self.gaussian_prior.digest
+        gp = self.gaussian_prior
+        if gp is not None:
+            cfg["gaussian_prior"] = gp if isinstance(gp, str) else gp.digest
         return cfg

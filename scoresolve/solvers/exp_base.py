@@ -144,6 +144,7 @@ class Run:
     wdtype: torch.dtype
     xdtype: torch.dtype
     extras: dict[str, Any] = field(default_factory=dict)
+    gauss: GaussianFit | None = None
 
     @property
     def n_steps(self) -> int:
@@ -188,16 +189,21 @@ class BudgetSolver(Solver):
         self,
         last_step: str = "none",
         calibrate: bool | str = False,
-        gaussian_prior: tuple[Tensor | float, Tensor | float] | None = None,
+        gaussian_prior: tuple[Tensor | float, Tensor | float] | str | None = None,
     ) -> None:
+        self._gauss_estimate = False
         if gaussian_prior is None:
             self._gauss: GaussianFit | None = None
+        elif isinstance(gaussian_prior, str):
+            if gaussian_prior != "estimate":
+                raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {gaussian_prior!r}")
+            self._gauss, self._gauss_estimate = None, True
         elif isinstance(gaussian_prior, GaussianFit):
             self._gauss = gaussian_prior
         elif isinstance(gaussian_prior, (tuple, list)) and len(gaussian_prior) == 2:
             self._gauss = GaussianFit(*gaussian_prior)
         else:
-            raise TypeError("gaussian_prior must be None or a (mean, cov) pair of the data's moments")
+            raise TypeError("gaussian_prior must be None, 'estimate' or a (mean, cov) pair of the data's moments")
         if last_step not in LAST_STEPS:
             raise ValueError(f"last_step must be one of {LAST_STEPS}, got {last_step!r}")
         if not isinstance(calibrate, (bool, str)) and not hasattr(calibrate, "__fspath__"):
@@ -209,22 +215,30 @@ class BudgetSolver(Solver):
         self.calibrate_options: dict[str, Any] = {}
 
     @property
-    def gaussian_prior(self) -> GaussianFit | None:
-        """The Gaussian fit used for the analytical first step (``None``: off)."""
-        return self._gauss
+    def gaussian_prior(self) -> GaussianFit | str | None:
+        """The Gaussian fit used for the analytical first step: a :class:`GaussianFit`, ``"estimate"``
+        (estimated during calibration) or ``None`` (off)."""
+        return "estimate" if self._gauss_estimate else self._gauss
+
+    @property
+    def uses_gaussian(self) -> bool:
+        """Whether the first grid interval is the analytical Gaussian step."""
+        return self._gauss is not None or self._gauss_estimate
 
     # --- configuration seen by calibration and caches ---------------------------------------
     def config(self) -> dict[str, Any]:
         """JSON-friendly description of the solver (name + options), used in cache fingerprints."""
         cfg = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "calibrate"}
-        if self._gauss is not None:
+        if self._gauss_estimate:
+            cfg["gaussian_prior"] = "estimate"
+        elif self._gauss is not None:
             cfg["gaussian_prior"] = self._gauss.digest
         return {"class": type(self).__name__, **cfg}
 
     def steps_to_grid(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if self._gauss is not None:  # one more interval, taken analytically
+        if self.uses_gaussian:  # one more interval, taken analytically
             return steps + (1 if self.last_step == "none" else 0)
         if self.last_step == "none":
             if steps < self.min_steps:
@@ -238,7 +252,7 @@ class BudgetSolver(Solver):
         return steps - 1
 
     def nfe_for(self, n_intervals: int) -> int:
-        return n_intervals + (0 if self.last_step == "none" else 1) - (1 if self._gauss is not None else 0)
+        return n_intervals + (0 if self.last_step == "none" else 1) - (1 if self.uses_gaussian else 0)
 
     # --- the loop ----------------------------------------------------------------------------
     def make_run(self, ctx: SolveContext, x: Tensor, grid: Tensor) -> Run:
@@ -252,16 +266,28 @@ class BudgetSolver(Solver):
         if to_zero:
             t, s, lam, alpha = t + [0.0], s + [0.0], lam + [math.inf], alpha + [1.0]
         wd = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return Run(ctx=ctx, t=t, s=s, lam=lam, alpha=alpha, to_zero=to_zero, wdtype=wd, xdtype=x.dtype)
+        return Run(
+            ctx=ctx, t=t, s=s, lam=lam, alpha=alpha, to_zero=to_zero, wdtype=wd, xdtype=x.dtype, gauss=self._gauss
+        )
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         assert ctx.grid is not None, "budgeted solvers need a grid"
+        gauss = self._gauss
+        if self._gauss_estimate and not self.calibrate:
+            raise ValueError(
+                "gaussian_prior='estimate' estimates the data's moments during calibration: pass calibrate=True "
+                "(or a cache file path), or give gaussian_prior=(mean, cov)"
+            )
         if self.calibrate:
             from ..calibrate import calibrate_for_context
 
-            ctx.grid = calibrate_for_context(ctx, self, x)
+            cg = calibrate_for_context(ctx, self, x)
+            ctx.grid = cg.grid
             ctx.info["times"] = ctx.grid
+            if self._gauss_estimate:
+                gauss = cg.gaussian_fit()
         run = self.make_run(ctx, x, ctx.grid)
+        run.gauss = gauss
         return self.integrate(run, x)
 
     def integrate(self, run: Run, x: Tensor) -> Tensor:
@@ -270,10 +296,12 @@ class BudgetSolver(Solver):
         y = x.to(run.wdtype) / run.alpha[0]
         state: Any = None
         first = 0
-        if self._gauss is not None:
+        if self.uses_gaussian:
+            if run.gauss is None:
+                raise ValueError("gaussian_prior='estimate': the moments are estimated by calibration, none given")
             if run.n_steps < 2:
                 raise ValueError("gaussian_prior needs a grid of at least 2 intervals (the first is analytical)")
-            y, dG = self._gauss.flow(y, run.s[0], run.s[1])
+            y, dG = run.gauss.flow(y, run.s[0], run.s[1])
             state = self.gaussian_state(run, dG)
             first = 1
             if ctx.trajectory is not None or ctx.callback is not None or ctx.progress is not None:
