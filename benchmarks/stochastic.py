@@ -1,4 +1,5 @@
-"""Stochastic samplers on the exact digits mixture under VP: quality against the score evaluations spent.
+"""Stochastic samplers on the exact digits mixture under VP (``--sde`` for VE / sub-VP): quality against the score
+evaluations spent.
 
 Methods: the paper's PC sampler (reverse diffusion + Langevin, snr 0.16), Euler–Maruyama (``pc`` with
 ``predictor="euler_maruyama", corrector="none"``), SDE-DPM-Solver++(2M) and (3M) on a log-SNR grid,
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="run only methods whose label contains this text")
     p.add_argument("--out", default=None, help="output folder (default bench_out/stochastic/)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument(
+        "--sde",
+        choices=("vp", "ve", "subvp"),
+        default="vp",
+        help="forward SDE (default vp, the issue's setting; ve: sigma in [0.01, 50]; subvp: beta in [0.1, 20])",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     n = args.n or (500 if args.quick else 2000)
@@ -133,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     out = prepare_out_dir(args.out, "stochastic")
 
     gm = ss.analytic.digits()
-    sde = ss.VPSDE(beta_min=0.1, beta_max=20.0)
+    sde = {
+        "vp": lambda: ss.VPSDE(beta_min=0.1, beta_max=20.0),
+        "ve": lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0),
+        "subvp": lambda: ss.SubVPSDE(beta_min=0.1, beta_max=20.0),
+    }[args.sde]()
+    sde_tag = {"vp": "VP", "ve": "VE", "subvp": "sub-VP"}[args.sde]
     model = gm.score_model(sde)
     mean, cov = gm.moments()
     t0 = time.perf_counter()
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     cmd = "python benchmarks/stochastic.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
-        f"# Stochastic samplers, digits mixture × VP (n = {n}, {n_seeds} seed(s), floor from {draws} draws "
+        f"# Stochastic samplers, digits mixture × {sde_tag} (n = {n}, {n_seeds} seed(s), floor from {draws} draws "
         f"= {floor:.5f})\n\nCommand: `{cmd.strip()}`  \nMachine: {machine.get('cpu', machine.get('machine'))}, "
         f"{machine.get('torch_threads', args.threads)} torch thread(s); total {time.perf_counter() - t0:.0f} s\n\n"
     )
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor": floor,
             "floor_se": floor_se,
             "floor_draws": draws,
+            "sde": args.sde,
             "logp_exact": logp_exact,
             "summary": summary,
             "runs": runs,
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         out / "fd_vs_nfe.png",
         series,
         ylabel="FD / floor (worst seed)",
-        title=f"digits × VP, n = {n}: stochastic samplers",
+        title=f"digits × {sde_tag}, n = {n}: stochastic samplers",
         hline=2.0,
         hline_label="2× floor",
     )

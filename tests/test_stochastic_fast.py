@@ -411,8 +411,9 @@ def test_ggf_digits_vp_two_x_floor_within_40_nfe():
         res, ratio = _digits_ggf(seed)
         assert res.nfe <= 40, f"seed {seed}: {res.nfe} NFE"
         assert ratio <= 2.0, f"seed {seed}: FD / floor = {ratio:.2f} at {res.nfe} NFE"
-        # steps controlled in log-SNR: few rejections (the t-controller rejected every other step)
-        assert res.info["rejected_steps"] <= res.info["accepted_steps"] // 3
+        # steps controlled in log-SNR: few rejections (measured 2-4; the paper's t-controller: 6 of 25
+        # attempts at 51 NFE, every other one below t = 0.3)
+        assert res.info["rejected_steps"] <= 5
         times = res.grid
         assert float(times[0]) == 1.0 and float(times[-1]) == pytest.approx(1e-3)
         assert (times[1:] < times[:-1]).all()
