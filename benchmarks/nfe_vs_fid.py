@@ -131,6 +131,8 @@ TRAINED_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "ipndm", "auto"
                    "k_diffusion:dpmpp_2m", "k_diffusion:lms", "diffusers:dpmsolver_multistep", "diffusers:unipc")
 QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
 DEFAULT_TIME_LIMIT = 60.0
+#: adaptive solvers whose tolerances are not "rtol = atol": the settings swept (quick runs the first)
+TOLERANCE_SWEEPS: dict[str, list[dict[str, float]]] = {"gotta_go_fast": [{"rtol": 1.0}, {"rtol": 0.5}, {"rtol": 0.25}]}
 QUICK_TIME_LIMIT = 20.0
 
 _KDIFF_NOTE: str | None = None
@@ -532,7 +534,13 @@ def plan_runs(
             import inspect
 
             params = inspect.signature(type(solver).__init__).parameters
-            if "rtol" in params and "rtol" not in opts:
+            if name in TOLERANCE_SWEEPS and "rtol" not in opts:
+                # tolerances in the solver's own units (gotta_go_fast: rtol is a multiple of sigma_t)
+                for o_tol in TOLERANCE_SWEEPS[name][:1] if quick else TOLERANCE_SWEEPS[name]:
+                    o = {**opts, **o_tol}
+                    runs.append({**base, **info, "kind": "adaptive", "budget": None, "steps": None,
+                                 "options": o, "setting": ", ".join(f"{k}={v:g}" for k, v in o_tol.items())})
+            elif "rtol" in params and "rtol" not in opts:
                 tols = (1e-3,) if quick else (1e-2, 1e-3, 1e-4)
                 for tol in tols:
                     o = {**opts, "rtol": tol}
