@@ -262,9 +262,24 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_nonneg_float(value: Any, name: str) -> float:
-    """Validate a non-negative finite float argument, naming it in the error."""
-    v = float(value)
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+def _check_float(value: Any, name: str, positive: bool) -> float:
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number {bound}, got {value!r}") from None
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return v
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    """Validate a finite float argument > 0, naming it in the error (TypeError for a non-number)."""
+    return _check_float(value, name, positive=True)
+
+
+def check_nonneg_float(value: Any, name: str) -> float:
+    """Validate a finite float argument >= 0, naming it in the error (TypeError for a non-number)."""
+    return _check_float(value, name, positive=False)

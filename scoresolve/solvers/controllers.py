@@ -41,11 +41,12 @@ ANCHORS.md):
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from .base import check_positive_float
 
 __all__ = ["error_norm", "Controller", "NORMS"]
 
@@ -96,16 +97,6 @@ def error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float, sc
     return r.pow(2).mean(dim=1).sqrt()
 
 
-def _check_positive(value: float, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number > 0, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
 class Controller:
     r"""Accept/reject a step and propose the next step size from an error estimate
     (an integral, "I", controller; Hairer et al., *Solving ODEs I*, Sec. II.4).
@@ -137,8 +128,8 @@ class Controller:
         min_factor: float = 0.2,
         max_factor: float = 10.0,
     ) -> None:
-        self.rtol = _check_positive(rtol, "rtol")
-        self.atol = _check_positive(atol, "atol")
+        self.rtol = check_positive_float(rtol, "rtol")
+        self.atol = check_positive_float(atol, "atol")
         if not isinstance(norm, str) or norm not in NORMS:
             import difflib
 
@@ -146,9 +137,9 @@ class Controller:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"norm must be one of {', '.join(repr(n) for n in NORMS)}, got {norm!r}{hint}")
         self.norm = norm
-        self.safety = _check_positive(safety, "safety")
-        self.min_factor = _check_positive(min_factor, "min_factor")
-        self.max_factor = _check_positive(max_factor, "max_factor")
+        self.safety = check_positive_float(safety, "safety")
+        self.min_factor = check_positive_float(min_factor, "min_factor")
+        self.max_factor = check_positive_float(max_factor, "max_factor")
         if self.min_factor > 1.0:
             raise ValueError(f"min_factor must be <= 1, got {min_factor!r}")
         if self.max_factor < 1.0:
@@ -196,7 +187,7 @@ class Controller:
             ``(accept, h_next)``: ``(B,)`` bool and ``(B,)`` tensor (in ``h``'s dtype if a tensor,
             else ``ratio``'s).
         """
-        q = _check_positive(error_order, "error_order")
+        q = check_positive_float(error_order, "error_order")
         if ratio.ndim != 1:
             raise ValueError(f"ratio must have shape (B,), got {tuple(ratio.shape)}")
         if not isinstance(h, Tensor):

@@ -32,14 +32,13 @@ Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_h
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..registry import SOLVERS
-from .base import SolveContext, Solver
+from .base import SolveContext, Solver, check_positive_float
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "check_method", "check_tolerances"]
 
@@ -80,16 +79,7 @@ def check_method(method: Any, *, argument: str = "method") -> str:
 
 def check_tolerances(rtol: Any, atol: Any) -> tuple[float, float]:
     """``rtol`` and ``atol`` as finite floats > 0 (named in the error otherwise)."""
-    out = []
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number > 0, got {v!r}") from None
-        if not math.isfinite(f) or f <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        out.append(f)
-    return out[0], out[1]
+    return check_positive_float(rtol, "rtol"), check_positive_float(atol, "atol")
 
 
 class _Drift:
