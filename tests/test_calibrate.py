@@ -184,7 +184,7 @@ def test_gaussian_prior_estimate_through_calibration(tmp_path):
         IPNDM(gaussian_prior="guess")
 
 
-def test_auto_uses_the_gaussian_first_step_below_7():
+def test_auto_uses_the_gaussian_first_step_outside_7_to_15():
     from scoresolve.solvers.auto import AutoSolver
 
     gm, sde, score = _problem()
@@ -193,4 +193,6 @@ def test_auto_uses_the_gaussian_first_step_below_7():
     assert inner.uses_gaussian and inner.calibrate_metric == "logp" and inner.last_step == "tweedie"
     assert AutoSolver().choose(5).gaussian_prior == "estimate"  # the default
     assert not AutoSolver(calibrate=False).uses_gaussian  # nothing to estimate from: plain first step
-    assert not AutoSolver().choose(10).uses_gaussian and not AutoSolver().choose(20).uses_gaussian
+    assert not AutoSolver().choose(10).uses_gaussian and AutoSolver().choose(20).uses_gaussian
+    assert AutoSolver().steps_to_grid(5) == 5 and AutoSolver().steps_to_grid(10) == 9
+    assert AutoSolver().steps_to_grid(20) == 20 and AutoSolver(gaussian_prior=None).steps_to_grid(20) == 19

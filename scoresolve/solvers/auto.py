@@ -2,25 +2,38 @@ r"""``solver="auto"``: the best measured few-step deterministic sampler for a gi
 
 What it runs (measured on the digits mixture under VP, ``benchmarks/fewstep.py``, docs/fast_samplers.md),
 always on a grid **calibrated for this model, solver and budget** (the solver's own endpoint error
-against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always ending with a step to
-:math:`\tilde\sigma = 0` that uses an evaluation at ``eps`` (``last_step="zero"``):
+against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always ending at
+:math:`\tilde\sigma = 0` after an evaluation at ``eps``:
 
 - ``steps`` < 7: iPNDM — 4th-order Adams–Bashforth on the denoiser direction with iPNDM's fixed
-  coefficients, order ramping 1→4, variable-step weights for the jump to 0 — calibrated on
-  ``metric="both"`` (an RMSE-calibrated grid gave a lower FD on digits, 1.7–2.1× the floor against
-  2.3–2.9×, but left mean :math:`\log p_0` +6.7 nats off there and −560 nats on the 16-D anisotropic
-  mixture under VE);
-- ``steps`` in ``UNIPC_BUDGETS`` (7–15): UniPC (bh2, predictor order 2 + corrector), calibrated on
-  RMSE — at 10 NFE it kept the mean :math:`\log p_0` of the exact ODE (+0.34–0.38 nats, paired) where
-  iPNDM lost 1.5 nats, with FD 1.02–1.08× the floor and RMSE 0.013;
-- ``steps`` ≥ 16: iPNDM calibrated on ``metric="both"``.
+  coefficients, order ramping 1→4 — with the **analytical Gaussian first step**
+  (``gaussian_prior``, :mod:`~scoresolve.solvers.exp_base`: the first interval from ``T`` is the exact
+  PF-ODE flow of a Gaussian fit of the data, no evaluation, and the Adams history starts with the
+  Gaussian direction at ``T``), a Tweedie final step (``last_step="tweedie"``), calibrated on
+  ``metric="logp"`` (RMSE optimum, then the estimated mean log-density gap traded against RMSE under a
+  1.5× cap, with a paired-Fréchet term: ``GAUSS_FEW_OPTIONS``). The Gaussian fit is the user's
+  ``gaussian_prior=(mean, cov)`` or, by default (``"estimate"``), estimated during calibration (mean
+  of the denoiser at ``T``; isotropic or shrunk covariance of the teacher's endpoints, whichever
+  calibrates better). Digits × VP at 5 NFE: FD 1.14–1.28× the floor, mean :math:`\log p_0` +0.6 to
+  +0.9 nats off the exact ODE's, where the same solver without the Gaussian step reached 2.3–2.9× and
+  +4.7 nats;
+- ``steps`` in ``UNIPC_BUDGETS`` (7–15): UniPC (bh2, predictor order 2 + corrector), ``last_step="zero"``,
+  calibrated on ``metric="logp"`` (``UNIPC_OPTIONS``) — at 10 NFE FD 1.00–1.05× the floor, RMSE 0.012,
+  mean :math:`\log p_0` +0.29 to +0.35 nats off the exact ODE's (RMSE-only calibration: +0.45 to +0.50);
+- ``steps`` ≥ 16: as below 7 (iPNDM with the Gaussian first step, Tweedie final step, ``metric="logp"``,
+  the default search budget) — digits × VP at 20 NFE: FD 0.96–1.03× the floor, RMSE 0.002, mean
+  :math:`\log p_0` +0.16 to +0.17 nats off the exact ODE's; it also brings the 16-D anisotropic mixture
+  under VE within 1.06× of the exact ODE's FD, where iPNDM without it (``metric="both"``, the choice
+  without a Gaussian step) was at 1.14×.
 
-The 5-NFE acceptance bars of the few-step issue are not reached (see docs/fast_samplers.md).
-
-Calibration runs once per (model, SDE, budget, shape) in a process (in-memory cache keyed by the
-model's fingerprint) or once ever with ``calibrate="file.json"``; its cost is reported in
-``SampleResult.info["calibration"]`` and is not counted in the sampling NFE. ``steps=K`` spends exactly
-``K`` evaluations (``K >= 2``: ``K - 1`` grid intervals and the jump to 0).
+``gaussian_prior=None`` (or ``calibrate=False``, which leaves nothing to estimate from) turns the
+Gaussian step off: then iPNDM with ``last_step="zero"`` and ``metric="both"`` below 7 and from 16.
+Calibration runs once per (model, SDE, budget, shape) in a process (in-memory
+cache keyed by the model's fingerprint) or once ever with ``calibrate="file.json"`` (the estimated
+moments are stored in it); its cost is reported in ``SampleResult.info["calibration"]`` and is not
+counted in the sampling NFE. ``steps=K`` spends exactly ``K`` evaluations (``K >= 2``; outside 7–15 with the
+Gaussian step: ``K`` grid intervals, the first analytical, evaluations at grid points ``1..K`` and a
+Tweedie step to 0; otherwise ``K - 1`` grid intervals and the jump to 0).
 """
 
 from __future__ import annotations
@@ -52,6 +65,9 @@ class AutoSolver(BudgetSolver):
     Args:
         calibrate: ``True`` (default): calibrate the grid at the first call (in-memory cache);
             a path: cache the calibrated grid in that JSON file; ``False``: no calibration, Karras grid.
+        gaussian_prior: ``"estimate"`` (default: the data's mean and covariance estimated during
+            calibration), ``(mean, cov)`` of the data (``cov``: ``(D, D)``, ``(D,)`` or a scalar), or
+            ``None``: the analytical first step used below 7 evaluations.
     """
 
     reference = "Zhang & Chen 2023, iPNDM, arXiv:2204.13902; Zhao et al. 2023, UniPC, arXiv:2302.04867"
@@ -71,11 +87,13 @@ class AutoSolver(BudgetSolver):
         """The solver ``auto`` runs for a budget of ``steps`` evaluations (e.g. to pre-calibrate it), with
         the calibration metric and options it uses (``calibrate_metric``, ``calibrate_options``)."""
         inner: BudgetSolver
-        if steps < 7 and self.uses_gaussian:
+        if self.uses_gaussian and (steps < 7 or steps not in UNIPC_BUDGETS):
             inner = IPNDM(order=4, variable=False, last_step="tweedie", calibrate=self.calibrate,
                           gaussian_prior=self.gaussian_prior)
             inner.calibrate_metric = "logp"
             inner.calibrate_options = dict(GAUSS_FEW_OPTIONS)
+            if steps < 7:
+                inner.calibrate_options["max_evals"] = 400
         elif steps in UNIPC_BUDGETS:
             inner = UniPC(order=2, variant="bh2", last_step="zero", calibrate=self.calibrate)
             inner.calibrate_metric = "logp"
@@ -95,9 +113,11 @@ class AutoSolver(BudgetSolver):
         return self.choose(steps).steps_to_grid(steps)
 
     def nfe_for(self, n_intervals: int) -> int:
-        """Budget of a grid of ``n_intervals`` (used only when ``sample()`` got a grid, not ``steps``: a grid of
-        up to 6 intervals is read as the analytical first step's, ``K = n``, when that step is on)."""
-        return n_intervals if (self.uses_gaussian and n_intervals <= 6) else n_intervals + 1
+        """Budget of a grid of ``n_intervals`` (used only when ``sample()`` got a grid, not ``steps``: with the
+        analytical first step on, a grid of up to 6 or of 16 and more intervals is read as its, ``K = n``)."""
+        if self.uses_gaussian and (n_intervals <= 6 or n_intervals >= 16):
+            return n_intervals
+        return n_intervals + 1
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         assert ctx.grid is not None
