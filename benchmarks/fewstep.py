@@ -15,6 +15,11 @@ For each problem (digits × VP, digits × VE, 16-D anisotropic × VE), budget an
 - calibration cost (evaluations, seconds), calibrated on its own noise stream and evaluated on
   ``--seeds`` independent sampling seeds.
 
+Methods (``--methods``): ``auto`` (``solver="auto"`` as a user gets it: Gaussian first step with the data's
+moments estimated during calibration), ``auto+gauss`` (the exact moments of the mixture given as
+``gaussian_prior``), ``auto, no gaussian step`` (``gaussian_prior=None``), the calibrated solver variants
+and the peer-equivalent rows (see ``METHODS``).
+
 Usage::
 
     python benchmarks/fewstep.py            # full: n = 2000, seeds 0 1 2, budgets 5 10 20
