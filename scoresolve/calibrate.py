@@ -17,6 +17,11 @@ works) started from the best of a few standard grids (log-SNR, Karras :math:`\rh
 With ``last_step="zero"`` the last grid point (the last evaluation before the jump to
 :math:`\tilde\sigma = 0`) is free too, bounded below by ``eps``.
 
+With ``metric="logp"`` the search has a second stage that trades endpoint RMSE (capped) for the
+estimated mean log-density gap of the outputs (see :func:`calibrate_grid`). A solver with
+``gaussian_prior="estimate"`` gets the data's mean and covariance estimated here from the calibration
+batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept and stored in the file.
+
 The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
 in a small JSON file keyed by a fingerprint of the model (its outputs at fixed probe points), the
 SDE's configuration, the solver's configuration, the budget, ``eps`` and the sample shape; the file
@@ -329,13 +334,26 @@ def calibrate_grid(
             :math:`\sqrt{\mathrm{mean}_b\,[\delta_b\cdot(s(x^{ref}_b) - s(x^{ref}_b+\delta_b))]_+ / D}`
             with the model's score at ``eps`` — a finite-difference :math:`\delta^\top\Sigma^{-1}\delta`
             that weights thin data directions as the log-density does (one extra evaluation per
-            objective evaluation); ``"both"``: the geometric mean of the two. Default: the solver's
+            objective evaluation); ``"both"``: the geometric mean of the two; ``"logp"``: two stages, the
+            RMSE optimum, then from it :math:`\mathrm{RMSE}\sqrt{1 + (\hat\Delta/\mathrm{logp\_tol})^2}`
+            subject to RMSE ≤ ``logp_cap`` × the stage-1 optimum, with :math:`\hat\Delta` the batch mean of
+            the trapezoid estimate :math:`\delta\cdot(s(x^{ref}) + s(x^{ref}+\delta))/2` of
+            :math:`\log p_{eps}(x) - \log p_{eps}(x^{ref})` (exact for a locally Gaussian density; it fails
+            for segments that cross modes, hence the cap; one extra evaluation per objective
+            evaluation; twice the search budget). Default: the solver's
             ``calibrate_metric`` (``"both"`` unless set; ``solver="auto"`` sets it per budget). Plain RMSE
             ignores thin directions (mean :math:`\log p_0` tens of nats off); the local metric alone
             ignores the wide ones (Fréchet distance 14× the floor at 5 NFE on digits).
 
+        logp_tol: nats at which the log-density gap doubles the ``"logp"`` objective (> 0).
+        logp_cap: the ``"logp"`` stage's RMSE cap, relative to the RMSE optimum.
+        fd_weight: ``w``: add ``w * FD(output batch, teacher batch) / D`` to the squared RMSE (a paired
+            Fréchet distance between the Gaussian fits of the two batches: systematic errors that the
+            per-sample RMSE under-weights); 0 (default) leaves it out.
+
     Returns:
-        A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver.
+        A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver
+        (for ``gaussian_prior="estimate"`` the fit is in ``.extra["gaussian_prior"]``, ``.gaussian_fit()``).
     """
     from .sampling import resolve_solver
     from .solvers.exp_base import BudgetSolver
