@@ -169,6 +169,11 @@ class TorchsdeReverseSDE(Solver):
                 raise ValueError("solver 'sde' (torchsde) steps uniformly in t: pass grid='uniform' (or adaptive=True)")
         span = float(torch.tensor(span, dtype=x.dtype))  # the end time as torchsde will see it
         dt = span / steps
+        if not self.adaptive:
+            # torchsde steps while t < end, accumulating t + dt in x's dtype: rounding can leave t a hair
+            # short of the end after `steps` steps and cost one more (tiny) step and evaluation. A step a
+            # fraction longer (the last one clamped to the end) makes it exactly `steps`.
+            dt *= 1 + 8 * steps * torch.finfo(x.dtype).eps
         sde_type, _ = METHODS[self.method]
         levy = "space-time" if self.method == "srk" else "none"
         bm = self._brownian(ctx, b, d, span, x, levy)
