@@ -196,3 +196,15 @@ def test_auto_uses_the_gaussian_first_step_outside_7_to_15():
     assert not AutoSolver().choose(10).uses_gaussian and AutoSolver().choose(20).uses_gaussian
     assert AutoSolver().steps_to_grid(5) == 5 and AutoSolver().steps_to_grid(10) == 9
     assert AutoSolver().steps_to_grid(20) == 20 and AutoSolver(gaussian_prior=None).steps_to_grid(20) == 19
+
+
+def test_auto_does_not_calibrate_large_budgets():
+    """Above CALIBRATED_MAX evaluations auto runs uncalibrated UniPC: no calibration cost, exact budget."""
+    from scoresolve.solvers.auto import CALIBRATED_MAX
+
+    gm, sde = ss.analytic.anisotropic(dim=4, n_components=3, seed=1), ss.VPSDE()
+    for k in (CALIBRATED_MAX + 1, 200):
+        r = ss.sample(gm.score_model(sde), sde, solver="auto", steps=k, shape=(8, 4), return_result=True,
+                      generator=torch.Generator().manual_seed(0))
+        assert r.nfe == k and "calibration" not in r.info and r.info["auto"]["class"] == "UniPC"
+        assert torch.isfinite(r.samples).all()

@@ -74,7 +74,7 @@ def test_heun_budget(sde_name):
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "ipndm", "unipc", "dpm_solver", "heun_edm"])
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "ipndm", "unipc", "dpm_solver", "heun_edm", "auto"])
 def test_no_nan_at_large_budgets(name):
     gm, sde, score = _problem("vp")
     for k in (999, 1000):
