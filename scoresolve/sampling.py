@@ -227,7 +227,7 @@ def sample(
                                          "steps")
             # grids that are fitted to a model (e.g. "calibrated", "gits") receive it, with the solver and shape
             context = {"model": model, "solver": solver_obj, "shape": shp[1:]}
-            times = make_grid(grid or solver_obj.default_grid, sde, solver_obj.steps_to_grid(n_steps), eps_,
+            times = make_grid(grid or solver_obj.grid_for(n_steps), sde, solver_obj.steps_to_grid(n_steps), eps_,
                               context=context)
 
     x = x_T.to(device=dev, dtype=dt) if x_T is not None else noise.randn(shp, device=dev, dtype=dt) * sde.prior_std

@@ -199,12 +199,14 @@ def test_auto_uses_the_gaussian_first_step_outside_7_to_15():
 
 
 def test_auto_does_not_calibrate_large_budgets():
-    """Above CALIBRATED_MAX evaluations auto runs uncalibrated UniPC: no calibration cost, exact budget."""
+    """Above CALIBRATED_MAX evaluations auto runs uncalibrated iPNDM on the log-SNR grid: no calibration
+    cost, exact budget."""
     from scoresolve.solvers.auto import CALIBRATED_MAX
 
     gm, sde = ss.analytic.anisotropic(dim=4, n_components=3, seed=1), ss.VPSDE()
     for k in (CALIBRATED_MAX + 1, 200):
         r = ss.sample(gm.score_model(sde), sde, solver="auto", steps=k, shape=(8, 4), return_result=True,
                       generator=torch.Generator().manual_seed(0))
-        assert r.nfe == k and "calibration" not in r.info and r.info["auto"]["class"] == "UniPC"
+        assert r.nfe == k and "calibration" not in r.info and r.info["auto"]["class"] == "IPNDM"
+        torch.testing.assert_close(r.grid, make_grid("log_snr", sde, k - 1, sde.default_eps).to(r.grid))
         assert torch.isfinite(r.samples).all()

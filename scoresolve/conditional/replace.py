@@ -65,6 +65,9 @@ class ReplacementSolver(GridSolver):
     def steps_to_grid(self, steps: int) -> int:
         return self.inner.steps_to_grid(steps)
 
+    def grid_for(self, steps: int) -> str:
+        return self.inner.grid_for(steps)
+
     def _replace(self, ctx: SolveContext, x: Tensor, x_mean: Tensor, t: float) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
         xf, mf = x.reshape(n, -1), x_mean.reshape(n, -1)

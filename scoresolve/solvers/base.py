@@ -220,6 +220,11 @@ class Solver(ABC):
         """Number of grid intervals for a user's ``steps`` (identity by default)."""
         return steps
 
+    def grid_for(self, steps: int) -> str:
+        """Registered grid for a user's ``steps`` when none is given (``default_grid`` by default; a
+        solver whose best grid depends on the budget overrides this)."""
+        return self.default_grid
+
     def nfe_for(self, n_intervals: int) -> int:
         """Score evaluations spent on ``n_intervals`` grid steps (before the final denoising)."""
         return n_intervals * self.nfe_per_step
