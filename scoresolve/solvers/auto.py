@@ -95,13 +95,18 @@ class AutoSolver(BudgetSolver):
             gaussian_prior = None  # the estimate comes from calibration: without it, no analytical first step
         super().__init__(last_step="zero", calibrate=calibrate, gaussian_prior=gaussian_prior)
 
+    def _gaussian_step_at(self, steps: int) -> bool:
+        """Whether ``auto`` takes the analytical Gaussian first step at a budget of ``steps`` (then its grid has
+        ``steps`` intervals, otherwise ``steps - 1``)."""
+        return self.uses_gaussian and steps <= CALIBRATED_MAX and steps not in UNIPC_BUDGETS
+
     def choose(self, steps: int) -> BudgetSolver:
         """The solver ``auto`` runs for a budget of ``steps`` evaluations (e.g. to pre-calibrate it), with
         the calibration metric and options it uses (``calibrate_metric``, ``calibrate_options``)."""
         inner: BudgetSolver
         if steps > CALIBRATED_MAX:
             return IPNDM(order=4, variable=False, last_step="zero", calibrate=False)
-        if self.uses_gaussian and (steps < 7 or steps not in UNIPC_BUDGETS):
+        if self._gaussian_step_at(steps):
             inner = IPNDM(order=4, variable=False, last_step="tweedie", calibrate=self.calibrate,
                           gaussian_prior=self.gaussian_prior)
             inner.calibrate_metric = "logp"
@@ -135,7 +140,7 @@ class AutoSolver(BudgetSolver):
         """Budget of a grid of ``n_intervals`` (used only when ``sample()`` got a grid, not ``steps``: with the
         analytical first step on, a grid of up to 6 or of 16 to ``CALIBRATED_MAX`` intervals is read as its,
         ``K = n``)."""
-        if self.uses_gaussian and (n_intervals <= 6 or 16 <= n_intervals <= CALIBRATED_MAX):
+        if self._gaussian_step_at(n_intervals):
             return n_intervals
         return n_intervals + 1
 
