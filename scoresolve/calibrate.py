@@ -20,7 +20,10 @@ With ``last_step="zero"`` the last grid point (the last evaluation before the ju
 With ``metric="logp"`` the search has a second stage that trades endpoint RMSE (capped) for the
 estimated mean log-density gap of the outputs (see :func:`calibrate_grid`). A solver with
 ``gaussian_prior="estimate"`` gets the data's mean and covariance estimated here from the calibration
-batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept and stored in the file.
+batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept and stored in the file
+— unless the model is a :class:`~scoresolve.ScoreModel` carrying ``data_moments``: then those are the fit
+(nothing estimated; the solver's fingerprint holds their digest instead of ``"estimate"``, so a grid
+calibrated with estimated moments is never reused for the model's, nor the other way).
 
 The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
 in a small JSON file keyed by a fingerprint of the model (its outputs at fixed probe points), the
@@ -140,11 +143,13 @@ class CalibratedGrid:
         return _f64(self.times)
 
     def gaussian_fit(self) -> Any:
-        """The Gaussian fit estimated during calibration (``gaussian_prior="estimate"``), or ``None``."""
+        """The Gaussian fit estimated during calibration (``gaussian_prior="estimate"``), or ``None`` (also
+        when the grid was calibrated with a model's ``data_moments``, recorded with kind ``"model"`` and
+        their digest only: that fit is the model's, ``ScoreModel.data_fit``)."""
         from .solvers.exp_base import GaussianFit
 
         gp = self.extra.get("gaussian_prior")
-        if gp is None:
+        if gp is None or "mean" not in gp:
             return None
         return GaussianFit(_f64(gp["mean"]), float(gp["var"]) if gp.get("cov") is None else _f64(gp["cov"]))
 
@@ -362,6 +367,8 @@ def calibrate_grid(
     solver_obj = resolve_solver(solver, {}) if isinstance(solver, (str, type)) else solver
     if not isinstance(solver_obj, BudgetSolver):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
+    # gaussian_prior="estimate" with a ScoreModel that carries data_moments: the model's fit, nothing estimated
+    solver_obj = solver_obj.for_model(model)
     if metric is None:
         metric = getattr(solver_obj, "calibrate_metric", "both")
     if metric not in METRICS:
@@ -462,6 +469,9 @@ def calibrate_grid(
 
     if gauss_candidates:
         extra["gaussian_prior"] = _fit_record(*gauss_candidates[0])
+    elif solver_obj._gauss is not None and solver_obj._gauss.name == "data_moments":
+        # the model's own moments (ScoreModel.data_moments): recorded by digest, they travel with the model
+        extra["gaussian_prior"] = {"kind": "model", "digest": solver_obj._gauss.digest, "dim": solver_obj._gauss.dim}
     if n == 1 and not free_end:
         t = make_grid("log_snr", sde, 1, eps_)
         e = objective_u(torch.log(sde.sigma(t)))

@@ -21,9 +21,11 @@ Salimans & Ho 2022, arXiv:2202.00512 for ``v``; Karras et al. 2022, arXiv:2206.0
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from .sde import SDE
@@ -59,6 +61,17 @@ class ScoreModel:
         time_fn: optional map applied to ``t`` before calling ``fn`` (e.g. continuous time to a
             network's discrete timestep index). Not used by ``denoiser`` models, which are called
             with the noise level ``sigma(t)`` instead of ``t``.
+        data_moments: optional ``(mean, cov)`` of the data (in :math:`x_0` space, flattened to ``D``
+            numbers): ``mean`` with ``D`` elements (any shape, e.g. ``sample_shape``, or a scalar) and
+            ``cov`` a ``(D, D)`` covariance matrix, ``(D,)`` variances (diagonal) or a scalar variance.
+            Validated here (finite, symmetric positive semi-definite, dimensions agreeing with each other
+            and with ``sample_shape``; errors name ``data_moments``). Used by the budgeted few-step
+            solvers with ``gaussian_prior="estimate"`` (the default of ``solver="auto"``): their first
+            interval from ``T`` is then the exact probability-flow ODE of :math:`N(\\text{mean}, \\text{cov})`
+            with these moments instead of moments estimated during grid calibration, and it works with
+            ``calibrate=False`` too (:mod:`scoresolve.solvers.exp_base`, docs/fast_samplers.md). An
+            explicit ``gaussian_prior=`` given to the solver wins. Stored as float64 tensors; the
+            validated Gaussian fit is :attr:`data_fit`.
 
     Calling the model returns the score :math:`\\nabla_x\\log p_t(x)` in ``x``'s dtype, whatever the
     network's dtype.
@@ -72,6 +85,7 @@ class ScoreModel:
         parameterization: Parameterization = "score",
         data_range: tuple[float, float] | None = None,
         time_fn: Callable[[Tensor], Tensor] | None = None,
+        data_moments: tuple[Tensor | float, Tensor | float] | None = None,
         **metadata: Any,
     ) -> None:
         if not callable(fn):
@@ -92,6 +106,22 @@ class ScoreModel:
         self.data_range = data_range
         self.time_fn = time_fn
         self.metadata = metadata
+        self.data_moments = data_moments
+
+    @property
+    def data_moments(self) -> tuple[Tensor, Tensor] | None:
+        """The data's ``(mean, cov)`` (float64 tensors, as given) or ``None``; assigning validates it."""
+        return self._data_moments
+
+    @data_moments.setter
+    def data_moments(self, value: tuple[Tensor | float, Tensor | float] | None) -> None:
+        self._data_moments, self._data_fit = _check_data_moments(value, self.sample_shape)
+
+    @property
+    def data_fit(self) -> Any:
+        """The validated Gaussian fit of :attr:`data_moments` (a
+        :class:`~scoresolve.solvers.exp_base.GaussianFit`), or ``None``."""
+        return self._data_fit
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The wrapped network's own output at ``(x, t)`` (no conversion)."""
@@ -114,10 +144,38 @@ class ScoreModel:
         return score_to_x0(self(x, t), x, t, self.sde)
 
     def __repr__(self) -> str:
+        moments = "" if self._data_fit is None else f", data_moments=<dimension {self._data_fit.dim}>"
         return (
             f"ScoreModel(parameterization={self.parameterization!r}, sde={self.sde!r}, "
-            f"sample_shape={self.sample_shape})"
+            f"sample_shape={self.sample_shape}{moments})"
         )
+
+
+def _check_data_moments(value: Any, sample_shape: tuple[int, ...] | None) -> tuple[Any, Any]:
+    """Validate ``data_moments``: ``((mean, cov) as float64 tensors, GaussianFit)``, or ``(None, None)``."""
+    if value is None:
+        return None, None
+    if isinstance(value, Tensor) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"ScoreModel: data_moments must be None or a (mean, cov) pair, got {type(value).__name__}")
+    # imported here: the solvers package imports this module
+    from .solvers.exp_base import GaussianFit
+
+    mean, cov = value
+    try:
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).detach().clone()
+        cov_t = torch.as_tensor(cov, dtype=torch.float64).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"ScoreModel: data_moments must be a (mean, cov) pair of tensors or numbers ({e})") from None
+    d = math.prod(sample_shape) if sample_shape is not None else None
+    if d is not None and mean_t.numel() == 1 and cov_t.ndim == 0:
+        mean_t = mean_t.reshape(()).expand(d).clone()  # a scalar mean and variance for every coordinate
+    fit = GaussianFit(mean_t, cov_t, name="data_moments")
+    if d is not None and fit.dim != d:
+        raise ValueError(
+            f"ScoreModel: data_moments are for dimension {fit.dim} but sample_shape={sample_shape} has {d} "
+            "elements (mean: D elements; cov: (D, D), (D,) or a scalar)"
+        )
+    return (mean_t, cov_t), fit
 
 
 def output_to_score(out: Tensor, x: Tensor, t: Tensor, sde: SDE, parameterization: Parameterization) -> Tensor:

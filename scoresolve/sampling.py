@@ -189,7 +189,8 @@ def sample(
                       generator=torch.Generator().manual_seed(0))
     """
     score_fn, sde = resolve_model(model, sde)
-    solver_obj = resolve_solver(solver, solver_options)
+    # the solver for this model (e.g. with ScoreModel.data_moments as its Gaussian fit): before the grid is made
+    solver_obj = resolve_solver(solver, solver_options).for_model(model)
 
     if x_T is not None and not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a tensor, got {type(x_T).__name__}")

@@ -12,8 +12,9 @@ against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always 
   Gaussian direction at ``T``), a Tweedie final step (``last_step="tweedie"``), calibrated on
   ``metric="logp"`` (RMSE optimum, then the estimated mean log-density gap traded against RMSE under a
   1.5× cap, with a paired-Fréchet term: ``GAUSS_FEW_OPTIONS``). The Gaussian fit is the user's
-  ``gaussian_prior=(mean, cov)`` or, by default (``"estimate"``), estimated during calibration (mean
-  of the denoiser at ``T``; isotropic or shrunk covariance of the teacher's endpoints, whichever
+  ``gaussian_prior=(mean, cov)`` or, by default (``"estimate"``), the model's own moments when it is a
+  :class:`~scoresolve.ScoreModel` with ``data_moments=(mean, cov)``, else estimated during calibration
+  (mean of the denoiser at ``T``; isotropic or shrunk covariance of the teacher's endpoints, whichever
   calibrates better). Digits × VP at 5 NFE: FD 1.14–1.28× the floor, mean :math:`\log p_0` +0.6 to
   +0.9 nats off the exact ODE's, where the same solver without the Gaussian step reached 2.3–2.9× and
   +4.7 nats;
@@ -36,14 +37,17 @@ against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always 
   converging in :math:`\log p_0`: +0.9 nats at 50 and 100, although their RMSE is 0.001.) So ``auto``
   at 200 costs 200 evaluations and nothing else.
 
-``gaussian_prior=None`` (or ``calibrate=False``, which leaves nothing to estimate from) turns the
-Gaussian step off: then iPNDM with ``last_step="zero"`` and ``metric="both"`` below 7 and from 16.
-Calibration runs once per (model, SDE, budget, shape) in a process (in-memory
-cache keyed by the model's fingerprint) or once ever with ``calibrate="file.json"`` (the estimated
-moments are stored in it); its cost is reported in ``SampleResult.info["calibration"]`` and is not
-counted in the sampling NFE. ``steps=K`` spends exactly ``K`` evaluations (``K >= 2``; outside 7–15 with the
-Gaussian step: ``K`` grid intervals, the first analytical, evaluations at grid points ``1..K`` and a
-Tweedie step to 0; otherwise ``K - 1`` grid intervals and the jump to 0).
+``gaussian_prior=None``, or ``calibrate=False`` with a model that carries no ``data_moments`` (nothing to
+estimate from), turns the Gaussian step off: then iPNDM with ``last_step="zero"`` and ``metric="both"``
+below 7 and from 16. With ``calibrate=False`` and a model's ``data_moments`` the Gaussian step is taken
+on the uncalibrated Karras grid. Calibration runs once per (model, SDE, budget, shape) in a process
+(in-memory cache keyed by the model's fingerprint) or once ever with ``calibrate="file.json"`` (the
+estimated moments are stored in it; a grid calibrated with a model's moments records their digest, and
+is not reused for estimated moments nor the other way); its cost is reported in
+``SampleResult.info["calibration"]`` and is not counted in the sampling NFE. ``steps=K`` spends exactly
+``K`` evaluations (``K >= 2``; outside 7–15 with the Gaussian step: ``K`` grid intervals, the first
+analytical, evaluations at grid points ``1..K`` and a Tweedie step to 0; otherwise ``K - 1`` grid intervals
+and the jump to 0).
 """
 
 from __future__ import annotations
@@ -77,9 +81,11 @@ class AutoSolver(BudgetSolver):
     Args:
         calibrate: ``True`` (default): calibrate the grid at the first call (in-memory cache);
             a path: cache the calibrated grid in that JSON file; ``False``: no calibration, Karras grid.
-        gaussian_prior: ``"estimate"`` (default: the data's mean and covariance estimated during
-            calibration), ``(mean, cov)`` of the data (``cov``: ``(D, D)``, ``(D,)`` or a scalar), or
-            ``None``: the analytical first step used below 7 evaluations.
+        gaussian_prior: ``"estimate"`` (default: the model's ``ScoreModel.data_moments`` if it carries
+            them — with or without calibration — else the data's mean and covariance estimated during
+            calibration, and no Gaussian step with ``calibrate=False``), ``(mean, cov)`` of the data
+            (``cov``: ``(D, D)``, ``(D,)`` or a scalar; wins over the model's), or ``None`` (off): the
+            analytical first step used below 7 and from 16 to 25 evaluations.
     """
 
     reference = "Zhang & Chen 2023, iPNDM, arXiv:2204.13902; Zhao et al. 2023, UniPC, arXiv:2302.04867"
@@ -91,9 +97,13 @@ class AutoSolver(BudgetSolver):
         calibrate: bool | str | os.PathLike[str] = True,
         gaussian_prior: tuple[Tensor | float, Tensor | float] | str | None = "estimate",
     ) -> None:
-        if gaussian_prior == "estimate" and not calibrate:
-            gaussian_prior = None  # the estimate comes from calibration: without it, no analytical first step
+        from_model = isinstance(gaussian_prior, str) and gaussian_prior == "estimate"
+        if from_model and not calibrate:
+            # the estimate comes from calibration: without it, no analytical first step, unless the model
+            # carries data_moments (for_model, called by sample(), then gives this solver the model's fit)
+            gaussian_prior = None
         super().__init__(last_step="zero", calibrate=calibrate, gaussian_prior=gaussian_prior)
+        self._gauss_from_model = from_model
 
     def _gaussian_step_at(self, steps: int) -> bool:
         """Whether ``auto`` takes the analytical Gaussian first step at a budget of ``steps`` (then its grid has

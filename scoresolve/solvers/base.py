@@ -229,6 +229,13 @@ class Solver(ABC):
         """Score evaluations spent on ``n_intervals`` grid steps (before the final denoising)."""
         return n_intervals * self.nfe_per_step
 
+    def for_model(self, model: Any) -> Solver:
+        """The solver to run for ``model`` (a :class:`~scoresolve.ScoreModel` or a plain callable), called
+        by :func:`scoresolve.sample` before the grid is made: ``self`` by default. A solver that uses the
+        model's metadata (e.g. the budgeted solvers and ``ScoreModel.data_moments``) returns a configured
+        copy and never modifies ``self``."""
+        return self
+
     @abstractmethod
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         """Integrate from ``x`` at ``T`` to the final time and return the state there."""

@@ -34,7 +34,10 @@ same budget (``steps=K`` still spends exactly ``K`` evaluations, now at grid poi
 solvers that keep a history may seed it with the Gaussian direction at ``T`` (iPNDM does:
 :math:`d_G = \tilde\sigma_0(C+\tilde\sigma_0^2)^{-1}(y-m)`). The moments are the user's (estimated
 from data, or provided by the model's author); ``cov`` may be a full ``(D, D)`` matrix, a ``(D,)``
-vector of variances (diagonal) or a scalar. Worth about one evaluation at 5 NFE on the digits mixture
+vector of variances (diagonal) or a scalar. ``gaussian_prior="estimate"`` uses the moments a
+:class:`~scoresolve.ScoreModel` carries (``data_moments=(mean, cov)``, :meth:`BudgetSolver.for_model`),
+calibration or not, and otherwise estimates them during grid calibration
+(:func:`scoresolve.calibrate.calibrate_grid`). Worth about one evaluation at 5 NFE on the digits mixture
 (docs/fast_samplers.md).
 
 Solver state and coefficients are kept in float32 (float64 if the samples are float64) whatever
@@ -43,6 +46,7 @@ the dtype of the model's output, and coefficients are computed in float64 Python
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,6 +54,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..models import ScoreModel
 from .base import SolveContext, Solver
 
 __all__ = ["BudgetSolver", "GaussianFit", "Run", "LAST_STEPS", "lagrange_integral_weights", "exp_poly_integrals"]
@@ -67,39 +72,49 @@ class GaussianFit:
     Args:
         mean: ``(D,)`` (or any shape with ``D`` elements, or a scalar).
         cov: ``(D, D)`` symmetric PSD matrix, ``(D,)`` variances (diagonal) or a scalar variance.
+        name: where the moments come from, named in error messages: ``"gaussian_prior"`` (a solver's
+            option) or ``"data_moments"`` (a :class:`~scoresolve.ScoreModel`'s, whose fit calibration
+            records with kind ``"model"``).
 
     Stored as float64 ``mean``, eigenvalues ``c`` (clamped at 0) and eigenvectors ``V`` (``None``
     for a diagonal covariance). ``digest`` (16 hex digits of a SHA-1 of the values) identifies it in
     calibration fingerprints.
     """
 
-    def __init__(self, mean: Tensor | float, cov: Tensor | float) -> None:
+    def __init__(self, mean: Tensor | float, cov: Tensor | float, name: str = "gaussian_prior") -> None:
         import hashlib
 
-        m = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
-        C = torch.as_tensor(cov, dtype=torch.float64).detach().cpu()
+        try:
+            m = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
+            C = torch.as_tensor(cov, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name}: mean and cov must be tensors, arrays or numbers ({e})") from None
+        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(C).all())):
+            raise ValueError(f"{name}: mean and cov must be finite")
         if C.ndim == 2:
             if C.shape[0] != C.shape[1]:
-                raise ValueError(f"gaussian_prior: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
+                raise ValueError(f"{name}: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
             d = C.shape[0]
             c, V = torch.linalg.eigh((C + C.T) / 2)
         elif C.ndim <= 1:
             d = C.numel() if C.ndim == 1 else m.numel()
             c, V = C.reshape(-1).expand(d).clone(), None
         else:
-            raise ValueError(f"gaussian_prior: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
+            raise ValueError(f"{name}: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
+        if d < 1:
+            raise ValueError(f"{name}: the moments are empty (dimension 0)")
         if m.numel() == 1:
             m = m.reshape(1).expand(d).clone()
         m = m.reshape(-1)
         if m.numel() != d:
-            raise ValueError(f"gaussian_prior: mean has {m.numel()} elements but cov is for dimension {d}")
+            raise ValueError(f"{name}: mean has {m.numel()} elements but cov is for dimension {d}")
         if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(c).all())):
-            raise ValueError("gaussian_prior: mean and cov must be finite")
+            raise ValueError(f"{name}: mean and cov must be finite")
         if float(c.min()) < -1e-6 * max(float(c.abs().max()), 1.0):
             raise ValueError(
-                f"gaussian_prior: cov must be positive semi-definite (smallest eigenvalue {float(c.min()):.3g})"
+                f"{name}: cov must be positive semi-definite (smallest eigenvalue {float(c.min()):.3g})"
             )
-        self.mean, self.c, self.V, self.dim = m, c.clamp_min(0.0), V, d
+        self.mean, self.c, self.V, self.dim, self.name = m, c.clamp_min(0.0), V, d, name
         h = hashlib.sha1(m.numpy().tobytes())
         h.update(C.numpy().tobytes())
         self.digest = h.hexdigest()[:16]
@@ -113,7 +128,7 @@ class GaussianFit:
         shape = y.shape
         yf = y.reshape(shape[0], -1)
         if yf.shape[1] != self.dim:
-            raise ValueError(f"gaussian_prior is for dimension {self.dim}, the samples have {yf.shape[1]}")
+            raise ValueError(f"{self.name} is for dimension {self.dim}, the samples have {yf.shape[1]}")
         m, c, V = self._to(yf)
         e = yf - m
         if V is not None:
@@ -208,6 +223,8 @@ class BudgetSolver(Solver):
             raise ValueError(f"last_step must be one of {LAST_STEPS}, got {last_step!r}")
         if not isinstance(calibrate, (bool, str)) and not hasattr(calibrate, "__fspath__"):
             raise TypeError(f"calibrate must be a bool or a cache file path, got {type(calibrate).__name__}")
+        #: whether a model's ``data_moments`` replace the estimate (:meth:`for_model`)
+        self._gauss_from_model = self._gauss_estimate
         self.last_step = last_step
         self.calibrate = calibrate
         self.calibrate_metric = "both"
@@ -224,6 +241,21 @@ class BudgetSolver(Solver):
     def uses_gaussian(self) -> bool:
         """Whether the first grid interval is the analytical Gaussian step."""
         return self._gauss is not None or self._gauss_estimate
+
+    def for_model(self, model: Any) -> BudgetSolver:
+        """This solver for sampling ``model``: with ``gaussian_prior="estimate"`` and a
+        :class:`~scoresolve.ScoreModel` that carries ``data_moments``, a copy whose Gaussian fit is the
+        model's moments (nothing is estimated, no calibration is needed for them, and calibration
+        fingerprints hold their digest instead of ``"estimate"``); otherwise ``self``. An explicit
+        ``gaussian_prior=(mean, cov)`` wins over the model's moments and ``gaussian_prior=None`` stays off.
+        Called by :func:`scoresolve.sample` (before the grid is made: the Gaussian step adds a grid
+        interval) and :func:`scoresolve.calibrate.calibrate_grid`."""
+        fit = model.data_fit if isinstance(model, ScoreModel) else None
+        if fit is None or not self._gauss_from_model or self._gauss is not None:
+            return self
+        out = copy.copy(self)
+        out._gauss, out._gauss_estimate = fit, False
+        return out
 
     # --- configuration seen by calibration and caches ---------------------------------------
     def config(self) -> dict[str, Any]:
@@ -276,7 +308,8 @@ class BudgetSolver(Solver):
         if self._gauss_estimate and not self.calibrate:
             raise ValueError(
                 "gaussian_prior='estimate' estimates the data's moments during calibration: pass calibrate=True "
-                "(or a cache file path), or give gaussian_prior=(mean, cov)"
+                "(or a cache file path), give gaussian_prior=(mean, cov), or sample a ScoreModel that carries "
+                "data_moments=(mean, cov)"
             )
         if self.calibrate:
             from ..calibrate import calibrate_for_context
@@ -286,6 +319,8 @@ class BudgetSolver(Solver):
             ctx.info["times"] = ctx.grid
             if self._gauss_estimate:
                 gauss = cg.gaussian_fit()
+        if gauss is not None and gauss.name == "data_moments":
+            ctx.info["gaussian_prior"] = "model"
         run = self.make_run(ctx, x, ctx.grid)
         run.gauss = gauss
         return self.integrate(run, x)
