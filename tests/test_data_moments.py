@@ -199,3 +199,44 @@ def test_auto_default_calibration_in_memory():
     c = _run(base, "auto", 5, x_T, sde=sde)
     assert not c.info["calibration"]["cached"] and c.info["auto"]["gaussian_prior"] == "estimate"
     assert (c.samples - a.samples).abs().max() > 1e-4  # estimated moments: another fit, another grid
+
+
+def test_checkpoint_round_trip_keeps_the_moments(tmp_path):
+    """io.save/load (file and save_pretrained directory) store data_moments as float64 tensors beside the
+    weights (which go under 'model.', so the network loads without moment support too); a model without
+    moments writes the old layout; a file that lists moments it lacks is refused."""
+    from safetensors.torch import load_file as st_load
+
+    from scoresolve.io import CheckpointError, load, read_config, save
+    from scoresolve.train.nets import MLP
+
+    torch.manual_seed(0)
+    net = MLP(sample_shape=(2,), hidden=16, depth=2, embed_dim=8)
+    mean, cov = torch.tensor([0.5, -1.0]), torch.tensor([[1.0, 0.3], [0.3, 0.5]])
+    model = ss.ScoreModel(net, ss.VPSDE(), sample_shape=(2,), parameterization="eps", data_moments=(mean, cov))
+    x, t = torch.randn(4, 2), torch.full((4,), 0.5)
+    for path in (tmp_path / "m.safetensors", tmp_path / "pretrained"):
+        save(model, path)
+        back = load(path)
+        assert back.data_fit.digest == model.data_fit.digest
+        torch.testing.assert_close(back.data_moments[1], cov.double())
+        torch.testing.assert_close(back(x, t), model(x, t))
+    state = st_load(str(tmp_path / "m.safetensors"))
+    assert state["data_moments.mean"].dtype == torch.float64 and all(
+        k.startswith(("model.", "data_moments.")) for k in state)
+    assert read_config(tmp_path / "m.safetensors")["data_moments"] == ["data_moments.mean", "data_moments.cov"]
+    # the save() override, validated against the sample shape
+    save(model, tmp_path / "o.safetensors", data_moments=(0.0, 2.0))
+    assert torch.equal(load(tmp_path / "o.safetensors").data_fit.c, torch.full((2,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="data_moments"):
+        save(model, tmp_path / "bad.safetensors", data_moments=(torch.zeros(3), 1.0))
+    # no moments: old layout (plain weight keys, no config entry), loads without moments
+    plain = ss.ScoreModel(net, ss.VPSDE(), sample_shape=(2,), parameterization="eps")
+    save(plain, tmp_path / "p.safetensors")
+    assert "data_moments" not in read_config(tmp_path / "p.safetensors")
+    assert not any(k.startswith("model.") for k in st_load(str(tmp_path / "p.safetensors")))
+    assert load(tmp_path / "p.safetensors").data_moments is None
+    # a config that lists moments the file does not hold
+    with pytest.raises(CheckpointError, match="data_moments"):
+        load(tmp_path / "p.safetensors", config={**read_config(tmp_path / "p.safetensors"),
+                                                  "data_moments": ["data_moments.mean", "data_moments.cov"]})

@@ -14,6 +14,12 @@ The format
     runs no code from the file. Keys prefixed ``ema.`` / ``model.`` (both sets in one file) are
     accepted; the EMA set is used unless ``use_ema=False``.
 
+    A model's ``data_moments`` (:class:`~scoresolve.ScoreModel`: the data's mean and covariance, used by
+    the few-step solvers' analytical first step) are stored as two float64 tensors
+    ``data_moments.mean`` and ``data_moments.cov`` beside the weights, listed in the config as
+    ``"data_moments": ["data_moments.mean", "data_moments.cov"]``; the weights of such a file are then
+    stored under ``model.`` so that readers without moment support still load the network.
+
 Torch files (``.pt``/``.pth``/``.ckpt``/``.bin``, e.g. the trainer's resumable checkpoints) are read
 with ``torch.load(weights_only=True)`` only. A pickle that needs arbitrary globals is refused with a
 :class:`CheckpointError`; there is no fallback to unsafe unpickling.
@@ -41,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models import ScoreModel
+from ..models import ScoreModel, _check_data_moments
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 
 __all__ = [
@@ -68,6 +74,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _META_KEY = "scoresolve"
+_MOMENT_KEYS = ("data_moments.mean", "data_moments.cov")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -217,7 +224,9 @@ def make_config(
 
 
 def _unpack_model(model: Any, sde: SDE | None, parameterization: str | None, sample_shape: Any, data_range: Any):
+    moments = None
     if isinstance(model, ScoreModel):
+        moments = model.data_moments
         net = model.fn
         sde = sde or model.sde
         parameterization = parameterization or model.parameterization
@@ -232,7 +241,7 @@ def _unpack_model(model: Any, sde: SDE | None, parameterization: str | None, sam
             f"save() needs a ScoreModel wrapping a torch module, or a module; got {type(net).__name__}"
         )
     sample_shape = sample_shape or getattr(net, "sample_shape", None)
-    return net, sde, parameterization or "score", sample_shape, data_range
+    return net, sde, parameterization or "score", sample_shape, data_range, moments
 
 
 def _state_for_saving(net: nn.Module, dtype: torch.dtype | None) -> dict[str, Tensor]:
@@ -256,6 +265,7 @@ def save(
     dtype: torch.dtype | None = None,
     weights: str = "model",
     extra: Mapping[str, Any] | None = None,
+    data_moments: tuple[Tensor | float, Tensor | float] | None = None,
 ) -> Path:
     """Save a model in scoresolve's format, atomically.
 
@@ -270,6 +280,8 @@ def save(
             they are cast back to the network's dtype on load).
         weights: label recorded in the config (``"ema"`` when these are EMA weights).
         extra: any JSON-friendly metadata (training steps, data set, ...).
+        data_moments: the data's ``(mean, cov)`` (see :class:`~scoresolve.ScoreModel`); default: the
+            model's own ``data_moments``. Stored as float64 tensors beside the weights.
 
     Returns:
         The written path.
@@ -278,14 +290,22 @@ def save(
     if p.suffix != ".safetensors":
         return save_pretrained(
             model, p, sde=sde, parameterization=parameterization, sample_shape=sample_shape,
-            data_range=data_range, dtype=dtype, weights=weights, extra=extra,
+            data_range=data_range, dtype=dtype, weights=weights, extra=extra, data_moments=data_moments,
         )
     from safetensors.torch import save_file
 
-    net, sde_, par, shape, rng = _unpack_model(model, sde, parameterization, sample_shape, data_range)
+    net, sde_, par, shape, rng, moments = _unpack_model(model, sde, parameterization, sample_shape, data_range)
+    if data_moments is not None:
+        moments = _check_data_moments(data_moments, tuple(shape) if shape is not None else None)[0]
     cfg = make_config(net, sde_, parameterization=par, sample_shape=shape, data_range=rng, weights=weights,
                       extra=extra)
     tensors = _state_for_saving(net, dtype)
+    if moments is not None:
+        # weights under "model." (readers without moment support then ignore the two moment tensors)
+        tensors = {f"model.{k}": v for k, v in tensors.items()}
+        for k, v in zip(_MOMENT_KEYS, moments, strict=True):
+            tensors[k] = v.detach().cpu().to(torch.float64).contiguous().clone()
+        cfg["data_moments"] = list(_MOMENT_KEYS)
     with atomic_write(p) as tmp:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(cfg)})
     return p
@@ -408,6 +428,15 @@ def _load_into(net: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
 
 def _model_from(cfg: dict[str, Any], state: Mapping[str, Tensor], where: str, use_ema: bool,
                 device: Any, dtype: torch.dtype | None) -> ScoreModel:
+    state = dict(state)
+    stored = [state.pop(k, None) for k in _MOMENT_KEYS]
+    moments = None
+    if cfg.get("data_moments"):
+        if any(v is None for v in stored):
+            raise CheckpointError(
+                f"{where}: the config lists data_moments but the file lacks the tensors {', '.join(_MOMENT_KEYS)}"
+            )
+        moments = (stored[0], stored[1])
     sde = sde_from_config(cfg["sde"])
     net = _build_net(cfg["architecture"], cfg["arch_kwargs"])
     weights, which = _select_weights(state, use_ema, where)
@@ -417,16 +446,22 @@ def _model_from(cfg: dict[str, Any], state: Mapping[str, Tensor], where: str, us
         net.to(device=device, dtype=dtype)
     shape = cfg.get("sample_shape") or getattr(net, "sample_shape", None)
     rng = cfg.get("data_range")
-    return ScoreModel(
-        net,
-        sde,
-        sample_shape=tuple(shape) if shape is not None else None,
-        parameterization=cfg.get("parameterization", "score"),
-        data_range=tuple(rng) if rng is not None else None,
-        config=cfg,
-        weights=which if which == "ema" else cfg.get("weights", "model"),
-        source=where,
-    )
+    try:
+        return ScoreModel(
+            net,
+            sde,
+            sample_shape=tuple(shape) if shape is not None else None,
+            parameterization=cfg.get("parameterization", "score"),
+            data_range=tuple(rng) if rng is not None else None,
+            data_moments=moments,
+            config=cfg,
+            weights=which if which == "ema" else cfg.get("weights", "model"),
+            source=where,
+        )
+    except (TypeError, ValueError) as e:
+        if moments is None:
+            raise
+        raise CheckpointError(f"{where}: invalid stored data_moments: {e}") from e
 
 
 def load_file(
@@ -478,6 +513,7 @@ def load_file(
                 sd = obj.get(part)
                 if isinstance(sd, Mapping):
                     state.update({f"{part}.{k}": v for k, v in sd.items()})
+            state.update({k: obj[k] for k in _MOMENT_KEYS if k in obj})
         else:
             state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
         bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
@@ -517,8 +553,8 @@ def load(
         config: the scoresolve config, for a torch state dict that does not carry one.
 
     Returns:
-        A :class:`~scoresolve.ScoreModel` with its ``sde``, ``sample_shape``, ``parameterization``
-        and ``data_range``; ``model.metadata["config"]`` holds the full config.
+        A :class:`~scoresolve.ScoreModel` with its ``sde``, ``sample_shape``, ``parameterization``,
+        ``data_range`` and ``data_moments`` (if stored); ``model.metadata["config"]`` holds the full config.
 
     Raises:
         CheckpointError: truncated/corrupted file, unsafe pickle, config/weights mismatch (names the
