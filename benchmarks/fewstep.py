@@ -65,9 +65,9 @@ METHODS = {
     "dpmpp_3m+cal[rmse], step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated", "rmse"),
     "ipndm(fixed)+cal[rmse], stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated", "rmse"),
     "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "karras", None),
-    "dpmpp_2m karras, step to 0 (= k-diffusion)": ("dpmpp_2m", {"last_step": "zero"}, "karras", None),
+    "dpmpp_2m karras, tweedie to 0 (= k-diffusion)": ("dpmpp_2m", {"last_step": "tweedie"}, "karras", None),
     "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr", None),
-    "unipc log_snr, step to 0 (= diffusers)": ("unipc", {"last_step": "zero"}, "log_snr", None),
+    "unipc log_snr, tweedie to 0 (= diffusers)": ("unipc", {"last_step": "tweedie"}, "log_snr", None),
 }
 # calibration options beyond the defaults (as auto uses them)
 CAL_OPTIONS = {
@@ -83,10 +83,10 @@ FULL_METHODS = [
     "ipndm(fixed)+cal[both], stop at eps",
     "ipndm(fixed)+cal[local], step to 0",
     "dpmpp_3m+cal[both], step to 0",
-    "dpmpp_2m karras, step to 0 (= k-diffusion)",
-    "unipc log_snr, step to 0 (= diffusers)",
+    "dpmpp_2m karras, tweedie to 0 (= k-diffusion)",
+    "unipc log_snr, tweedie to 0 (= diffusers)",
 ]
-QUICK_METHODS = ["auto", "auto+gauss", "dpmpp_2m karras, step to 0 (= k-diffusion)"]
+QUICK_METHODS = ["auto", "auto+gauss", "dpmpp_2m karras, tweedie to 0 (= k-diffusion)"]
 
 PROBLEMS = {
     "digits_vp": (lambda: ss.analytic.digits(), lambda: ss.VPSDE()),

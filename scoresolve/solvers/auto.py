@@ -33,8 +33,7 @@ against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always 
   46 000 / 46 s at 20, 265 000 / 4 min at 50), while from ~25 evaluations a 4th-order multistep method
   converges without it: paired against a converged PF-ODE solution from the same noise (digits × VP,
   2000 samples) mean :math:`\log p_0` −0.53 / −0.12 / −0.03 nats and RMSE 0.0036 / 0.0009 / 0.0002 at
-  26 / 50 / 100 evaluations. (UniPC, DPM-Solver++(3M) and UniPC-3 ending with one jump σ_min → 0 stop
-  converging in :math:`\log p_0`: +0.9 nats at 50 and 100, although their RMSE is 0.001.) So ``auto``
+  26 / 50 / 100 evaluations. So ``auto``
   at 200 costs 200 evaluations and nothing else.
 
 ``gaussian_prior=None``, or ``calibrate=False`` with a model that carries no ``data_moments`` (nothing to
@@ -67,7 +66,7 @@ __all__ = ["AutoSolver", "UNIPC_BUDGETS", "CALIBRATED_MAX"]
 
 #: budgets at which ``auto`` runs UniPC rather than iPNDM
 UNIPC_BUDGETS = range(7, 16)
-#: the largest budget ``auto`` calibrates a grid for; above it, uncalibrated UniPC
+#: the largest budget ``auto`` calibrates a grid for; above it, uncalibrated iPNDM on the log-SNR grid
 CALIBRATED_MAX = 25
 #: calibration options of ``auto`` below 7 evaluations with a ``gaussian_prior``
 UNIPC_OPTIONS = {"logp_tol": 1.0, "logp_cap": 1.25}

@@ -16,9 +16,14 @@ Budget semantics (``steps=K`` spends exactly ``K`` score evaluations, the final 
   but the last; the result is the ODE state at ``eps`` (noise level :math:`\tilde\sigma_{min}`).
 - ``last_step="zero"``: ``K - 1`` grid intervals from ``T`` to ``eps``; evaluations at all ``K`` grid
   points (``eps`` included); then one more step from :math:`\tilde\sigma(eps)` to
-  :math:`\tilde\sigma = 0` with the solver's own rule (Adams–Bashforth for iPNDM, first order =
-  Tweedie for the exponential integrators, whose higher-order weights diverge at :math:`h=\infty`).
-- ``last_step="tweedie"``: as ``"zero"`` but the final step is always :math:`y = D` (Tweedie).
+  :math:`\tilde\sigma = 0` with the solver's own rule: Adams–Bashforth in :math:`\tilde\sigma` for iPNDM;
+  for the data-prediction exponential integrators (DPM-Solver++, UniPC), whose log-SNR weights diverge at
+  :math:`h=\infty`, the denoiser extrapolated to :math:`\tilde\sigma = 0` (quadratic in
+  :math:`\tilde\sigma^2` through the last three evaluations,
+  :func:`~scoresolve.solvers.exponential.denoiser_at_zero`), which converges with the budget where
+  Tweedie does not; DPM-Solver (noise prediction) takes the Tweedie step.
+- ``last_step="tweedie"``: as ``"zero"`` but the final step is always :math:`y = D` (Tweedie), the jump the
+  peers take (k-diffusion, diffusers).
 
 Analytical first step (``gaussian_prior=(mean, cov)``, any budgeted solver): at the largest noise
 levels the data density seen through the noise is almost that of a Gaussian with the data's mean
@@ -186,7 +191,7 @@ class BudgetSolver(Solver):
 
     Args:
         last_step: ``"none"`` (stop at ``eps``), ``"zero"`` (final step to :math:`\\tilde\\sigma=0` with
-            the solver's own rule) or ``"tweedie"`` (final step :math:`y = D`).
+            the solver's own rule, see the module docstring) or ``"tweedie"`` (final step :math:`y = D`).
         calibrate: ``False``; ``True`` to replace the grid by one calibrated for this model, solver
             and budget before sampling (:func:`scoresolve.calibrate.calibrate_grid`, cost reported in
             ``SampleResult.info["calibration"]``); or a path to a cache file used for it.
