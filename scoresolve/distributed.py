@@ -163,6 +163,8 @@ def model_fingerprint(model: Any) -> str:
     parts = [type(net).__name__]
     if isinstance(model, ScoreModel):
         parts += [model.parameterization, str(model.sample_shape), str(model.metadata.get("name", ""))]
+        if getattr(model, "data_fit", None) is not None:  # the moments change what solver="auto" runs
+            parts.append("moments:" + model.data_fit.digest)
     if isinstance(net, torch.nn.Module):
         h = hashlib.sha256()
         for k, v in net.state_dict().items():

@@ -240,3 +240,18 @@ def test_checkpoint_round_trip_keeps_the_moments(tmp_path):
     with pytest.raises(CheckpointError, match="data_moments"):
         load(tmp_path / "p.safetensors", config={**read_config(tmp_path / "p.safetensors"),
                                                   "data_moments": ["data_moments.mean", "data_moments.cov"]})
+
+
+def test_sharded_run_fingerprint_sees_the_moments():
+    # a resumed sharded run must not mix samples drawn with and without the model's moments
+    from scoresolve.distributed import model_fingerprint
+
+    gm = ss.analytic.gaussian(torch.zeros(3), torch.eye(3))
+    sde = ss.VPSDE()
+    fn = gm.score_model(sde)
+    plain = ss.ScoreModel(fn, sde, (3,))
+    with_m = ss.ScoreModel(fn, sde, (3,), data_moments=gm.moments())
+    other = ss.ScoreModel(fn, sde, (3,), data_moments=(torch.zeros(3), 2 * torch.eye(3)))
+    fps = {model_fingerprint(m) for m in (plain, with_m, other)}
+    assert len(fps) == 3
+    assert model_fingerprint(with_m) == model_fingerprint(ss.ScoreModel(fn, sde, (3,), data_moments=gm.moments()))
