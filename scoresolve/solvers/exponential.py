@@ -39,40 +39,6 @@ def _check_variant(variant: str) -> str:
     return variant
 
 
-#: points of the extrapolation to sigma = 0 with ``last_step="zero"`` (quadratic in sigma^2: :func:`denoiser_at_zero`)
-ZERO_POINTS = 3
-
-
-def denoiser_at_zero(hist: list[tuple[float, Tensor]], points: int) -> Tensor:
-    r"""The final step onto :math:`\tilde\sigma = 0` of a data-prediction multistep solver: the denoiser
-    extrapolated to :math:`\tilde\sigma = 0` by the Lagrange polynomial in :math:`u = \tilde\sigma^2` through
-    the last ``points`` stored values ``(lambda_j, D_j)`` (:math:`\tilde\sigma_j = e^{-\lambda_j}`).
-
-    Why: the exact flow ends at :math:`y(0) = \lim_{\sigma\to 0} D(y(\sigma), \sigma)`, and
-    :math:`y(\sigma') = (\sigma'/\sigma)\,y(\sigma) + \sigma'\int_{\sigma'}^{\sigma} D/\tau^2\,d\tau`
-    shows that only the constant term of :math:`D` along the path survives at :math:`\sigma' = 0`. For a
-    smooth density :math:`D(y(\sigma), \sigma) = y(0) + O(\sigma^2)` (the PF-ODE's velocity
-    :math:`-\sigma\nabla\log p` vanishes at 0), hence the polynomial in :math:`\sigma^2`. Returning
-    :math:`D` at :math:`\tilde\sigma_{min}` (Tweedie, the usual jump) leaves an error that does not shrink
-    with the budget: a direction of data variance :math:`v` ends with its spread scaled by
-    :math:`\sqrt{v/(v+\sigma_{min}^2)}` (digits × VP: mean :math:`\log p_0` +0.95 nats off the converged flow at 50, 100
-    and 200 evaluations with UniPC, DPM-Solver++(2M/3M); with 3 points +0.01 at 100 and 200). One point is
-    Tweedie (``last_step="tweedie"``); the weights are
-    :math:`w_j = \prod_{m\ne j} u_m/(u_m - u_j)`.
-    """
-    pts = hist[-points:]
-    u = [math.exp(-2.0 * lam) for lam, _ in pts]
-    out = None
-    for j, (_, D) in enumerate(pts):
-        w = 1.0
-        for m in range(len(pts)):
-            if m != j:
-                w *= u[m] / (u[m] - u[j])
-        out = w * D if out is None else out + w * D
-    assert out is not None
-    return out
-
-
 def _eps(y: Tensor, D: Tensor, s: float) -> Tensor:
     return (y - D) / s
 
@@ -140,9 +106,10 @@ class DPMSolver(BudgetSolver):
             return self._single(run, y, i, state)
         D = run.denoise(y, i)
         s, st = run.s[i], run.s[i + 1]
+        eps0 = _eps(y, D, s)  # = the PF-ODE direction dy/dsigma
+        run.keep(i, eps0)
         if self.is_final_zero(run, i):
-            return D, None
-        eps0 = _eps(y, D, s)
+            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), None
         hist: list[tuple[float, Tensor]] = (state or []) + [(run.lam[i], eps0)]
         hist = hist[-int(self.order) :]
         h = run.lam[i + 1] - run.lam[i]
@@ -184,9 +151,10 @@ class DPMSolver(BudgetSolver):
             state.update(a=i, g=state["starts"][i], y0=y, eps=[])
         a, g = state["a"], state["g"]
         D = run.denoise(y, i)
-        if self.is_final_zero(run, i):
-            return D, state
         eps_i = _eps(y, D, run.s[i])
+        run.keep(i, eps_i)
+        if self.is_final_zero(run, i):
+            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), state
         state["eps"].append(eps_i)
         j = i - a  # stage index within the group
         lam_a, y0, e0 = run.lam[a], state["y0"], state["eps"][0]
@@ -246,9 +214,10 @@ class DPMSolverPP(BudgetSolver):
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         D = run.denoise(y, i)
+        run.keep(i, (y - D) / run.s[i])
         hist: list[tuple[float, Tensor]] = ((state or []) + [(run.lam[i], D)])[-self.max_order :]
         if self.is_final_zero(run, i):
-            return denoiser_at_zero(hist, 1 if self.last_step == "tweedie" else ZERO_POINTS), None
+            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), None
         s, st = run.s[i], run.s[i + 1]
         h = run.lam[i + 1] - run.lam[i]
         em = math.expm1(-h)
@@ -362,6 +331,7 @@ class UniPC(BudgetSolver):
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         m = run.denoise(y, i)
+        run.keep(i, (y - m) / run.s[i])  # the direction where it was evaluated (before the correction)
         st = state or {"hist": [], "prev": None}
         hist = st["hist"]
         # corrector for the previous step, reusing this evaluation
@@ -379,7 +349,7 @@ class UniPC(BudgetSolver):
             y = (run.s[i] / run.s[j]) * y_prev - phi1 * hist[-1][1] - Bh * (corr + rhos[-1] * D1_t)
         hist = (hist + [(run.lam[i], m)])[-(self.solver_order + 1) :]
         if self.is_final_zero(run, i):
-            return denoiser_at_zero(hist, 1 if self.last_step == "tweedie" else ZERO_POINTS), None
+            return (m if self.last_step == "tweedie" else run.jump_to_zero(y)), None
         n_left = run.n_steps - i
         order = min(self.solver_order, len(hist))
         if self.lower_order_final:

@@ -74,6 +74,7 @@ class IPNDM(BudgetSolver):
 
     def gaussian_state(self, run: Run, d_gauss: Tensor) -> Any:
         """With ``gaussian_prior``: the history starts with the Gaussian direction at ``T`` (no evaluation)."""
+        run.keep(0, d_gauss.to(run.wdtype))
         return [(run.s[0], d_gauss.to(run.wdtype))]
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
@@ -81,14 +82,20 @@ class IPNDM(BudgetSolver):
         if self.last_step == "tweedie" and self.is_final_zero(run, i):
             return D, None
         d = (y - D) / run.s[i]
+        run.keep(i, d)
         hist: list[tuple[float, Tensor]] = ((state or []) + [(run.s[i], d)])[-int(self.order) :]
         k = len(hist)
         a, b = run.s[i], run.s[i + 1]
-        if self.variable or (self.final_variable and self.is_final_zero(run, i)):
-            w = lagrange_integral_weights([h[0] for h in reversed(hist)], a, b)
+        nodes = list(reversed(hist))
+        if self.is_final_zero(run, i) and (self.variable or self.final_variable):
+            # the jump to 0 through nodes spaced >= sqrt(2) apart in sigma (Run.plan_tail): bounded weights
+            nodes = run.tail_nodes(int(self.order))
+            w = lagrange_integral_weights([h[0] for h in nodes], a, b)
+        elif self.variable:
+            w = lagrange_integral_weights([h[0] for h in nodes], a, b)
         else:
             w = [c * (b - a) for c in _FIXED[k]]
         y_next = y
-        for wj, (_, dj) in zip(w, reversed(hist), strict=True):
+        for wj, (_, dj) in zip(w, nodes, strict=True):
             y_next = y_next + wj * dj
         return y_next, hist
