@@ -32,7 +32,7 @@ against a fine teacher, :func:`scoresolve.calibrate.calibrate_grid`) and always 
   grows faster than the budget (digits × VP on this project's CPU: 6 000 evaluations / 17 s at 5,
   46 000 / 46 s at 20, 265 000 / 4 min at 50), while from ~25 evaluations a 4th-order multistep method
   converges without it: paired against a converged PF-ODE solution from the same noise (digits × VP,
-  2000 samples) mean :math:`\log p_0` −0.53 / −0.12 / −0.03 nats and RMSE 0.0036 / 0.0009 / 0.0002 at
+  2000 samples) mean :math:`\log p_0` −0.50 / −0.11 / −0.03 nats and RMSE 0.0036 / 0.0009 / 0.0002 at
   26 / 50 / 100 evaluations. So ``auto``
   at 200 costs 200 evaluations and nothing else.
 
