@@ -118,8 +118,6 @@ class GaussianFit:
         m = m.reshape(-1)
         if m.numel() != d:
             raise ValueError(f"{name}: mean has {m.numel()} elements but cov is for dimension {d}")
-        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(c).all())):
-            raise ValueError(f"{name}: mean and cov must be finite")
         if float(c.min()) < -1e-6 * max(float(c.abs().max()), 1.0):
             raise ValueError(
                 f"{name}: cov must be positive semi-definite (smallest eigenvalue {float(c.min()):.3g})"
@@ -199,7 +197,7 @@ class Run:
         self.tail_idx = tuple(idx)
 
     def keep(self, i: int, value: Tensor) -> None:
-        """Keep ``value`` (the denoiser, or the direction, at grid point ``i``) if the final step uses it."""
+        """Keep ``value`` (the direction :math:`(y - D)/\\tilde\\sigma` at point ``i``) if the last step needs it."""
         if i in self.tail_idx:
             self.tail[i] = (self.s[i], value)
 

@@ -214,7 +214,7 @@ class DPMSolverPP(BudgetSolver):
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         D = run.denoise(y, i)
-        run.keep(i, (y - D) / run.s[i])
+        run.keep(i, _eps(y, D, run.s[i]))
         hist: list[tuple[float, Tensor]] = ((state or []) + [(run.lam[i], D)])[-self.max_order :]
         if self.is_final_zero(run, i):
             return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), None
@@ -331,7 +331,7 @@ class UniPC(BudgetSolver):
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         m = run.denoise(y, i)
-        run.keep(i, (y - m) / run.s[i])  # the direction where it was evaluated (before the correction)
+        run.keep(i, _eps(y, m, run.s[i]))  # the direction where it was evaluated (before the correction)
         st = state or {"hist": [], "prev": None}
         hist = st["hist"]
         # corrector for the previous step, reusing this evaluation
