@@ -428,7 +428,7 @@ def calibrate_grid(
         return t
 
     if fd_weight:
-        from .metrics.frechet import gaussian_moments
+        from .metrics.frechet import frechet_distance, gaussian_moments
 
         t_mom = gaussian_moments(target.reshape(n_samples, -1).double())
     stage = {"metric": "rmse" if metric == "logp" else metric, "rmse_cap": math.inf}
@@ -444,8 +444,6 @@ def calibrate_grid(
         rmse = float(delta.pow(2).mean().sqrt())
         if fd_weight and math.isfinite(rmse):
             # paired Frechet distance between the output batch and the teacher batch (systematic errors)
-            from .metrics.frechet import frechet_distance, gaussian_moments
-
             mo, co = gaussian_moments(out.reshape(n_samples, -1).double())
             fdp = max(frechet_distance(mo, co, t_mom[0], t_mom[1]), 0.0)
             rmse = math.sqrt(rmse**2 + fd_weight * fdp / delta[0].numel())

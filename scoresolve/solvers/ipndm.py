@@ -74,8 +74,9 @@ class IPNDM(BudgetSolver):
 
     def gaussian_state(self, run: Run, d_gauss: Tensor) -> Any:
         """With ``gaussian_prior``: the history starts with the Gaussian direction at ``T`` (no evaluation)."""
-        run.keep(0, d_gauss.to(run.wdtype))
-        return [(run.s[0], d_gauss.to(run.wdtype))]
+        d = d_gauss.to(run.wdtype)
+        run.keep(0, d)
+        return [(run.s[0], d)]
 
     def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
         D = run.denoise(y, i)
@@ -84,14 +85,13 @@ class IPNDM(BudgetSolver):
         d = (y - D) / run.s[i]
         run.keep(i, d)
         hist: list[tuple[float, Tensor]] = ((state or []) + [(run.s[i], d)])[-int(self.order) :]
+        if self.is_final_zero(run, i) and (self.variable or self.final_variable):
+            # the jump to 0 through nodes spaced >= sqrt(2) apart in sigma (Run.plan_tail): bounded weights
+            return run.jump_to_zero(y, int(self.order)), hist
         k = len(hist)
         a, b = run.s[i], run.s[i + 1]
         nodes = list(reversed(hist))
-        if self.is_final_zero(run, i) and (self.variable or self.final_variable):
-            # the jump to 0 through nodes spaced >= sqrt(2) apart in sigma (Run.plan_tail): bounded weights
-            nodes = run.tail_nodes(int(self.order))
-            w = lagrange_integral_weights([h[0] for h in nodes], a, b)
-        elif self.variable:
+        if self.variable:
             w = lagrange_integral_weights([h[0] for h in nodes], a, b)
         else:
             w = [c * (b - a) for c in _FIXED[k]]
