@@ -56,7 +56,7 @@ def main() -> int:
         pass
     finally:
         sys.setprofile(None)
-    jumps = sum(a != b for a, b in zip(calls, calls[1:]))
+    jumps = sum(a != b for a, b in zip(calls, calls[1:], strict=False))
     files = sorted({c.split("scoresolve/", 1)[-1] for c in calls})
     print(f"solver={args.solver} {budget}={args.steps}: {len(calls)} calls, {jumps} file jumps, {len(files)} files "
           "before the first model evaluation")

@@ -71,7 +71,7 @@ def cases() -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for pname, (model, sde) in _problems().items():
-        def add(key: str, fn: Any) -> None:
+        def add(key: str, fn: Any, pname: str = pname) -> None:
             out[f"{pname}/{key}"] = fn
 
         for name, variants in budgeted.items():

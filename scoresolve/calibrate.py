@@ -38,7 +38,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._util import atomic_write, check_int, model_signature, same_signature
+from .gaussian import GaussianFit
 from .models import ScoreModel, as_score_fn
+from .noise import NoiseSource
 from .sde import SDE
 
 __all__ = [
@@ -60,9 +62,7 @@ __all__ = [
     "gits_grid",
 ]
 
-_PROBE_SEED = 0x5C0E
 _CALIB_STREAM = 0x0CA1_1B00  # calibration noise: seed + this, away from the small seeds users sample with
-_SIG_RTOL = 1e-3
 _CACHE: dict[str, CalibratedGrid] = {}
 #: calibration objectives (``metric=`` of :func:`calibrate_grid`)
 METRICS = ("rmse", "local", "both", "logp")
@@ -74,32 +74,6 @@ class CalibrationMismatchError(ValueError):
 
 def _f64(v: float | Sequence[float]) -> Tensor:
     return torch.tensor(v, dtype=torch.float64)
-
-
-# --- fingerprint ------------------------------------------------------------------------------------
-def model_signature(model: Callable[[Tensor, Tensor], Tensor], sde: SDE, sample_shape: Sequence[int]) -> list[float]:
-    """A short fingerprint of a score model: its outputs at 4 fixed probe points and 3 times,
-    projected on 8 fixed random directions (96 numbers; 3 evaluations). Compared with a relative
-    tolerance of 1e-3, so it survives float noise across devices but not another model."""
-    g = torch.Generator().manual_seed(_PROBE_SEED)
-    shape = (4, *sample_shape)
-    d = math.prod(sample_shape)
-    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
-    proj = torch.randn(d, 8, generator=g, dtype=torch.float64) / math.sqrt(d)
-    out = []
-    for frac in (0.9, 0.5, 0.05):
-        t = torch.full((4,), frac * sde.T, dtype=torch.float64)
-        x = x0 * sde.bcast(sde.marginal_std(t), x0) + sde.bcast(sde.alpha(t), x0) * 0.5 * torch.tanh(x0)
-        sc = model(x.to(torch.float32), t.to(torch.float32)).to(torch.float64)
-        out.extend((sc.reshape(4, -1) @ proj * sde.bcast(sde.marginal_std(t), sc.reshape(4, -1))).flatten().tolist())
-    return out
-
-
-def _same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
-    if len(a) != len(b):
-        return False
-    ta, tb = _f64(list(a)), _f64(list(b))
-    return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
 
 
 @dataclass
@@ -146,8 +120,6 @@ class CalibratedGrid:
         """The Gaussian fit estimated during calibration (``gaussian_prior="estimate"``), or ``None`` (also
         when the grid was calibrated with a model's ``data_moments``, recorded with kind ``"model"`` and
         their digest only: that fit is the model's, ``ScoreModel.data_fit``)."""
-        from .solvers.exp_base import GaussianFit
-
         gp = self.extra.get("gaussian_prior")
         if gp is None or "mean" not in gp:
             return None
@@ -158,17 +130,8 @@ class CalibratedGrid:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON, atomically (temporary file in the same folder, then ``os.replace``)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name, suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": "scoresolve.calibrated_grid/1", **asdict(self)}, f, default=str)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, mkdir=True) as tmp, open(tmp, "w") as f:
+            json.dump({"format": "scoresolve.calibrated_grid/1", **asdict(self)}, f, default=str)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibratedGrid:
@@ -196,7 +159,7 @@ class CalibratedGrid:
                 )
         if not math.isclose(self.eps, float(eps), rel_tol=1e-9):
             raise CalibrationMismatchError(f"the cached calibrated grid was made for eps={self.eps}, not eps={eps}")
-        if signature is not None and not _same_signature(self.signature, signature):
+        if signature is not None and not same_signature(self.signature, signature):
             raise CalibrationMismatchError(
                 "the cached calibrated grid was made for another model (its outputs at the probe points differ); "
                 "delete the cache file or pass another path to recalibrate"
@@ -210,7 +173,7 @@ def _solver_config(solver: Any) -> dict[str, Any]:
 
 # --- teacher and objective ----------------------------------------------------------------------------
 def _run(model, sde: SDE, solver: Any, grid: Tensor, x_T: Tensor) -> tuple[Tensor, int]:
-    from .solvers.base import CountedScore, NoiseSource, SolveContext
+    from .solvers.base import CountedScore, SolveContext
 
     counted = CountedScore(model, check_every=10**9)
     ctx = SolveContext(score=counted, sde=sde, grid=grid, noise=NoiseSource(), t_end=float(grid[-1]))
@@ -246,8 +209,6 @@ def _estimate_gaussian(
     S/D`, and, when :math:`D < B`, ``"shrunk"`` :math:`(1-a)S + a\,vI` with :math:`a = D/B`. The
     caller calibrates a grid for each and keeps the better one (isotropic won on digits, the shrunk
     covariance on the 16-D anisotropic mixture). One evaluation (batched); returns ``(candidates, 1)``."""
-    from .solvers.exp_base import GaussianFit
-
     b = x_T.shape[0]
     tT = torch.full((b,), sde.T, dtype=x_T.dtype)
     a = float(sde.alpha(_f64(sde.T)))
@@ -378,8 +339,7 @@ def calibrate_grid(
     solver_obj = copy.copy(solver_obj)
     solver_obj.calibrate = False
     solver_obj.calibrate_metric = metric  # part of the fingerprint
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_int(steps, "steps")
     n = solver_obj.steps_to_grid(steps)
     if shape is None:
         if isinstance(model, ScoreModel) and model.sample_shape is not None:
@@ -577,7 +537,7 @@ def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> CalibratedGrid:
     sig = model_signature(fn, ctx.sde, shape)
     key = json.dumps([ctx.sde.config(), _solver_config(_no_cal(solver)), steps, ctx.t_end, shape], default=str)
     hit = _CACHE.get(key)
-    if hit is not None and _same_signature(hit.signature, sig) and cache is None:
+    if hit is not None and same_signature(hit.signature, sig) and cache is None:
         ctx.info["calibration"] = {"nfe": 3, "seconds": 0.0, "cached": True, "rmse": hit.rmse}
         return hit
     was_cached = cache is not None and Path(cache).exists()
@@ -631,8 +591,7 @@ def gits_grid(
             shape = model.sample_shape
         else:
             raise ValueError("shape= is required for a plain callable model")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= fine:
-        raise ValueError(f"steps must be an integer in [1, fine={fine}], got {steps!r}")
+    check_int(steps, "steps", max=fine)
     fn = as_score_fn(model)
     eps_ = sde.default_eps if eps is None else float(eps)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
@@ -646,7 +605,7 @@ def gits_grid(
         if (step + 1) % 4 == 0:
             traj.append(x.clone())
 
-    from .solvers.base import CountedScore, NoiseSource, SolveContext
+    from .solvers.base import CountedScore, SolveContext
     from .solvers.ipndm import IPNDM
 
     counted = CountedScore(fn, check_every=10**9)

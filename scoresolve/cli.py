@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._util import atomic_write
+
 __all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table", "solver_markdown"]
 
 ANALYTIC = ("digits", "grid2d", "anisotropic")
@@ -135,10 +137,8 @@ def write_png_grid(
     png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
     png += _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b"")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
+    with atomic_write(path, mkdir=True) as tmp:
+        Path(tmp).write_bytes(png)
     return path
 
 
@@ -146,10 +146,8 @@ def _save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
     import numpy as np
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, mkdir=True, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 

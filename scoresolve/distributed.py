@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._util import atomic_write, check_int, to_json, weights_digest
 
 __all__ = [
     "init",
@@ -166,24 +167,8 @@ def model_fingerprint(model: Any) -> str:
         if getattr(model, "data_fit", None) is not None:  # the moments change what solver="auto" runs
             parts.append("moments:" + model.data_fit.digest)
     if isinstance(net, torch.nn.Module):
-        h = hashlib.sha256()
-        for k, v in net.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        parts.append(h.hexdigest()[:16])
+        parts.append(weights_digest(net))
     return "/".join(parts)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, Tensor):
-        return v.detach().cpu().tolist()
-    return repr(v)
 
 
 @dataclass
@@ -202,13 +187,12 @@ class DistributedResult:
 def _write_shard(path: Path, samples: Tensor, seeds: Tensor, config_json: str, shard: int) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(
-        {"samples": samples.detach().cpu().contiguous(), "seeds": seeds.to(torch.int64).contiguous()},
-        str(tmp),
-        metadata={"config": config_json, "shard": str(shard)},
-    )
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(
+            {"samples": samples.detach().cpu().contiguous(), "seeds": seeds.to(torch.int64).contiguous()},
+            tmp,
+            metadata={"config": config_json, "shard": str(shard)},
+        )
 
 
 def _read_shard(path: Path) -> tuple[Tensor, Tensor, dict[str, str]] | None:
@@ -243,9 +227,8 @@ def _check_config(out_dir: Path, config: dict[str, Any]) -> None:
     stray = [p.name for p in out_dir.glob("shard_*.safetensors")]
     if stray:
         raise ShardConfigError(f"{out_dir} holds shards but no {CONFIG_NAME}; refusing to mix them with this run")
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def sample_distributed(
@@ -299,12 +282,10 @@ def sample_distributed(
     from .sampling import sample
 
     rank, world = rank_and_world()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_int(n, "n")
     if world > n:
         raise ValueError(f"the world size ({world} processes) is larger than the number of samples n={n}")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    check_int(shard_size, "shard_size")
     if sde is None:
         sde = getattr(model, "sde", None)
         if sde is None:
@@ -315,7 +296,7 @@ def sample_distributed(
     if device is None and _comm_device().type == "cuda":
         device = _comm_device()
     out = Path(out_dir)
-    config = _jsonable({
+    config = to_json({
         "model": model_id or model_fingerprint(model),
         "sde": repr(sde),
         "solver": solver,
@@ -424,9 +405,8 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
     if write:
         from safetensors.torch import save_file
 
-        tmp = out / f".{MERGED_NAME}.tmp"
-        save_file({"samples": samples.contiguous(), "seeds": seeds}, str(tmp), metadata={"config": config_json})
-        os.replace(tmp, out / MERGED_NAME)
+        with atomic_write(out / MERGED_NAME) as tmp:
+            save_file({"samples": samples.contiguous(), "seeds": seeds}, tmp, metadata={"config": config_json})
     return samples, seeds
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .gaussian import GaussianFit
 from .sde import SDE
 
 __all__ = [
@@ -120,7 +121,7 @@ class ScoreModel:
     @property
     def data_fit(self) -> Any:
         """The validated Gaussian fit of :attr:`data_moments` (a
-        :class:`~scoresolve.solvers.exp_base.GaussianFit`), or ``None``."""
+        :class:`~scoresolve.gaussian.GaussianFit`), or ``None``."""
         return self._data_fit
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
@@ -157,9 +158,6 @@ def _check_data_moments(value: Any, sample_shape: tuple[int, ...] | None) -> tup
         return None, None
     if isinstance(value, Tensor) or not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"ScoreModel: data_moments must be None or a (mean, cov) pair, got {type(value).__name__}")
-    # imported here: the solvers package imports this module
-    from .solvers.exp_base import GaussianFit
-
     mean, cov = value
     try:
         mean_t = torch.as_tensor(mean, dtype=torch.float64).detach().clone()

@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._util import check_int
 from .models import ScoreModel, resolve_model, score_to_x0
+from .noise import NoiseSource
 from .registry import SOLVERS
 from .sde import SDE
-from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver, check_positive_int
+from .solvers.base import CountedScore, SolveContext, Solver
 from .solvers.grids import check_grid, make_grid
 
 __all__ = ["sample", "SampleResult", "resolve_solver"]
@@ -224,7 +226,7 @@ def sample(
             if steps is not None or grid is not None:
                 raise ValueError(f"solver {solver!r} is adaptive: it takes no steps= or grid=")
         else:
-            n_steps = check_positive_int(getattr(solver_obj, "default_steps", sde.N) if steps is None else steps,
+            n_steps = check_int(getattr(solver_obj, "default_steps", sde.N) if steps is None else steps,
                                          "steps")
             # grids that are fitted to a model (e.g. "calibrated", "gits") receive it, with the solver and shape
             context = {"model": model, "solver": solver_obj, "shape": shp[1:]}

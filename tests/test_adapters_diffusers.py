@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import scoresolve as ss
-from scoresolve.solvers.base import NoiseSource
+from scoresolve.noise import NoiseSource
 from scoresolve.solvers.correctors import Langevin
 
 diffusers = pytest.importorskip("diffusers")

@@ -7,7 +7,7 @@ import torch
 
 import scoresolve as ss
 from scoresolve.sampling import resolve_solver
-from scoresolve.solvers.exp_base import exp_poly_integrals, lagrange_integral_weights
+from scoresolve.solvers.coefficients import lagrange_integral_weights
 
 SDES = {
     "ve": lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0),
@@ -143,12 +143,6 @@ def test_coefficient_helpers():
     for p in range(4):
         exact = ((-0.5) ** (p + 1)) / (p + 1)
         assert abs(sum(wi * n**p for wi, n in zip(w, nodes, strict=True)) - exact) < 1e-12
-    # exponential-polynomial integrals against quadrature, on both sides of the series switch
-    for h in (0.01, 0.5, 0.99, 1.01, 3.0):
-        tau = torch.linspace(0, h, 20001, dtype=torch.float64)
-        for k, val in enumerate(exp_poly_integrals(h, 3)):
-            q = torch.trapezoid(torch.exp(-(h - tau)) * tau**k, tau).item()
-            assert abs(val - q) < 1e-7 * max(1.0, abs(q)), (h, k, val, q)
 
 
 # --- analytical first step (gaussian_prior) --------------------------------------------------------
@@ -156,7 +150,7 @@ def test_gaussian_flow_is_the_exact_pf_ode_of_a_gaussian():
     """For Gaussian data the first step is exact: compare with a 400-step 4th-order teacher
     (global error ~1e-9 on this smooth problem) from T to an intermediate time."""
     from scoresolve.calibrate import teacher_solution
-    from scoresolve.solvers.exp_base import GaussianFit
+    from scoresolve.gaussian import GaussianFit
 
     g = torch.Generator().manual_seed(0)
     A = torch.randn(4, 4, generator=g, dtype=torch.float64)
@@ -210,7 +204,7 @@ def test_gaussian_first_step_helps_on_a_mixture():
 
 
 def test_gaussian_prior_bad_input():
-    from scoresolve.solvers.exp_base import GaussianFit
+    from scoresolve.gaussian import GaussianFit
     from scoresolve.solvers.ipndm import IPNDM
 
     with pytest.raises(ValueError, match="gaussian_prior"):

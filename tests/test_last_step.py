@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import scoresolve as ss
-from scoresolve.solvers.exp_base import TAIL_RATIO, lagrange_integral_weights
+from scoresolve.solvers.coefficients import lagrange_integral_weights
+from scoresolve.solvers.exp_base import TAIL_RATIO
 from scoresolve.solvers.ipndm import IPNDM
 
 SOLVERS = ["unipc", "dpmpp_3m", "dpmpp_2m", "dpm_solver", "ipndm"]

@@ -16,7 +16,8 @@ from conftest import SDES
 
 import scoresolve as ss
 from scoresolve.metrics import mode_weights
-from scoresolve.solvers.sde_dpmpp import SDEDPMSolverPP2M, phi_integrals
+from scoresolve.solvers.coefficients import phi_integrals
+from scoresolve.solvers.sde_dpmpp import SDEDPMSolverPP2M
 
 
 @pytest.fixture(autouse=True)
@@ -304,14 +305,14 @@ def test_ggf_per_sample_batch_independence():
 def test_ggf_brownian_bridge_split_is_exact_in_distribution():
     # splitting a known increment W_h at h' by the bridge, the pieces must be independent with
     # variances h' and h - h' (a wrong bridge shows up as a correlation or a wrong variance)
-    from scoresolve.solvers.gotta_go_fast import _split_increment
+    from scoresolve.noise import brownian_increment
 
     g = torch.Generator().manual_seed(0)
     n = 200_000
     L = torch.full((n,), 0.3, dtype=torch.float64)
     w = torch.randn(n, 1, generator=g, dtype=torch.float64) * math.sqrt(0.3)
     h = torch.full((n,), 0.1, dtype=torch.float64)
-    w1, left = _split_increment(
+    w1, left = brownian_increment(
         [(L, w)],
         h,
         torch.randn(n, 1, generator=g, dtype=torch.float64),
@@ -325,7 +326,7 @@ def test_ggf_brownian_bridge_split_is_exact_in_distribution():
     assert float(w2.var()) == pytest.approx(0.2, rel=tol)
     assert abs(float(torch.corrcoef(torch.stack([w1[:, 0], w2[:, 0]]))[0, 1])) < tol
     # beyond the known pieces: fresh noise of the remaining variance
-    w3, left3 = _split_increment(
+    w3, left3 = brownian_increment(
         [(L, w)],
         torch.full((n,), 0.5, dtype=torch.float64),
         torch.zeros(n, 1, dtype=torch.float64),

@@ -9,13 +9,13 @@ EM on scikit-learn's bundled 8×8 digits scaled to [-1, 1], 10 full-covariance c
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from scoresolve._util import atomic_write
 
 
 def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -36,9 +36,7 @@ def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[
 def main() -> None:
     out = Path(__file__).with_name("digits_gmm.safetensors")
     params = fit()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(out) as tmp:
         save_file(
             params,
             tmp,
@@ -49,11 +47,6 @@ def main() -> None:
                 "seed": "0",
             },
         )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"wrote {out}")
 
 

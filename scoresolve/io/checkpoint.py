@@ -34,19 +34,19 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._util import atomic_write as _atomic_write
+from .._util import to_json
 from ..models import ScoreModel, _check_data_moments
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 
@@ -142,49 +142,20 @@ def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
 
 
 # --- atomic writes --------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``.
-
-    On any error the temporary file is removed and ``path`` keeps its previous content.
+def atomic_write(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[str]:
+    """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``
+    (:func:`scoresolve._util.atomic_write`). On any error the temporary file is removed and ``path`` keeps
+    its previous content.
 
     Raises:
-        CheckpointError: the directory is missing or not writable.
+        CheckpointError: the directory is missing or not writable, or the write failed.
     """
-    dest = Path(path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise CheckpointError(f"cannot write {dest}: directory {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".tmp")
-    except OSError as e:
-        raise CheckpointError(f"cannot write {dest}: directory {folder} is not writable ({e})") from e
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise CheckpointError(f"writing {dest} failed ({e}); the previous file, if any, is unchanged") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return _atomic_write(path, error=CheckpointError)
 
 
 # --- saving ---------------------------------------------------------------------------------------
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, list):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        raise CheckpointError(f"config value {v} is not finite")
-    return v
+    return to_json(v, strict=True, error=CheckpointError)
 
 
 def make_config(

@@ -1,5 +1,5 @@
-"""The pieces every solver shares: the noise source, the counted score, the solve context and the
-:class:`Solver` base classes.
+"""The pieces every solver shares: the counted score, the solve context and the :class:`Solver` base
+classes (the noise source is :mod:`scoresolve.noise`).
 
 Layers (see DESIGN.md): the SDE says *what* is integrated, a solver takes *one step*, a grid or a
 controller says *where* the steps go, the noise source supplies randomness, and
@@ -8,19 +8,18 @@ controller says *where* the steps go, the noise source supplies randomness, and
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ..noise import NoiseSource
 from ..sde import SDE
 
 __all__ = [
-    "NoiseSource",
     "CountedScore",
     "NonFiniteScoreError",
     "SolveContext",
@@ -31,55 +30,6 @@ __all__ = [
 
 class NonFiniteScoreError(FloatingPointError):
     """The score model returned NaN or inf; the message names the step and the time."""
-
-
-class NoiseSource:
-    """Standard normal noise, reproducible from one generator or from one seed per sample.
-
-    With ``seeds`` (one integer per sample) every row draws from its own generator, so a sample's
-    value depends only on its seed: not on the batch size, its neighbours, or how many processes
-    share the work. With a single ``generator`` (or none: the global RNG) the whole batch draws
-    from one stream.
-    """
-
-    def __init__(
-        self,
-        generator: torch.Generator | None = None,
-        seeds: Sequence[int] | Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if generator is not None and seeds is not None:
-            raise ValueError("pass either generator= or seeds=, not both")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
-        self.generators: list[torch.Generator] | None = None
-        if seeds is not None:
-            seed_list = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
-            dev = torch.device(device) if device is not None else torch.device("cpu")
-            self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
-
-    @property
-    def batch_size(self) -> int | None:
-        """Number of per-sample seeds, or ``None`` for a shared generator."""
-        return None if self.generators is None else len(self.generators)
-
-    def randn(self, shape: Sequence[int], *, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Draw ``N(0, I)`` noise of ``shape`` (first dimension = batch)."""
-        shape = tuple(shape)
-        if self.generators is None:
-            gen = self.generator
-            if gen is not None and gen.device.type != torch.device(device).type:
-                # a CPU generator for an accelerator: draw on the CPU, move once
-                return torch.randn(shape, generator=gen, dtype=dtype).to(device)
-            return torch.randn(shape, generator=gen, device=device, dtype=dtype)
-        if shape[0] != len(self.generators):
-            raise ValueError(f"seeds has {len(self.generators)} entries but the batch has {shape[0]} samples")
-        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in self.generators]
-        return torch.stack(rows).to(device)
-
-    def randn_like(self, x: Tensor) -> Tensor:
-        return self.randn(x.shape, device=x.device, dtype=x.dtype)
 
 
 class CountedScore:
@@ -265,33 +215,3 @@ class GridSolver(Solver):
             ctx.after_step(i, ctx.t(i + 1, x), x, x_mean)
         ctx.info["x_mean"] = x_mean
         return x
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """Validate a positive integer argument, naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _check_float(value: Any, name: str, positive: bool) -> float:
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}") from None
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
-
-
-def check_positive_float(value: Any, name: str) -> float:
-    """Validate a finite float argument > 0, naming it in the error (TypeError for a non-number)."""
-    return _check_float(value, name, positive=True)
-
-
-def check_nonneg_float(value: Any, name: str) -> float:
-    """Validate a finite float argument >= 0, naming it in the error (TypeError for a non-number)."""
-    return _check_float(value, name, positive=False)

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_int
 from ..registry import SOLVERS
 from .base import SolveContext
 from .exp_base import BudgetSolver, Run
@@ -68,8 +69,7 @@ class HeunEDM(BudgetSolver):
         self.stochastic = self.s_churn > 0  # type: ignore[misc]
 
     def steps_to_grid(self, steps: int) -> int:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        check_int(steps, "steps")
         return (steps + 1) // 2
 
     def nfe_for(self, n_intervals: int) -> int:

@@ -60,10 +60,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_int
+from ..gaussian import GaussianFit
 from ..models import ScoreModel
 from .base import SolveContext, Solver
+from .coefficients import lagrange_integral_weights
 
-__all__ = ["BudgetSolver", "GaussianFit", "Run", "LAST_STEPS", "lagrange_integral_weights", "exp_poly_integrals"]
+__all__ = ["BudgetSolver", "Run", "LAST_STEPS"]
 
 LAST_STEPS = ("none", "zero", "tweedie")
 #: nodes of the final step onto sigma = 0 (:meth:`Run.plan_tail`): at most this many ...
@@ -74,79 +77,6 @@ TAIL_RATIO = math.sqrt(2.0)
 
 def _f64(v: float) -> Tensor:
     return torch.tensor(v, dtype=torch.float64)
-
-
-class GaussianFit:
-    r"""A Gaussian :math:`N(m, C)` of the data (flattened), for the analytical first step.
-
-    Args:
-        mean: ``(D,)`` (or any shape with ``D`` elements, or a scalar).
-        cov: ``(D, D)`` symmetric PSD matrix, ``(D,)`` variances (diagonal) or a scalar variance.
-        name: where the moments come from, named in error messages: ``"gaussian_prior"`` (a solver's
-            option) or ``"data_moments"`` (a :class:`~scoresolve.ScoreModel`'s, whose fit calibration
-            records with kind ``"model"``).
-
-    Stored as float64 ``mean``, eigenvalues ``c`` (clamped at 0) and eigenvectors ``V`` (``None``
-    for a diagonal covariance). ``digest`` (16 hex digits of a SHA-1 of the values) identifies it in
-    calibration fingerprints.
-    """
-
-    def __init__(self, mean: Tensor | float, cov: Tensor | float, name: str = "gaussian_prior") -> None:
-        import hashlib
-
-        try:
-            m = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
-            C = torch.as_tensor(cov, dtype=torch.float64).detach().cpu()
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"{name}: mean and cov must be tensors, arrays or numbers ({e})") from None
-        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(C).all())):
-            raise ValueError(f"{name}: mean and cov must be finite")
-        if C.ndim == 2:
-            if C.shape[0] != C.shape[1]:
-                raise ValueError(f"{name}: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
-            d = C.shape[0]
-            c, V = torch.linalg.eigh((C + C.T) / 2)
-        elif C.ndim <= 1:
-            d = C.numel() if C.ndim == 1 else m.numel()
-            c, V = C.reshape(-1).expand(d).clone(), None
-        else:
-            raise ValueError(f"{name}: cov must be (D, D), (D,) or a scalar, got shape {tuple(C.shape)}")
-        if d < 1:
-            raise ValueError(f"{name}: the moments are empty (dimension 0)")
-        if m.numel() == 1:
-            m = m.reshape(1).expand(d).clone()
-        m = m.reshape(-1)
-        if m.numel() != d:
-            raise ValueError(f"{name}: mean has {m.numel()} elements but cov is for dimension {d}")
-        if float(c.min()) < -1e-6 * max(float(c.abs().max()), 1.0):
-            raise ValueError(
-                f"{name}: cov must be positive semi-definite (smallest eigenvalue {float(c.min()):.3g})"
-            )
-        self.mean, self.c, self.V, self.dim, self.name = m, c.clamp_min(0.0), V, d, name
-        h = hashlib.sha1(m.numpy().tobytes())
-        h.update(C.numpy().tobytes())
-        self.digest = h.hexdigest()[:16]
-
-    def _to(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        return (self.mean.to(y), self.c.to(y), None if self.V is None else self.V.to(y))
-
-    def flow(self, y: Tensor, s0: float, s1: float) -> tuple[Tensor, Tensor]:
-        r"""Exact Gaussian PF-ODE flow of ``y`` (batch first) from :math:`\tilde\sigma_0` to
-        :math:`\tilde\sigma_1`, and the Gaussian direction :math:`d_G = (y - D_G)/\tilde\sigma_0` at the start."""
-        shape = y.shape
-        yf = y.reshape(shape[0], -1)
-        if yf.shape[1] != self.dim:
-            raise ValueError(f"{self.name} is for dimension {self.dim}, the samples have {yf.shape[1]}")
-        m, c, V = self._to(yf)
-        e = yf - m
-        if V is not None:
-            e = e @ V
-        ratio = torch.sqrt((c + s1 * s1) / (c + s0 * s0))
-        dG = s0 * e / (c + s0 * s0)
-        y1, d0 = e * ratio, dG
-        if V is not None:
-            y1, d0 = y1 @ V.T, d0 @ V.T
-        return (y1 + m).reshape(shape), d0.reshape(shape)
 
 
 @dataclass
@@ -319,8 +249,7 @@ class BudgetSolver(Solver):
         return {"class": type(self).__name__, **cfg}
 
     def steps_to_grid(self, steps: int) -> int:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        check_int(steps, "steps")
         if self.uses_gaussian:  # one more interval, taken analytically
             return steps + (1 if self.last_step == "none" else 0)
         if self.last_step == "none":
@@ -419,46 +348,3 @@ class BudgetSolver(Solver):
     def is_final_zero(self, run: Run, i: int) -> bool:
         """Whether step ``i`` is the final jump to :math:`\\tilde\\sigma = 0`."""
         return run.to_zero and i == run.n_steps - 1
-
-
-# --- coefficient helpers (float64, shared by the multistep solvers) --------------------------------
-def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[float]:
-    r"""Weights :math:`w_j = \int_a^b \ell_j(u)\,du` of the Lagrange basis through ``nodes``.
-
-    Computed in the scaled variable :math:`v = (u - a)/(b - a)` (nodes near 0, interval [0, 1]) so
-    the Vandermonde system stays well conditioned; exact for polynomials of degree ``len(nodes)-1``.
-    """
-    H = b - a
-    k = len(nodes)
-    if k == 1:
-        return [H]
-    v = torch.tensor([(u - a) / H for u in nodes], dtype=torch.float64)
-    V = torch.stack([v**p for p in range(k)], dim=0)  # V[p, j] = v_j^p
-    rhs = torch.tensor([1.0 / (p + 1) for p in range(k)], dtype=torch.float64)  # ∫_0^1 v^p dv
-    w = torch.linalg.solve(V, rhs)
-    return (w * H).tolist()
-
-
-def exp_poly_integrals(h: float, kmax: int) -> list[float]:
-    r""":math:`I_k(h) = \int_0^h e^{-(h-\tau)}\tau^k\,d\tau` for ``k = 0..kmax`` (float64).
-
-    Series :math:`h^{k+1}\sum_m (-h)^m k!/(k+m+1)!` for small ``h``, the recurrence
-    :math:`I_k = h^k - k I_{k-1}`, :math:`I_0 = 1 - e^{-h}` otherwise.
-    """
-    out = []
-    if h < 1.0:
-        for k in range(kmax + 1):
-            acc, term = 0.0, 1.0 / math.factorial(k + 1) * math.factorial(k)  # m = 0: k!/(k+1)!
-            m = 0
-            while True:
-                acc += term
-                m += 1
-                term = term * (-h) / (k + m + 1)
-                if abs(term) < 1e-18 * abs(acc) or m > 60:
-                    break
-            out.append(h ** (k + 1) * acc)
-        return out
-    out.append(-math.expm1(-h))
-    for k in range(1, kmax + 1):
-        out.append(h**k - k * out[-1])
-    return out

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..registry import SOLVERS
+from .coefficients import unipc_b
 from .exp_base import BudgetSolver, Run
 
 __all__ = ["DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP", "UniPC"]
@@ -252,23 +253,6 @@ class DPMSolverPP3M(DPMSolverPP):
 
 
 # ------------------------------------------------------------------------------------------------
-def _unipc_b(h: float, order: int, variant: str) -> tuple[float, list[float], float]:
-    r"""``(phi_1, b, B_h)`` of UniPC with data prediction: :math:`hh = -h`,
-    :math:`\varphi_1 = e^{hh}-1`, :math:`b_k = k!\,\varphi_{k+1}(hh)/B(h)` where
-    :math:`\varphi_{k+1}` is built by :math:`\varphi_{k+1} = \varphi_k/hh - 1/k!`."""
-    hh = -h
-    phi1 = math.expm1(hh)
-    Bh = hh if variant == "bh1" else phi1
-    hk = phi1 / hh - 1.0
-    fact = 1
-    b = []
-    for k in range(1, order + 1):
-        b.append(hk * fact / Bh)
-        fact *= k + 1
-        hk = hk / hh - 1.0 / fact
-    return phi1, b, Bh
-
-
 @SOLVERS.register("unipc", description="UniPC (bh1/bh2): multistep predictor + corrector reusing the evaluation")
 class UniPC(BudgetSolver):
     r"""UniPC with data prediction (Zhao et al. 2023, arXiv:2302.04867).
@@ -325,7 +309,7 @@ class UniPC(BudgetSolver):
             rks.append(rk)
             D1s.append((mk - m0) / rk)
         rks.append(1.0)
-        phi1, b, Bh = _unipc_b(h, order, self.variant)
+        phi1, b, Bh = unipc_b(h, order, self.variant)
         R = torch.tensor([[r**p for r in rks] for p in range(order)], dtype=torch.float64)
         return rks, D1s, phi1, b, Bh, R
 

@@ -90,9 +90,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_int
+from ..noise import brownian_increment
 from ..registry import SOLVERS
 from ..sde import SDE
-from .base import SolveContext, Solver, check_positive_int
+from .base import SolveContext, Solver
 from .controllers import Controller
 
 __all__ = ["GottaGoFast", "TOLERANCES", "VARIABLES"]
@@ -109,35 +111,6 @@ _DEFAULT_TOLS: dict[str, tuple[float, float]] = {"noise": (1.0, 0.0078), "state"
 def _bc(c: Tensor, x: Tensor) -> Tensor:
     """(B,) float64 coefficient → broadcastable against x in x's dtype."""
     return SDE.bcast(c.to(x.dtype), x)
-
-
-def _split_increment(
-    pieces: list[tuple[Tensor, Tensor]], h: Tensor, xi_bridge: Tensor, xi_fresh: Tensor
-) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    r"""Brownian increment over ``[0, h]`` (per row) consistent with the increments already known.
-
-    ``pieces`` are consecutive future intervals ``(length (B,), increment (B, *dims))`` starting at
-    the current time. Pieces inside ``[0, h]`` are used whole, the one straddling ``h`` is split by the
-    Brownian bridge (``xi_bridge``), and time beyond all pieces gets fresh noise (``xi_fresh``). At
-    most one piece straddles ``h`` in each row, so each normal draw is used at most once per row.
-
-    Returns the increment and the leftover pieces after ``h``.
-    """
-    rem = h.clone()
-    total = torch.zeros_like(xi_fresh)
-    left: list[tuple[Tensor, Tensor]] = []
-    for length, w in pieces:
-        take = torch.minimum(rem, length)
-        pos = length > 0
-        safe = torch.where(pos, length, torch.ones_like(length))
-        frac = torch.where(pos, take / safe, torch.zeros_like(length))
-        var = torch.where(pos, take * (length - take) / safe, torch.zeros_like(length)).clamp_min(0.0)
-        w_take = _bc(frac, w) * w + _bc(var.sqrt(), w) * xi_bridge
-        total = total + w_take
-        left.append((length - take, w - w_take))
-        rem = rem - take
-    total = total + _bc(rem.clamp_min(0.0).sqrt(), xi_fresh) * xi_fresh
-    return total, left
 
 
 @SOLVERS.register(
@@ -222,7 +195,7 @@ class GottaGoFast(Solver):
         if not isinstance(hold_after_reject, bool):
             raise TypeError(f"hold_after_reject must be a bool, got {hold_after_reject!r}")
         self.hold_after_reject = hold_after_reject
-        self.max_steps = check_positive_int(max_steps, "max_steps")
+        self.max_steps = check_int(max_steps, "max_steps")
 
     @property
     def error_order(self) -> float:
@@ -310,7 +283,7 @@ class GottaGoFast(Solver):
             dt = torch.where(done, torch.zeros_like(t), t - t_next)  # Brownian increment's time span
             xi_b = ctx.noise.randn_like(x)
             xi_f = ctx.noise.randn_like(x)
-            w, left = _split_increment(pieces, dt, xi_b, xi_f)
+            w, left = brownian_increment(pieces, dt, xi_b, xi_f)
             if per_sample:
                 idx = (~done).nonzero().squeeze(1)
                 xa, ta, tna, ha, wa = x[idx], t[idx], t_next[idx], h_eff[idx], w[idx]

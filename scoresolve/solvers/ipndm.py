@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ..registry import SOLVERS
-from .exp_base import BudgetSolver, Run, lagrange_integral_weights
+from .coefficients import lagrange_integral_weights
+from .exp_base import BudgetSolver, Run
 
 __all__ = ["IPNDM"]
 

@@ -59,29 +59,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_float, check_int
 from ..registry import SOLVERS
-from .base import GridSolver, SolveContext, check_nonneg_float
+from .base import GridSolver, SolveContext
+from .coefficients import phi_integrals
 
-__all__ = ["SDEDPMSolverPP", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M", "phi_integrals"]
+__all__ = ["SDEDPMSolverPP", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M"]
 
 _SOLVER_TYPES = ("heun", "midpoint")
 _FINALS = ("denoise", "sigma_min", "zero")
-
-
-def phi_integrals(h: float, eta: float) -> tuple[float, float, float]:
-    r"""The weights :math:`I_k = \int_0^h (1+\eta) e^{-(1+\eta)(h-u)} u^k\,du`, ``k = 0, 1, 2``,
-    computed without cancellation for small :math:`a = (1+\eta)h` (float64)."""
-    c = 1.0 + eta
-    a = c * h
-    i0 = -math.expm1(-a)  # 1 - e^{-a}
-    if a < 1e-3:
-        # Taylor series of the two closed forms below (which cancel badly for small a)
-        i1 = h * (a / 2 - a * a / 6 + a**3 / 24 - a**4 / 120)
-        i2 = h * h * (a / 3 - a * a / 12 + a**3 / 60 - a**4 / 360)
-    else:
-        i1 = h * (1.0 - i0 / a)
-        i2 = h * h * (1.0 - 2.0 / a + 2.0 * i0 / (a * a))
-    return i0, i1, i2
 
 
 class SDEDPMSolverPP(GridSolver):
@@ -128,10 +114,9 @@ class SDEDPMSolverPP(GridSolver):
         lower_order_final: bool = False,
     ) -> None:
         k = type(self).multistep_order if order is None else order
-        if isinstance(k, bool) or not isinstance(k, int) or k not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        check_int(k, "order", max=3)
         self.k = k
-        self.eta = check_nonneg_float(eta, "eta")
+        self.eta = check_float(eta, "eta", positive=False)
         if solver_type not in _SOLVER_TYPES:
             raise ValueError(f"solver_type must be one of {_SOLVER_TYPES}, got {solver_type!r}")
         if final not in _FINALS:

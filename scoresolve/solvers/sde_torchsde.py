@@ -25,13 +25,13 @@ identical call from it, so ``euler`` with ``steps=K`` spends exactly K evaluatio
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._util import closest
 from ..registry import SOLVERS
 from ..sde import SDE
 from .base import SolveContext, Solver
@@ -140,8 +140,7 @@ class TorchsdeReverseSDE(Solver):
         options: dict[str, Any] | None = None,
     ) -> None:
         if method not in METHODS:
-            close = difflib.get_close_matches(str(method), list(METHODS), n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = closest(method, list(METHODS))
             raise ValueError(f"unknown torchsde method={method!r}.{hint} Valid: {', '.join(METHODS)}")
         from .ode import check_tolerances
 
