@@ -56,11 +56,13 @@ def main() -> int:
         pass
     finally:
         sys.setprofile(None)
-    jumps = sum(a != b for a, b in zip(calls, calls[1:], strict=False))
-    files = sorted({c.split("scoresolve/", 1)[-1] for c in calls})
-    print(f"solver={args.solver} {budget}={args.steps}: {len(calls)} calls, {jumps} file jumps, {len(files)} files "
-          "before the first model evaluation")
-    print("  files: " + ", ".join(files))
+    for label, seq in (("", calls), (" (without the SDE's own methods, sde.py)", [c for c in calls
+                                                                                  if not c.endswith("/sde.py")])):
+        jumps = sum(a != b for a, b in zip(seq, seq[1:], strict=False))
+        files = sorted({c.split("scoresolve/", 1)[-1] for c in seq})
+        print(f"solver={args.solver} {budget}={args.steps}{label}: {len(seq)} calls, {jumps} file jumps, "
+              f"{len(files)} files before the first model evaluation")
+    print("  files: " + ", ".join(sorted({c.split("scoresolve/", 1)[-1] for c in calls})))
     return 0
 
 

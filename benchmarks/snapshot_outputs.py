@@ -41,9 +41,16 @@ def _x_T(sde: Any, dim: int) -> torch.Tensor:
     return torch.randn(B, dim, generator=g, dtype=torch.float64) * sde.prior_std
 
 
+NEW_API = "nfe" in inspect.signature(ss.sample).parameters
+
+
 def _budget_kwargs(budget: int, **opts: Any) -> dict[str, Any]:
-    """The evaluation budget of a budgeted solver, in whatever word ``sample`` takes for it."""
-    if "nfe" in inspect.signature(ss.sample).parameters:
+    """The evaluation budget of a budgeted solver, in whatever words ``sample`` takes for it."""
+    if NEW_API:
+        if "last_step" in opts:
+            opts["final"] = opts.pop("last_step")
+        if opts.pop("final_variable", True) is False and opts.get("final") == "zero":
+            raise ValueError("ipndm's final_variable=False (equal-step weights onto sigma = 0) was removed")
         return {"nfe": budget, **opts}
     return {"steps": budget, **opts}
 
@@ -101,7 +108,7 @@ def cases() -> dict[str, Any]:
         add("pc/default/20", lambda m=model, s=sde: _run(m, s, "pc", steps=20))
         for name in ("sde_dpmpp_2m", "sde_dpmpp_3m"):
             for fin in ("denoise", "sigma_min", "zero"):
-                add(f"{name}/{fin}/8", lambda m=model, s=sde, n=name, f=fin: _run(m, s, n, steps=8, final=f))
+                add(f"{name}/{fin}/8", lambda m=model, s=sde, n=name, f=fin: _run(m, s, n, **_sde_final(f)))
         add("ode_adaptive", lambda m=model, s=sde: _run(m, s, "ode_adaptive", rtol=1e-4, atol=1e-4))
         add("ode_adaptive_bosh3", lambda m=model, s=sde: _run(m, s, "ode_adaptive", pair="bosh3", rtol=1e-3,
                                                              atol=1e-3))
@@ -126,12 +133,24 @@ def cases() -> dict[str, Any]:
     return out
 
 
+def _sde_final(final: str) -> dict[str, Any]:
+    """sde_dpmpp's old ``final=`` option, in the current words (``"zero"`` was removed)."""
+    if not NEW_API:
+        return {"steps": 8, "final": final}
+    if final == "zero":
+        raise ValueError("sde_dpmpp's final='zero' was removed")
+    return {"nfe": 8, "final": "tweedie"} if final == "denoise" else {"steps": 8, "final": "none"}
+
+
 def _calib(model: Any, sde: Any, name: str, metric: str = "both", **opts: Any) -> torch.Tensor:
     from scoresolve import calibrate as cal
 
-    solver = SOLVERS.get(name)(**opts)
     fn = getattr(cal, "calibrate", None) or cal.calibrate_grid
-    cg = fn(model, sde, solver, 5, n_samples=16, teacher_steps=40, max_evals=30, metric=metric)
+    kw: dict[str, Any] = {}
+    if NEW_API:
+        kw["final"] = opts.pop("last_step", "none")
+    solver = SOLVERS.get(name)(**opts)
+    cg = fn(model, sde, solver, 5, n_samples=16, teacher_steps=40, max_evals=30, metric=metric, **kw)
     grid = cg.grid if hasattr(cg, "grid") else cg
     return torch.cat([grid.reshape(-1), torch.tensor([float(cg.nfe), cg.rmse])])
 

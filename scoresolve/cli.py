@@ -170,7 +170,7 @@ def solver_table() -> list[dict[str, Any]]:
             "stochastic": bool(getattr(obj, "stochastic", False)),
             "adaptive": bool(getattr(obj, "adaptive", False)),
             "default_grid": None if getattr(obj, "adaptive", False) else getattr(obj, "default_grid", None),
-            "denoise_default": bool(getattr(obj, "denoise_default", False)),
+            "default_final": getattr(obj, "default_final", "none"),
             "reference": getattr(obj, "reference", "") or "",
             "description": desc,
         })
@@ -185,7 +185,7 @@ def solver_table() -> list[dict[str, Any]]:
 def solver_markdown() -> str:
     """The registered solvers as a Markdown table (``docs/solvers.md`` is made from it)."""
     lines = [
-        "| solver | order | NFE / step | kind | default grid | final denoise | description | reference |",
+        "| solver | order | NFE / step | kind | default grid | default final | description | reference |",
         "|---|---:|---:|---|---|---|---|---|",
     ]
     for r in solver_table():
@@ -194,7 +194,7 @@ def solver_markdown() -> str:
             kind += ", adaptive"
         order = "—" if r["order"] is None else f"{r['order']:g}"
         nfe = "adaptive" if r["adaptive"] else ("—" if r["nfe_per_step"] is None else str(r["nfe_per_step"]))
-        cells = [f"`{r['name']}`", order, nfe, kind, r["default_grid"] or "—", "yes" if r["denoise_default"] else "no",
+        cells = [f"`{r['name']}`", order, nfe, kind, r["default_grid"] or "—", r["default_final"],
                  r["description"], r["reference"] or "—"]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -274,7 +274,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     try:
         for i in range(0, args.n, bs):
             res = ss.sample(
-                model, sde, solver=args.solver, steps=args.steps, seeds=seeds[i: i + bs], eps=args.eps,
+                model, sde, solver=args.solver, steps=args.steps, nfe=args.nfe, final=args.final,
+                seeds=seeds[i: i + bs], eps=args.eps,
                 grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=False,
                 return_result=True, **opts,
             )
@@ -290,7 +291,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     x = torch.cat(chunks)
     secs = time.perf_counter() - t0
     config = {
-        "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "options": opts,
+        "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "nfe": args.nfe,
+        "final": args.final, "options": opts,
         "eps": args.eps, "grid": args.grid, "denoise": args.denoise, "n": args.n, "seed": args.seed,
         "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": ss.__version__,
     }
@@ -325,6 +327,7 @@ def _sample_sharded(args: argparse.Namespace) -> int:
             model, sde, n=args.n, out_dir=args.shard_dir, solver=args.solver, steps=args.steps, seed=args.seed,
             shard_size=args.batch_size or 256, eps=args.eps, grid=args.grid, denoise=args.denoise,
             device=args.device, dtype=dtype, model_id=args.model, progress=not args.quiet and None,
+            **{k: v for k, v in (("nfe", args.nfe), ("final", args.final)) if v is not None},
             **parse_options(args.option),
         )
     except (ValueError, TypeError) as e:
@@ -487,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(pa)
     pa.add_argument("--solver", default="pc", help="a registered solver (see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
-                    help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
+                    help="grid intervals (pc: predictor steps); default: the solver's/SDE's default")
+    pa.add_argument("--nfe", type=int, default=None,
+                    help="instead of --steps: the evaluation budget, final step included (few-step solvers, auto)")
+    pa.add_argument("--final", choices=("none", "tweedie", "zero"), default=None,
+                    help="how the run ends after the grid (default: the solver's)")
     pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                     help="number of samples (write --num-samples after torchrun, whose parser takes --n for itself)")
     pa.add_argument("--batch-size", type=int, default=None, help="samples per batch (default min(n, 256))")
@@ -495,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--eps", type=float, default=None, help="final time (default: the SDE's default_eps)")
     pa.add_argument("--grid", default=None, help="registered time grid (default: the solver's)")
     pa.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
-                    help="final Tweedie denoising step (default: the solver's choice)")
+                    help="deprecated: --final tweedie / --final none")
     pa.add_argument("--out", default=None,
                     help="output stem: writes STEM.npz and STEM.png (default samples.npz + samples.png)")
     pa.add_argument("--npz", default=None, help="write samples, seeds and the config to this .npz")

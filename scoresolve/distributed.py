@@ -349,7 +349,8 @@ def sample_distributed(
                 continue
         res = sample(
             model, sde, solver=solver, steps=steps, shape=(hi - lo, *sample_shape), seeds=want.tolist(), eps=eps,
-            grid=grid, denoise=denoise, device=device, dtype=dtype, progress=False, return_result=True,
+            grid=grid, final=None if denoise is None else ("tweedie" if denoise else "none"), device=device,
+            dtype=dtype, progress=False, return_result=True,
             **solver_options,
         )
         _write_shard(path, res.samples, want, config_json, k)

@@ -70,8 +70,8 @@ class ScoreModel:
             solvers with ``gaussian_prior="estimate"`` (the default of ``solver="auto"``): their first
             interval from ``T`` is then the exact probability-flow ODE of :math:`N(\\text{mean}, \\text{cov})`
             with these moments instead of moments estimated during grid calibration, and it works with
-            ``calibrate=False`` too (:mod:`scoresolve.solvers.exp_base`, docs/fast_samplers.md). An
-            explicit ``gaussian_prior=`` given to the solver wins. Stored as float64 tensors; the
+            ``calibrate=False`` too (docs/fast_samplers.md). An
+            explicit ``gaussian_prior=`` given to :func:`scoresolve.sample` wins. Stored as float64 tensors; the
             validated Gaussian fit is :attr:`data_fit`.
 
     Calling the model returns the score :math:`\\nabla_x\\log p_t(x)` in ``x``'s dtype, whatever the

@@ -137,7 +137,7 @@ def test_scheduler_timesteps_as_a_grid_evaluate_the_trained_timesteps(ddpm_unet)
     grid = m.metadata["time_map"].grid(sched.timesteps)
     assert grid[0] == m.sde.T  # trailing spacing starts at timestep 999: the SDE's T
     ss.sample(
-        m, solver="dpmpp_2m", grid=grid, shape=(2, 1, 8, 8), denoise=False, generator=torch.Generator().manual_seed(0)
+        m, solver="dpmpp_2m", grid=grid, shape=(2, 1, 8, 8), final="none", generator=torch.Generator().manual_seed(0)
     )
     got = torch.stack([s[0] for s in seen]).double()
     want = sched.timesteps[: len(got)].double()
@@ -305,7 +305,7 @@ def test_pc_matches_score_sde_ve_scheduler_step_for_step(ve_unet):
     g = torch.Generator().manual_seed(7)
     t0 = torch.full((1,), 1.0)
     x, _ = Langevin()(m, sde, x_T.clone(), t0, t0, NoiseSource(generator=g), 0.15, 1)
-    ours = ss.sample(m, sde, "pc", grid=grid, x_T=x, generator=g, snr=0.15, denoise=True)
+    ours = ss.sample(m, sde, "pc", grid=grid, x_T=x, generator=g, snr=0.15, final="tweedie")
     torch.testing.assert_close(ours, ref, rtol=2e-4, atol=2e-4 * float(ref.abs().max()))
 
 

@@ -19,7 +19,7 @@ given :math:`\sigma_i` (the halved ``sigma_min`` only keeps the last time above 
 reverse-diffusion, ancestral and Euler–Maruyama steps, the Langevin corrector and every log-SNR solver depend
 on the :math:`\sigma_i` alone, not on this choice). A final ``sigma = 0`` (k-diffusion's usual last entry) is
 the denoising step :math:`x \leftarrow D(x, \sigma_{n-1})`: it is scoresolve's final Tweedie step
-(``denoise=True``), one evaluation, as in every k-diffusion sampler.
+(``final="tweedie"``), one evaluation, as in every k-diffusion sampler.
 
 Noise: k-diffusion draws from the global RNG; here ``generator=`` or ``seeds=`` (one per sample) make runs
 reproducible, and without them the global RNG is used too (so seeding ``torch.manual_seed`` reproduces a
@@ -282,7 +282,7 @@ def sample_scoresolve(
         solver,
         grid=grid,
         x_T=x,
-        denoise=final_zero,
+        final="tweedie" if final_zero else "none",
         generator=generator,
         seeds=seeds,
         progress=False if disable else None,

@@ -151,7 +151,7 @@ def run_method(
             shape=(obs.n, *obs.event_shape),
             eps=eps,
             grid=grid,
-            denoise=denoise,
+            final=None if denoise is None else ("tweedie" if denoise else "none"),
             generator=generator,
             device=obs.y.device,
             dtype=obs.y.dtype,

@@ -23,8 +23,11 @@ __all__ = [
     "CountedScore",
     "NonFiniteScoreError",
     "SolveContext",
+    "Interval",
+    "Step",
     "Solver",
     "GridSolver",
+    "EDMSolver",
 ]
 
 
@@ -105,6 +108,41 @@ class CountedScore:
         raise NonFiniteScoreError(f"the score model returned NaN or inf at {where}{tval} for {n_bad} of {n} samples")
 
 
+@dataclass(frozen=True)
+class Interval:
+    r"""Grid interval ``i`` of ``n``, from ``t`` to ``t_next``, in every variable the solvers use (Python floats,
+    float64): :math:`\alpha_t`, the EDM noise level :math:`\tilde\sigma = \sigma_t/\alpha_t` and the log-SNR
+    :math:`\lambda = -\log\tilde\sigma`. Built by the loop; immutable."""
+
+    i: int
+    n: int
+    t: float
+    t_next: float
+    alpha: float
+    alpha_next: float
+    sigma: float
+    sigma_next: float
+    lam: float
+    lam_next: float
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the grid's last interval."""
+        return self.i == self.n - 1
+
+
+@dataclass
+class Step:
+    r"""What :meth:`GridSolver.step` returns: the next state, its noise-free part (``None``: the state itself),
+    the solver state for the next step, and the PF-ODE direction :math:`(y - D)/\tilde\sigma` at the
+    interval's start if the step evaluated it there (the loop keeps it for ``final="zero"``)."""
+
+    x: Tensor
+    x_mean: Tensor | None = None
+    state: Any = None
+    direction: Tensor | None = None
+
+
 @dataclass
 class SolveContext:
     """Everything a solver needs for one run.
@@ -118,6 +156,11 @@ class SolveContext:
         callback: called as ``callback(step=i, t=t, x=x, x_mean=x_mean)`` after each step.
         trajectory: if a list, states are appended to it after each step.
         progress: a progress bar with ``update()``/``close()`` or ``None``.
+        final: how the run ends after the grid (``"none"``, ``"tweedie"``, ``"zero"``; read-only for solvers).
+        xdtype, wdtype: the samples' dtype and the working dtype of the EDM-variable solvers (float64 for
+            float64 samples, else float32).
+        intervals: the grid's intervals (set by the loop; a singlestep solver reads the points ahead).
+        info: what adaptive and external solvers report (accepted times, per-sample NFE, ...).
     """
 
     score: CountedScore
@@ -128,12 +171,24 @@ class SolveContext:
     callback: Callable[..., Any] | None = None
     trajectory: list[Tensor] | None = None
     progress: Any = None
+    final: str = "none"
+    xdtype: torch.dtype = torch.float32
+    wdtype: torch.dtype = torch.float32
+    intervals: list[Interval] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def t(self, i: int, x: Tensor) -> Tensor:
         """Grid time ``i`` as a ``(B,)`` tensor in ``x``'s dtype and device."""
         assert self.grid is not None
         return self.grid[i].to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+
+    def denoise(self, y: Tensor, t: float, sigma: float, alpha: float) -> Tensor:
+        r"""Counted evaluation in the EDM variables: :math:`D(y, \tilde\sigma) = y + \tilde\sigma^2\alpha\,
+        s_\theta(\alpha y, t)`, in the working dtype."""
+        x = (y * alpha).to(self.xdtype)
+        tt = torch.full((y.shape[0],), t, device=y.device, dtype=self.xdtype)
+        score = self.score(x, tt).to(self.wdtype)
+        return y + (sigma * sigma * alpha) * score
 
     def after_step(self, i: int, t: Tensor, x: Tensor, x_mean: Tensor | None = None) -> None:
         """Bookkeeping after step ``i``: trajectory, callback, progress."""
@@ -145,17 +200,21 @@ class SolveContext:
             self.progress.update(1)
 
 
-class Solver(ABC):
-    """A sampling method. Subclasses declare what they are and implement :meth:`solve`.
+class Solver:
+    """A sampling method: declarations, and either :meth:`GridSolver.step` (the loop in
+    :mod:`scoresolve.solvers.loop` runs it over the grid) or a whole-run :meth:`solve` (adaptive solvers and
+    the external-integrator wrappers).
 
     Class attributes (declarations, checked by the tests):
         order: convergence order (strong order for stochastic solvers).
-        nfe_per_step: score evaluations per grid step (fixed-grid solvers).
+        nfe_per_step: score evaluations per grid interval (fixed-grid solvers).
         stochastic: whether it injects noise.
         adaptive: whether it chooses its own steps.
         reference: the paper (with arXiv id) it comes from.
         default_grid: name of the registered grid used when the user gives none.
-        denoise_default: whether :func:`scoresolve.sample` ends with a Tweedie step by default.
+        default_steps: grid intervals when neither ``steps=`` nor ``nfe=`` is given (``None``: the SDE's ``N``).
+        default_final: how :func:`scoresolve.sample` ends the run by default (``"tweedie"``: one more
+            evaluation, the posterior mean at ``eps``; ``"none"``; ``"zero"``).
     """
 
     order: ClassVar[float] = 1.0
@@ -164,54 +223,68 @@ class Solver(ABC):
     adaptive: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     default_grid: ClassVar[str] = "uniform"
-    denoise_default: ClassVar[bool] = True
+    default_steps: ClassVar[int | None] = None
+    default_final: ClassVar[str] = "tweedie"
 
-    def steps_to_grid(self, steps: int) -> int:
-        """Number of grid intervals for a user's ``steps`` (identity by default)."""
-        return steps
-
-    def grid_for(self, steps: int) -> str:
-        """Registered grid for a user's ``steps`` when none is given (``default_grid`` by default; a
-        solver whose best grid depends on the budget overrides this)."""
-        return self.default_grid
-
-    def nfe_for(self, n_intervals: int) -> int:
-        """Score evaluations spent on ``n_intervals`` grid steps (before the final denoising)."""
-        return n_intervals * self.nfe_per_step
-
-    def for_model(self, model: Any) -> Solver:
-        """The solver to run for ``model`` (a :class:`~scoresolve.ScoreModel` or a plain callable), called
-        by :func:`scoresolve.sample` before the grid is made: ``self`` by default. A solver that uses the
-        model's metadata (e.g. the budgeted solvers and ``ScoreModel.data_moments``) returns a configured
-        copy and never modifies ``self``."""
-        return self
-
-    @abstractmethod
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        """Integrate from ``x`` at ``T`` to the final time and return the state there."""
+        """Integrate from ``x`` at ``T`` to the final time and return the state there (whole-run solvers)."""
+        raise NotImplementedError(f"{type(self).__name__} takes steps on a grid: run it with scoresolve.sample")
 
 
-class GridSolver(Solver):
-    """A solver on a fixed time grid: implements :meth:`step`; the loop is shared.
+class GridSolver(Solver, ABC):
+    r"""A solver on a fixed time grid: declarations plus :meth:`step`; the loop is shared.
 
-    ``step`` receives the solver state returned by the previous step (``None`` at first) and
-    returns ``(x_next, x_mean, state)``; ``x_mean`` is the noise-free part of a stochastic update
-    (equal to ``x_next`` for deterministic ones). Multistep history lives in ``state``, never on the
-    object, so one solver object can serve concurrent runs.
+    ``step`` receives the solver state returned by the previous step (``None`` at first) and returns a
+    :class:`Step`. Multistep history lives in the state, never on the object, so one solver object can
+    serve concurrent runs.
+
+    Declarations of the fixed-grid solvers, besides :class:`Solver`'s:
+        variables: ``"x"`` (the state is the sample) or ``"edm"`` (the state is :math:`y = x/\alpha_t` in
+            the working dtype; the loop converts at the start and the end).
+        nfe_last: evaluations of the last interval when the run ends there (``final="none"``), if fewer
+            than ``nfe_per_step`` (EDM's Heun takes an Euler step there); ``None``: ``nfe_per_step``.
+        budgeted: ``steps=`` used to mean evaluations for this solver (now ``nfe=``); ``steps=`` alone
+            warns.
+        prefix_direction: the solver seeds its history with the Gaussian direction at ``T`` after the
+            analytical first interval (:meth:`seed`).
     """
 
-    @abstractmethod
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
-        """Advance from ``ctx.grid[i]`` to ``ctx.grid[i + 1]``."""
+    variables: ClassVar[str] = "x"
+    nfe_last: ClassVar[int | None] = None
+    budgeted: ClassVar[bool] = False
+    prefix_direction: ClassVar[bool] = False
 
-    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        assert ctx.grid is not None
-        state: Any = None
-        n = ctx.grid.numel() - 1
-        x_mean = x
-        for i in range(n):
-            ctx.score.step = i
-            x, x_mean, state = self.step(ctx, x, i, state)
-            ctx.after_step(i, ctx.t(i + 1, x), x, x_mean)
-        ctx.info["x_mean"] = x_mean
-        return x
+    @abstractmethod
+    def step(self, ctx: SolveContext, x: Tensor, iv: Interval, state: Any) -> Step:
+        """Advance from ``iv.t`` to ``iv.t_next``."""
+
+    def seed(self, direction: Tensor, iv: Interval) -> Any:
+        """Solver state after the analytical first interval, given the Gaussian direction at ``T``
+        (only called when ``prefix_direction``)."""
+        return None
+
+    def correct(self, ctx: SolveContext, y: Tensor, D: Tensor, state: Any) -> Tensor:
+        """A predictor–corrector solver's correction of the last state with the final evaluation ``D`` at
+        ``eps`` (``final="tweedie"|"zero"``); the state itself by default."""
+        return y
+
+
+class EDMSolver(GridSolver):
+    r"""Base of the budgeted few-step ODE solvers, which integrate the probability-flow ODE in the EDM
+    variables :math:`y = x/\alpha_t`, :math:`\tilde\sigma = \sigma_t/\alpha_t = e^{-\lambda}`:
+
+    .. math:: \frac{dy}{d\tilde\sigma} = \frac{y - D(y,\tilde\sigma)}{\tilde\sigma},\qquad
+              \frac{dy}{d\lambda} = D - y,\qquad D = y + \tilde\sigma^2\alpha_t\,s_\theta(x, t)
+
+    (Karras et al. 2022, arXiv:2206.00364). Only the SDE's ``alpha`` and ``sigma`` are used, so every SDE
+    shares the code. Deterministic; the run's budget is ``nfe=``.
+    """
+
+    variables: ClassVar[str] = "edm"
+    budgeted: ClassVar[bool] = True
+    default_grid: ClassVar[str] = "log_snr"
+    default_final: ClassVar[str] = "none"
+
+    def config(self) -> dict[str, Any]:
+        """JSON-friendly description of the solver (name + options), used in calibration fingerprints."""
+        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

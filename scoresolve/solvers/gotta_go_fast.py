@@ -78,7 +78,7 @@ favour small increments, a bias. All noise comes from the run's noise source (tw
 attempted step, for every row, so per-sample seeds give batch-independent samples).
 
 Ends at ``eps``; like the paper's samplers it is followed by the Tweedie denoising step by default
-(``denoise_default``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
+(``default_final="tweedie"``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
 adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \approx 1`).
 """
 
@@ -152,7 +152,7 @@ class GottaGoFast(Solver):
     reference: ClassVar[str] = (
         "Jolicoeur-Martineau et al. 2021, Gotta Go Fast When Generating Data with Score-Based Models, arXiv:2105.14080"
     )
-    denoise_default: ClassVar[bool] = True
+    default_final: ClassVar[str] = "tweedie"
 
     def __init__(
         self,

@@ -136,7 +136,7 @@ class ProbabilityFlowODE(Solver):
     """
 
     stochastic = False
-    denoise_default = True
+    default_final = "tweedie"
     default_grid = "quadratic"
     default_steps = 100
     reference = (

@@ -6,7 +6,7 @@ from typing import Any
 
 from .._util import check_float, check_int
 from ..registry import CORRECTORS, PREDICTORS, SOLVERS
-from .base import GridSolver, SolveContext
+from .base import GridSolver, Interval, SolveContext, Step
 from .correctors import Corrector
 from .predictors import Predictor
 
@@ -60,11 +60,11 @@ class PredictorCorrector(GridSolver):
     def nfe_per_step(self) -> int:  # type: ignore[override]
         return self.predictor.nfe + (self.n_corrector_steps if self.corrector.uses_score else 0)
 
-    def step(self, ctx: SolveContext, x, i: int, state: Any):
-        t, t_next = ctx.t(i, x), ctx.t(i + 1, x)
+    def step(self, ctx: SolveContext, x, iv: Interval, state: Any) -> Step:
+        t, t_next = ctx.t(iv.i, x), ctx.t(iv.i + 1, x)
         x, x_mean = self.predictor(ctx.score, ctx.sde, x, t, t_next, ctx.noise)
         if self.n_corrector_steps:
             x, x_mean_c = self.corrector(ctx.score, ctx.sde, x, t_next, t, ctx.noise, self.snr, self.n_corrector_steps)
             if self.corrector.uses_score:
                 x_mean = x_mean_c
-        return x, x_mean, state
+        return Step(x, x_mean, state)

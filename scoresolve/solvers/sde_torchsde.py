@@ -127,7 +127,7 @@ class TorchsdeReverseSDE(Solver):
     """
 
     stochastic = True
-    denoise_default = True
+    default_final = "tweedie"
     default_grid = "uniform"
     reference = "Song et al. 2021, arXiv:2011.13456 (reverse SDE); Li et al. 2020, arXiv:2001.01328 (torchsde)"
 
