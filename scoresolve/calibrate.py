@@ -26,10 +26,12 @@ batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept 
 calibrated with estimated moments is never reused for the model's, nor the other way).
 
 The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
-in a small JSON file keyed by a fingerprint of the model (its outputs at fixed probe points), the
-SDE's configuration, the solver's configuration, the budget, ``eps`` and the sample shape; the file
-is written atomically, and loading it for another model/SDE/solver/budget raises an error naming the
-argument that differs.
+where the caller says (``cache=``): a :class:`CalibrationCache` in memory, or a small JSON file, keyed by
+a fingerprint of the model (its outputs at fixed probe points), the SDE's configuration, the solver's
+configuration, the final step, the Gaussian fit, the metric, the budget, ``eps`` and the sample shape;
+the file is written atomically, and loading it for another model/SDE/solver/budget raises an error
+naming the argument that differs. :func:`calibrate_grid` is a function of its arguments only: it reads
+no model metadata beyond ``data_moments`` for ``gaussian_prior="estimate"`` and writes no solver state.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ from .solvers.loop import integrate, plan
 
 __all__ = [
     "CalibratedGrid",
+    "CalibrationCache",
+    "DEFAULT_CACHE",
     "CalibrationMismatchError",
     "calibrate_grid",
     "model_signature",
@@ -68,7 +72,6 @@ __all__ = [
 ]
 
 _CALIB_STREAM = 0x0CA1_1B00  # calibration noise: seed + this, away from the small seeds users sample with
-_CACHE: dict[str, CalibratedGrid] = {}
 #: calibration objectives (``metric=`` of :func:`calibrate_grid`)
 METRICS = ("rmse", "local", "both", "logp")
 
@@ -116,6 +119,8 @@ class CalibratedGrid:
     seed: int = 0
     n_samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: whether this grid came from a cache (file or :class:`CalibrationCache`) rather than a new search
+    cached: bool = field(default=False, repr=False)
 
     @property
     def grid(self) -> Tensor:
@@ -136,7 +141,8 @@ class CalibratedGrid:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON, atomically (temporary file in the same folder, then ``os.replace``)."""
         with atomic_write(path, mkdir=True) as tmp, open(tmp, "w") as f:
-            json.dump({"format": "scoresolve.calibrated_grid/1", **asdict(self)}, f, default=str)
+            record = {k: v for k, v in asdict(self).items() if k != "cached"}
+            json.dump({"format": "scoresolve.calibrated_grid/1", **record}, f, default=str)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibratedGrid:
@@ -144,7 +150,7 @@ class CalibratedGrid:
             data = json.load(f)
         if data.pop("format", None) != "scoresolve.calibrated_grid/1":
             raise ValueError(f"{path} is not a scoresolve calibrated-grid file")
-        return cls(**data)
+        return cls(**data, cached=True)
 
     def check(
         self, *, signature: Sequence[float] | None, sde: SDE, solver: Any, steps: int, eps: float, shape: Sequence[int]
@@ -169,6 +175,35 @@ class CalibratedGrid:
                 "the cached calibrated grid was made for another model (its outputs at the probe points differ); "
                 "delete the cache file or pass another path to recalibrate"
             )
+
+
+class CalibrationCache:
+    """Calibrated grids held in memory by their owner, keyed by what they were made for (SDE, solver, final
+    step, Gaussian fit, metric, budget, ``eps``, shape); the model is compared by its signature on every
+    lookup. :func:`scoresolve.sample` uses :data:`DEFAULT_CACHE` for ``calibrate=True``; pass your own
+    (``calibrate={"cache": CalibrationCache()}``) to own its lifetime, or a file path to keep grids across
+    processes."""
+
+    def __init__(self) -> None:
+        self.grids: dict[str, CalibratedGrid] = {}
+
+    def lookup(self, key: str, signature: Sequence[float]) -> CalibratedGrid | None:
+        """The grid stored under ``key`` if it was made for a model with this signature."""
+        hit = self.grids.get(key)
+        return hit if hit is not None and same_signature(hit.signature, signature) else None
+
+    def store(self, cg: CalibratedGrid) -> None:
+        self.grids[cg.key()] = cg
+
+    def clear(self) -> None:
+        self.grids.clear()
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+
+#: the cache of ``scoresolve.sample(..., calibrate=True)`` (one process; ``DEFAULT_CACHE.clear()`` empties it)
+DEFAULT_CACHE = CalibrationCache()
 
 
 # --- teacher and objective ----------------------------------------------------------------------------
@@ -271,7 +306,7 @@ def calibrate_grid(
     seed: int = 0,
     teacher_steps: int = 200,
     max_evals: int | None = None,
-    cache: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | CalibrationCache | None = None,
     init: str | None = None,
     dtype: torch.dtype = torch.float64,
     metric: str = "both",
@@ -296,7 +331,8 @@ def calibrate_grid(
         seed: calibration noise seed (drawn on a stream separate from sampling noise).
         teacher_steps: log-SNR steps of the 4th-order teacher.
         max_evals: cap on objective evaluations of the search (default ``60 + 25 * steps``).
-        cache: JSON file: loaded (and checked against the fingerprint) if it exists, written otherwise.
+        cache: a JSON file (loaded and checked against the fingerprint if it exists, written otherwise) or a
+            :class:`CalibrationCache` (looked up, then stored into); the result's ``cached`` says which.
         init: start from this registered grid only (default: the best of log-SNR and Karras ρ 3/5/7).
         dtype: dtype of the calibration states (the model sees it); float64 by default.
         metric: what the search minimises on the calibration batch. ``"rmse"``: plain endpoint RMSE;
@@ -359,7 +395,12 @@ def calibrate_grid(
     start = time.perf_counter()
     sig = model_signature(fn, sde, shape)
     cost = 3
-    if cache is not None and Path(cache).exists():
+    if isinstance(cache, CalibrationCache):
+        key = json.dumps([sde.config(), fingerprint, steps, eps_, shape], sort_keys=True, default=str)
+        hit = cache.lookup(key, sig)
+        if hit is not None:
+            return replace(hit, cached=True)
+    elif cache is not None and Path(cache).exists():
         cg = CalibratedGrid.load(cache)
         cg.check(signature=sig, sde=sde, solver=fingerprint, steps=steps, eps=eps_, shape=shape)
         return cg
@@ -443,8 +484,7 @@ def calibrate_grid(
             signature=sig, nfe=cost + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e, rmse=e,
             init="log_snr", seed=int(seed), n_samples=int(n_samples), extra=extra,
         )
-        if cache is not None:
-            cg.save(cache)
+        _keep(cg, cache)
         return cg
 
     def search() -> tuple[Tensor, float, float, str]:
@@ -494,9 +534,15 @@ def calibrate_grid(
         signature=sig, nfe=cost + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
         init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"], **extra},
     )
-    if cache is not None:
-        cg.save(cache)
+    _keep(cg, cache)
     return cg
+
+
+def _keep(cg: CalibratedGrid, cache: str | os.PathLike[str] | CalibrationCache | None) -> None:
+    if isinstance(cache, CalibrationCache):
+        cache.store(cg)
+    elif cache is not None:
+        cg.save(cache)
 
 
 def _pattern_search(
@@ -525,31 +571,6 @@ def _pattern_search(
         if not improved and float(step.max()) <= 0.01:
             break
     return theta, cur
-
-
-def calibrated_grid(
-    model: Callable[[Tensor, Tensor], Tensor], sde: SDE, solver: Any, nfe: int, *, final: str, gaussian_prior: Any,
-    shape: Sequence[int], eps: float, dtype: torch.dtype, cache: str | os.PathLike[str] | None = None,
-    metric: str = "both", **options: Any,
-) -> tuple[CalibratedGrid, dict[str, Any]]:
-    """:func:`calibrate_grid` for :func:`scoresolve.sample` (``calibrate=``), with an in-memory cache that
-    avoids recalibrating within one process (keyed by the fingerprint). Returns the grid and its cost as
-    reported in ``SampleResult.info["calibration"]``."""
-    shape = list(shape)
-    sig = model_signature(model, sde, shape)
-    est = isinstance(gaussian_prior, str)
-    key = json.dumps([sde.config(), _fingerprint(solver, final, metric, "estimate" if est else gaussian_prior,
-                                                  options), nfe, eps, shape], default=str)
-    hit = _CACHE.get(key)
-    if hit is not None and same_signature(hit.signature, sig) and cache is None:
-        return hit, {"nfe": 3, "seconds": 0.0, "cached": True, "rmse": hit.rmse}
-    was_cached = cache is not None and Path(cache).exists()
-    cg = calibrate_grid(model, sde, solver, nfe, final=final, gaussian_prior=gaussian_prior, shape=shape, eps=eps,
-                        cache=cache, dtype=dtype, metric=metric, **options)
-    _CACHE[key] = cg
-    info = {"nfe": 3 if was_cached else cg.nfe, "seconds": cg.seconds, "cached": was_cached,
-            "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
-    return cg, info
 
 
 def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._util import check_int
-from .calibrate import as_gaussian_fit, calibrated_grid
+from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_model
 from .noise import NoiseSource
@@ -190,7 +190,9 @@ def sample(
             ``"estimate"`` for ``solver="auto"``, ``None`` otherwise.
         calibrate: replace the grid by one calibrated for this model, solver and budget
             (:func:`scoresolve.calibrate.calibrate_grid`; needs ``nfe``; cost in ``info["calibration"]``):
-            ``True``, a cache file path, or a dict of ``calibrate_grid`` options (``cache=`` among them).
+            ``True`` (kept in ``scoresolve.calibrate.DEFAULT_CACHE``), a cache file path, a
+            :class:`~scoresolve.calibrate.CalibrationCache`, or a dict of ``calibrate_grid`` options (``cache=``
+            among them).
             ``solver="auto"``: on by default up to 25 evaluations.
         denoise: deprecated: ``final="tweedie"`` (``True``) or ``final="none"`` (``False``).
         generator: one ``torch.Generator`` for all the randomness of the run.
@@ -319,9 +321,12 @@ def sample(
     if calibration is not None and times is not None:
         if nfe is None:
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
-        cg, info["calibration"] = calibrated_grid(
-            score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior, shape=shp[1:], eps=eps_,
-            dtype=wd, cache=cache, **calibration)
+        cg = calibrate_grid(score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior,
+                            shape=shp[1:], eps=eps_, dtype=wd, cache=DEFAULT_CACHE if cache is None else cache,
+                            **calibration)
+        # the cost of this run's calibration (a cached grid costs the 3 evaluations of the model's signature)
+        info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
+                               "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
         times = cg.grid
         if isinstance(gaussian_prior, str):
             gaussian_prior = cg.gaussian_fit()
@@ -387,7 +392,7 @@ def _calibration(value: Any) -> tuple[dict[str, Any] | None, Any]:
     if isinstance(value, dict):
         opts = dict(value)
         return opts, opts.pop("cache", None)
-    if isinstance(value, (str, os.PathLike)):
+    if isinstance(value, (str, os.PathLike, CalibrationCache)):
         return {}, value
     raise TypeError(f"calibrate must be a bool, a cache file path or a dict of calibrate_grid options, got "
                     f"{type(value).__name__}")

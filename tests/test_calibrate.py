@@ -209,3 +209,24 @@ def test_auto_does_not_calibrate_large_budgets():
         assert r.nfe == k and "calibration" not in r.info and r.info["auto"]["class"] == "IPNDM"
         torch.testing.assert_close(r.grid, make_grid("log_snr", sde, k - 1, sde.default_eps).to(r.grid))
         assert torch.isfinite(r.samples).all()
+
+
+def test_calibration_cache_owned_by_the_caller():
+    """A CalibrationCache the caller passes holds the grid (not the process default); the model is checked by
+    its signature on every lookup."""
+    from scoresolve.calibrate import DEFAULT_CACHE, CalibrationCache
+
+    gm, sde, score = _problem()
+    mine = CalibrationCache()
+    before = len(DEFAULT_CACHE)
+    opts = {"cache": mine, "n_samples": 16, "max_evals": 10, "teacher_steps": 30}
+    a = ss.sample(score, sde, solver="ipndm", nfe=3, shape=(4, 4), calibrate=opts, return_result=True,
+                  generator=torch.Generator().manual_seed(0))
+    b = ss.sample(score, sde, solver="ipndm", nfe=3, shape=(4, 4), calibrate=opts, return_result=True,
+                  generator=torch.Generator().manual_seed(0))
+    assert not a.info["calibration"]["cached"] and b.info["calibration"]["cached"] and b.info["calibration"]["nfe"] == 3
+    assert len(mine) == 1 and len(DEFAULT_CACHE) == before and torch.equal(a.samples, b.samples)
+    other = ss.analytic.anisotropic(dim=4, n_components=3, seed=9)
+    c = ss.sample(lambda x, t: other.score(x, t, sde), sde, solver="ipndm", nfe=3, shape=(4, 4), calibrate=opts,
+                  return_result=True)
+    assert not c.info["calibration"]["cached"]  # another model: its signature differs
