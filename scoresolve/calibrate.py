@@ -50,6 +50,7 @@ from torch import Tensor
 
 from ._util import atomic_write, check_int, model_signature, same_signature
 from .gaussian import GaussianFit
+from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
 from .noise import NoiseSource
 from .registry import SOLVERS
@@ -434,8 +435,6 @@ def calibrate_grid(
         return t
 
     if fd_weight:
-        from .metrics.frechet import frechet_distance, gaussian_moments
-
         t_mom = gaussian_moments(target.reshape(n_samples, -1).double())
     stage = {"metric": "rmse" if metric == "logp" else metric, "rmse_cap": math.inf}
 

@@ -35,6 +35,7 @@ from .._util import closest
 from ..registry import SOLVERS
 from ..sde import SDE
 from .base import SolveContext, Solver
+from .ode import check_tolerances
 
 __all__ = ["TorchsdeReverseSDE", "METHODS"]
 
@@ -142,8 +143,6 @@ class TorchsdeReverseSDE(Solver):
         if method not in METHODS:
             hint = closest(method, list(METHODS))
             raise ValueError(f"unknown torchsde method={method!r}.{hint} Valid: {', '.join(METHODS)}")
-        from .ode import check_tolerances
-
         self.method = method
         self.rtol, self.atol = check_tolerances(rtol, atol)
         self.adaptive = bool(adaptive)  # type: ignore[misc]
