@@ -257,7 +257,7 @@ def sample(
         calibration, cache = _calibration(calibrate)
         calibration = {**recipe.calibration, **calibration} if (calibration is not None and recipe.calibration
                                                                  is not None) else None
-        grid = grid or recipe.grid
+        grid = recipe.grid if grid is None else grid
         gp_tag = None if gaussian_prior is None else (
             gaussian_prior if isinstance(gaussian_prior, str) else gaussian_prior.digest)
         info["auto"] = {"class": type(solver_obj).__name__, **recipe.options, "final": final, "gaussian_prior": gp_tag}
