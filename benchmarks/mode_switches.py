@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     auto_rows = []
     for K in budgets:
-        x = ss.sample(score, sde, solver="auto", steps=K, x_T=x_T)
+        x = ss.sample(score, sde, solver="auto", nfe=K, x_T=x_T)
         auto_rows.append({"nfe": K, "switches": switches(x)})
         print(f"auto, {K} NFE: {auto_rows[-1]['switches']} of {n} trajectories switch component", flush=True)
 
