@@ -71,3 +71,6 @@ class Auto(Solver):
     reference = "Zhang & Chen 2023, iPNDM, arXiv:2204.13902; Zhao et al. 2023, UniPC, arXiv:2302.04867"
     default_grid = "karras"
     default_final = "zero"
+
+    def solve(self, ctx: Any, x: Any) -> Any:
+        raise TypeError("solver='auto' is a recipe resolved by scoresolve.sample: pass the name 'auto' and nfe=")
