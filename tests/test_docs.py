@@ -57,3 +57,11 @@ def test_mkdocs_build_strict(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+def test_alias_table_in_sync():
+    from scoresolve.aliases import markdown
+
+    assert markdown() in (DOCS / "solvers.md").read_text(encoding="utf-8"), (
+        "docs/solvers.md's alias table is out of date; paste scoresolve.aliases.markdown() under its marker"
+    )
