@@ -66,6 +66,7 @@ ALIASES: tuple[Alias, ...] = (
     Alias("ddim", "euler_ancestral", _DDIM, "uniform", "Song et al. 2021", "DDIM with eta= (default 0)"),
     Alias("ddpm", "euler_ancestral", {"eta": 1.0}, "uniform", "Ho et al. 2020", "DDPM's ancestral step"),
     Alias("dpm_solver_pp", "dpmpp_2m", source=_DF),
+    Alias("LCMScheduler", "lcm", source=_DF),
     # the web UIs' menu
     Alias("Euler a", "euler_ancestral", source=_UI),
     Alias("DPM2", "dpm_2", source=_UI),

@@ -18,6 +18,7 @@ euler_ancestral    1              1            Euler in :math:`\sigma` (k-diffus
 dpm_2_ancestral    1              2            DPM-2 midpoint in :math:`\log\sigma` (``sample_dpm_2_ancestral``)
 dpmpp_2s_ancestral 1              2            DPM-Solver++(2S) in log-SNR (``sample_dpmpp_2s_ancestral``)
 dpmpp_sde          1              2            DPM-Solver++ singlestep SDE, stage at ratio ``r`` (``sample_dpmpp_sde``)
+lcm                —              1            none: :math:`D` plus noise :math:`\sigma_{i+1} z` (consistency models)
 ================== ============== ============ =========================================================
 
 The final step onto :math:`\sigma = 0` is :func:`scoresolve.sample`'s Tweedie step, k-diffusion's last
@@ -41,6 +42,7 @@ __all__ = [
     "DPM2Ancestral",
     "DPMSolverPP2SAncestral",
     "DPMSolverPPSDE",
+    "ConsistencySampler",
 ]
 
 
@@ -197,3 +199,30 @@ class DPMSolverPPSDE(SigmaStepSolver):
             w1, w2 = s - s_stage, s_stage - s_next
             z2 = (math.sqrt(w1) * z1 + math.sqrt(w2) * z2) / math.sqrt(w1 + w2)
         return y_mean + (self.s_noise * su) * z2, y_mean, None
+
+
+@SOLVERS.register("lcm", description="multistep consistency sampling (LCM): jump to D, renoise to the next sigma")
+class ConsistencySampler(SigmaStepSolver):
+    r"""Multistep consistency sampling (Song, Dhariwal, Chen, Sutskever 2023, arXiv:2303.01469, Algorithm 1;
+    the "LCM" sampler of latent consistency models, Luo et al. 2023, arXiv:2310.04378): every step evaluates
+    the model once, jumps to its data prediction and adds fresh noise of the next level,
+    :math:`y_{i+1} = D(y_i, \sigma_i) + \sigma_{i+1} z` (``euler_ancestral`` with :math:`\sigma_{down} = 0`).
+    Meant for consistency / LCM-distilled models, whose :math:`D` is a one-step generator; with an ordinary
+    denoiser it does not converge as the grid is refined (no ``order``). One evaluation per step; stochastic.
+
+    Args:
+        s_noise: scale of the added noise.
+    """
+
+    order: ClassVar[float] = 0.0
+    nfe_per_step: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = True
+    reference: ClassVar[str] = "Song et al. 2023, Consistency Models, arXiv:2303.01469 (Algorithm 1)"
+
+    def __init__(self, s_noise: float = 1.0) -> None:
+        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+
+    def update(self, ctx, y, i, ts, s_next, state):
+        t, s = ts
+        D = denoise_at_sigma(ctx, y, s, t)
+        return D + (self.s_noise * s_next) * ctx.noise.randn_like(y), D, None
