@@ -219,6 +219,12 @@ def solver_markdown() -> str:
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
+    if args.aliases:
+        from scoresolve.aliases import describe
+
+        for name, line in describe().items():
+            print(f"{name:<34} {line}")
+        return 0
     rows = solver_table()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -512,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "deterministic/stochastic/adaptive, default time grid.")
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/solvers.md)")
+    ps.add_argument("--aliases", action="store_true",
+                    help="list the familiar names (k-diffusion, diffusers, web UIs) and what they run")
 
     pa = sub.add_parser(
         "sample", help="draw samples; write them as .npz and a PNG grid",

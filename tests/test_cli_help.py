@@ -68,3 +68,9 @@ def test_sample_accepts_a_familiar_name(tmp_path, capsys):
     assert main(["sample", "--model", "analytic:grid2d", "--solver", "DPM++ 2M Karras", "--steps", "8", "--n", "4",
                  "--npz", str(npz), "--quiet"]) == 0
     assert npz.is_file()
+
+
+def test_solvers_lists_the_aliases(capsys):
+    assert main(["solvers", "--aliases"]) == 0
+    out = capsys.readouterr().out
+    assert "DPM++ 2M Karras" in out and "alias of dpmpp_2m" in out and "euler_a" in out
