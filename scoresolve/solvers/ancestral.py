@@ -146,7 +146,7 @@ class DPMSolverPP2SAncestral(_Ancestral):
 
 
 @SOLVERS.register("dpmpp_sde", description="k-diffusion DPM++ SDE: 2-stage stochastic DPM-Solver++, Brownian noise")
-class DPMSolverPPSDE(SigmaStepSolver):
+class DPMSolverPPSDE(_Ancestral):
     r"""k-diffusion's ``sample_dpmpp_sde`` ("DPM++ SDE"; diffusers' ``DPMSolverSDEScheduler``): a two-stage
     DPM-Solver++ step (Lu et al. 2022, arXiv:2211.01095) in which each stage is ancestral.
 
@@ -165,16 +165,12 @@ class DPMSolverPPSDE(SigmaStepSolver):
         r: position of the stage in log-SNR (k-diffusion's default 1/2).
     """
 
-    order: ClassVar[float] = 1.0
     nfe_per_step: ClassVar[int] = 2
-    stochastic: ClassVar[bool] = True
     reference: ClassVar[str] = "Lu et al. 2022, DPM-Solver++, arXiv:2211.01095"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5) -> None:
-        self.eta = check_nonneg_float(eta, "eta")
-        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+        super().__init__(eta, s_noise)
         self.r = check_positive_float(r, "r")
-        self.stochastic = self.eta > 0  # type: ignore[misc]
 
     def update(self, ctx, y, i, ts, s_next, state):
         t, s = ts
