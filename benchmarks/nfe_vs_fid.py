@@ -3,7 +3,7 @@ r"""Sample quality against the number of score evaluations (NFE), scoresolve's s
 
 Default problem, with no download:
 
-- ``analytic``: the 64-D Gaussian mixture fitted to scikit-learn's 8×8 digits
+- ``analytic``: the 64-D Gaussian mixture fitted to the 8×8 digits (UCI optdigits, shipped)
   (:func:`scoresolve.analytic.digits`), whose score, density and moments are exact under every SDE.
   Metrics: the Fréchet distance (FD) of the samples to the exact moments, divided by the *floor*
   that exact samples of the same size reach (mean of ≥ 50 exact draws; 1.0 is perfect); the

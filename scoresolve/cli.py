@@ -1,10 +1,11 @@
-"""The ``scoresolve`` command line: ``sample``, ``likelihood``, ``solvers`` and ``bench``.
+"""The ``scoresolve`` command line: ``sample``, ``likelihood``, ``solvers``, ``bench`` and ``train``.
 
     scoresolve solvers                                   # registered solvers with their declarations
     scoresolve sample --model digits --solver pc --steps 500 --n 64 --out samples
     scoresolve sample --model analytic --solver ode --n 16 --png grid.png --npz x.npz
     scoresolve likelihood --model analytic --n 128       # NLL / bits-per-dim through the PF-ODE
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
+    scoresolve train --data digits --steps 20000 --out runs/digits   # python -m scoresolve.train
 
 Models (``--model``): ``digits`` (the trained model bundled with scoresolve), ``analytic`` /
 ``analytic:digits`` / ``analytic:grid2d`` / ``analytic:anisotropic`` (exact Gaussian-mixture scores),
@@ -36,6 +37,21 @@ SDE_NAMES = ("vp", "ve", "subvp")
 
 class CLIError(Exception):
     """A user error: printed as ``scoresolve: error: ...`` with exit status 2."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help once, and only when the help does not already say what the
+    default is and there is one to show (not ``None`` / ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,6 +219,12 @@ def solver_markdown() -> str:
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
+    if args.aliases:
+        from scoresolve.aliases import describe
+
+        for name, line in describe().items():
+            print(f"{name:<34} {line}")
+        return 0
     rows = solver_table()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -413,8 +435,25 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         if bpd is not None:
             arrays["bpd"] = torch.as_tensor(bpd).detach().cpu().numpy()
         _save_npz(args.npz, **arrays)
+    print(likelihood_summary(out), file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def likelihood_summary(out: dict[str, Any]) -> str:
+    """One line for people beside ``likelihood``'s JSON: the mean NLL in nats per sample with its standard
+    error, bits/dim, and the exact value when there is one."""
+    line = (f"mean negative log-likelihood {out['nll_mean']:.4g} ± {out['nll_stderr']:.2g} nats per sample "
+            f"over {out['n']} samples")
+    if "bpd_mean" in out:
+        bpd = out["bpd_mean"]
+        line += f", {bpd:.4g} bits/dim"
+        if bpd < 0:
+            line += " (negative: a continuous density above 1 per unit volume; pass -o data_range=... for images)"
+    if "exact_nll_mean" in out:
+        line += f"; exact {out['exact_nll_mean']:.4g} (mean |error| {out['mean_abs_error_vs_exact']:.2g})"
+    extra = f"{out['nfe']:g} NFE, " if "nfe" in out else ""
+    return f"{line} [{extra}{out['seconds']:.1f} s]"
 
 
 def find_benchmark(name: str) -> Path:
@@ -479,15 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "deterministic/stochastic/adaptive, default time grid.")
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/solvers.md)")
+    ps.add_argument("--aliases", action="store_true",
+                    help="list the familiar names (k-diffusion, diffusers, web UIs) and what they run")
 
     pa = sub.add_parser(
         "sample", help="draw samples; write them as .npz and a PNG grid",
         description="Draw samples by integrating the reverse SDE or probability-flow ODE. Every sample depends "
         "only on its seed (seed, seed+1, ...), not on the batch size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_model_args(pa)
-    pa.add_argument("--solver", default="pc", help="a registered solver (see 'scoresolve solvers')")
+    pa.add_argument("--solver", default="pc",
+                    help="a registered solver or a familiar name such as euler_a, ddim, 'DPM++ 2M Karras' "
+                    "(see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
                     help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
     pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
@@ -518,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-sample negative log-likelihood through the probability-flow ODE (instantaneous change of "
         "variables). For analytic models the exact NLL is printed beside it; without --data they are evaluated "
         "on exact samples.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_model_args(pl)
     pl.add_argument("--data", default=None, help=".npy or .npz file of samples (key 'samples' or the first array)")
@@ -541,12 +584,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument("--name", default="nfe_vs_fid", help="which benchmark script")
     pb.add_argument("--list", action="store_true", help="list the benchmark scripts")
+
+    sub.add_parser("train", add_help=False,
+                   help="train a score model (python -m scoresolve.train; 'scoresolve train --help' lists its options)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoresolve`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # its own parser: python -m scoresolve.train
+        from scoresolve.train.__main__ import main as train_main
+
+        train_main(argv[1:], prog="scoresolve train")
+        return 0
     parser = build_parser()
     if argv and argv[0] == "bench":
         args, rest = parser.parse_known_args(argv)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .aliases import resolve as resolve_alias
 from .models import ScoreModel, resolve_model, score_to_x0
 from .registry import SOLVERS
 from .sde import SDE
@@ -54,6 +55,8 @@ def resolve_solver(solver: str | Solver | type[Solver], options: dict[str, Any])
                 f"solver options {sorted(options)} were given with a solver instance; configure the instance instead"
             )
         return solver
+    if isinstance(solver, str):  # a registered name or a familiar alias ("euler_a", "DPM++ 2M Karras")
+        solver, options, _ = resolve_alias(solver, options)
     cls = SOLVERS.get(solver, argument="solver") if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name or a scoresolve Solver, got {solver!r}")
@@ -152,7 +155,8 @@ def sample(
             :class:`~scoresolve.ScoreModel`, which also supplies ``sde`` and the sample shape.
         sde: the forward SDE (:class:`~scoresolve.VESDE`, :class:`~scoresolve.VPSDE`,
             :class:`~scoresolve.SubVPSDE` or your own subclass); defaults to the model's.
-        solver: a registered solver name (see :func:`scoresolve.solvers`) or a ``Solver``.
+        solver: a registered solver name or a familiar alias such as ``"euler_a"``, ``"ddim"``,
+            ``"DPM++ 2M Karras"`` (see :func:`scoresolve.solvers`), or a ``Solver``.
         steps: number of grid steps (``pc``: predictor steps, the paper's N; default ``sde.N``).
             Solvers that take an evaluation budget document it.
         shape: ``(B, *dims)``; inferred from ``x_T`` or the model's ``sample_shape`` + ``batch_size``.
@@ -189,6 +193,9 @@ def sample(
                       generator=torch.Generator().manual_seed(0))
     """
     score_fn, sde = resolve_model(model, sde)
+    if isinstance(solver, str):  # an alias may bring options and a grid; the caller's win
+        solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
+        grid = alias_grid if grid is None else grid
     # the solver for this model (e.g. with ScoreModel.data_moments as its Gaussian fit): before the grid is made
     solver_obj = resolve_solver(solver, solver_options).for_model(model)
 

@@ -140,7 +140,6 @@ def test_command_line_reports_errors_with_status_2(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_fid():
-    pytest.importorskip("sklearn")
     import torch
 
     torch.set_num_threads(1)
@@ -150,7 +149,6 @@ def digits_fid():
 
 
 def test_bundled_classifier_is_small_and_accurate_on_held_out_digits():
-    pytest.importorskip("sklearn")
     import torch
 
     from scoresolve.metrics.classifier import WEIGHTS, digits_with_labels, load_classifier

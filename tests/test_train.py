@@ -133,7 +133,6 @@ def test_networks_shapes_and_errors() -> None:
 
 # --- data --------------------------------------------------------------------------------------
 def test_digits_split_and_png(tmp_path: Path) -> None:
-    pytest.importorskip("sklearn")
     tr, te, al = tdata.digits("train"), tdata.digits("test"), tdata.digits("all")
     assert tr.shape[1:] == (1, 8, 8) and tr.shape[0] + te.shape[0] == al.shape[0] == 1797
     assert te.shape[0] == 359 and float(al.min()) == -1.0 and float(al.max()) == 1.0

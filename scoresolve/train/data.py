@@ -1,5 +1,5 @@
-"""Training data: scikit-learn's bundled 8×8 digits, 2-D toy mixtures with exact densities, any
-tensor or torch ``Dataset``; and a dependency-free PNG writer for sample grids."""
+"""Training data: the 8×8 digits shipped with scoresolve (:mod:`scoresolve.data`), 2-D toy mixtures with exact
+densities, any tensor or torch ``Dataset``; and a dependency-free PNG writer for sample grids."""
 
 from __future__ import annotations
 
@@ -19,20 +19,19 @@ __all__ = ["digits", "ring", "toy2d", "load_data", "batch", "image_grid", "write
 
 
 def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> Tensor:
-    """scikit-learn's 1797 8×8 digits scaled to [-1, 1] as ``x / 8 - 1``, shape ``(N, 1, 8, 8)`` float32.
+    """The 1797 8×8 digits shipped with scoresolve (UCI optdigits test set, the images of scikit-learn's
+    ``load_digits``; :mod:`scoresolve.data`) scaled to [-1, 1] as ``x / 8 - 1``, shape ``(N, 1, 8, 8)`` float32.
 
     ``split`` is ``"train"``, ``"test"`` (a held-out ``test_fraction`` chosen by a fixed permutation
-    with ``seed``) or ``"all"``. Needs scikit-learn (no download: the data ship with it).
+    with ``seed``) or ``"all"``. No download and no scikit-learn.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from e
+    from ..data import load_digits
+
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    x = torch.as_tensor(load_digits().data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    x = load_digits()[0].to(torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     if split == "all":
         return x
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
