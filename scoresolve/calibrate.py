@@ -329,7 +329,6 @@ def calibrate_grid(
         steps: the evaluation budget the grid is for.
         shape: sample shape without the batch (default: the model's ``sample_shape``).
         eps: final time (default ``sde.default_eps``).
-        progress: a tqdm bar over the solver runs of the search (:mod:`scoresolve.progress`).
         n_samples: calibration batch size (64–256 is enough).
         seed: calibration noise seed (drawn on a stream separate from sampling noise).
         teacher_steps: log-SNR steps of the 4th-order teacher.
@@ -358,6 +357,7 @@ def calibrate_grid(
         fd_weight: ``w``: add ``w * FD(output batch, teacher batch) / D`` to the squared RMSE (a paired
             Fréchet distance between the Gaussian fits of the two batches: systematic errors that the
             per-sample RMSE under-weights); 0 (default) leaves it out.
+        progress: a tqdm bar over the solver runs of the search, shown by default (:mod:`scoresolve.progress`).
 
     Returns:
         A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver

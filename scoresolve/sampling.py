@@ -107,10 +107,6 @@ def _resolve_shape(
     return out
 
 
-def _progress_bar(progress: bool | None, total: int, desc: str) -> Progress:
-    return Progress(total, desc, progress=progress)
-
-
 def sample(
     model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
     sde: SDE | None = None,
@@ -226,7 +222,8 @@ def sample(
     counted = CountedScore(score_fn, check_every=check_every)
     traj: list[Tensor] | None = [x.clone()] if return_trajectory else None
     n_int = times.numel() - 1 if times is not None else 0
-    bar = _progress_bar(progress, n_int, f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}")
+    desc = f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}"
+    bar = Progress(n_int, desc, progress=progress)
     ctx = SolveContext(
         score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj,
         progress=bar if bar.active else None,

@@ -308,15 +308,14 @@ def save_sample_grid(
 ) -> Tensor:
     """Sample ``n`` images from the EMA model (PC sampler, ``steps`` steps, its own generator: the
     training RNG is untouched) and write a PNG grid to ``path`` (default ``samples_<step>.png``)."""
+    from ..io.image import save_grid
     from ..sampling import sample
-    from .data import image_grid, write_png
 
     model = trainer.score_model()
     x = sample(model, trainer.sde, "pc", steps, batch_size=n, generator=torch.Generator().manual_seed(seed),
                device=trainer.device, progress=False)
     if x.ndim == 4:
-        write_png(path or f"samples_{trainer.step:07d}.png", image_grid(x, data_range=trainer.data_range or (-1, 1)),
-                  scale=4)
+        save_grid(x, path or f"samples_{trainer.step:07d}.png", data_range=trainer.data_range or (-1, 1), scale=4)
     return x
 
 
