@@ -28,14 +28,14 @@ steps, NFE counted, metrics, wall time; the configuration, seed, versions and ma
 ``results.md`` (a Markdown table) and ``nfe_vs_fd.png`` (metric against NFE, log axes; needs
 matplotlib).
 
-Three presets: the default run (ours beside the peers at 5, 10 and 20 NFE on both models, about a
-minute on a 2-core CPU: ``auto`` runs there with ``calibrate=False``, since its per-model grid
+Three presets: the default run (ours beside the peers at 5, 10 and 20 NFE on both models, 1–2
+minutes on a 2-core CPU: ``auto`` runs there with ``calibrate=False``, since its per-model grid
 calibration costs minutes on a CPU), ``--full`` (every solver, budgets 5–200, ``auto`` calibrated; the
 tables of docs/benchmarks.md) and ``--quick`` (one solver per family, for CI).
 
 Examples::
 
-    python benchmarks/nfe_vs_fid.py                         # the first look, ~1 minute
+    python benchmarks/nfe_vs_fid.py                         # the first look, 1-2 minutes
     python benchmarks/nfe_vs_fid.py --full                  # the full sweep (docs/benchmarks.md)
     python benchmarks/nfe_vs_fid.py --quick                 # < 1 minute, one solver per family
     python benchmarks/nfe_vs_fid.py --solvers pc,k_diffusion:lms --nfe 10,20,50 --n 4000 --sde ve
@@ -651,7 +651,8 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
           f"Machine: {config['machine']['processor']}, {config['machine']['cpu_count']} CPUs, "
           f"torch threads {config['machine']['torch_threads']}, device {config['machine']['device']}; "
           f"seed {config['seed']}; n = {config['n']} samples per run on the analytic model, "
-          f"{config['n_trained']} on trained models; SDE {config['sde']} (analytic model).", ""]
+          f"{config['n_trained']} on trained models; SDE {config['sde']} (analytic model).", "",
+          *[f"Note: {note}" for note in config.get("notes", [])], *([""] if config.get("notes") else [])]
     files: dict[str, Path] = {}
     for p in problems:
         prow = sorted([r for r in rows if r["model"] == p.name], key=_sort_key)
@@ -844,9 +845,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     limit = args.time_limit if args.time_limit is not None else (QUICK_TIME_LIMIT if args.quick else DEFAULT_TIME_LIMIT)
     too_slow: dict[tuple[str, str], float] = {}
+    notes = [_KDIFF_NOTE] if _KDIFF_NOTE else []
     if any("calibrate=False" in s for s, _ in solver_specs + trained_specs):
-        print("note: auto runs here on its uncalibrated grid (calibrate=False): its per-model grid calibration "
-              "costs minutes on a CPU; --full runs it calibrated (docs/benchmarks.md)", file=sys.stderr)
+        notes.append("auto runs here on its uncalibrated grid (calibrate=False): its per-model grid calibration "
+                     "costs minutes on a CPU; --full runs it calibrated (docs/benchmarks.md)")
+        print(f"note: {notes[-1]}", file=sys.stderr)
     bar = Progress(len(all_runs), NAME, unit="run")
     for p, r in all_runs:
         key = (p.name, r["solver"])
@@ -873,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "solvers_trained": [s for s, _ in trained_specs],
         "seed": args.seed, "device": args.device, "quick": args.quick, "preset": preset, "time_limit_s": limit,
         "versions": versions(), "machine": machine_info(args.device),
-        "notes": [_KDIFF_NOTE] if _KDIFF_NOTE else [],
+        "notes": notes,
     }
     files = report(problems, rows, skipped_models, peer_skips, config, out, plot=not args.no_plot)
     print((out / "results.md").read_text(encoding="utf-8"))

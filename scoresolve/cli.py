@@ -3,6 +3,7 @@
     scoresolve solvers                                   # registered solvers with their declarations
     scoresolve sample --model digits --solver pc --steps 500 --n 64 --out samples
     scoresolve sample --model analytic --solver ode --n 16 --png grid.png --npz x.npz
+    scoresolve sample --model digits --solver dpmpp_2m --nfe 20 --out grid.png   # 8x8 grid of 64 samples
     scoresolve likelihood --model analytic --n 128       # NLL / bits-per-dim through the PF-ODE
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
 
