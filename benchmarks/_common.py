@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ __all__ = [
     "write_text",
     "plot_metric_vs_nfe",
     "fmt",
-    "progress",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -237,12 +236,3 @@ def plot_metric_vs_nfe(
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def progress(iterable: Iterable[Any], total: int | None = None, desc: str = "") -> Iterable[Any]:
-    """A tqdm progress bar on stderr when tqdm is installed, else the iterable unchanged."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None if sys.stderr.isatty() else False)
