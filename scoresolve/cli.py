@@ -3,6 +3,7 @@
     scoresolve solvers                                   # registered solvers with their declarations
     scoresolve sample --model digits --solver pc --steps 500 --n 64 --out samples
     scoresolve sample --model analytic --solver ode --n 16 --png grid.png --npz x.npz
+    scoresolve sample --model digits --solver dpmpp_2m --nfe 20 --out grid.png   # 8x8 grid of 64 samples
     scoresolve likelihood --model analytic --n 128       # NLL / bits-per-dim through the PF-ODE
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
     scoresolve train --data digits --steps 20000 --out runs/digits   # python -m scoresolve.train
@@ -18,13 +19,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import os
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,47 +113,18 @@ def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def write_png_grid(
     samples: Any, path: str | os.PathLike[str], data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None,
-    pad: int = 1, scale: int = 1,
+    pad: int = 2, scale: int = 1,
 ) -> Path:
-    """Tile image samples ``(N, C, H, W)`` (C = 1 or 3) into one PNG (no imaging library needed).
+    """Tile image samples ``(N, C, H, W)`` (C = 1 or 3) into one PNG with grey gutters
+    (:func:`scoresolve.io.image.save_grid`: ``data_range`` maps to black..white; Pillow or zlib)."""
+    from .io.image import save_grid
 
-    Values are mapped from ``data_range`` to 0–255 and clipped; ``scale`` repeats pixels (small 8×8
-    digits are easier to see at 4×).
-    """
-    import torch
-
-    x = torch.as_tensor(samples).detach().cpu().to(torch.float64)
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise CLIError(f"a PNG grid needs image samples (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
-    lo, hi = data_range
-    x = ((x - lo) / (hi - lo) * 255.0).round().clamp(0, 255).to(torch.uint8)
-    if scale > 1:
-        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    n, c, h, w = x.shape
-    cols = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / cols)
-    grid = torch.zeros(c, rows * (h + pad) + pad, cols * (w + pad) + pad, dtype=torch.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
-    height, width = grid.shape[1:]
-    pix = grid.permute(1, 2, 0).contiguous().numpy()
-    raw = b"".join(b"\x00" + pix[i].tobytes() for i in range(height))
-    color_type = 0 if c == 1 else 2
-    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
-    png += _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b"")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_grid(samples, path, nrow=nrow, pad=pad, data_range=data_range, scale=scale)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
@@ -267,10 +236,33 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
     return npz, png
 
 
+def _nfe_to_steps(args: argparse.Namespace) -> None:
+    """``--nfe N``: the evaluation budget. The budgeted solvers read ``steps=`` as that budget, so it
+    becomes ``steps``; other solvers (``pc``, ``ode_heun``, ...) spend a multiple of their steps."""
+    if args.nfe is None:
+        return
+    from .sampling import resolve_solver
+    from .solvers.exp_base import BudgetSolver
+
+    if args.steps is not None:
+        raise CLIError("pass either --nfe or --steps, not both")
+    if args.nfe < 1:
+        raise CLIError(f"--nfe must be >= 1, got {args.nfe}")
+    try:
+        solver = resolve_solver(args.solver, {})
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if not isinstance(solver, BudgetSolver):
+        raise CLIError(f"--nfe needs a solver that takes an evaluation budget (auto, dpmpp_2m, unipc, ipndm, ...); "
+                       f"{args.solver!r} takes --steps")
+    args.steps = args.nfe
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     import scoresolve as ss
+    from scoresolve.progress import Progress
 
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
@@ -278,6 +270,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    _nfe_to_steps(args)
     npz, png = _outputs(args, "samples")
     if args.shard_dir:
         return _sample_sharded(args)
@@ -287,30 +280,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.n))
     bs = args.batch_size or min(args.n, 256)
     chunks, nfe, t0 = [], 0, time.perf_counter()
-    bar = None
-    if not args.quiet:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=args.n, desc=f"sampling ({args.solver})", unit="sample", file=sys.stderr)
-        except ImportError:
-            bar = None
+    show = False if args.quiet else None
+    # a bar over the samples when there are several batches, and one over the steps of each batch
+    bar = Progress(args.n, f"sampling ({args.solver})", progress=show if args.n > bs else False, unit="sample")
     try:
         for i in range(0, args.n, bs):
             res = ss.sample(
                 model, sde, solver=args.solver, steps=args.steps, seeds=seeds[i: i + bs], eps=args.eps,
-                grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=False,
+                grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=show,
                 return_result=True, **opts,
             )
             chunks.append(res.samples.detach().cpu())
             nfe = max(nfe, res.nfe)
-            if bar is not None:
-                bar.update(res.samples.shape[0])
+            bar.update(res.samples.shape[0])
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(evaluations_per_batch=nfe)
     x = torch.cat(chunks)
     secs = time.perf_counter() - t0
     config = {
@@ -533,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
                     help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
+    pa.add_argument("--nfe", type=int, default=None,
+                    help="score-evaluation budget, for the solvers that take one (auto, dpmpp_2m, unipc, ipndm, ...); "
+                    "instead of --steps")
     pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                     help="number of samples (write --num-samples after torchrun, whose parser takes --n for itself)")
     pa.add_argument("--batch-size", type=int, default=None, help="samples per batch (default min(n, 256))")
