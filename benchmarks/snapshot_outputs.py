@@ -57,7 +57,7 @@ def _budget_kwargs(budget: int, **opts: Any) -> dict[str, Any]:
 
 def _run(model: Any, sde: Any, solver: str, **kw: Any) -> torch.Tensor:
     x_T = _x_T(sde, model.sample_shape[0])
-    seeds = SEEDS if (solver in ("pc", "sde_dpmpp_2m", "sde_dpmpp_3m", "gotta_go_fast", "sde")
+    seeds = SEEDS if (solver in ("pc", "sde_dpmpp_2m", "sde_dpmpp_3m", "gotta_go_fast", "sde", *KD_STOCHASTIC)
                       or kw.get("s_churn")) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,6 +109,17 @@ def cases() -> dict[str, Any]:
         for name in ("sde_dpmpp_2m", "sde_dpmpp_3m"):
             for fin in ("denoise", "sigma_min", "zero"):
                 add(f"{name}/{fin}/8", lambda m=model, s=sde, n=name, f=fin: _run(m, s, n, **_sde_final(f)))
+        # k-diffusion's family on its Karras grid (steps = grid intervals in every version)
+        for name in ("euler", "heun", "dpm_2", "lms", *KD_STOCHASTIC):
+            add(f"{name}/6", lambda m=model, s=sde, n=name: _run(m, s, n, steps=6))
+        for name in ("euler", "heun", "dpm_2"):
+            add(f"{name}/churn/6", lambda m=model, s=sde, n=name: _run(m, s, n, steps=6, s_churn=2.0))
+        add("euler_ancestral/eta0/6", lambda m=model, s=sde: _run(m, s, "euler_ancestral", steps=6, eta=0.0))
+        add("lms/order3/6", lambda m=model, s=sde: _run(m, s, "lms", steps=6, order=3))
+        add("lms/own_last_step/6", lambda m=model, s=sde: _run(
+            m, s, "lms", steps=6, **({"final": "zero"} if NEW_API else {"last_step": "lms"})))
+        add("sde_dpmpp_3m/published/8", lambda m=model, s=sde: _run(
+            m, s, "sde_dpmpp_3m", variant="published", solver_type="heun", **_sde_final("denoise")))
         add("ode_adaptive", lambda m=model, s=sde: _run(m, s, "ode_adaptive", rtol=1e-4, atol=1e-4))
         add("ode_adaptive_bosh3", lambda m=model, s=sde: _run(m, s, "ode_adaptive", pair="bosh3", rtol=1e-3,
                                                              atol=1e-3))
@@ -131,6 +142,10 @@ def cases() -> dict[str, Any]:
             add("auto/cal_moments/5", lambda m=mom, s=sde: _run(m, s, "auto", **_budget_kwargs(5)))
             add("auto/nocal_moments/5", lambda m=mom, s=sde: _run(m, s, "auto", **_budget_kwargs(5, calibrate=False)))
     return out
+
+
+#: the stochastic samplers merged from k-diffusion (seeded per sample)
+KD_STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "lcm")
 
 
 def _sde_final(final: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from .gaussian import GaussianFit
 from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
 from .noise import NoiseSource
+from .progress import Progress
 from .registry import SOLVERS
 from .sde import SDE
 from .solvers.base import CountedScore, GridSolver, SolveContext
@@ -314,6 +315,7 @@ def calibrate_grid(
     logp_tol: float = 1.0,
     logp_cap: float = 1.25,
     fd_weight: float = 0.0,
+    progress: bool | None = None,
 ) -> CalibratedGrid:
     r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``nfe`` (see the module docstring).
 
@@ -356,6 +358,7 @@ def calibrate_grid(
         fd_weight: ``w``: add ``w * FD(output batch, teacher batch) / D`` to the squared RMSE (a paired
             Fréchet distance between the Gaussian fits of the two batches: systematic errors that the
             per-sample RMSE under-weights); 0 (default) leaves it out.
+        progress: a tqdm bar over the solver runs of the search, shown by default (:mod:`scoresolve.progress`).
 
     Returns:
         A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver
@@ -406,6 +409,8 @@ def calibrate_grid(
         cg.check(signature=sig, sde=sde, solver=fingerprint, steps=steps, eps=eps_, shape=shape)
         return cg
 
+    bar = Progress(None, f"calibrating the {type(solver_obj).__name__} grid for {steps} NFE", unit="run",
+                   progress=progress)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
     x_T = (torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std).to(dtype)
     to_zero = final != "none"
@@ -445,6 +450,7 @@ def calibrate_grid(
         out, k = _run(fn, sde, solver_obj, t, x_T, final, fit)
         counter["nfe"] += k
         counter["evals"] += 1
+        bar.update(1)
         delta = out.double() - target.double()
         rmse = float(delta.pow(2).mean().sqrt())
         if fd_weight and math.isfinite(rmse):
@@ -484,6 +490,7 @@ def calibrate_grid(
             init="log_snr", seed=int(seed), n_samples=int(n_samples), extra=extra,
         )
         _keep(cg, cache)
+        bar.close(evaluations=cg.nfe)
         return cg
 
     def search() -> tuple[Tensor, float, float, str]:
@@ -534,6 +541,7 @@ def calibrate_grid(
         init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"], **extra},
     )
     _keep(cg, cache)
+    bar.close(evaluations=cg.nfe)
     return cg
 
 

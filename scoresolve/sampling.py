@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,10 +15,12 @@ import torch
 from torch import Tensor
 
 from ._util import check_int
+from .aliases import resolve as resolve_alias
 from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_model
 from .noise import NoiseSource
+from .progress import Progress
 from .recipes import auto_recipe
 from .registry import SOLVERS
 from .sde import SDE
@@ -63,6 +64,8 @@ def resolve_solver(solver: str | Solver | type[Solver], options: dict[str, Any])
                 f"solver options {sorted(options)} were given with a solver instance; configure the instance instead"
             )
         return solver
+    if isinstance(solver, str):  # a registered name or a familiar alias ("euler_a", "DPM++ 2M Karras")
+        solver, options, _ = resolve_alias(solver, options)
     cls = SOLVERS.get(solver, argument="solver") if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name or a scoresolve Solver, got {solver!r}")
@@ -116,20 +119,6 @@ def _resolve_shape(
     return out
 
 
-def _progress_bar(progress: bool | None, total: int, desc: str) -> Any:
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if progress:
-            raise ImportError("progress=True needs tqdm: pip install tqdm (or pass progress=False)") from None
-        return None
-    if progress is None and not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def sample(
     model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
     sde: SDE | None = None,
@@ -165,7 +154,8 @@ def sample(
             :class:`~scoresolve.ScoreModel`, which also supplies ``sde`` and the sample shape.
         sde: the forward SDE (:class:`~scoresolve.VESDE`, :class:`~scoresolve.VPSDE`,
             :class:`~scoresolve.SubVPSDE` or your own subclass); defaults to the model's.
-        solver: a registered solver name (see :func:`scoresolve.solvers`) or a ``Solver``.
+        solver: a registered solver name or a familiar alias such as ``"euler_a"``, ``"ddim"``,
+            ``"DPM++ 2M Karras"`` (see :func:`scoresolve.solvers`), or a ``Solver``.
         steps: grid intervals, for every fixed-grid solver (``pc``: predictor steps, the paper's N; default
             the solver's ``default_steps`` or ``sde.N``).
         nfe: instead of ``steps``, the evaluation budget, final step included: the grid is planned from the
@@ -199,7 +189,7 @@ def sample(
         seeds: one integer seed per sample instead: each sample then depends only on its seed.
         device, dtype: where and in which precision the state lives (default: ``x_T``'s, else
             the model's device, ``float32``).
-        progress: show a tqdm bar (``None``: only on a terminal, if tqdm is installed).
+        progress: a tqdm bar over the steps (``None``: shown unless ``SCORESOLVE_PROGRESS=0``; :mod:`.progress`).
         callback: called after every step as ``callback(step=i, t=t, x=x, x_mean=x_mean)``.
         return_trajectory: keep every intermediate state (implies a :class:`SampleResult`).
         return_result: return a :class:`SampleResult` (samples, NFE, grid, ...) instead of a tensor.
@@ -235,6 +225,9 @@ def sample(
         if steps is not None:
             raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
     calibration: dict[str, Any] | None = None
+    if isinstance(solver, str) and solver != "auto":  # an alias may bring options and a grid; the caller's win
+        solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
+        grid = alias_grid if grid is None else grid
     if isinstance(solver, str) and solver == "auto":
         if solver_options:
             raise TypeError(f"unknown option(s) {sorted(solver_options)} for solver 'auto'; it accepts: "
@@ -323,7 +316,7 @@ def sample(
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
         cg = calibrate_grid(score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior,
                             shape=shp[1:], eps=eps_, dtype=wd, cache=DEFAULT_CACHE if cache is None else cache,
-                            **calibration)
+                            progress=progress, **calibration)
         # the cost of this run's calibration (a cached grid costs the 3 evaluations of the model's signature)
         info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
                                "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
@@ -344,11 +337,11 @@ def sample(
     counted = CountedScore(score_fn, check_every=check_every)
     traj: list[Tensor] | None = [x.clone()] if return_trajectory else None
     n_int = times.numel() - 1 if times is not None else 0
-    bar = None if progress is False else _progress_bar(
-        progress, n_int, f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}")
+    desc = f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}"
+    bar = Progress(n_int, desc, progress=progress)
     ctx = SolveContext(
-        score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj, progress=bar,
-        final=final, xdtype=dt, wdtype=wd,
+        score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj,
+        progress=bar if bar.active else None, final=final, xdtype=dt, wdtype=wd,
     )
     start = time.perf_counter()
     try:
@@ -366,8 +359,7 @@ def sample(
                         traj.append(x.clone())
             counted.check()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(evaluations=counted.nfe)
     seconds = time.perf_counter() - start
     if not (return_result or return_trajectory):
         return x

@@ -1,8 +1,8 @@
-"""Contracts every registered few-step solver keeps, found through the registry (no hand-kept list).
+"""Contracts every registered fixed-grid solver keeps, found through the registry (no hand-kept list).
 
-For every solver in the EDM variables and every final step, ``nfe=K`` spends exactly the evaluations the
-planner declares (``K`` itself unless the solver's last interval is cheaper, EDM's Euler last step), the
-samples are finite, and a budget below the minimum is an error naming ``nfe``. A solver defined in one file
+For every fixed-grid solver and every final step, ``nfe=K`` spends exactly the evaluations the planner declares,
+the most within ``K`` (``K`` itself for a few-step solver unless its last interval is cheaper, EDM's Euler last
+step), the samples are finite, and a budget below the minimum is an error naming ``nfe``. A solver defined in one file
 (the one docs/contributing.md shows) joins these checks by registering, nothing else.
 """
 
@@ -13,13 +13,13 @@ import torch
 
 import scoresolve as ss
 from scoresolve.registry import SOLVERS
-from scoresolve.solvers.base import EDMSolver, Step
+from scoresolve.solvers.base import EDMSolver, GridSolver, Step
 from scoresolve.solvers.finish import FINALS
 from scoresolve.solvers.loop import cost, plan
 
 
-def _few_step() -> list[str]:
-    return [n for n in SOLVERS.names() if isinstance(SOLVERS.get(n), type) and issubclass(SOLVERS.get(n), EDMSolver)]
+def _fixed_grid() -> list[str]:
+    return [n for n in SOLVERS.names() if isinstance(SOLVERS.get(n), type) and issubclass(SOLVERS.get(n), GridSolver)]
 
 
 def _check_budgets(name: str) -> None:
@@ -38,11 +38,13 @@ def _check_budgets(name: str) -> None:
                 res = ss.sample(model, sde, solver=name, nfe=k, final=final, shape=(4, 3), return_result=True,
                                 generator=torch.Generator().manual_seed(k))
                 assert res.nfe == cost(solver, n, final, False) <= k, (name, final, k, res.nfe)
-                assert res.nfe == k or solver.nfe_last is not None, (name, final, k, res.nfe)
+                assert k - solver.nfe_per_step < res.nfe, (name, final, k, res.nfe)  # the most within k
+                if isinstance(solver, EDMSolver):
+                    assert res.nfe == k or solver.nfe_last is not None, (name, final, k, res.nfe)
                 assert res.grid.numel() - 1 == n and torch.isfinite(res.samples).all()
 
 
-@pytest.mark.parametrize("name", _few_step())
+@pytest.mark.parametrize("name", _fixed_grid())
 def test_budget_and_final_contract(name):
     _check_budgets(name)
 
@@ -64,7 +66,7 @@ def test_a_new_solver_joins_the_contract_by_registering(monkeypatch):
     for table in ("_entries", "_descriptions"):  # registered for this test only
         monkeypatch.setattr(SOLVERS, table, dict(getattr(SOLVERS, table)))
     SOLVERS.register("test_one_file_ddim", description="DDIM (test)")(_OneFileDDIM)
-    assert "test_one_file_ddim" in _few_step() and "test_one_file_ddim" in ss.solvers()
+    assert "test_one_file_ddim" in _fixed_grid() and "test_one_file_ddim" in ss.solvers()
     _check_budgets("test_one_file_ddim")
     # and it is a first-order solver of the PF-ODE: halving the step about halves the error
     gm, sde = ss.analytic.anisotropic(dim=3, n_components=2, seed=4), ss.VPSDE()

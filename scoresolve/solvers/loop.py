@@ -124,4 +124,5 @@ def _report(ctx: SolveContext, i: int, t: float, alpha: float | None, y: Tensor,
     if alpha is None:
         ctx.after_step(i, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device), y, x_mean)
     else:
-        ctx.after_step(i, torch.full((y.shape[0],), t, dtype=dtype, device=y.device), (y * alpha).to(dtype))
+        x_mean = None if x_mean is None or x_mean is y else (x_mean * alpha).to(dtype)
+        ctx.after_step(i, torch.full((y.shape[0],), t, dtype=dtype, device=y.device), (y * alpha).to(dtype), x_mean)
