@@ -132,11 +132,12 @@ def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
     if not isinstance(cfg, Mapping) or "type" not in cfg:
         raise CheckpointError(f"the checkpoint's sde config must be a dict with a 'type', got {cfg!r}")
     kind = cfg["type"]
-    if kind not in _SDES:
-        raise CheckpointError(f"unknown SDE type {kind!r} in the checkpoint config; known: {', '.join(_SDES)}")
+    known = {**SDE.classes, **_SDES}  # every SDE subclass defined so far, by class name
+    if not isinstance(kind, str) or kind not in known:
+        raise CheckpointError(f"unknown SDE type {kind!r} in the checkpoint config; known: {', '.join(sorted(known))}")
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     try:
-        return _SDES[kind](**kwargs)
+        return known[kind](**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"bad SDE config {dict(cfg)}: {e}") from e
 
