@@ -366,7 +366,7 @@ def _load_array(path: str) -> Any:
     except Exception as e:  # noqa: BLE001 - object arrays (pickles), damaged archives: one line, no traceback
         raise CLIError(f"cannot read --data {path!r} as .npy/.npz of numbers: {e}") from e
     if arr.dtype.kind not in "fiu" or arr.ndim < 2:
-        raise CLIError(f"--data {path!r}: expected a numeric array (N, *dims), got dtype {arr.dtype}, shape {arr.shape}")
+        raise CLIError(f"--data {path!r}: expected a numeric array (N, *dims), got {arr.dtype} of shape {arr.shape}")
     return arr
 
 

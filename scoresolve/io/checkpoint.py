@@ -470,7 +470,8 @@ def _parse_config(raw: str | Mapping[str, Any], where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: format_version must be a non-negative integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: format_version {version} is newer than this scoresolve reads ({FORMAT_VERSION}); upgrade scoresolve"
+            f"{where}: format_version {version} is newer than this scoresolve reads ({FORMAT_VERSION}); "
+            "upgrade scoresolve"
         )
     for key in ("architecture", "arch_kwargs", "sde"):
         if key not in cfg:
@@ -486,7 +487,8 @@ def _parse_config(raw: str | Mapping[str, Any], where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: data_range must be [low, high] with finite low < high, got {rng!r}")
     shape = cfg.get("sample_shape")
     if shape is not None and not (
-        isinstance(shape, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+        isinstance(shape, (list, tuple))
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
     ):
         raise CheckpointError(f"{where}: sample_shape must be a list of positive integers, got {shape!r}")
     if not isinstance(cfg.get("parameterization", "score"), str):

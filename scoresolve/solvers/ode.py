@@ -208,7 +208,7 @@ class ProbabilityFlowODE(Solver):
         """One adaptive solve per sample (with ``seeds=``): each row's steps depend on that row alone."""
         from torchdiffeq import odeint
 
-        rows, per, clamped, accepted = [], [], 0, []
+        rows, per, clamped = [], [], 0
         for i in range(x.shape[0]):
             before = ctx.score.nfe
             drift = _Drift(ctx, lo, hi)

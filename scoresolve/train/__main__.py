@@ -103,7 +103,8 @@ def _run(args: argparse.Namespace) -> Path:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise ValueError(f"--device {args.device!r} is not usable here: {str(e).splitlines()[0] if str(e) else e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--device {args.device!r} is not usable here: {first}") from None
     data = load_data(args.data)
     if args.sde == "ve":
         sde = VESDE(args.sigma_min, args.sigma_max)
