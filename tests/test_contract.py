@@ -11,8 +11,8 @@ float32 and float64 (the state stays float32):
   ``steps_to_grid``), else ``nfe_for(steps) + 1`` with the final denoising (``nfe_for(steps)`` without);
   adaptive solvers report per-sample counts that add up.
 
-Budgets 1, 2, 5 run by default (tiny problem: 2-D, 3 samples); 10, 50 and the slow ``auto`` solver
-(which calibrates) run under ``-m slow``.
+Budgets 1, 2, 5 run by default (tiny problem: 2-D, 3 samples); 10, 50, 1000 (fixed-grid solvers, where
+it is cheap) and the slow ``auto`` solver (which calibrates) run under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def test_solver_contract_small_budgets(name: str, sde_key: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_key", list(SDES))
 @pytest.mark.parametrize("name", _solver_params())
-def test_solver_contract_budgets_10_50(name: str, sde_key: str) -> None:
+def test_solver_contract_budgets_10_50_1000(name: str, sde_key: str) -> None:
     for steps in (10, 50):
         _run(name, sde_key, steps)
+    if not resolve_solver(name, {}).adaptive and name not in SLOW_SOLVERS:
+        _run(name, sde_key, 1000)
