@@ -59,8 +59,10 @@ variable="t", hold_after_reject=False``) needs 51 for 2× and falls off a cliff 
 
 Step-size control (:class:`~scoresolve.solvers.controllers.Controller`, ``norm=``):
 
-* ``"batch_rms"`` (default): one step size for the batch from the RMS over all its entries. Cheapest,
-  but samples are coupled through the shared step sizes.
+* ``"batch_rms"`` (default without ``seeds=``): one step size for the batch from the RMS over all its
+  entries. Cheapest, but samples are coupled through the shared step sizes. With ``seeds=`` (which
+  promises that a sample depends only on its seed) the default is ``"per_sample"``, and an explicit
+  batch norm is refused.
 * ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; more model
   calls.
 * ``"per_sample"``: each sample has its own time and step size (as the paper's released code);
