@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ def _resolve_shape(
     elif shape is not None:
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise TypeError(f"shape must be a sequence of integers (batch, *dims), got {shape!r}")
-        out = tuple(check_positive_int(s, "shape entries") if not isinstance(s, int) else s for s in shape)
+        out = tuple(
+            operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool) else check_positive_int(s, "shape")
+            for s in shape
+        )
         if len(out) < 2:
             raise ValueError(f"shape must be (batch, *dims) with at least 2 entries, got {out}")
     elif model_shape is not None:
