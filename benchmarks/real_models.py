@@ -75,6 +75,7 @@ from nfe_vs_fid import (  # noqa: E402
     KDIFF_STOCHASTIC,
     BenchError,
     Problem,
+    _parse_ints,
     _sample_ours,
     _split_specs,
     check_solver_names,
@@ -405,16 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ints(s: str, what: str) -> list[int]:
-    try:
-        vals = sorted({int(v) for v in s.split(",") if v.strip()})
-    except ValueError:
-        raise BenchError(f"--{what} must be comma-separated integers, got {s!r}") from None
-    if not vals or vals[0] < 1:
-        raise BenchError(f"--{what} needs integers >= 1, got {s!r}")
-    return vals
-
-
 def _with_auto_option(specs: Sequence[str], calibrate: bool) -> list[str]:
     return [s if calibrate or s.split("[")[0] != "auto" or "calibrate" in s else
             (s[:-1] + ",calibrate=False]" if s.endswith("]") else s + "[calibrate=False]") for s in specs]
@@ -425,8 +416,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    budgets = _ints(args.nfe, "nfe") if args.nfe else list(QUICK_NFE if args.quick else FULL_NFE if args.full else NFE)
-    s_budgets = _ints(args.stochastic_nfe, "stochastic-nfe") if args.stochastic_nfe else list(
+    default_nfe = QUICK_NFE if args.quick else FULL_NFE if args.full else NFE
+    budgets = _parse_ints(args.nfe, "nfe") if args.nfe else list(default_nfe)
+    s_budgets = _parse_ints(args.stochastic_nfe, "stochastic-nfe") if args.stochastic_nfe else list(
         QUICK_STOCHASTIC_NFE if args.quick else STOCHASTIC_NFE)
     n = args.n if args.n is not None else (QUICK_N if args.quick else N)
     if n < 2:

@@ -49,53 +49,47 @@ SPLIT_SEED = 0
 
 
 class DigitsClassifier(nn.Module):
-    """The classifier; :meth:`features` returns the 64-D penultimate activations used for FID."""
+    """The 8×8 classifier; :meth:`features` returns the 64-D penultimate activations used for FID.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, FEATURE_DIM)
-        self.fc2 = nn.Linear(FEATURE_DIM, 10)
-
-    def features(self, x: Tensor) -> Tensor:
-        """``(B, 1, 8, 8)`` images in ``[-1, 1]`` → ``(B, 64)`` features."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"the digits classifier takes (B, 1, 8, 8) images, got shape {tuple(x.shape)}")
-        h = torch.relu(self.conv1(x))
-        h = torch.max_pool2d(torch.relu(self.conv2(h)), 2)
-        return torch.relu(self.fc1(h.flatten(1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``(B, 10)``."""
-        return self.fc2(self.features(x))
-
-
-class MNISTClassifier(nn.Module):
-    """The 28×28 MNIST classifier; :meth:`features` returns the 64-D penultimate activations used for FID.
-
-    conv 3×3 (1 → 16) · ReLU · max-pool 2 · conv 3×3 (16 → 32) · ReLU · max-pool 2 → 32×7×7
-    → linear 1568 → 64 · ReLU (features) → linear 64 → 10.
+    Subclasses change :attr:`size` (the image side) and :attr:`pool_first` (max-pool after the first
+    convolution too); the parameter names are shared.
     """
 
+    size = 8
+    pool_first = False
+    name = "digits"
+
     def __init__(self) -> None:
         super().__init__()
+        side = self.size // (4 if self.pool_first else 2)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 7 * 7, FEATURE_DIM)
+        self.fc1 = nn.Linear(32 * side * side, FEATURE_DIM)
         self.fc2 = nn.Linear(FEATURE_DIM, 10)
 
     def features(self, x: Tensor) -> Tensor:
-        """``(B, 1, 28, 28)`` images in ``[-1, 1]`` → ``(B, 64)`` features."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"the MNIST classifier takes (B, 1, 28, 28) images, got shape {tuple(x.shape)}")
-        h = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        """``(B, 1, size, size)`` images in ``[-1, 1]`` → ``(B, 64)`` features."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.size, self.size):
+            raise ValueError(f"the {self.name} classifier takes (B, 1, {self.size}, {self.size}) images, "
+                             f"got shape {tuple(x.shape)}")
+        h = torch.relu(self.conv1(x))
+        if self.pool_first:
+            h = torch.max_pool2d(h, 2)
         h = torch.max_pool2d(torch.relu(self.conv2(h)), 2)
         return torch.relu(self.fc1(h.flatten(1)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(B, 10)``."""
         return self.fc2(self.features(x))
+
+
+class MNISTClassifier(DigitsClassifier):
+    """The 28×28 MNIST classifier: conv 3×3 (1 → 16) · ReLU · max-pool 2 · conv 3×3 (16 → 32) · ReLU ·
+    max-pool 2 → 32×7×7 → linear 1568 → 64 · ReLU (features) → linear 64 → 10."""
+
+    size = 28
+    pool_first = True
+    name = "MNIST"
 
 
 @dataclass(frozen=True)
