@@ -66,7 +66,6 @@ from _common import (  # noqa: E402
     markdown_table,
     plot_metric_vs_nfe,
     prepare_out_dir,
-    progress,
     versions,
     write_json,
     write_text,
@@ -84,6 +83,7 @@ from nfe_vs_fid import (  # noqa: E402
 )
 
 from scoresolve.metrics import frechet_distance, gaussian_moments  # noqa: E402
+from scoresolve.progress import Progress  # noqa: E402
 
 NAME = "real_models"
 DEFAULT_MODELS = ("digits", "mnist", "pulfer")
@@ -270,8 +270,11 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
         current.update(t, fd=_fd(rm, t["samples"]))
         refs[str(seed)] = {"teacher_fd": current["fd"], "teacher_nfe": t["nfe"], "teacher_seconds": t["seconds"],
                            "cached": t["cached"], "file": t["file"]}
-        for r in progress(runs, total=len(runs), desc=f"{rm.name} seed {seed}"):
+        bar = Progress(len(runs), f"{NAME} {rm.name} seed {seed}", unit="run")
+        for r in runs:
+            bar.update(0, run=f"{r['solver']} @ {r.get('budget')}")
             row = execute(problem, r, seed, device)
+            bar.update(1)
             row["seed"] = seed
             cal = row.get("calibration") or {}
             cal_s = float(cal.get("seconds", 0.0)) if isinstance(cal.get("seconds"), (int, float)) else 0.0
@@ -283,6 +286,7 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
             if rm.stochastic_only:
                 row.pop("rmse", None)  # the teacher is stochastic too: no pairing
             rows.append(row)
+        bar.close()
     return rows, refs
 
 

@@ -146,7 +146,6 @@ def bench():
 
 
 def test_real_models_benchmark_tiny_run_pairs_caches_and_reports(bench, tmp_path):
-    pytest.importorskip("sklearn")
     if sys.modules["nfe_vs_fid"].peer_available("k_diffusion:dpmpp_2m") is not None:
         pytest.skip("k-diffusion's sampling module is not importable here")
     argv = ["--model", "digits", "--n", "12", "--seeds", "1", "--nfe", "5", "--no-plot", "--out", str(tmp_path),

@@ -1,5 +1,5 @@
-r"""Small convolutional digit classifiers, bundled for feature-space FID: one of scikit-learn's 8×8
-digits (``name="digits"``, the default) and one of 28×28 MNIST (``name="mnist"``).
+r"""Small convolutional digit classifiers, bundled for feature-space FID: one of the 8×8
+digits shipped with scoresolve (``name="digits"``, the default) and one of 28×28 MNIST (``name="mnist"``).
 
 MNIST papers score generators with the FID in the feature space of a LeNet trained on the same data;
 these are such networks. The 8×8 one:
@@ -20,7 +20,7 @@ and evaluated on the held-out *test* split; the weights (≈ 150 KB) go to
 
 The split is the one of :func:`scoresolve.train.data.digits`: data scaled to ``[-1, 1]`` as
 ``x / 8 - 1``, a permutation of the 1797 images by ``torch.randperm`` with seed 0, the first 20 %
-(359 images) held out. Loading the data needs scikit-learn; loading the classifier does not.
+(359 images) held out. Neither the data nor the classifier needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -168,17 +168,14 @@ def classifier_metadata(path: str | Path | None = None, name: str = "digits") ->
 
 
 def digits_with_labels(split: str = "train") -> tuple[Tensor, Tensor]:
-    """scikit-learn's digits as ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels, for ``split``
-    in ``train`` / ``test`` / ``all`` (the split of :func:`scoresolve.train.data.digits`)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError("the digits data need scikit-learn: pip install scikit-learn") from e
+    """The shipped digits (:mod:`scoresolve.data`) as ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels, for
+    ``split`` in ``train`` / ``test`` / ``all`` (the split of :func:`scoresolve.train.data.digits`)."""
+    from ..data import load_digits
+
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    d = load_digits()
-    x = torch.as_tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
-    y = torch.as_tensor(d.target, dtype=torch.int64)
+    images, y = load_digits()
+    x = images.to(torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     if split == "all":
         return x, y
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
