@@ -186,18 +186,22 @@ def load_real_model(spec: str, pulfer: str | None = None) -> RealModel:
             raise BenchError(f"cannot load --model {spec!r} ({type(e).__name__}: {e}); use digits, mnist, pulfer, "
                              "or a path scoresolve.io.load accepts") from e
         weights = BUNDLED.get(spec, path)
-        if weights is not None and weights.is_dir():
+        if weights.is_dir():
             weights = weights / "model.safetensors"
         teacher = ("ode", dict(TEACHER_ODE))
         label = "probability-flow ODE, dopri5 rtol = atol = 1e-5, Tweedie step"
         stochastic_only = False
     shape = tuple(model.sample_shape or ())
     features, mean, cov, desc = _classifier_reference(shape)
-    return RealModel(spec, model, Path(weights), stochastic_only, teacher, label, features, mean, cov, desc)
+    return RealModel(spec, model, weights, stochastic_only, teacher, label, features, mean, cov, desc)
 
 
 def _digest(path: Path) -> str:
+    """sha256 of the weights file (of the name, for a Hub id that is not a local file)."""
     h = hashlib.sha256()
+    if not path.is_file():
+        h.update(str(path).encode())
+        return h.hexdigest()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -281,10 +285,8 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
             if row.get("seconds") is not None:
                 row["calibration_seconds"] = cal_s
                 row["sampling_seconds"] = row["seconds"] - cal_s
-            if _is_stochastic(row) and not rm.stochastic_only:
-                row.pop("rmse", None)
-            if rm.stochastic_only:
-                row.pop("rmse", None)  # the teacher is stochastic too: no pairing
+            if rm.stochastic_only or _is_stochastic(row):
+                row.pop("rmse", None)  # a stochastic sampler or teacher: no pairing
             rows.append(row)
         bar.close()
     return rows, refs

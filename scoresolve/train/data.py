@@ -106,16 +106,16 @@ def mnist(
             want = next((v for k, v in MNIST_SHA256.items() if f.name.endswith(k)), None)
             if want is not None and hashlib.sha256(f.read_bytes()).hexdigest() != want:
                 raise ValueError(f"{f}: sha256 differs from the published MNIST file's (corrupted download?)")
-    x = read_idx(files["images"])
-    if x.ndim != 3 or tuple(x.shape[1:]) != (28, 28):
-        raise ValueError(f"{img}: expected 28×28 images, got shape {tuple(x.shape)}")
+    raw = read_idx(files["images"])
+    if raw.ndim != 3 or tuple(raw.shape[1:]) != (28, 28):
+        raise ValueError(f"{img}: expected 28×28 images, got shape {tuple(raw.shape)}")
     sl = {"train": slice(0, MNIST_N_TRAIN), "test": slice(MNIST_N_TRAIN, None), "all": slice(None)}[split]
-    x = x[sl].to(torch.float32).div_(127.5).sub_(1.0).unsqueeze(1).contiguous()
+    x = raw[sl].to(torch.float32).div_(127.5).sub_(1.0).unsqueeze(1).contiguous()
     if not labels:
         return x
     y = read_idx(files["labels"])
-    if y.shape[0] != read_idx(files["images"]).shape[0]:
-        raise ValueError(f"{files['labels']}: {y.shape[0]} labels for a different number of images")
+    if y.shape != raw.shape[:1]:
+        raise ValueError(f"{files['labels']}: labels of shape {tuple(y.shape)} for {raw.shape[0]} images")
     return x, y[sl].to(torch.int64)
 
 
