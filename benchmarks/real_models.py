@@ -79,6 +79,7 @@ from nfe_vs_fid import (  # noqa: E402
     _split_specs,
     check_solver_names,
     execute,
+    parse_solver_spec,
     plan_runs,
 )
 
@@ -266,7 +267,7 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
 
     problem = Problem(name=rm.name, model=rm.model, sde=rm.model.sde, shape=(n, *rm.model.sample_shape),
                       metric_name="teacher_ratio", evaluate=evaluate, score_fn=rm.model)
-    runs, skipped = plan_runs(problem, check_solver_names(list(specs)), budgets, quick)
+    runs, skipped = _plan(problem, specs, budgets, quick)
     rows: list[dict[str, Any]] = [dict(s, seed=None) for s in skipped]
     refs: dict[str, Any] = {}
     for seed in seeds:
@@ -290,6 +291,26 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
             rows.append(row)
         bar.close()
     return rows, refs
+
+
+def _plan(problem: Problem, specs: Sequence[str], budgets: Sequence[int],
+          quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``plan_runs`` per spec, with ``grid=`` taken out of the solver's options (it is an argument of
+    ``ss.sample``, not of the solver) and put back into the run's options."""
+    runs, skipped = [], []
+    for spec in specs:
+        name, opts = parse_solver_spec(spec)
+        grid = opts.pop("grid", None)
+        base = name + ("[" + ",".join(f"{k}={v}" for k, v in opts.items()) + "]" if opts else "")
+        r, sk = plan_runs(problem, check_solver_names([base]), budgets, quick)
+        for row in r + sk:
+            row["solver"] = spec
+        if grid is not None:
+            for row in r:
+                row["options"] = {**(row.get("options") or {}), "grid": grid}
+        runs += r
+        skipped += sk
+    return runs, skipped
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -149,17 +149,17 @@ def test_real_models_benchmark_tiny_run_pairs_caches_and_reports(bench, tmp_path
     if sys.modules["nfe_vs_fid"].peer_available("k_diffusion:dpmpp_2m") is not None:
         pytest.skip("k-diffusion's sampling module is not importable here")
     argv = ["--model", "digits", "--n", "12", "--seeds", "1", "--nfe", "5", "--no-plot", "--out", str(tmp_path),
-            "--solvers", "dpmpp_2m,auto,pc,k_diffusion:dpmpp_2m"]
+            "--solvers", "dpmpp_2m,ipndm[grid=log_snr],auto,pc,k_diffusion:dpmpp_2m"]
     res = bench.main(argv)
     rows = {r["solver"]: r for r in res["summary"]}
-    assert set(rows) == {"dpmpp_2m", "auto[calibrate=False]", "pc", "k_diffusion:dpmpp_2m"}
+    assert set(rows) == {"dpmpp_2m", "ipndm[grid=log_snr]", "auto[calibrate=False]", "pc", "k_diffusion:dpmpp_2m"}
     teacher = res["teachers"]["digits"]["0"]
     assert not teacher["cached"] and teacher["teacher_nfe"] > 20
     from safetensors.torch import load_file
 
     x = load_file(teacher["file"])["samples"]
     unpaired = float((x - x.roll(1, 0)).pow(2).mean().sqrt())  # RMS distance of independent samples
-    for name in ("dpmpp_2m", "auto[calibrate=False]", "k_diffusion:dpmpp_2m"):
+    for name in ("dpmpp_2m", "ipndm[grid=log_snr]", "auto[calibrate=False]", "k_diffusion:dpmpp_2m"):
         r = rows[name]
         assert r["nfe"] == 5 and r["teacher_ratio"] > 0 and r["calibration_seconds"] == 0 and r["sampling_seconds"] > 0
     # started from the teacher's prior noise (ours and the peer): closer to its samples than independent draws
