@@ -221,3 +221,80 @@ def test_solver_errors_reach_the_pipeline_and_abandoned_runs_end():
         a = sched.step(0.1 * a, t, a).prev_sample
         b = fresh.step(0.1 * b, t, b).prev_sample
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------- pipelines
+
+
+def _stable_diffusion():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                        num_hidden_layers=1, vocab_size=100, bos_token_id=0, eos_token_id=2,
+                                        pad_token_id=1))
+    ddim = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   clip_sample=False, set_alpha_to_one=False)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet, scheduler=ddim,
+                                             safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():  # no tokenizer offline: prompt embeddings from the text encoder directly
+        ids = torch.randint(3, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+        cond, uncond = text(ids)[0], text(torch.ones_like(ids))[0]
+    return pipe, cond, uncond
+
+
+def test_stable_diffusion_pipeline_with_classifier_free_guidance():
+    """Two-line swap into a (tiny) StableDiffusionPipeline; with diffusers' DPM-Solver++(2M) sigmas it draws
+    what DPMSolverMultistepScheduler draws (guidance 7.5: both branches batched in one call per step)."""
+    pipe, cond, uncond = _stable_diffusion()
+    args = dict(prompt_embeds=cond, negative_prompt_embeds=uncond, height=16, width=16, guidance_scale=7.5,
+                output_type="np")
+    ref_sched = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, final_sigmas_type="zero")
+    pipe.scheduler = ref_sched
+    ref = pipe(num_inference_steps=6, generator=torch.Generator().manual_seed(0), **args).images
+    pipe.scheduler = ScoresolveScheduler.from_scheduler(ref_sched, solver="dpmpp_2m", final="tweedie")
+    ref_sched.set_timesteps(6)
+    ours = pipe(sigmas=ref_sched.sigmas.tolist(), generator=torch.Generator().manual_seed(0), **args).images
+    assert ours.shape == (1, 16, 16, 3) and pipe.scheduler.nfe == 6
+    assert abs(ours - ref).max() < 1e-4
+    pipe.scheduler = ScoresolveScheduler.from_scheduler(ref_sched, solver="unipc")  # our defaults: steps, grid
+    img = pipe(num_inference_steps=5, generator=torch.Generator().manual_seed(0), **args).images
+    assert img.shape == (1, 16, 16, 3) and pipe.scheduler.nfe == 5
+
+
+class _FixedSigmas(ScoresolveScheduler):
+    """DiTPipeline calls set_timesteps(n) only: this test's subclass plans the given sigmas instead."""
+
+    fixed: list[float] = []
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None):
+        super().set_timesteps(device=device, sigmas=self.fixed)
+
+
+def test_dit_pipeline_class_conditional_latents():
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
+                                          num_attention_heads=2, in_channels=4, out_channels=8,
+                                          num_embeds_ada_norm=1000).eval()  # eval: no label dropout
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, latent_channels=4,
+                                  norm_num_groups=4)
+    ref_sched = diffusers.DPMSolverMultistepScheduler(final_sigmas_type="zero")
+    pipe = diffusers.DiTPipeline(transformer=dit, vae=vae, scheduler=ref_sched)
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(class_labels=[1, 3], num_inference_steps=5, guidance_scale=4.0, output_type="np")
+    ref = pipe(generator=torch.Generator().manual_seed(0), **args).images
+    ref_sched.set_timesteps(5)
+    _FixedSigmas.fixed = ref_sched.sigmas.tolist()
+    pipe.scheduler = _FixedSigmas.from_scheduler(ref_sched, solver="dpmpp_2m", final="tweedie")
+    ours = pipe(generator=torch.Generator().manual_seed(0), **args).images
+    assert ours.shape == (2, 8, 8, 3) and pipe.scheduler.nfe == 5
+    assert abs(ours - ref).max() < 1e-4

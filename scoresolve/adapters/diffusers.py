@@ -532,7 +532,9 @@ def sample_pipeline(
         solver, steps, own = _own_sampler(model, steps)
         kwargs = {**own, **kwargs}
     device = kwargs.pop("device", None) or _network_dtype_device(model.metadata["network"])[1]
-    out = sample(model, model.sde, solver, steps, batch_size=batch_size, generator=generator, device=device, **kwargs)
+    if "shape" not in kwargs and "x_T" not in kwargs:
+        kwargs["batch_size"] = batch_size
+    out = sample(model, model.sde, solver, steps, generator=generator, device=device, **kwargs)
     x = out.samples if isinstance(out, SampleResult) else out
     lo, hi = model.data_range or (-1.0, 1.0)
     img = ((x.float() - lo) / (hi - lo)).clamp(0, 1)
