@@ -298,3 +298,49 @@ def test_dit_pipeline_class_conditional_latents():
     ours = pipe(generator=torch.Generator().manual_seed(0), **args).images
     assert ours.shape == (2, 8, 8, 3) and pipe.scheduler.nfe == 5
     assert abs(ours - ref).max() < 1e-4
+
+
+def test_trained_betas_config_attributes_and_errors_of_attribute_access(tmp_path):
+    sched = ScoresolveScheduler(trained_betas=[0.1, 0.3, 0.5])
+    sched.save_pretrained(tmp_path)
+    assert ScoresolveScheduler.from_pretrained(tmp_path).betas.tolist() == sched.betas.tolist()
+    sched.set_timesteps(2)
+    x, noise = _dummy()
+    assert sched.add_noise(x, noise, sched.timesteps[1][None]).shape == x.shape
+    sched.register_to_config(test_attribute=5)
+    with pytest.warns(FutureWarning):
+        assert sched.test_attribute == 5  # config attributes read through the object: diffusers' deprecation
+    with pytest.raises(AttributeError, match="'ScoresolveScheduler' object has no attribute 'nope'"):
+        sched.nope  # noqa: B018
+
+
+def test_calibrated_sigmas_are_used_and_saved(tmp_path):
+    """``calibrate`` stores a grid for a budget; ``set_timesteps(n)`` then runs on it (here a hand-made one)."""
+    sched = ScoresolveScheduler(solver="unipc", calibrated_sigmas={"4": [150.0, 9.0, 1.0, 0.05]})
+    sched.set_timesteps(4)
+    torch.testing.assert_close(sched.sigmas, torch.tensor([150.0, 9.0, 1.0, 0.05, 0.0], dtype=torch.float64))
+    sched.save_pretrained(tmp_path)
+    assert ScoresolveScheduler.from_pretrained(tmp_path).config.calibrated_sigmas == {"4": [150.0, 9.0, 1.0, 0.05]}
+    with pytest.warns(UserWarning, match="calibrate"):
+        ScoresolveScheduler(solver="auto").set_timesteps(10)
+    with pytest.raises(ValueError, match="calibrate"):
+        ScoresolveScheduler(solver="auto", solver_options={"calibrate": True})
+
+
+def test_calibrate_then_the_scheduler_runs_the_calibrated_grid():
+    """``calibrate`` runs scoresolve's calibration (as ``ss.sample(..., calibrate=True)``) outside the pipeline and
+    the scheduler then draws what ``ss.sample`` draws on that grid from the same noise."""
+    sched = ScoresolveScheduler(solver="unipc", final="zero")
+    eps = _mixture_eps(sched.alphas_cumprod)
+    sig = sched.calibrate(lambda x, ts: eps(x, ts[0]).to(x.dtype), 6, sample_shape=(4,),
+                          generator=torch.Generator().manual_seed(0))
+    assert len(sig) == 6 and sched.config.calibrated_sigmas["6"] == sig
+    default = ScoresolveScheduler(solver="unipc")
+    default.set_timesteps(6)
+    sched.set_timesteps(6)
+    assert not torch.allclose(sched.sigmas, default.sigmas)  # calibration moved the grid
+    torch.testing.assert_close(sched.sigmas[:-1], torch.tensor(sig, dtype=torch.float64))
+    x = _loop(sched, eps, _x_T(1))
+    ref = ss.sample(ss.from_diffusers(lambda x_, ts: eps(x_, ts[0]).to(x_.dtype), scheduler=sched, sde=sched.sde),
+                    solver="unipc", grid=sched.result.grid, x_T=_x_T(1), last_step="zero")
+    torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)  # the pipeline passes float32 timesteps

@@ -49,9 +49,8 @@ from torch import Tensor
 from ..models import ScoreModel
 from ..sde import SDE, VESDE, VPSDE
 
-__all__ = [
-    "from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod", "ScoresolveScheduler"
-]
+# also ``ScoresolveScheduler`` (module __getattr__ below: its module subclasses diffusers' classes)
+__all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod"]
 
 TimestepMode = Literal["fractional", "nearest"]
 _PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "score": "score"}

@@ -36,6 +36,7 @@ import inspect
 import math
 import queue
 import threading
+import warnings
 from typing import Any
 
 import torch
@@ -66,6 +67,18 @@ def _final_options(solver: str, final: str) -> dict[str, Any]:
     if "last_step" in params:
         return {"last_step": final}
     return {"denoise": final != "none"}
+
+
+def _no_calibration(solver: str) -> dict[str, Any]:
+    """Options that keep a solver from calibrating against the model during a run (and from the Gaussian first
+    step whose moments calibration would estimate)."""
+    params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
+    out: dict[str, Any] = {}
+    if "calibrate" in params:
+        out["calibrate"] = False
+        if "gaussian_prior" in params:
+            out["gaussian_prior"] = None
+    return out
 
 
 class _Run:
@@ -130,6 +143,13 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             (the nearest trained timestep, as int64: for networks that look timesteps up in an embedding).
         clip_sample, clip_sample_range: clamp Tweedie's :math:`\hat x_0` to ``[-range, range]`` at every
             evaluation (diffusers' ``clip_sample``; from :meth:`from_scheduler` it is the source's setting).
+        calibrated_sigmas: grids calibrated for the model by :meth:`calibrate`, by budget (``{"10": [...]}``);
+            ``set_timesteps(n)`` uses the one for ``n``. Saved with the config.
+
+    Solvers that calibrate their grid against the model (``auto``, ``calibrate=``) cannot do so inside a
+    pipeline, which shows the scheduler one evaluation at a time: the scheduler runs them with
+    ``calibrate=False`` (and no estimated Gaussian first step) on the calibrated grid :meth:`calibrate` stored,
+    or, without one, on their uncalibrated default grid (with a warning).
 
     Cost: ``len(timesteps)`` network calls, one per ``step`` (``nfe``); :meth:`set_timesteps` runs the solver
     once on a scalar with a zero model (twice with ``num_inference_steps``) to learn its evaluation times.
@@ -165,6 +185,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         timestep_mode: str = "fractional",
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
+        calibrated_sigmas: dict[str, list[float]] | None = None,
     ) -> None:
         from diffusers import DDPMScheduler
 
@@ -176,7 +197,12 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"final must be one of {FINALS}, got {final!r}")
         if solver_options is not None and not isinstance(solver_options, dict):
             raise TypeError(f"solver_options must be a dict of the solver's options, got {type(solver_options)}")
-        solver_obj = resolve_solver(solver, dict(solver_options or {}))  # unknown names/options fail here
+        if solver_options and "calibrate" in solver_options:
+            raise ValueError(
+                "solver_options: 'calibrate' cannot run inside a pipeline; call scheduler.calibrate(pipe, steps), "
+                "which stores the calibrated grid for set_timesteps(steps)"
+            )
+        solver_obj = resolve_solver(solver, {**_no_calibration(solver), **(solver_options or {})})  # checks names
         if solver_obj.adaptive:
             raise ValueError(
                 f"solver {solver!r} is adaptive: its evaluation times depend on the model's values, so a "
@@ -189,6 +215,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             beta_schedule=beta_schedule,
             trained_betas=trained_betas,
         )
+        self.betas = ddpm.betas
         self.alphas_cumprod = ddpm.alphas_cumprod
         self.sde = vp_sde_for_alphas_cumprod(self.alphas_cumprod, beta_schedule, beta_start, beta_end)
         self.time_map = DiscreteTimeMap(self.alphas_cumprod, self.sde, timestep_mode)  # type: ignore[arg-type]
@@ -274,8 +301,20 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             steps = int(num_inference_steps)  # type: ignore[arg-type]
             if steps < 1:
                 raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-            kwargs = {"steps": steps} if cfg.grid is None else {"steps": steps, "grid": cfg.grid}
-            kwargs["grid"] = self._dry_run(kwargs, final).grid  # the grid that steps/grid name give
+            calibrated = (cfg.calibrated_sigmas or {}).get(str(steps))
+            if calibrated is not None:
+                kwargs = {"grid": self.sde.t_from_sigma(torch.tensor(calibrated, dtype=torch.float64))}
+                kwargs["grid"][0] = min(float(kwargs["grid"][0]), self.sde.T)
+            else:
+                if _no_calibration(cfg.solver) and cfg.solver == "auto":
+                    warnings.warn(
+                        f"solver 'auto' has no grid calibrated for {steps} steps: call scheduler.calibrate(pipe, "
+                        f"{steps}) first; running its uncalibrated grid",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                kwargs = {"steps": steps} if cfg.grid is None else {"steps": steps, "grid": cfg.grid}
+                kwargs["grid"] = self._dry_run(kwargs, final).grid  # the grid that steps/grid name give
         self._final = final
         times: list[Tensor] = []
         result = self._dry_run(kwargs, final, times)
@@ -362,7 +401,44 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _solve_kwargs(self, final: str) -> dict[str, Any]:
         cfg = self.config
-        return {"solver": cfg.solver, **(cfg.solver_options or {}), **_final_options(cfg.solver, final)}
+        return {
+            "solver": cfg.solver,
+            **_no_calibration(cfg.solver),
+            **(cfg.solver_options or {}),
+            **_final_options(cfg.solver, final),
+        }
+
+    def calibrate(
+        self,
+        pipeline_or_unet: Any,
+        steps: int,
+        *,
+        sample_shape: tuple[int, ...] | None = None,
+        generator: torch.Generator | None = None,
+        **model_options: Any,
+    ) -> list[float]:
+        """Calibrate the solver's grid for this model and ``steps`` network calls with scoresolve's calibration
+        (:func:`scoresolve.calibrate.calibrate_grid`, as ``ss.sample(..., calibrate=True)`` does), outside the
+        pipeline; the grid is kept in ``config.calibrated_sigmas`` (saved with the scheduler) and used by
+        ``set_timesteps(steps)``. Unconditional calibration: the network is called as
+        :func:`~scoresolve.adapters.diffusers.from_diffusers` calls it (``model_options`` are its options, e.g.
+        ``class_labels=``; ``sample_shape`` when the network's config does not give it). Returns the sigmas.
+        Cost: the calibration's (``ss.sample``'s ``info["calibration"]``), thousands of calls at small batches."""
+        from .diffusers import from_diffusers
+
+        cfg = self.config
+        r = float(cfg.clip_sample_range)
+        model = from_diffusers(pipeline_or_unet, scheduler=self, sde=self.sde, timestep_mode=cfg.timestep_mode,
+                               clip_x0=bool(cfg.clip_sample), data_range=(-r, r), **model_options)
+        kwargs = self._solve_kwargs(self._final)
+        kwargs["calibrate"] = True
+        shape = None if sample_shape is None else (1, *sample_shape)
+        res = sample(model, model.sde, steps=int(steps), shape=shape, batch_size=None if shape else 1,
+                     generator=generator, return_result=True, **kwargs)
+        assert isinstance(res, SampleResult) and res.grid is not None
+        sig = [float(v) for v in self.sde.sigma(res.grid.to(torch.float64))]
+        self.register_to_config(calibrated_sigmas={**(cfg.calibrated_sigmas or {}), str(int(steps)): sig})
+        return sig
 
     def _dry_run(self, kwargs: dict[str, Any], final: str, times: list[Tensor] | None = None) -> SampleResult:
         """Run the solver on one scalar sample with a zero network output, recording its evaluation times."""
