@@ -344,3 +344,19 @@ def test_calibrate_then_the_scheduler_runs_the_calibrated_grid():
     ref = ss.sample(ss.from_diffusers(lambda x_, ts: eps(x_, ts[0]).to(x_.dtype), scheduler=sched, sde=sched.sde),
                     solver="unipc", grid=sched.result.grid, x_T=_x_T(1), last_step="zero")
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)  # the pipeline passes float32 timesteps
+
+
+@pytest.mark.parametrize("solver,opts", CONTRACT_SOLVERS)
+def test_any_number_of_steps_from_one(solver, opts):
+    sched = ScoresolveScheduler(solver=solver, solver_options=opts)
+    x, out = _dummy()
+    for n in (1, 2, 5, 100):
+        sched.set_timesteps(n)
+        assert len(sched.timesteps) >= n and torch.isfinite(sched.timesteps).all()
+        y = sched.step(out, sched.timesteps[0], x).prev_sample
+        assert y.shape == x.shape and torch.isfinite(y).all()
+    sched.set_timesteps(1)  # one call: Tweedie's x0 at T
+    t = torch.full((4,), sched.sde.T, dtype=torch.float64)
+    expected = (x.double() - sched.sde.marginal_std(t)[0] * out.double()) / sched.sde.alpha(t)[0]
+    torch.testing.assert_close(sched.step(out, sched.timesteps[0], x).prev_sample.double(), expected,
+                               atol=1e-4, rtol=1e-5)

@@ -290,6 +290,8 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 final = "none"
             else:
                 sig = sig[:-1]
+                if final == "none":
+                    final = "tweedie"  # a trailing 0 asks for a step to sigma = 0
             grid = self.sde.t_from_sigma(sig)
             over = grid > self.sde.T
             if (grid[over] > self.sde.T * (1 + 1e-6)).any():
@@ -302,7 +304,9 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             if steps < 1:
                 raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
             calibrated = (cfg.calibrated_sigmas or {}).get(str(steps))
-            if calibrated is not None:
+            if steps == 1 and final != "none":
+                kwargs = {"steps": 1}
+            elif calibrated is not None:
                 kwargs = {"grid": self.sde.t_from_sigma(torch.tensor(calibrated, dtype=torch.float64))}
                 kwargs["grid"][0] = min(float(kwargs["grid"][0]), self.sde.T)
             else:
@@ -316,21 +320,31 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 kwargs = {"steps": steps} if cfg.grid is None else {"steps": steps, "grid": cfg.grid}
                 kwargs["grid"] = self._dry_run(kwargs, final).grid  # the grid that steps/grid name give
         self._final = final
+        if isinstance(kwargs.get("grid"), Tensor) and kwargs["grid"].numel() == 1 or (
+            kwargs.get("steps") == 1 and final != "none"
+        ):
+            # one network call: Tweedie's x0 at the only noise level (what a solver's one step to 0 is)
+            t0 = kwargs["grid"].reshape(1) if "grid" in kwargs else torch.tensor([self.sde.T], dtype=torch.float64)
+            self._plan(t0.to(torch.float64), t0.to(torch.float64), final, device)
+            return
         times: list[Tensor] = []
         result = self._dry_run(kwargs, final, times)
-        self._grid = result.grid.to(torch.float64)
-        self._eval_t = torch.stack(times).to(torch.float64)
-        ts = self.time_map(self._eval_t.float())  # what a float32 run (the usual pipeline) computes
+        self._plan(result.grid.to(torch.float64), torch.stack(times).to(torch.float64), final, device)
+
+    def _plan(self, grid: Tensor, eval_t: Tensor, final: str, device: Any) -> None:
+        """Set ``timesteps``, ``sigmas``, ``order`` and the restart points from a run's grid and evaluation times."""
+        self._grid, self._eval_t = grid, eval_t
+        ts = self.time_map(eval_t.float())  # what a float32 run (the usual pipeline) computes
         self.timesteps = ts.to(device) if device is not None else ts
         self.num_inference_steps = len(ts)
-        n_int = self._grid.numel() - 1
+        n_int = grid.numel() - 1
         self.order = max(1, len(ts) // max(n_int, 1))
-        sig_grid = self.sde.sigma(self._grid)
+        sig_grid = self.sde.sigma(grid)
         self.sigmas = torch.cat([sig_grid, sig_grid.new_zeros(1)]) if final != "none" else sig_grid
         # evaluation index -> grid point, where the solver can be restarted
         self._starts = {}
         for g in range(n_int):
-            near = torch.isclose(self._eval_t, self._grid[g], rtol=1e-9, atol=0.0).nonzero()
+            near = torch.isclose(eval_t, grid[g], rtol=1e-9, atol=0.0).nonzero()
             if len(near):
                 self._starts[int(near[0])] = g
         self._next = 0
