@@ -227,7 +227,8 @@ def test_solver_errors_reach_the_pipeline_and_abandoned_runs_end():
 
 
 def _stable_diffusion():
-    from transformers import CLIPTextConfig, CLIPTextModel
+    transformers = pytest.importorskip("transformers")  # the test extra
+    CLIPTextConfig, CLIPTextModel = transformers.CLIPTextConfig, transformers.CLIPTextModel
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(

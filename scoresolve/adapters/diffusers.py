@@ -263,54 +263,6 @@ def _sample_shape(net: Any) -> tuple[int, ...] | None:
     return (int(c), *(int(s) for s in hw))
 
 
-def _schedule(
-    cfg: dict[str, Any], sched_obj: Any, sde: SDE | None, prediction_type: str | None, timestep_mode: TimestepMode
-) -> tuple[SDE, Callable[[Tensor], Tensor], str, DiscreteTimeMap | None, tuple[float, float]]:
-    """What a scheduler config says about its model: ``(sde, time_fn, parameterization, time_map, data range)``."""
-    is_ve = cfg.get("_class_name") == "ScoreSdeVeScheduler" or ("sigma_max" in cfg and "snr" in cfg)
-    ptype = prediction_type or ("score" if is_ve else cfg.get("prediction_type"))
-    if ptype is None:
-        raise ValueError(
-            "from_diffusers: cannot tell what the network predicts; pass scheduler= (the one it was trained "
-            "with) or prediction_type= ('epsilon', 'v_prediction', 'sample', 'score') together with sde="
-        )
-    if ptype not in _PREDICTION_TYPES:
-        raise ValueError(
-            f"from_diffusers: unknown prediction_type {ptype!r}; expected one of {list(_PREDICTION_TYPES)}"
-        )
-    param = _PREDICTION_TYPES[ptype]
-
-    time_map: DiscreteTimeMap | None = None
-    time_fn: Callable[[Tensor], Tensor]
-    if is_ve:
-        if sde is None:
-            sde = VESDE(
-                sigma_min=float(cfg.get("sigma_min", 0.01)),
-                sigma_max=float(cfg.get("sigma_max", 1348.0)),
-                N=int(cfg.get("num_train_timesteps", 2000)),
-            )
-        time_fn = sde.marginal_std
-        default_range = (0.0, 1.0)
-    else:
-        ac = _alphas_cumprod(cfg, sched_obj)
-        if ac is None:
-            if sde is None:
-                raise ValueError(
-                    "from_diffusers: no scheduler with alphas_cumprod (or ScoreSdeVe config) was found; pass "
-                    "scheduler= or sde= (the network is then called with t itself)"
-                )
-            time_fn = lambda t: t  # noqa: E731
-        else:
-            if sde is None:
-                sde = vp_sde_for_alphas_cumprod(
-                    ac, cfg.get("beta_schedule"), cfg.get("beta_start"), cfg.get("beta_end")
-                )
-            time_map = DiscreteTimeMap(ac, sde, timestep_mode)
-            time_fn = time_map
-        default_range = (-1.0, 1.0)
-    return sde, time_fn, param, time_map, default_range
-
-
 def from_diffusers(
     unet_or_pipeline_or_path: Any,
     *,
@@ -377,7 +329,47 @@ def from_diffusers(
     is_diffusers_model = hasattr(net, "config") and isinstance(net, torch.nn.Module)
     ts_dtype = torch.float64 if net_dtype == torch.float64 else torch.float32
 
-    sde, time_fn, param, time_map, default_range = _schedule(cfg, sched_obj, sde, prediction_type, timestep_mode)
+    # --- what kind of model is it?
+    is_ve = cfg.get("_class_name") == "ScoreSdeVeScheduler" or ("sigma_max" in cfg and "snr" in cfg)
+    ptype = prediction_type or ("score" if is_ve else cfg.get("prediction_type"))
+    if ptype is None:
+        raise ValueError(
+            "from_diffusers: cannot tell what the network predicts; pass scheduler= (the one it was trained "
+            "with) or prediction_type= ('epsilon', 'v_prediction', 'sample', 'score') together with sde="
+        )
+    if ptype not in _PREDICTION_TYPES:
+        raise ValueError(
+            f"from_diffusers: unknown prediction_type {ptype!r}; expected one of {list(_PREDICTION_TYPES)}"
+        )
+    param = _PREDICTION_TYPES[ptype]
+
+    time_map: DiscreteTimeMap | None = None
+    if is_ve:
+        if sde is None:
+            sde = VESDE(
+                sigma_min=float(cfg.get("sigma_min", 0.01)),
+                sigma_max=float(cfg.get("sigma_max", 1348.0)),
+                N=int(cfg.get("num_train_timesteps", 2000)),
+            )
+        time_fn: Callable[[Tensor], Tensor] = sde.marginal_std
+        default_range = (0.0, 1.0)
+    else:
+        ac = _alphas_cumprod(cfg, sched_obj)
+        if ac is None:
+            if sde is None:
+                raise ValueError(
+                    "from_diffusers: no scheduler with alphas_cumprod (or ScoreSdeVe config) was found; pass "
+                    "scheduler= or sde= (the network is then called with t itself)"
+                )
+            time_fn = lambda t: t  # noqa: E731
+        else:
+            if sde is None:
+                sde = vp_sde_for_alphas_cumprod(
+                    ac, cfg.get("beta_schedule"), cfg.get("beta_start"), cfg.get("beta_end")
+                )
+            time_map = DiscreteTimeMap(ac, sde, timestep_mode)
+            time_fn = time_map
+        default_range = (-1.0, 1.0)
     rng = data_range or default_range
 
     # --- conditioning
