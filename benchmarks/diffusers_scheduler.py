@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     from scoresolve.adapters.diffusers import ScoresolveScheduler
     from scoresolve.metrics.fid import DigitsFID
 
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
     model = ss.load("digits")
     fid = DigitsFID()
     floor, floor_se = fid.floor(args.n, draws=20, seed=args.seed + 1)
     rows = []
 
+    log("ss.sample(solver='auto') (calibrates its grid first)")
     start = time.perf_counter()
     ref = ss.sample(model, solver="auto", steps=args.steps, batch_size=args.n, return_result=True,
                     generator=torch.Generator().manual_seed(args.seed))
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         f = fid.fid(x)
         rows.append({"method": name, "nfe": ref.nfe, "fid": f, "fid_ratio": f / floor, "seconds": sec})
 
+    log(f"reference FID {rows[1]['fid']:.4g} (clamped); the pipeline: calibrate, then sample")
     pipe = digits_pipeline(model)
     pipe.scheduler = ScoresolveScheduler.from_scheduler(pipe.scheduler, solver="auto")
     start = time.perf_counter()

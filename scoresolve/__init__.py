@@ -70,6 +70,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "save_pretrained": ("scoresolve.io", "save_pretrained"),
     "push_to_hub": ("scoresolve.io", "push_to_hub"),
     "from_diffusers": ("scoresolve.adapters.diffusers", "from_diffusers"),
+    "ScoresolveScheduler": ("scoresolve.adapters.diffusers_scheduler", "ScoresolveScheduler"),
     "from_kdiffusion": ("scoresolve.adapters.kdiffusion", "from_kdiffusion"),
     "from_score_sde": ("scoresolve.adapters.score_sde", "from_score_sde"),
     "metrics": ("scoresolve.metrics", ""),

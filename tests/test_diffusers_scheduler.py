@@ -361,3 +361,19 @@ def test_any_number_of_steps_from_one(solver, opts):
     expected = (x.double() - sched.sde.marginal_std(t)[0] * out.double()) / sched.sde.alpha(t)[0]
     torch.testing.assert_close(sched.step(out, sched.timesteps[0], x).prev_sample.double(), expected,
                                atol=1e-4, rtol=1e-5)
+
+
+def test_a_pipeline_saved_with_the_scheduler_loads_it_back(tmp_path):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.scheduler = ScoresolveScheduler.from_scheduler(pipe.scheduler, solver="unipc", grid="karras")
+    pipe.save_pretrained(tmp_path)
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(loaded.scheduler) is ScoresolveScheduler and loaded.scheduler.config.grid == "karras"
+    assert loaded.scheduler.config.clip_sample  # DDPMScheduler's clip_sample=True came along
+    loaded.set_progress_bar_config(disable=True)
+    images = loaded(batch_size=2, num_inference_steps=4, output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and loaded.scheduler.nfe == 4
