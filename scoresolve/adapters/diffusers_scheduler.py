@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..models import ScoreModel
 from ..registry import SOLVERS
-from ..sampling import SampleResult, resolve_solver, sample
+from ..sampling import SampleResult, sample
 from .diffusers import _PREDICTION_TYPES, DiscreteTimeMap, _clipped, vp_sde_for_alphas_cumprod
 
 __all__ = ["ScoresolveScheduler"]
@@ -202,8 +202,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 "solver_options: 'calibrate' cannot run inside a pipeline; call scheduler.calibrate(pipe, steps), "
                 "which stores the calibrated grid for set_timesteps(steps)"
             )
-        solver_obj = resolve_solver(solver, {**_no_calibration(solver), **(solver_options or {})})  # checks names
-        if solver_obj.adaptive:
+        if getattr(SOLVERS.get(solver, argument="solver"), "adaptive", False):
             raise ValueError(
                 f"solver {solver!r} is adaptive: its evaluation times depend on the model's values, so a "
                 "scheduler cannot list them as timesteps; choose a fixed-grid solver"
@@ -232,6 +231,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         self._next = 0
         self._handed: Tensor | None = None
         self._final = final
+        self._dry_run({"steps": 4}, final)  # unknown options (or an adaptive option) fail here, not mid-pipeline
 
     # ------------------------------------------------------------------ construction
 
