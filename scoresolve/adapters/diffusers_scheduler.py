@@ -400,7 +400,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             self._expect(msg[2], self._next)
             prev = msg[1]
         prev = prev.to(sample.dtype).clone()
-        self._handed = prev
+        self._handed = prev.clone()  # a pipeline may change its latents in place
         return self._output(prev, return_dict)
 
     # ------------------------------------------------------------------ internals
