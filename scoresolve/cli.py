@@ -8,7 +8,7 @@
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
     scoresolve train --data digits --steps 20000 --out runs/digits   # python -m scoresolve.train
 
-Models (``--model``): ``digits`` (the trained model bundled with scoresolve), ``analytic`` /
+Models (``--model``): ``digits`` / ``mnist`` (the trained models bundled with scoresolve), ``analytic`` /
 ``analytic:digits`` / ``analytic:grid2d`` / ``analytic:anisotropic`` (exact Gaussian-mixture scores),
 a checkpoint file or folder, or a Hugging Face Hub id ``org/name`` (see :func:`scoresolve.io.load`).
 ``python -m scoresolve`` is the same program.
@@ -89,7 +89,7 @@ def resolve_model(spec: str, sde_name: str | None = None, device: str | None = N
     try:
         model = ssio.load(spec, device=device)
     except FileNotFoundError as e:
-        raise CLIError(f"{e}. Built-in choices: digits (bundled), analytic[:{'|'.join(ANALYTIC)}]") from e
+        raise CLIError(f"{e}. Built-in choices: digits, mnist (bundled), analytic[:{'|'.join(ANALYTIC)}]") from e
     except Exception as e:  # noqa: BLE001 - CheckpointError, Hub errors: report, don't trace
         hint = " (try --model analytic, the exact digits mixture)" if spec == "digits" else ""
         raise CLIError(f"cannot load --model {spec!r}: {type(e).__name__}: {e}{hint}") from e
@@ -497,8 +497,9 @@ def cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="digits",
-                   help="'digits' (the trained model bundled with scoresolve), 'analytic[:digits|grid2d|anisotropic]' "
-                   "(exact Gaussian-mixture score), a checkpoint file/folder, or a Hugging Face Hub id 'org/name'")
+                   help="'digits' or 'mnist' (trained models bundled with scoresolve), "
+                   "'analytic[:digits|grid2d|anisotropic]' (exact Gaussian-mixture score), a checkpoint file/folder, "
+                   "or a Hugging Face Hub id 'org/name'")
     p.add_argument("--sde", choices=SDE_NAMES, default=None,
                    help="SDE to sample/evaluate under (default: the model's own; VP for analytic models)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: the model's)")

@@ -85,7 +85,10 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _DATA = Path(__file__).resolve().parent.parent / "data"
 
 #: Models shipped inside the package, loadable by name with :func:`load`.
-BUNDLED: dict[str, Path] = {"digits": _DATA / "digits_model.safetensors"}
+BUNDLED: dict[str, Path] = {
+    "digits": _DATA / "digits_model.safetensors",
+    "mnist": _DATA / "mnist_model.safetensors",  # 28x28, scoresolve.train.bundled_mnist
+}
 
 # name -> "module:attribute" (imported on first use) or a callable building the network
 _ARCHITECTURES: dict[str, str | Callable[..., nn.Module]] = {
@@ -688,7 +691,7 @@ def load(
 ) -> ScoreModel:
     """Load a score model from a bundled name, a local file or directory, or a Hugging Face Hub id.
 
-    Resolution order: a bundled name (``"digits"``; write ``"./digits"`` for a local folder of that
+    Resolution order: a bundled name (``"digits"``, ``"mnist"``; write ``"./digits"`` for a local folder of that
     name), an existing path, then a Hub repo id ``"org/name"`` (through huggingface_hub and its
     cache; offline with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``).
 
