@@ -270,6 +270,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     _nfe_to_steps(args)
     npz, png = _outputs(args, "samples")
     if args.shard_dir:
@@ -293,7 +294,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             chunks.append(res.samples.detach().cpu())
             nfe = max(nfe, res.nfe)
             bar.update(res.samples.shape[0])
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FloatingPointError) as e:
         raise CLIError(str(e)) from e
     finally:
         bar.close(evaluations_per_batch=nfe)
@@ -334,7 +335,7 @@ def _sample_sharded(args: argparse.Namespace) -> int:
         res = ssd.sample_distributed(
             model, sde, n=args.n, out_dir=args.shard_dir, solver=args.solver, steps=args.steps, seed=args.seed,
             shard_size=args.batch_size or 256, eps=args.eps, grid=args.grid, denoise=args.denoise,
-            device=args.device, dtype=dtype, model_id=args.model, progress=not args.quiet and None,
+            device=args.device, dtype=dtype, progress=not args.quiet and None,
             **parse_options(args.option),
         )
     except (ValueError, TypeError) as e:
@@ -361,14 +362,34 @@ def _load_array(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--data {path!r} is not a file")
+    if p.suffix not in (".npy", ".npz"):
+        raise CLIError(f"--data {path!r}: expected a .npy or .npz file of samples, got {p.suffix or 'no suffix'!r}")
     try:
         arr = np.load(p, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot read --data {path!r} as .npy/.npz: {e}") from e
-    if hasattr(arr, "files"):
-        key = "samples" if "samples" in arr.files else arr.files[0]
-        arr = arr[key]
+        if hasattr(arr, "files"):
+            if not arr.files:
+                raise ValueError("the archive holds no arrays")
+            key = "samples" if "samples" in arr.files else arr.files[0]
+            arr = arr[key]
+    except Exception as e:  # noqa: BLE001 - object arrays (pickles), damaged archives: one line, no traceback
+        raise CLIError(f"cannot read --data {path!r} as .npy/.npz of numbers: {e}") from e
+    if arr.dtype.kind not in "fiu" or arr.ndim < 2:
+        raise CLIError(f"--data {path!r}: expected a numeric array (N, *dims), got {arr.dtype} of shape {arr.shape}")
     return arr
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that torch does not know or that is not available here (one line, exit 2)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"--device {device!r} is not usable here: {first}") from None
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
@@ -376,6 +397,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     model, sde, mix = resolve_model(args.model, args.sde, args.device)
     if args.data:
         x = torch.as_tensor(_load_array(args.data)).to(torch.float64 if args.dtype == "float64" else torch.float32)

@@ -9,6 +9,7 @@ controller says *where* the steps go, the noise source supplies randomness, and
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,16 @@ __all__ = [
 
 
 class NonFiniteScoreError(FloatingPointError):
-    """The score model returned NaN or inf; the message names the step and the time."""
+    """NaN or inf appeared during sampling; the message names the step, the time and the culprit.
+
+    ``culprit`` is ``"model"`` when the score model returned NaN/inf for a finite input, and
+    ``"solver"`` when the solver's own arithmetic produced a non-finite state (or handed one to the
+    model) while every score it had received was finite.
+    """
+
+    def __init__(self, message: str, culprit: str = "model") -> None:
+        super().__init__(message)
+        self.culprit = culprit
 
 
 class NoiseSource:
@@ -55,7 +65,7 @@ class NoiseSource:
         self.generator = generator
         self.generators: list[torch.Generator] | None = None
         if seeds is not None:
-            seed_list = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
+            seed_list = _check_seeds(seeds)
             dev = torch.device(device) if device is not None else torch.device("cpu")
             self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
 
@@ -82,9 +92,31 @@ class NoiseSource:
         return self.randn(x.shape, device=x.device, dtype=x.dtype)
 
 
+def _check_seeds(seeds: Any) -> list[int]:
+    """``seeds`` as a list of Python ints, refusing fractions, bools and out-of-range values (never truncating)."""
+    if isinstance(seeds, Tensor):
+        if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or seeds.ndim != 1:
+            raise TypeError(f"seeds must be a 1-D integer tensor, got dtype {seeds.dtype}, shape {tuple(seeds.shape)}")
+        seeds = seeds.tolist()
+    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}")
+    out = []
+    for s in seeds:
+        if isinstance(s, (bool, float)) or not hasattr(s, "__index__"):
+            raise TypeError(f"seeds must be integers, got {s!r} ({type(s).__name__})")
+        v = operator.index(s)
+        if not -(2**63) <= v < 2**64:
+            raise ValueError(f"seeds must lie in [-2**63, 2**64), got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError("seeds is empty; give one integer per sample")
+    return out
+
+
 class CountedScore:
-    """Wraps ``score(x, t)``: counts evaluations (NFE), checks the output's shape on the first call,
-    and watches for NaN/inf.
+    """Wraps ``score(x, t)``: counts evaluations (NFE), checks the output's type and shape on every
+    call (a tuple comparison), and watches for NaN/inf in the output, in the input it was handed and
+    (through :meth:`watch_state`) in the solver's state after each step.
 
     ``t`` may be given as a Python float, a 0-d tensor or a ``(B,)`` tensor; the model always receives
     a ``(B,)`` tensor in ``x``'s dtype. Finiteness is recorded on the device and checked every
@@ -97,8 +129,7 @@ class CountedScore:
         self.nfe = 0
         self.step: int | None = None
         self.check_every = check_every
-        self._shape_checked = False
-        self._pending: list[tuple[int | None, Tensor, Tensor]] = []
+        self._pending: list[tuple[int | None, Tensor, Tensor, str]] = []
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         b = x.shape[0]
@@ -109,31 +140,34 @@ class CountedScore:
             t = t.expand(b)
         elif t.shape != (b,):
             raise ValueError(f"t must be a scalar or have shape ({b},), got {tuple(t.shape)}")
+        self._watch(x, t, "input")
         out = self.fn(x, t)
-        if not self._shape_checked:
-            if not isinstance(out, Tensor):
-                raise TypeError(f"the score model must return a tensor, got {type(out).__name__}")
-            if out.shape != x.shape:
-                raise ValueError(
-                    f"the score model returned shape {tuple(out.shape)} for an input of shape "
-                    f"{tuple(x.shape)}; a score must have the input's shape"
-                )
-            self._shape_checked = True
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the score model must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"the score model returned shape {tuple(out.shape)} for an input of shape "
+                f"{tuple(x.shape)} (evaluation {self.nfe + 1}); a score must have the input's shape"
+            )
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         self.nfe += 1
-        self._watch(out, t)
+        self._watch(out, t, "model")
         return out
 
-    def _watch(self, out: Tensor, t: Tensor) -> None:
+    def watch_state(self, x: Tensor, t: Tensor) -> None:
+        """Record whether the solver's state ``x`` after a step is finite (checked like the outputs)."""
+        self._watch(x, t, "state")
+
+    def _watch(self, out: Tensor, t: Tensor, kind: str) -> None:
         bad_rows = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
         every = self.check_every if self.check_every is not None else (1 if out.device.type == "cpu" else 32)
         if every <= 1:
             if bool(bad_rows.any()):
-                self._raise(self.step, t, bad_rows)
+                self._raise(self.step, t, bad_rows, kind)
             return
         # deferred: keep the flags on the device and look at them every `every` calls (one sync)
-        self._pending.append((self.step, t, bad_rows))
+        self._pending.append((self.step, t, bad_rows, kind))
         if len(self._pending) >= every:
             self.check()
 
@@ -141,18 +175,26 @@ class CountedScore:
         """Raise :class:`NonFiniteScoreError` if a call not yet checked returned NaN/inf."""
         if not self._pending:
             return
-        flags = torch.stack([rows.any() for _, _, rows in self._pending])
+        flags = torch.stack([rows.any() for _, _, rows, _ in self._pending])
         if bool(flags.any()):
-            step, t, rows = self._pending[int(flags.int().argmax())]
-            self._raise(step, t, rows)
+            step, t, rows, kind = self._pending[int(flags.int().argmax())]  # the first one flagged
+            self._raise(step, t, rows, kind)
         self._pending.clear()
 
     @staticmethod
-    def _raise(step: int | None, t: Tensor, bad_rows: Tensor) -> None:
+    def _raise(step: int | None, t: Tensor, bad_rows: Tensor, kind: str = "model") -> None:
         where = f"step {step}" if step is not None else "a score evaluation"
         tval = f" (t={float(t.reshape(-1)[0]):.6g})"
         n_bad, n = int(bad_rows.sum()), bad_rows.numel()
-        raise NonFiniteScoreError(f"the score model returned NaN or inf at {where}{tval} for {n_bad} of {n} samples")
+        if kind == "model":
+            raise NonFiniteScoreError(
+                f"the score model returned NaN or inf at {where}{tval} for {n_bad} of {n} samples whose input was "
+                "finite", culprit="model")
+        what = "handed the model a non-finite state" if kind == "input" else "produced a non-finite state"
+        raise NonFiniteScoreError(
+            f"the solver's arithmetic {what} at {where}{tval} for {n_bad} of {n} samples, while every score output "
+            "before it was finite (the model is not the cause; try more steps, float64, or another solver)",
+            culprit="solver")
 
 
 @dataclass
@@ -186,7 +228,8 @@ class SolveContext:
         return self.grid[i].to(device=x.device, dtype=x.dtype).expand(x.shape[0])
 
     def after_step(self, i: int, t: Tensor, x: Tensor, x_mean: Tensor | None = None) -> None:
-        """Bookkeeping after step ``i``: trajectory, callback, progress."""
+        """Bookkeeping after step ``i``: finiteness of the state, trajectory, callback, progress."""
+        self.score.watch_state(x, t)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())
         if self.callback is not None:
