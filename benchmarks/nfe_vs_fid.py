@@ -221,10 +221,11 @@ def run_k_diffusion(
         return (x + std**2 * s) / a
 
     model = _Counter(denoiser)
-    # noise from the benchmark's generator (k-diffusion's own samplers draw from the global RNG:
-    # seed it from the generator so that runs are reproducible)
-    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    # the prior noise is the generator's first draw, as for scoresolve's solvers and the diffusers runner (the
+    # same seed gives the same start, so samples can be paired); k-diffusion's own samplers draw later noise
+    # from the global RNG: seed it from the generator so that runs are reproducible
     x = torch.randn(shape, generator=generator) * smax
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     if sampler == "dpm_fast":
         out = ks.sample_dpm_fast(model, x, smin, smax, n_steps, disable=True)
     else:

@@ -34,9 +34,23 @@ def correctors() -> dict[str, str]:
     return CORRECTORS.describe()
 
 
-def grids() -> dict[str, str]:
-    """Registered time grids."""
-    return GRIDS.describe()
+class _Grids:
+    """``ss.grids()`` lists the registered time grids; ``ss.grids.export(grid, sde, path)`` writes a grid as a
+    sigma list (JSON or text) that diffusers, k-diffusion and ComfyUI take, ``ss.grids.import_(path)`` reads one
+    (:mod:`scoresolve.grid_io`)."""
+
+    def __call__(self) -> dict[str, str]:
+        return GRIDS.describe()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("export", "import_"):
+            from . import grid_io
+
+            return getattr(grid_io, name)
+        raise AttributeError(f"ss.grids has no attribute {name!r}; it has export and import_")
+
+
+grids = _Grids()
 
 
 # Names whose modules are imported on first use (optional parts, heavier imports).
@@ -56,6 +70,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "save_pretrained": ("scoresolve.io", "save_pretrained"),
     "push_to_hub": ("scoresolve.io", "push_to_hub"),
     "from_diffusers": ("scoresolve.adapters.diffusers", "from_diffusers"),
+    "ScoresolveScheduler": ("scoresolve.adapters.diffusers_scheduler", "ScoresolveScheduler"),
     "from_kdiffusion": ("scoresolve.adapters.kdiffusion", "from_kdiffusion"),
     "from_score_sde": ("scoresolve.adapters.score_sde", "from_score_sde"),
     "metrics": ("scoresolve.metrics", ""),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import math
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ __all__ = [
     "to_json",
     "model_signature",
     "same_signature",
-    "weights_digest",
 ]
 
 
@@ -68,13 +69,63 @@ def one_of(value: Any, options: Sequence[str], name: str) -> str:
 
 
 # --- files ----------------------------------------------------------------------------------------
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}."
+
+
+def sweep_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries that a killed writer of ``path`` left beside it; returns them.
+
+    :func:`atomic_write` names its temporary ``.<name>.<host>-<pid>.<random>.tmp``; one whose process is no
+    longer running on this host is stale. A temporary of another host, or of an older naming, is removed once
+    it is an hour old. Called at every atomic write of ``path`` (and by the checkpoint loaders; errors ignored).
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    prefix = _temp_prefix(dest)
+    removed: list[Path] = []
+    try:
+        candidates = [q for q in folder.iterdir() if q.name.startswith(prefix) and ".tmp" in q.name[len(prefix):]]
+    except OSError:
+        return removed
+    for q in candidates:
+        owner = q.name[len(prefix):].split(".")[0]
+        host, _, pid = owner.rpartition("-")
+        stale = False
+        if host == _HOST and pid.isdigit():
+            stale = int(pid) != os.getpid() and not _pid_alive(int(pid))
+        else:
+            with contextlib.suppress(OSError):
+                stale = time.time() - q.stat().st_mtime > 3600
+        if stale:
+            with contextlib.suppress(OSError):
+                q.unlink()
+                removed.append(q)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike[str], *, error: type[Exception] = OSError, mkdir: bool = False, suffix: str = ".tmp"
 ) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``.
 
-    On any error the temporary file is removed and ``path`` keeps its previous content. ``mkdir`` creates
+    On any error the temporary file is removed and ``path`` keeps its previous content; a process killed
+    mid-write cannot clean up, and its temporary is removed by the next write of ``path``
+    (:func:`sweep_temporaries`). ``mkdir`` creates
     the folder; otherwise a missing or read-only folder raises ``error`` (as does a failed write). ``suffix``
     ends the temporary name (e.g. ``".tmp.npz"`` for writers that append an extension).
     """
@@ -84,8 +135,9 @@ def atomic_write(
         folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
         raise error(f"cannot write {dest}: directory {folder} does not exist")
+    sweep_temporaries(dest)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_temp_prefix(dest)}{_HOST}-{os.getpid()}.", suffix=suffix)
     except OSError as e:
         raise error(f"cannot write {dest}: directory {folder} is not writable ({e})") from e
     os.close(fd)
@@ -151,11 +203,3 @@ def same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
     ta, tb = torch.tensor(list(a), dtype=torch.float64), torch.tensor(list(b), dtype=torch.float64)
     return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
 
-
-def weights_digest(net: torch.nn.Module) -> str:
-    """16 hex digits of a SHA-256 of a network's parameters and buffers (names and values)."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

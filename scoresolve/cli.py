@@ -8,7 +8,7 @@
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
     scoresolve train --data digits --steps 20000 --out runs/digits   # python -m scoresolve.train
 
-Models (``--model``): ``digits`` (the trained model bundled with scoresolve), ``analytic`` /
+Models (``--model``): ``digits`` / ``mnist`` (the trained models bundled with scoresolve), ``analytic`` /
 ``analytic:digits`` / ``analytic:grid2d`` / ``analytic:anisotropic`` (exact Gaussian-mixture scores),
 a checkpoint file or folder, or a Hugging Face Hub id ``org/name`` (see :func:`scoresolve.io.load`).
 ``python -m scoresolve`` is the same program.
@@ -91,7 +91,7 @@ def resolve_model(spec: str, sde_name: str | None = None, device: str | None = N
     try:
         model = ssio.load(spec, device=device)
     except FileNotFoundError as e:
-        raise CLIError(f"{e}. Built-in choices: digits (bundled), analytic[:{'|'.join(ANALYTIC)}]") from e
+        raise CLIError(f"{e}. Built-in choices: digits, mnist (bundled), analytic[:{'|'.join(ANALYTIC)}]") from e
     except Exception as e:  # noqa: BLE001 - CheckpointError, Hub errors: report, don't trace
         hint = " (try --model analytic, the exact digits mixture)" if spec == "digits" else ""
         raise CLIError(f"cannot load --model {spec!r}: {type(e).__name__}: {e}{hint}") from e
@@ -248,6 +248,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     npz, png = _outputs(args, "samples")
     if args.shard_dir:
         return _sample_sharded(args)
@@ -273,7 +274,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             chunks.append(res.samples.detach().cpu())
             nfe = max(nfe, res.nfe)
             bar.update(res.samples.shape[0])
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FloatingPointError) as e:
         raise CLIError(str(e)) from e
     finally:
         bar.close(evaluations_per_batch=nfe)
@@ -315,7 +316,7 @@ def _sample_sharded(args: argparse.Namespace) -> int:
         res = ssd.sample_distributed(
             model, sde, n=args.n, out_dir=args.shard_dir, solver=args.solver, steps=args.steps, seed=args.seed,
             shard_size=args.batch_size or 256, eps=args.eps, grid=args.grid, denoise=args.denoise,
-            device=args.device, dtype=dtype, model_id=args.model, progress=not args.quiet and None,
+            device=args.device, dtype=dtype, progress=not args.quiet and None,
             **{k: v for k, v in (("nfe", args.nfe), ("final", args.final)) if v is not None},
             **parse_options(args.option),
         )
@@ -343,14 +344,34 @@ def _load_array(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--data {path!r} is not a file")
+    if p.suffix not in (".npy", ".npz"):
+        raise CLIError(f"--data {path!r}: expected a .npy or .npz file of samples, got {p.suffix or 'no suffix'!r}")
     try:
         arr = np.load(p, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot read --data {path!r} as .npy/.npz: {e}") from e
-    if hasattr(arr, "files"):
-        key = "samples" if "samples" in arr.files else arr.files[0]
-        arr = arr[key]
+        if hasattr(arr, "files"):
+            if not arr.files:
+                raise ValueError("the archive holds no arrays")
+            key = "samples" if "samples" in arr.files else arr.files[0]
+            arr = arr[key]
+    except Exception as e:  # noqa: BLE001 - object arrays (pickles), damaged archives: one line, no traceback
+        raise CLIError(f"cannot read --data {path!r} as .npy/.npz of numbers: {e}") from e
+    if arr.dtype.kind not in "fiu" or arr.ndim < 2:
+        raise CLIError(f"--data {path!r}: expected a numeric array (N, *dims), got {arr.dtype} of shape {arr.shape}")
     return arr
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that torch does not know or that is not available here (one line, exit 2)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"--device {device!r} is not usable here: {first}") from None
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
@@ -358,6 +379,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     model, sde, mix = resolve_model(args.model, args.sde, args.device)
     if args.data:
         x = torch.as_tensor(_load_array(args.data)).to(torch.float64 if args.dtype == "float64" else torch.float32)
@@ -457,8 +479,9 @@ def cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="digits",
-                   help="'digits' (the trained model bundled with scoresolve), 'analytic[:digits|grid2d|anisotropic]' "
-                   "(exact Gaussian-mixture score), a checkpoint file/folder, or a Hugging Face Hub id 'org/name'")
+                   help="'digits' or 'mnist' (trained models bundled with scoresolve), "
+                   "'analytic[:digits|grid2d|anisotropic]' (exact Gaussian-mixture score), a checkpoint file/folder, "
+                   "or a Hugging Face Hub id 'org/name'")
     p.add_argument("--sde", choices=SDE_NAMES, default=None,
                    help="SDE to sample/evaluate under (default: the model's own; VP for analytic models)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: the model's)")

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import functools
+import hashlib
 import json
 import math
 import os
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._util import atomic_write, check_int, to_json, weights_digest
+from ._util import atomic_write, check_int, to_json
 
 __all__ = [
     "init",
@@ -155,9 +158,81 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
+def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
+    """Feed into ``h`` what ``obj`` computes with: networks' state dicts, tensors, SDE configs, numbers and
+    strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
+    qualified names of the functions met record the conversion. Returns how many tensors (weights) it
+    found."""
+    from .sde import SDE
+
+    if depth > 6 or id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(repr(obj).encode())
+        return 0
+    if isinstance(obj, torch.nn.Module):
+        h.update(type(obj).__qualname__.encode())
+        n = 0
+        for k, v in obj.state_dict().items():
+            h.update(k.encode())
+            n += _walk_content(v, h, seen, depth + 1)
+        return n
+    if isinstance(obj, Tensor):
+        from .io.checkpoint import update_digest
+
+        update_digest(h, obj)
+        return 1
+    if isinstance(obj, SDE):
+        h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_walk_content(v, h, seen, depth + 1) for v in obj[:10_000])
+    if isinstance(obj, dict):
+        return sum(_walk_content(obj[k], h, seen, depth + 1) for k in sorted(obj, key=repr)[:10_000])
+    if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
+        h.update(repr(obj).encode())
+        return 0
+    n = 0
+    if isinstance(obj, functools.partial):
+        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1)
+    elif isinstance(obj, types.MethodType):
+        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1)
+    elif isinstance(obj, types.FunctionType):
+        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
+        cells = []
+        for c in obj.__closure__ or ():
+            try:
+                cells.append(c.cell_contents)
+            except ValueError:  # an empty cell
+                cells.append(None)
+        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1)
+    else:
+        h.update(type(obj).__qualname__.encode())
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            n += _walk_content(attrs, h, seen, depth + 1)
+    return n
+
+
+def content_digest(model: Any) -> tuple[str, bool]:
+    """``(SHA-256 hex digest, has_weights)`` of what ``model`` computes with (see :func:`model_fingerprint`)."""
+    h = hashlib.sha256()
+    n = _walk_content(model, h, set())
+    return h.hexdigest(), n > 0
+
+
 def model_fingerprint(model: Any) -> str:
-    """A short description of ``model`` for the configuration: its class, metadata and, for
-    :class:`torch.nn.Module` networks, a SHA-256 of the parameters and buffers."""
+    """The identity of ``model`` from its **content**: its class and metadata, and a SHA-256 of every
+    weight it computes with — the parameters and buffers of its networks and any tensor held by its
+    wrappers, closures, bound methods or attributes (so two ``from_diffusers`` networks, or two
+    checkpoints saved at the same path, differ) — together with the conversion (parameterisation,
+    the functions that wrap the network).
+
+    A plain callable holding no tensor (e.g. ``lambda x, t: -x``) has no content to fingerprint: its
+    fingerprint ends in ``/no-weights`` and :func:`sample_distributed` refuses to resume such a run
+    without an explicit ``model_id=``.
+    """
     from .models import ScoreModel
 
     net = model.fn if isinstance(model, ScoreModel) else model
@@ -166,9 +241,14 @@ def model_fingerprint(model: Any) -> str:
         parts += [model.parameterization, str(model.sample_shape), str(model.metadata.get("name", ""))]
         if getattr(model, "data_fit", None) is not None:  # the moments change what solver="auto" runs
             parts.append("moments:" + model.data_fit.digest)
-    if isinstance(net, torch.nn.Module):
-        parts.append(weights_digest(net))
+        digest, weights = content_digest((model.fn, model.time_fn, model.parameterization))
+    else:
+        digest, weights = content_digest(model)
+    parts.append(digest[:32] if weights else "no-weights")
     return "/".join(parts)
+
+
+NO_WEIGHTS = "/no-weights"
 
 
 @dataclass
@@ -184,27 +264,47 @@ class DistributedResult:
     out_dir: Path
 
 
+def _shard_digest(samples: Tensor, seeds: Tensor, config_json: str, shard: str) -> str:
+    """SHA-256 of a shard's samples, seeds, configuration and index (stored in its metadata)."""
+    from .io.checkpoint import update_digest
+
+    h = hashlib.sha256()
+    for t in (samples, seeds):
+        update_digest(h, t)
+    h.update(config_json.encode())
+    h.update(shard.encode())
+    return h.hexdigest()
+
+
 def _write_shard(path: Path, samples: Tensor, seeds: Tensor, config_json: str, shard: int) -> None:
     from safetensors.torch import save_file
 
+    samples, seeds = samples.detach().cpu().contiguous(), seeds.to(torch.int64).contiguous()
+    digest = _shard_digest(samples, seeds, config_json, str(shard))
     with atomic_write(path) as tmp:
-        save_file(
-            {"samples": samples.detach().cpu().contiguous(), "seeds": seeds.to(torch.int64).contiguous()},
-            tmp,
-            metadata={"config": config_json, "shard": str(shard)},
-        )
+        save_file({"samples": samples, "seeds": seeds}, tmp,
+                  metadata={"config": config_json, "shard": str(shard), "sha256": digest})
 
 
 def _read_shard(path: Path) -> tuple[Tensor, Tensor, dict[str, str]] | None:
     """The shard's tensors and metadata, or ``None`` if it cannot be read (then it is redone)."""
     from safetensors import safe_open
 
+    from .io.checkpoint import sweep_temporaries
+
+    sweep_temporaries(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             return f.get_tensor("samples"), f.get_tensor("seeds"), meta
     except Exception:  # noqa: BLE001 - a damaged shard is resampled, never trusted
         return None
+
+
+def _shard_intact(got: tuple[Tensor, Tensor, dict[str, str]]) -> bool:
+    """Whether a shard's content matches the SHA-256 in its metadata (a flipped byte or a forged shard does not)."""
+    samples, seeds, meta = got
+    return meta.get("sha256") == _shard_digest(samples, seeds, meta.get("config", ""), meta.get("shard", ""))
 
 
 def _check_config(out_dir: Path, config: dict[str, Any]) -> None:
@@ -266,7 +366,9 @@ def sample_distributed(
         shape: one sample's shape, when the model does not carry ``sample_shape``.
         device: default ``cuda:LOCAL_RANK`` under NCCL, else the model's device / CPU.
         dtype: precision of the state (part of the configuration).
-        model_id: a name for the model in the configuration (default: :func:`model_fingerprint`).
+        model_id: a name for the model, recorded in the configuration beside :func:`model_fingerprint`
+            (which is always recorded). Required to resume a run of a plain callable holding no
+            weights, whose identity cannot be read from its content.
         merge: rank 0 merges the shards at the end (``merged.safetensors``) and returns them.
         progress: a tqdm bar over this rank's shards and one over the steps of each shard (``None``: shown
             unless ``SCORESOLVE_PROGRESS=0``; :mod:`scoresolve.progress`).
@@ -277,7 +379,8 @@ def sample_distributed(
 
     Raises:
         ValueError: ``n`` smaller than the world size, bad ``shard_size``.
-        ShardConfigError: ``out_dir`` belongs to a run with a different configuration.
+        ShardConfigError: ``out_dir`` belongs to a run with a different configuration (another
+            model's weights included), or resuming a plain callable without ``model_id=``.
     """
     from . import __version__
     from .progress import Progress
@@ -298,8 +401,10 @@ def sample_distributed(
     if device is None and _comm_device().type == "cuda":
         device = _comm_device()
     out = Path(out_dir)
+    fingerprint = model_fingerprint(model)
     config = to_json({
-        "model": model_id or model_fingerprint(model),
+        "model": fingerprint,
+        "model_id": model_id,
         "sde": repr(sde),
         "solver": solver,
         "steps": steps,
@@ -320,6 +425,12 @@ def sample_distributed(
     err = None
     if rank == 0:
         try:
+            if model_id is None and fingerprint.endswith(NO_WEIGHTS) and (out / CONFIG_NAME).exists():
+                raise ShardConfigError(
+                    f"{out} holds a run, and this model is a plain callable with no weights to fingerprint "
+                    f"({fingerprint}): its identity cannot be checked, so resuming could mix two models' samples. "
+                    "Pass model_id= (a name that changes whenever the model does) or use another out_dir."
+                )
             _check_config(out, config)
         except (ShardConfigError, OSError) as e:
             err = (type(e).__name__, str(e))
@@ -337,7 +448,8 @@ def sample_distributed(
         want = torch.arange(seed + lo, seed + hi, dtype=torch.int64)
         if path.exists():
             got = _read_shard(path)
-            if got is not None and got[2].get("config") == config_json and torch.equal(got[1], want):
+            if (got is not None and got[2].get("config") == config_json and torch.equal(got[1], want)
+                    and _shard_intact(got)):
                 skipped.append(k)
                 bar.update(1)
                 continue
@@ -368,7 +480,11 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
 
     Raises:
         ShardConfigError: missing config, a shard from another configuration, gaps or duplicates.
+        CheckpointError: a shard whose content does not match the SHA-256 in its metadata (a flipped
+            byte, a truncated write that still parses, or a forged shard), naming the shard.
     """
+    from .io.checkpoint import CheckpointError
+
     out = Path(out_dir)
     cfg_path = out / CONFIG_NAME
     if not cfg_path.exists():
@@ -386,6 +502,11 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
             continue
         if got[2].get("config") != config_json:
             raise ShardConfigError(f"shard {k} in {out} was written by a different configuration")
+        if not _shard_intact(got):
+            raise CheckpointError(
+                f"shard {k} ({out / f'shard_{k:06d}.safetensors'}) fails its integrity check: its content does not "
+                "match the SHA-256 in its metadata (corrupted or altered). Delete it and run the sampling again."
+            )
         xs.append(got[0])
         ss.append(got[1])
     if missing:
@@ -398,8 +519,11 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
     if write:
         from safetensors.torch import save_file
 
+        samples = samples.contiguous()
+        digest = _shard_digest(samples, seeds, config_json, "merged")
         with atomic_write(out / MERGED_NAME) as tmp:
-            save_file({"samples": samples.contiguous(), "seeds": seeds}, tmp, metadata={"config": config_json})
+            save_file({"samples": samples, "seeds": seeds}, tmp,
+                      metadata={"config": config_json, "shard": "merged", "sha256": digest})
     return samples, seeds
 
 

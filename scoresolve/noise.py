@@ -4,7 +4,9 @@ bridge, :func:`brownian_increment`)."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,7 +38,7 @@ class NoiseSource:
         self.generator = generator
         self.generators: list[torch.Generator] | None = None
         if seeds is not None:
-            seed_list = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
+            seed_list = _check_seeds(seeds)
             dev = torch.device(device) if device is not None else torch.device("cpu")
             self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
 
@@ -61,6 +63,27 @@ class NoiseSource:
 
     def randn_like(self, x: Tensor) -> Tensor:
         return self.randn(x.shape, device=x.device, dtype=x.dtype)
+
+
+def _check_seeds(seeds: Any) -> list[int]:
+    """``seeds`` as a list of Python ints, refusing fractions, bools and out-of-range values (never truncating)."""
+    if isinstance(seeds, Tensor):
+        if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or seeds.ndim != 1:
+            raise TypeError(f"seeds must be a 1-D integer tensor, got dtype {seeds.dtype}, shape {tuple(seeds.shape)}")
+        seeds = seeds.tolist()
+    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}")
+    out = []
+    for s in seeds:
+        if isinstance(s, (bool, float)) or not hasattr(s, "__index__"):
+            raise TypeError(f"seeds must be integers, got {s!r} ({type(s).__name__})")
+        v = operator.index(s)
+        if not -(2**63) <= v < 2**64:
+            raise ValueError(f"seeds must lie in [-2**63, 2**64), got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError("seeds is empty; give one integer per sample")
+    return out
 
 
 def _bcast(c: Tensor, x: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import os
 import time
 import warnings
@@ -93,12 +94,19 @@ def _resolve_shape(
     model: Any, shape: Sequence[int] | None, batch_size: int | None, noise: NoiseSource, x_T: Tensor | None
 ) -> tuple[int, ...]:
     model_shape = model.sample_shape if isinstance(model, ScoreModel) else None
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size")
     if x_T is not None:
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape={tuple(shape)} disagrees with x_T.shape={tuple(x_T.shape)}")
         out = tuple(x_T.shape)
     elif shape is not None:
-        out = tuple(int(s) for s in shape)
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise TypeError(f"shape must be a sequence of integers (batch, *dims), got {shape!r}")
+        out = tuple(
+            operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool) else check_int(s, "shape")
+            for s in shape
+        )
         if len(out) < 2:
             raise ValueError(f"shape must be (batch, *dims) with at least 2 entries, got {out}")
     elif model_shape is not None:
@@ -283,6 +291,11 @@ def sample(
     prefix = gaussian_prior is not None
     if grid is not None and not isinstance(grid, str):
         times = check_grid(grid, sde)
+        if steps is not None and check_int(steps, "steps") != times.numel() - 1:
+            raise ValueError(
+                f"steps={steps!r} was given with an explicit grid of {times.numel() - 1} intervals; the grid sets the "
+                "number of steps: drop steps= (or pass a grid name)"
+            )
         if eps is not None and not math.isclose(float(times[-1]), eps, rel_tol=1e-9):
             raise ValueError(f"eps={eps} disagrees with the grid's last time {float(times[-1])}")
         eps_ = float(times[-1])

@@ -18,9 +18,13 @@ Conventions
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,6 +40,13 @@ class SDE(ABC):
     Subclasses implement :meth:`drift_coef`, :meth:`diffusion`, :meth:`alpha`,
     :meth:`marginal_std` and set :attr:`prior_std`; everything else is derived.
 
+    Identity: the arguments of a subclass's ``__init__`` (defaults filled in) are captured when an
+    instance is made, so :meth:`config`, ``==``, ``hash`` and ``repr`` follow from them with no
+    code in the subclass: ``MySDE(25.0) != MySDE(10.0)``. A captured value is read back from the
+    attribute of the same name when there is one (so ``VESDE(sigma_max=50)`` and
+    ``VESDE(sigma_max=50.0)`` are equal). Every concrete subclass is also known by its class name to
+    :func:`scoresolve.io.sde_from_config`, so a checkpoint's SDE rebuilds without registration.
+
     Attributes:
         T: end time (1 for the SDEs of the paper).
         N: number of discretisation steps of the paper's discrete-time counterpart (SMLD/DDPM).
@@ -47,6 +58,44 @@ class SDE(ABC):
     N: int = 1000
     default_eps: float = 1e-3
     prior_std: float = 1.0
+
+    #: every SDE class by name (filled by ``__init_subclass__``; used to rebuild a checkpoint's SDE)
+    classes: ClassVar[dict[str, type[SDE]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SDE.classes.setdefault(cls.__name__, cls)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_captures_params", False):
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def captured(self: SDE, *args: Any, **kw: Any) -> None:
+            outermost = "_params" not in self.__dict__
+            if outermost:
+                self.__dict__["_params"] = {}  # a super().__init__ call inside does not capture
+            try:
+                init(self, *args, **kw)
+            except BaseException:
+                if outermost:
+                    del self.__dict__["_params"]
+                raise
+            if outermost:
+                bound = sig.bind(self, *args, **kw)
+                bound.apply_defaults()
+                params: dict[str, Any] = {}
+                for name, value in list(bound.arguments.items())[1:]:
+                    if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                        params.update(value)
+                    elif sig.parameters[name].kind is not inspect.Parameter.VAR_POSITIONAL:
+                        params[name] = value
+                    elif value:
+                        params[name] = list(value)
+                self.__dict__["_params"] = {k: _plain(getattr(self, k, v)) for k, v in params.items()}
+
+        captured._captures_params = True  # type: ignore[attr-defined]
+        cls.__init__ = captured  # type: ignore[method-assign]
 
     # --- the four functions that define a linear SDE -------------------------------------------
     @abstractmethod
@@ -167,22 +216,55 @@ class SDE(ABC):
         return -0.5 * d * math.log(2 * math.pi * s2) - 0.5 * sq / s2
 
     # --- misc ---------------------------------------------------------------------------------
-    def config(self) -> dict[str, float | int | str]:
-        """The constructor arguments (JSON-friendly), with the class name under ``"type"``."""
-        return {"type": type(self).__name__, **self._config()}
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (captured automatically, JSON-friendly), with the class name
+        under ``"type"``."""
+        return {"type": type(self).__name__, **self.__dict__.get("_params", {}), **self._config()}
 
-    def _config(self) -> dict[str, float | int]:
+    def _config(self) -> dict[str, Any]:
+        """Extra entries for :meth:`config` (none needed: ``__init__``'s arguments are captured)."""
         return {}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self._config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SDE) and self.config() == other.config()
+        return isinstance(other, SDE) and type(self) is type(other) and self.config() == other.config()
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.config().items())))
+        return hash(json.dumps(self.config(), sort_keys=True, default=repr))
+
+
+def _plain(v: Any) -> Any:
+    """A captured constructor argument in JSON-friendly form (tensors and tuples become lists)."""
+    if isinstance(v, Tensor):
+        return v.detach().cpu().tolist()
+    if isinstance(v, (tuple, list)):
+        return [_plain(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+def _check_N(N: Any) -> int:
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise ValueError(f"N must be an integer >= 1 (the number of discretisation steps), got {N!r}")
+    return N
+
+
+def _check_finite(name: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be a finite number, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a finite number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return f
 
 
 class VESDE(SDE):
@@ -199,14 +281,12 @@ class VESDE(SDE):
     default_eps = 1e-5
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
+        sigma_min, sigma_max = _check_finite("sigma_min", sigma_min), _check_finite("sigma_max", sigma_max)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
-        self.sigma_min, self.sigma_max, self.N = float(sigma_min), float(sigma_max), int(N)
+        self.sigma_min, self.sigma_max, self.N = sigma_min, sigma_max, _check_N(N)
         self.prior_std = self.sigma_max
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
-
-    def _config(self) -> dict[str, float | int]:
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}
 
     def drift_coef(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
@@ -232,12 +312,10 @@ class _BetaLinear(SDE):
     default_eps = 1e-3
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
+        beta_min, beta_max = _check_finite("beta_min", beta_min), _check_finite("beta_max", beta_max)
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got {beta_min=}, {beta_max=}")
-        self.beta_min, self.beta_max, self.N = float(beta_min), float(beta_max), int(N)
-
-    def _config(self) -> dict[str, float | int]:
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N}
+        self.beta_min, self.beta_max, self.N = beta_min, beta_max, _check_N(N)
 
     def beta(self, t: Tensor) -> Tensor:
         r""":math:`\beta(t)`."""

@@ -363,3 +363,65 @@ def test_sample_pipeline_drop_in(ve_unet):
     assert len(pil) == 1 and pil[0].size == (8, 8)
     with pytest.raises(ValueError, match="output_type"):
         sample_pipeline(pipe, "pc", 2, output_type="jpg")
+
+
+# ----------------------------------------------------------------------------------------- issue 24 defects
+
+
+class _EmbeddingNet(torch.nn.Module):
+    """Looks its timestep up in an ``nn.Embedding`` (as the third-party Pulfer MNIST DDPM does)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(1000, 1)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x) + self.emb(t).reshape(-1, 1, 1, 1)
+
+
+def _embedding_pipe(clip_sample=False):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=clip_sample)
+    return type("Pipe", (), {"unet": _EmbeddingNet(), "scheduler": sched})()
+
+
+def test_nearest_timesteps_are_indices_for_an_embedding_network():
+    pipe = _embedding_pipe()
+    model = from_diffusers(pipe, timestep_mode="nearest")
+    x = ss.sample(model, solver="dpmpp_2m", nfe=4, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    assert model.time_fn(torch.tensor([0.5])).dtype == torch.long
+
+
+def test_sample_pipeline_takes_from_diffusers_options_and_returns_a_result():
+    pipe = _embedding_pipe()
+    res = sample_pipeline(pipe, "dpmpp_2m", 4, timestep_mode="nearest", prediction_type="epsilon",
+                          shape=(2, 1, 8, 8), output_type="np", return_result=True,
+                          generator=torch.Generator().manual_seed(0))
+    assert isinstance(res, ss.SampleResult) and res.nfe == 4 and res.info["images"].shape == (2, 8, 8, 1)
+    with pytest.raises(TypeError, match="solver 'dpmpp_2m'"):
+        sample_pipeline(pipe, "dpmpp_2m", 4, timestep_mode="nearest", snr=0.1, shape=(2, 1, 8, 8))
+
+
+def test_sample_pipeline_clips_as_the_pipeline_does():
+    pipe = _embedding_pipe(clip_sample=True)
+    kw = dict(timestep_mode="nearest", shape=(2, 1, 8, 8), output_type="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # clipping is inherited, not warned about
+        got = sample_pipeline(pipe, "dpmpp_2m", 4, generator=torch.Generator().manual_seed(0), **kw).images
+    clipped = ss.sample(from_diffusers(pipe, timestep_mode="nearest", clip_x0=True), solver="dpmpp_2m", nfe=4,
+                        shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, ((clipped + 1) / 2).clamp(0, 1))
+    plain = sample_pipeline(pipe, "dpmpp_2m", 4, clip_x0=False, generator=torch.Generator().manual_seed(0),
+                            **kw).images
+    assert (plain - got).abs().max() > 1e-3
+
+
+def test_sample_pipeline_default_is_the_pipelines_own_ddpm_sampler(ddpm_unet):
+    pipe = diffusers.DDPMPipeline(unet=ddpm_unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=50, output_type="np")
+    ours = sample_pipeline(pipe, steps=50, batch_size=2, generator=torch.Generator().manual_seed(0),
+                           output_type="np")
+    assert abs(ours.images - ref.images).max() < 1e-3  # DDPMScheduler's coefficients are float32

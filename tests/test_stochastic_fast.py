@@ -295,10 +295,11 @@ def test_ggf_per_sample_batch_independence():
     assert torch.allclose(a.samples[0], b.samples[3], atol=1e-6)
     assert torch.allclose(a.samples[2], b.samples[0], atol=1e-6)
     assert a.info["nfe_per_sample"][0] == b.info["nfe_per_sample"][3]
-    # and the batch controllers do couple samples (documented): the same seed, another batch
-    c = ss.sample(model, sde, "gotta_go_fast", norm="batch_rms", seeds=[11, 12, 13])
-    d = ss.sample(model, sde, "gotta_go_fast", norm="batch_rms", seeds=[11, 40, 41, 42, 43])
-    assert not torch.allclose(c[0], d[0], atol=1e-6)
+    # the default with seeds= is per_sample; a batch controller, which would couple the samples, is refused
+    c = ss.sample(model, sde, "gotta_go_fast", seeds=[11, 12, 13])
+    assert torch.equal(c, a.samples)
+    with pytest.raises(ValueError, match="per_sample"):
+        ss.sample(model, sde, "gotta_go_fast", norm="batch_rms", seeds=[11, 40, 41, 42, 43])
 
 
 def test_ggf_brownian_bridge_split_is_exact_in_distribution():

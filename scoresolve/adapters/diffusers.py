@@ -49,7 +49,8 @@ from torch import Tensor
 from ..models import ScoreModel
 from ..sde import SDE, VESDE, VPSDE
 
-__all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod"]
+# also ``ScoresolveScheduler`` (module __getattr__ below: its module subclasses diffusers' classes)
+__all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod", "budget_kwargs"]
 
 TimestepMode = Literal["fractional", "nearest"]
 _PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "score": "score"}
@@ -122,7 +123,8 @@ class DiscreteTimeMap:
         return t
 
     def __call__(self, t: Tensor) -> Tensor:
-        """Timestep index (float; integral in ``"nearest"`` mode) for continuous times ``t``."""
+        """Timestep index for continuous times ``t``: float32 (``"fractional"``), or int64 (``"nearest"``, so that
+        a network which looks its timestep up in an ``nn.Embedding`` receives indices)."""
         lam = self.sde.log_snr(t.detach().to(torch.float64)).cpu()
         neg = -self.log_snr  # increasing in i
         j = torch.searchsorted(neg, -lam).clamp(1, self.num_timesteps - 1)  # neg[j-1] < -lam <= neg[j]
@@ -130,8 +132,17 @@ class DiscreteTimeMap:
         frac = ((-lam - lo) / (hi - lo)).clamp(0.0, 1.0)
         idx = (j - 1).to(torch.float64) + frac
         if self.mode == "nearest":
-            idx = torch.round(idx)
+            return torch.round(idx).to(device=t.device, dtype=torch.long)
         return idx.to(device=t.device, dtype=torch.float32)
+
+    def alphas_cumprod_at(self, timesteps: Tensor | Sequence[float]) -> Tensor:
+        r""":math:`\bar\alpha` at (possibly fractional) timestep indices: exact at the nodes, log-SNR linear in the
+        index between them (the interpolation :meth:`__call__` inverts). float64, on the CPU."""
+        idx = torch.as_tensor(timesteps, dtype=torch.float64).detach().cpu().clamp(0, self.num_timesteps - 1)
+        lo = idx.floor().long().clamp(max=self.num_timesteps - 2)
+        frac = idx - lo
+        lam = self.log_snr[lo] * (1 - frac) + self.log_snr[lo + 1] * frac
+        return torch.sigmoid(2 * lam)
 
 
 def vp_sde_for_alphas_cumprod(
@@ -378,7 +389,8 @@ def from_diffusers(
         if is_diffusers_model:
             kwargs["return_dict"] = False
         # timesteps in float32 (diffusers' convention, whatever the weights' dtype) unless the net is float64
-        out = net(x.to(net_dtype), ts.to(device=x.device, dtype=ts_dtype), **kwargs)
+        ts = ts.to(device=x.device, dtype=ts_dtype if ts.is_floating_point() else ts.dtype)
+        out = net(x.to(net_dtype), ts, **kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
         if out.shape[1] == 2 * x.shape[1] and out.shape[1] != x.shape[1]:
             out = out[:, : x.shape[1]]  # learned-variance models: the first half is the prediction
@@ -399,32 +411,75 @@ def from_diffusers(
     meta: dict[str, Any] = {"scheduler_config": cfg, "time_map": time_map, "network": net}
     base = ScoreModel(fn, sde, _sample_shape(net), parameterization=param, data_range=rng, time_fn=time_fn, **meta)
 
-    if clip_x0 is None:
-        if cfg.get("clip_sample") or cfg.get("thresholding"):
-            warnings.warn(
-                "the scheduler config clips/thresholds its x0 prediction (clip_sample/thresholding); scoresolve "
-                "does not: pass clip_x0=True to clamp Tweedie's x0 to data_range, or clip_x0=False to silence this",
-                UserWarning,
-                stacklevel=2,
-            )
-        return base
-    if not clip_x0:
-        return base
+    if clip_x0 is None and (cfg.get("clip_sample") or cfg.get("thresholding")):
+        warnings.warn(
+            "the scheduler config clips/thresholds its x0 prediction (clip_sample/thresholding); scoresolve "
+            "does not: pass clip_x0=True to clamp Tweedie's x0 to data_range, or clip_x0=False to silence this",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _clipped(base, rng) if clip_x0 else base
+
+
+def _clipped(base: ScoreModel, rng: tuple[float, float]) -> ScoreModel:
+    """``base`` with Tweedie's :math:`\\hat x_0` clamped to ``rng`` (diffusers' ``clip_sample``), as an x0 model."""
     lo, hi = rng
 
     def clipped_x0(x: Tensor, t: Tensor) -> Tensor:
         return base.x0(x, t).clamp(lo, hi)
 
-    return ScoreModel(clipped_x0, sde, base.sample_shape, parameterization="x0", data_range=rng, **meta)
+    return ScoreModel(clipped_x0, base.sde, base.sample_shape, parameterization="x0", data_range=rng, **base.metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # scoresolve samplers for a diffusers user
 
 
+#: ``from_diffusers`` options that ``sample_pipeline`` accepts (the rest of its keywords go to the solver)
+def budget_kwargs(solver: Any, n: int) -> dict[str, int]:
+    """The keyword of :func:`scoresolve.sample` for ``n`` steps of a pipeline or scheduler: the evaluation budget
+    ``nfe=`` for a solver that takes one (``auto`` and the few-step solvers, by name, alias or instance), else
+    ``steps=`` (grid intervals)."""
+    from ..aliases import resolve
+    from ..registry import SOLVERS
+
+    if isinstance(solver, str):
+        solver = resolve(solver)[0]
+        budgeted = solver == "auto" or bool(getattr(SOLVERS.get(solver, argument="solver"), "budgeted", False))
+    else:
+        budgeted = bool(getattr(solver, "budgeted", False))
+    return {"nfe": n} if budgeted else {"steps": n}
+
+
+_MODEL_OPTIONS = ("scheduler", "sde", "prediction_type", "timestep_mode", "data_range", "revision", "model_class")
+
+
+def _own_sampler(model: ScoreModel, steps: int | None) -> tuple[str, int | None, dict[str, Any]]:
+    """The pipeline's own sampler in scoresolve terms, from its scheduler config: ``(solver, steps, options)``.
+
+    ``DDPMScheduler``: ancestral sampling through its trained timesteps (``set_timesteps(steps)``, default all
+    of them), the last step Tweedie's :math:`\\hat x_0` at timestep 0, as its own last step is;
+    ``ScoreSdeVeScheduler``: the paper's predictor-corrector sampler (``pc``). Others: no default.
+    """
+    cfg = model.metadata.get("scheduler_config") or {}
+    name = cfg.get("_class_name")
+    if name == "DDPMScheduler" and model.metadata.get("time_map") is not None:
+        sched = _import_diffusers().DDPMScheduler.from_config(cfg)
+        sched.set_timesteps(steps or sched.config.num_train_timesteps)
+        grid = model.metadata["time_map"].grid(sched.timesteps)
+        opts = {"predictor": "ancestral_sampling", "corrector": "none", "grid": grid, "final": "tweedie"}
+        return "pc", None, opts
+    if name == "ScoreSdeVeScheduler":
+        return "pc", steps, {}
+    raise ValueError(
+        f"sample_pipeline: no default sampler for a pipeline whose scheduler is {name!r}; pass solver= "
+        "(e.g. 'dpmpp_2m', 'unipc', 'auto'; see ss.solvers())"
+    )
+
+
 def sample_pipeline(
     pipeline: Any,
-    solver: str = "pc",
+    solver: str | None = None,
     steps: int | None = None,
     *,
     batch_size: int = 1,
@@ -432,41 +487,64 @@ def sample_pipeline(
     class_labels: int | Tensor | None = None,
     guidance_scale: float | None = None,
     null_class_label: int | None = None,
-    clip_x0: bool | None = False,
+    clip_x0: bool | None = None,
     output_type: Literal["pil", "np", "pt"] = "pil",
     return_dict: bool = True,
-    **sample_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
     """Drop-in for an unconditional/class-conditional image pipeline's ``pipe(...)``: sample with a scoresolve
     solver and post-process like diffusers.
 
     ``images = pipe(batch_size=4, generator=g).images`` becomes
-    ``images = sample_pipeline(pipe, "pc", 1000, batch_size=4, generator=g).images``.
+    ``images = sample_pipeline(pipe, batch_size=4, generator=g).images`` (the pipeline's own sampler), or
+    ``sample_pipeline(pipe, "dpmpp_2m", 20, ...)`` for one of ours.
 
     Args:
         pipeline: a pipeline (``.unet`` + ``.scheduler``), or anything :func:`from_diffusers` accepts.
-        solver, steps: the scoresolve solver and its steps (default ``sde.N``).
+        solver, steps: the scoresolve solver and its steps (the evaluation budget ``nfe=`` of a few-step solver,
+            :func:`budget_kwargs`). ``solver=None`` (default): the pipeline's own
+            sampler (``DDPMScheduler``: ancestral sampling through its timesteps, ``steps`` of them, default
+            all; ``ScoreSdeVeScheduler``: ``pc``).
         batch_size, generator: as in diffusers.
-        class_labels, guidance_scale, null_class_label, clip_x0: see :func:`from_diffusers`.
+        class_labels, guidance_scale, null_class_label: see :func:`from_diffusers`.
+        clip_x0: clamp Tweedie's :math:`\\hat x_0` to the data range. ``None`` (default): as the pipeline's
+            scheduler does (``clip_sample``), like the pipeline itself.
         output_type: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, C)`` in [0, 1]) or ``"pt"``
             (``(B, C, H, W)`` tensor in [0, 1]).
         return_dict: return diffusers' ``ImagePipelineOutput`` (``.images``) rather than the bare images.
-        **sample_kwargs: passed to :func:`scoresolve.sample` (``snr=``, ``eps=``, ``grid=``, ...).
+        **kwargs: :func:`from_diffusers` options (``scheduler``, ``sde``, ``prediction_type``,
+            ``timestep_mode``, ``data_range``, ``revision``, ``model_class``); everything else goes to
+            :func:`scoresolve.sample` (``return_result=True``: the :class:`~scoresolve.SampleResult`, with the
+            post-processed images in ``info["images"]``; ``snr=``, ``grid=``, ...).
     """
-    from ..sampling import sample
+    from ..sampling import SampleResult, sample
 
+    model_options = {k: kwargs.pop(k) for k in _MODEL_OPTIONS if k in kwargs}
+    if clip_x0 is None:
+        sched = model_options.get("scheduler", getattr(pipeline, "scheduler", None))
+        cfg = _scheduler_config(sched) or {}
+        clip_x0 = bool(cfg.get("clip_sample"))
+        if clip_x0 and "data_range" not in model_options and "clip_sample_range" in cfg:
+            r = float(cfg["clip_sample_range"])
+            model_options["data_range"] = (-r, r)
     model = from_diffusers(
         pipeline,
         class_labels=class_labels,
         guidance_scale=guidance_scale,
         null_class_label=null_class_label,
         clip_x0=clip_x0,
+        **model_options,
     )
-    device = sample_kwargs.pop("device", None) or _network_dtype_device(model.metadata["network"])[1]
-    x = sample(
-        model, model.sde, solver, steps, batch_size=batch_size, generator=generator, device=device, **sample_kwargs
-    )
-    assert isinstance(x, Tensor)
+    if solver is None:
+        solver, steps, own = _own_sampler(model, steps)
+        kwargs = {**own, **kwargs}
+    device = kwargs.pop("device", None) or _network_dtype_device(model.metadata["network"])[1]
+    if "shape" not in kwargs and "x_T" not in kwargs:
+        kwargs["batch_size"] = batch_size
+    if steps is not None:
+        kwargs = {**budget_kwargs(solver, steps), **kwargs}
+    out = sample(model, model.sde, solver, generator=generator, device=device, **kwargs)
+    x = out.samples if isinstance(out, SampleResult) else out
     lo, hi = model.data_range or (-1.0, 1.0)
     img = ((x.float() - lo) / (hi - lo)).clamp(0, 1)
     if output_type == "pt":
@@ -481,8 +559,19 @@ def sample_pipeline(
             images = numpy_to_pil(arr)
         else:
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    if isinstance(out, SampleResult):
+        out.info["images"] = images
+        return out
     if not return_dict:
         return (images,)
     from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
     return ImagePipelineOutput(images=images)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ScoresolveScheduler":  # its module subclasses diffusers' classes: imported on first use
+        from .diffusers_scheduler import ScoresolveScheduler
+
+        return ScoresolveScheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,8 +32,10 @@ unwritable directory leaves any previous file untouched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
+import math
 import os
 import pickle
 import re
@@ -45,8 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
 from .._util import atomic_write as _atomic_write
-from .._util import to_json
 from ..models import ScoreModel, _check_data_moments
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 
@@ -66,6 +68,8 @@ __all__ = [
     "read_config",
     "sde_from_config",
     "atomic_write",
+    "sweep_temporaries",
+    "tensor_sha256",
     "torch_load_safe",
 ]
 
@@ -74,12 +78,16 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _META_KEY = "scoresolve"
+_DIGEST_KEY = "scoresolve.sha256"  # JSON {tensor name: tensor_sha256} in the safetensors metadata
 _MOMENT_KEYS = ("data_moments.mean", "data_moments.cov")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _DATA = Path(__file__).resolve().parent.parent / "data"
 
 #: Models shipped inside the package, loadable by name with :func:`load`.
-BUNDLED: dict[str, Path] = {"digits": _DATA / "digits_model.safetensors"}
+BUNDLED: dict[str, Path] = {
+    "digits": _DATA / "digits_model.safetensors",
+    "mnist": _DATA / "mnist_model.safetensors",  # 28x28, scoresolve.train.bundled_mnist
+}
 
 # name -> "module:attribute" (imported on first use) or a callable building the network
 _ARCHITECTURES: dict[str, str | Callable[..., nn.Module]] = {
@@ -123,8 +131,24 @@ def _build_net(arch: str, kwargs: Mapping[str, Any]) -> nn.Module:
         factory = getattr(importlib.import_module(mod), attr)
     try:
         return factory(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"architecture {arch!r} rejected the config's arch_kwargs {dict(kwargs)}: {e}") from e
+
+
+def _check_before_allocating(arch: str, kwargs: Mapping[str, Any], state: Mapping[str, Tensor], where: str) -> None:
+    """Match the config's network against the stored weights (keys and shapes) before allocating it: the
+    network is first built on the ``meta`` device (no memory), so a tampered size (``hidden=1e9``) is
+    refused at no cost."""
+    if arch not in _ARCHITECTURES:
+        _build_net(arch, kwargs)  # raises the unknown-architecture error
+    try:
+        with torch.device("meta"):
+            net = _build_net(arch, kwargs)
+    except CheckpointError:
+        raise
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta: checked after building
+        return
+    _compare_keys(net.state_dict(), state, where)
 
 
 def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
@@ -132,11 +156,12 @@ def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
     if not isinstance(cfg, Mapping) or "type" not in cfg:
         raise CheckpointError(f"the checkpoint's sde config must be a dict with a 'type', got {cfg!r}")
     kind = cfg["type"]
-    if kind not in _SDES:
-        raise CheckpointError(f"unknown SDE type {kind!r} in the checkpoint config; known: {', '.join(_SDES)}")
+    known = {**SDE.classes, **_SDES}  # every SDE subclass defined so far, by class name
+    if not isinstance(kind, str) or kind not in known:
+        raise CheckpointError(f"unknown SDE type {kind!r} in the checkpoint config; known: {', '.join(sorted(known))}")
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     try:
-        return _SDES[kind](**kwargs)
+        return known[kind](**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"bad SDE config {dict(cfg)}: {e}") from e
 
@@ -151,6 +176,38 @@ def atomic_write(path: str | os.PathLike[str]) -> contextlib.AbstractContextMana
         CheckpointError: the directory is missing or not writable, or the write failed.
     """
     return _atomic_write(path, error=CheckpointError)
+
+
+# --- integrity ------------------------------------------------------------------------------------
+def update_digest(h: Any, t: Tensor) -> None:
+    """Feed a tensor's dtype, shape and raw bytes into the hash object ``h``."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tensor_sha256(t: Tensor) -> str:
+    """SHA-256 (hex) of a tensor's dtype, shape and bytes: the per-tensor digest stored in checkpoints."""
+    h = hashlib.sha256()
+    update_digest(h, t)
+    return h.hexdigest()
+
+
+def _verify_digests(state: Mapping[str, Tensor], digests: Any, where: str) -> None:
+    """Check every tensor against the digests stored beside it; :class:`CheckpointError` names the tensor."""
+    if not isinstance(digests, Mapping):
+        raise CheckpointError(f"{where}: the stored tensor digests are malformed")
+    for k, v in state.items():
+        if k not in digests:
+            raise CheckpointError(f"{where}: tensor {k!r} has no stored digest (added after saving?); refusing it")
+        if tensor_sha256(v) != digests[k]:
+            raise CheckpointError(
+                f"{where}: tensor {k!r} fails its integrity check (its SHA-256 differs from the one stored when it "
+                "was saved): the file is corrupted or was altered"
+            )
+    missing = sorted(set(digests) - set(state))
+    if missing:
+        raise CheckpointError(f"{where}: tensors {missing[:8]} listed in the digests are missing from the file")
 
 
 # --- saving ---------------------------------------------------------------------------------------
@@ -277,8 +334,9 @@ def save(
         for k, v in zip(_MOMENT_KEYS, moments, strict=True):
             tensors[k] = v.detach().cpu().to(torch.float64).contiguous().clone()
         cfg["data_moments"] = list(_MOMENT_KEYS)
+    digests = {k: tensor_sha256(v) for k, v in tensors.items()}
     with atomic_write(p) as tmp:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(cfg)})
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(cfg), _DIGEST_KEY: json.dumps(digests)})
     return p
 
 
@@ -305,6 +363,7 @@ def save_pretrained(
 # --- loading --------------------------------------------------------------------------------------
 def torch_load_safe(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; never unsafe."""
+    sweep_temporaries(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -327,29 +386,54 @@ def _parse_config(raw: str | Mapping[str, Any], where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: the config is not valid JSON ({e})") from e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a scoresolve config (expected format={FORMAT!r})")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+    version = cfg.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{where}: format_version must be a non-negative integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: format_version {cfg['format_version']} is newer than this scoresolve reads "
-            f"({FORMAT_VERSION}); upgrade scoresolve"
+            f"{where}: format_version {version} is newer than this scoresolve reads ({FORMAT_VERSION}); "
+            "upgrade scoresolve"
         )
     for key in ("architecture", "arch_kwargs", "sde"):
         if key not in cfg:
             raise CheckpointError(f"{where}: the config lacks {key!r}")
+    if not isinstance(cfg["architecture"], str) or not isinstance(cfg["arch_kwargs"], Mapping):
+        raise CheckpointError(f"{where}: 'architecture' must be a string and 'arch_kwargs' a dict")
+    rng = cfg.get("data_range")
+    if rng is not None and not (
+        isinstance(rng, (list, tuple)) and len(rng) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+        and rng[0] < rng[1]
+    ):
+        raise CheckpointError(f"{where}: data_range must be [low, high] with finite low < high, got {rng!r}")
+    shape = cfg.get("sample_shape")
+    if shape is not None and not (
+        isinstance(shape, (list, tuple))
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        raise CheckpointError(f"{where}: sample_shape must be a list of positive integers, got {shape!r}")
+    if not isinstance(cfg.get("parameterization", "score"), str):
+        raise CheckpointError(f"{where}: parameterization must be a string, got {cfg['parameterization']!r}")
+    sde_from_config(cfg["sde"])  # validates the SDE's parameters (e.g. N=0) before anything is allocated
     return cfg
 
 
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The scoresolve config of a ``.safetensors`` file (its metadata, else a ``config.json`` beside it)."""
+def _metadata(p: Path) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
-    p = Path(path)
     try:
         with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise CheckpointError(f"{p}: not a readable safetensors file (truncated or corrupted?): {e}") from e
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The scoresolve config of a ``.safetensors`` file (its metadata, else a ``config.json`` beside it)."""
+    p = Path(path)
+    meta = _metadata(p)
     if _META_KEY in meta:
         return _parse_config(meta[_META_KEY], str(p))
     side = p.with_name(CONFIG_NAME)
@@ -368,8 +452,7 @@ def _select_weights(state: Mapping[str, Tensor], use_ema: bool, where: str) -> t
     return dict(state), "model"
 
 
-def _load_into(net: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
-    expected = net.state_dict()
+def _compare_keys(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], where: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
@@ -390,6 +473,11 @@ def _load_into(net: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
         if wrong:
             parts.append(f"wrong shapes: {few(wrong)}")
         raise CheckpointError(f"{where}: the weights do not match the configured architecture — " + "; ".join(parts))
+
+
+def _load_into(net: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    expected = net.state_dict()
+    _compare_keys(expected, state, where)
     with torch.no_grad():
         for k, v in expected.items():
             if not torch.isfinite(state[k]).all() and v.is_floating_point():
@@ -409,8 +497,9 @@ def _model_from(cfg: dict[str, Any], state: Mapping[str, Tensor], where: str, us
             )
         moments = (stored[0], stored[1])
     sde = sde_from_config(cfg["sde"])
-    net = _build_net(cfg["architecture"], cfg["arch_kwargs"])
     weights, which = _select_weights(state, use_ema, where)
+    _check_before_allocating(cfg["architecture"], cfg["arch_kwargs"], weights, where)
+    net = _build_net(cfg["architecture"], cfg["arch_kwargs"])
     _load_into(net, weights, where)
     net.eval()
     if dtype is not None or device is not None:
@@ -460,11 +549,19 @@ def load_file(
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
 
+        sweep_temporaries(p)
         cfg = _parse_config(config, where) if config is not None else read_config(p)
         try:
             state = st_load(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file (truncated or corrupted?): {e}") from e
+        digests = _metadata(p).get(_DIGEST_KEY)
+        if digests is not None:
+            try:
+                digests = json.loads(digests)
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{where}: the stored tensor digests are not valid JSON ({e})") from e
+            _verify_digests(state, digests, where)
         return _model_from(cfg, state, where, use_ema, device, dtype)
     if p.suffix in _TORCH_SUFFIXES:
         obj = torch_load_safe(p)
@@ -512,7 +609,7 @@ def load(
 ) -> ScoreModel:
     """Load a score model from a bundled name, a local file or directory, or a Hugging Face Hub id.
 
-    Resolution order: a bundled name (``"digits"``; write ``"./digits"`` for a local folder of that
+    Resolution order: a bundled name (``"digits"``, ``"mnist"``; write ``"./digits"`` for a local folder of that
     name), an existing path, then a Hub repo id ``"org/name"`` (through huggingface_hub and its
     cache; offline with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``).
 

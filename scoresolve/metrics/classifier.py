@@ -1,10 +1,17 @@
-r"""A small convolutional classifier of the 8×8 digits (shipped with scoresolve), bundled for feature-space FID.
+r"""Small convolutional digit classifiers, bundled for feature-space FID: one of the 8×8
+digits shipped with scoresolve (``name="digits"``, the default) and one of 28×28 MNIST (``name="mnist"``).
 
 MNIST papers score generators with the FID in the feature space of a LeNet trained on the same data;
-this is the analogue for the 8×8 digits that ship with scoresolve (no download). The network:
+these are such networks. The 8×8 one:
 
     conv 3×3 (1 → 16) · ReLU · conv 3×3 (16 → 32) · ReLU · max-pool 2 → 32×4×4
     → linear 512 → 64 · ReLU  (the 64 features used by FID) → linear 64 → 10
+
+The MNIST one (:class:`MNISTClassifier`) pools after each convolution (28 → 14 → 7) and has the same
+64-D feature layer. It is trained by ``python -m scoresolve.metrics.classifier --name mnist --data
+PATH`` on the first 8,000 images of the MNIST test set (``PATH``: its ``t10k-images-idx3-ubyte.gz``;
+MNIST is CC BY-SA 3.0 and not shipped) and evaluated on the last 2,000, the split of the bundled MNIST
+score model (:func:`scoresolve.train.data.mnist`); weights in ``scoresolve/data/mnist_classifier.safetensors``.
 
 It is trained by ``python -m scoresolve.metrics.classifier`` (a fixed seed, Adam, 40 epochs, ±1-pixel
 shifts and small Gaussian noise as augmentation, about a minute on one CPU core) on the *train* split
@@ -21,35 +28,53 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DigitsClassifier", "load_classifier", "digits_with_labels", "train_classifier", "WEIGHTS"]
+__all__ = ["DigitsClassifier", "MNISTClassifier", "load_classifier", "digits_with_labels", "train_classifier",
+           "WEIGHTS", "CLASSIFIERS"]
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "digits_classifier.safetensors"
+_DATA = Path(__file__).resolve().parent.parent / "data"
+WEIGHTS = _DATA / "digits_classifier.safetensors"
 FEATURE_DIM = 64
+_REFERENCE = "reference."  # key prefix of the held-out feature moments stored beside the weights
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
 class DigitsClassifier(nn.Module):
-    """The classifier; :meth:`features` returns the 64-D penultimate activations used for FID."""
+    """The 8×8 classifier; :meth:`features` returns the 64-D penultimate activations used for FID.
+
+    Subclasses change :attr:`size` (the image side) and :attr:`pool_first` (max-pool after the first
+    convolution too); the parameter names are shared.
+    """
+
+    size = 8
+    pool_first = False
+    name = "digits"
 
     def __init__(self) -> None:
         super().__init__()
+        side = self.size // (4 if self.pool_first else 2)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, FEATURE_DIM)
+        self.fc1 = nn.Linear(32 * side * side, FEATURE_DIM)
         self.fc2 = nn.Linear(FEATURE_DIM, 10)
 
     def features(self, x: Tensor) -> Tensor:
-        """``(B, 1, 8, 8)`` images in ``[-1, 1]`` → ``(B, 64)`` features."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"the digits classifier takes (B, 1, 8, 8) images, got shape {tuple(x.shape)}")
+        """``(B, 1, size, size)`` images in ``[-1, 1]`` → ``(B, 64)`` features."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.size, self.size):
+            raise ValueError(f"the {self.name} classifier takes (B, 1, {self.size}, {self.size}) images, "
+                             f"got shape {tuple(x.shape)}")
         h = torch.relu(self.conv1(x))
+        if self.pool_first:
+            h = torch.max_pool2d(h, 2)
         h = torch.max_pool2d(torch.relu(self.conv2(h)), 2)
         return torch.relu(self.fc1(h.flatten(1)))
 
@@ -58,37 +83,87 @@ class DigitsClassifier(nn.Module):
         return self.fc2(self.features(x))
 
 
+class MNISTClassifier(DigitsClassifier):
+    """The 28×28 MNIST classifier: conv 3×3 (1 → 16) · ReLU · max-pool 2 · conv 3×3 (16 → 32) · ReLU ·
+    max-pool 2 → 32×7×7 → linear 1568 → 64 · ReLU (features) → linear 64 → 10."""
+
+    size = 28
+    pool_first = True
+    name = "MNIST"
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A bundled classifier: its network, weights file, training data and settings."""
+
+    net: type[nn.Module]
+    weights: Path
+    data: Callable[..., tuple[Tensor, Tensor]]  # data(split, path) -> (images, labels)
+    split: dict[str, Any]
+    epochs: int
+    noise: float
+
+
+def _mnist_with_labels(split: str, path: str | Path | None) -> tuple[Tensor, Tensor]:
+    from ..train.data import mnist
+
+    if path is None:
+        raise ValueError("the MNIST classifier needs the MNIST data: pass the t10k-images-idx3-ubyte.gz path")
+    return mnist(path, split, labels=True)
+
+
 @cache
-def _load_cached(path: str) -> DigitsClassifier:
+def _load_cached(path: str, name: str) -> nn.Module:
     from safetensors.torch import load_file
 
-    net = DigitsClassifier()
-    net.load_state_dict(load_file(path))
+    net = CLASSIFIERS[name].net()
+    net.load_state_dict({k: v for k, v in load_file(path).items() if not k.startswith(_REFERENCE)})
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
-def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
-    """The bundled classifier (or the one at ``path``), in eval mode, without gradients.
+def _spec(name: str) -> ClassifierSpec:
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; bundled: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name]
+
+
+def load_classifier(path: str | Path | None = None, name: str = "digits") -> nn.Module:
+    """The bundled classifier ``name`` (``"digits"`` or ``"mnist"``; or its network with the weights at
+    ``path``), in eval mode, without gradients.
 
     Raises:
         FileNotFoundError: the weights are missing (train them with ``python -m scoresolve.metrics.classifier``).
     """
-    p = Path(path) if path is not None else WEIGHTS
+    p = Path(path) if path is not None else _spec(name).weights
     if not p.is_file():
         raise FileNotFoundError(
-            f"digits classifier weights not found at {p}; train them with python -m scoresolve.metrics.classifier"
+            f"{name} classifier weights not found at {p}; train them with "
+            f"python -m scoresolve.metrics.classifier --name {name}"
         )
-    return _load_cached(str(p))
+    return _load_cached(str(p), name)
 
 
-def classifier_metadata(path: str | Path | None = None) -> dict[str, str]:
+def reference_moments(name: str = "digits", path: str | Path | None = None) -> tuple[Tensor, Tensor, int] | None:
+    """Mean ``(64,)``, covariance ``(64, 64)`` (float64) and count of the classifier's features of its
+    held-out images, as stored with its weights (``None`` if the file holds none). For ``"mnist"`` these are
+    the 2,000 held-out MNIST images, so the Fréchet distance to them needs no MNIST files."""
+    from safetensors.torch import load_file
+
+    p = Path(path) if path is not None else _spec(name).weights
+    d = load_file(str(p))
+    if f"{_REFERENCE}mean" not in d:
+        return None
+    return d[f"{_REFERENCE}mean"].double(), d[f"{_REFERENCE}cov"].double(), int(d[f"{_REFERENCE}count"])
+
+
+def classifier_metadata(path: str | Path | None = None, name: str = "digits") -> dict[str, str]:
     """The metadata stored with the weights (test accuracy, split, training settings)."""
     from safetensors import safe_open
 
-    with safe_open(str(path or WEIGHTS), framework="pt") as f:
+    with safe_open(str(path or _spec(name).weights), framework="pt") as f:
         return dict(f.metadata() or {})
 
 
@@ -110,26 +185,31 @@ def digits_with_labels(split: str = "train") -> tuple[Tensor, Tensor]:
 
 
 def _augment(x: Tensor, g: torch.Generator, noise: float) -> Tensor:
-    """Random ±1-pixel shifts (zero = background −1 padding) and Gaussian noise."""
-    b = x.shape[0]
+    """Random ±1-pixel shifts (zero = background −1 padding) and Gaussian noise, for ``(B, 1, H, W)``."""
+    b, _, h, w = x.shape
     pad = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
     dx = torch.randint(0, 3, (b,), generator=g)
     dy = torch.randint(0, 3, (b,), generator=g)
-    rows = (dy[:, None] + torch.arange(8)[None]).reshape(b, 1, 8, 1).expand(b, 1, 8, 10)
+    rows = (dy[:, None] + torch.arange(h)[None]).reshape(b, 1, h, 1).expand(b, 1, h, w + 2)
     out = torch.gather(pad, 2, rows)
-    cols = (dx[:, None] + torch.arange(8)[None]).reshape(b, 1, 1, 8).expand(b, 1, 8, 8)
+    cols = (dx[:, None] + torch.arange(w)[None]).reshape(b, 1, 1, w).expand(b, 1, h, w)
     out = torch.gather(out, 3, cols)
     return out + noise * torch.randn(out.shape, generator=g)
 
 
-def train_classifier(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-                     noise: float = 0.1) -> tuple[DigitsClassifier, float]:
-    """Train on the train split; returns the network and its accuracy on the held-out split."""
+def train_classifier(epochs: int | None = None, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
+                     noise: float | None = None, name: str = "digits",
+                     data: str | Path | None = None) -> tuple[nn.Module, float]:
+    """Train classifier ``name`` on its train split (``data``: the MNIST file for ``"mnist"``); returns the
+    network and its accuracy on the held-out split. ``epochs``/``noise`` default to the bundled settings."""
+    spec = _spec(name)
+    epochs = spec.epochs if epochs is None else epochs
+    noise = spec.noise if noise is None else noise
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x, y = digits_with_labels("train")
-    xt, yt = digits_with_labels("test")
-    net = DigitsClassifier()
+    x, y = spec.data("train", data)
+    xt, yt = spec.data("test", data)
+    net = spec.net()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in range(epochs):
@@ -148,26 +228,52 @@ def train_classifier(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: 
     return net, acc
 
 
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "digits": ClassifierSpec(DigitsClassifier, WEIGHTS, lambda split, path=None: digits_with_labels(split),
+                             {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "scale": "x/8-1"}, 40, 0.1),
+    "mnist": ClassifierSpec(MNISTClassifier, _DATA / "mnist_classifier.safetensors", _mnist_with_labels,
+                            {"data": "MNIST test set (CC BY-SA 3.0)", "train": "first 8000", "test": "last 2000",
+                             "scale": "2x/255-1"}, 15, 0.1),
+}
+
+
+def _reference_state(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The held-out feature moments stored beside the weights (see :func:`reference_moments`)."""
+    from .frechet import gaussian_moments
+
+    with torch.no_grad():
+        mean, cov = gaussian_moments(net.features(x))
+    return {f"{_REFERENCE}mean": mean, f"{_REFERENCE}cov": cov, f"{_REFERENCE}count": torch.tensor(x.shape[0])}
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m scoresolve.metrics.classifier [--out PATH]``: retrain and write the bundled weights."""
     from safetensors.torch import save_file
 
-    p = argparse.ArgumentParser(description="Train the bundled 8x8 digits classifier used for feature-space FID.")
-    p.add_argument("--out", default=str(WEIGHTS), help="where to write the safetensors weights")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs")
+    p = argparse.ArgumentParser(description="Train a bundled digit classifier used for feature-space FID.")
+    p.add_argument("--name", default="digits", choices=sorted(CLASSIFIERS), help="which classifier")
+    p.add_argument("--data", default=None, help="mnist: the MNIST t10k-images-idx3-ubyte.gz file (labels beside it)")
+    p.add_argument("--out", default=None, help="where to write the safetensors weights (default: the bundled file)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40 digits, 15 mnist)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and augmentation")
     args = p.parse_args(argv)
+    spec = _spec(args.name)
+    if args.name == "mnist" and args.data is None:
+        p.error("--name mnist needs --data (the MNIST t10k-images-idx3-ubyte.gz file)")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    net, acc = train_classifier(epochs=args.epochs, seed=args.seed)
+    epochs = spec.epochs if args.epochs is None else args.epochs
+    net, acc = train_classifier(epochs=epochs, seed=args.seed, name=args.name, data=args.data)
     meta = {
         "test_accuracy": f"{acc:.4f}",
-        "split": json.dumps({"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "scale": "x/8-1"}),
-        "training": json.dumps({"epochs": args.epochs, "seed": args.seed, "optimizer": "adam 2e-3 cosine",
-                                "augmentation": "+-1 pixel shifts, gaussian noise 0.1"}),
+        "split": json.dumps(spec.split),
+        "training": json.dumps({"epochs": epochs, "seed": args.seed, "optimizer": "adam 2e-3 cosine",
+                                "augmentation": f"+-1 pixel shifts, gaussian noise {spec.noise:g}"}),
         "torch": torch.__version__,
     }
+    args.out = args.out or str(spec.weights)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    state.update(_reference_state(net, spec.data("test", args.data)[0]))
     save_file(state, args.out, metadata=meta)
     print(f"test accuracy {acc:.4f}; wrote {args.out} in {time.perf_counter() - t0:.1f} s")
 

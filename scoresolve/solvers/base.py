@@ -32,12 +32,22 @@ __all__ = [
 
 
 class NonFiniteScoreError(FloatingPointError):
-    """The score model returned NaN or inf; the message names the step and the time."""
+    """NaN or inf appeared during sampling; the message names the step, the time and the culprit.
+
+    ``culprit`` is ``"model"`` when the score model returned NaN/inf for a finite input, and
+    ``"solver"`` when the solver's own arithmetic produced a non-finite state (or handed one to the
+    model) while every score it had received was finite.
+    """
+
+    def __init__(self, message: str, culprit: str = "model") -> None:
+        super().__init__(message)
+        self.culprit = culprit
 
 
 class CountedScore:
-    """Wraps ``score(x, t)``: counts evaluations (NFE), checks the output's shape on the first call,
-    and watches for NaN/inf.
+    """Wraps ``score(x, t)``: counts evaluations (NFE), checks the output's type and shape on every
+    call (a tuple comparison), and watches for NaN/inf in the output, in the input it was handed and
+    (through :meth:`watch_state`) in the solver's state after each step.
 
     ``t`` may be given as a Python float, a 0-d tensor or a ``(B,)`` tensor; the model always receives
     a ``(B,)`` tensor in ``x``'s dtype. Finiteness is recorded on the device and checked every
@@ -50,8 +60,7 @@ class CountedScore:
         self.nfe = 0
         self.step: int | None = None
         self.check_every = check_every
-        self._shape_checked = False
-        self._pending: list[tuple[int | None, Tensor, Tensor]] = []
+        self._pending: list[tuple[int | None, Tensor, Tensor, str]] = []
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         b = x.shape[0]
@@ -62,31 +71,34 @@ class CountedScore:
             t = t.expand(b)
         elif t.shape != (b,):
             raise ValueError(f"t must be a scalar or have shape ({b},), got {tuple(t.shape)}")
+        self._watch(x, t, "input")
         out = self.fn(x, t)
-        if not self._shape_checked:
-            if not isinstance(out, Tensor):
-                raise TypeError(f"the score model must return a tensor, got {type(out).__name__}")
-            if out.shape != x.shape:
-                raise ValueError(
-                    f"the score model returned shape {tuple(out.shape)} for an input of shape "
-                    f"{tuple(x.shape)}; a score must have the input's shape"
-                )
-            self._shape_checked = True
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the score model must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"the score model returned shape {tuple(out.shape)} for an input of shape "
+                f"{tuple(x.shape)} (evaluation {self.nfe + 1}); a score must have the input's shape"
+            )
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         self.nfe += 1
-        self._watch(out, t)
+        self._watch(out, t, "model")
         return out
 
-    def _watch(self, out: Tensor, t: Tensor) -> None:
+    def watch_state(self, x: Tensor, t: Tensor) -> None:
+        """Record whether the solver's state ``x`` after a step is finite (checked like the outputs)."""
+        self._watch(x, t, "state")
+
+    def _watch(self, out: Tensor, t: Tensor, kind: str) -> None:
         bad_rows = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
         every = self.check_every if self.check_every is not None else (1 if out.device.type == "cpu" else 32)
         if every <= 1:
             if bool(bad_rows.any()):
-                self._raise(self.step, t, bad_rows)
+                self._raise(self.step, t, bad_rows, kind)
             return
         # deferred: keep the flags on the device and look at them every `every` calls (one sync)
-        self._pending.append((self.step, t, bad_rows))
+        self._pending.append((self.step, t, bad_rows, kind))
         if len(self._pending) >= every:
             self.check()
 
@@ -94,18 +106,26 @@ class CountedScore:
         """Raise :class:`NonFiniteScoreError` if a call not yet checked returned NaN/inf."""
         if not self._pending:
             return
-        flags = torch.stack([rows.any() for _, _, rows in self._pending])
+        flags = torch.stack([rows.any() for _, _, rows, _ in self._pending])
         if bool(flags.any()):
-            step, t, rows = self._pending[int(flags.int().argmax())]
-            self._raise(step, t, rows)
+            step, t, rows, kind = self._pending[int(flags.int().argmax())]  # the first one flagged
+            self._raise(step, t, rows, kind)
         self._pending.clear()
 
     @staticmethod
-    def _raise(step: int | None, t: Tensor, bad_rows: Tensor) -> None:
+    def _raise(step: int | None, t: Tensor, bad_rows: Tensor, kind: str = "model") -> None:
         where = f"step {step}" if step is not None else "a score evaluation"
         tval = f" (t={float(t.reshape(-1)[0]):.6g})"
         n_bad, n = int(bad_rows.sum()), bad_rows.numel()
-        raise NonFiniteScoreError(f"the score model returned NaN or inf at {where}{tval} for {n_bad} of {n} samples")
+        if kind == "model":
+            raise NonFiniteScoreError(
+                f"the score model returned NaN or inf at {where}{tval} for {n_bad} of {n} samples whose input was "
+                "finite", culprit="model")
+        what = "handed the model a non-finite state" if kind == "input" else "produced a non-finite state"
+        raise NonFiniteScoreError(
+            f"the solver's arithmetic {what} at {where}{tval} for {n_bad} of {n} samples, while every score output "
+            "before it was finite (the model is not the cause; try more steps, float64, or another solver)",
+            culprit="solver")
 
 
 @dataclass(frozen=True)
@@ -191,7 +211,8 @@ class SolveContext:
         return y + (sigma * sigma * alpha) * score
 
     def after_step(self, i: int, t: Tensor, x: Tensor, x_mean: Tensor | None = None) -> None:
-        """Bookkeeping after step ``i``: trajectory, callback, progress."""
+        """Bookkeeping after step ``i``: finiteness of the state, trajectory, callback, progress."""
+        self.score.watch_state(x, t)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())
         if self.callback is not None:

@@ -70,14 +70,21 @@ class Langevin(Corrector):
     the cumulative :math:`\prod_{j\le i}(1-\beta_j)` (score_sde_pytorch issue #73). The cumulative
     product would shrink the steps at high noise and makes corrector-only sampling worse.
 
+    A sample whose score is zero (e.g. an untrained network with a zero-initialised output layer), or
+    so small that the step overflows, is not moved (:math:`\epsilon = 0`): the step size has no
+    finite value there, and ``inf * 0`` would turn the sample into NaN.
+
     One step per call of the score: NFE = ``n_steps`` per noise level."""
 
     __call__ = Corrector._run
 
     def step_size(self, sde, x, s, z, t, t_from, snr):
         a, _ = sde.transition(t_from, t)
-        tiny = torch.finfo(x.dtype).tiny
-        return 2 * a**2 * (snr * _norm(z) / _norm(s).clamp_min(tiny)) ** 2
+        ns = _norm(s)
+        eps = 2 * a**2 * (snr * _norm(z) / ns.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+        # zero score or overflow: no move (the step's size and its noise would be inf, its drift NaN)
+        ok = (ns > 0) & torch.isfinite(eps) & torch.isfinite(eps * ns)
+        return torch.where(ok, eps, torch.zeros_like(eps))
 
 
 @CORRECTORS.register("annealed_langevin")

@@ -59,8 +59,10 @@ variable="t", hold_after_reject=False``) needs 51 for 2× and falls off a cliff 
 
 Step-size control (:class:`~scoresolve.solvers.controllers.Controller`, ``norm=``):
 
-* ``"batch_rms"`` (default): one step size for the batch from the RMS over all its entries. Cheapest,
-  but samples are coupled through the shared step sizes.
+* ``"batch_rms"`` (default without ``seeds=``): one step size for the batch from the RMS over all its
+  entries. Cheapest, but samples are coupled through the shared step sizes. With ``seeds=`` (which
+  promises that a sample depends only on its seed) the default is ``"per_sample"``, and an explicit
+  batch norm is refused.
 * ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; more model
   calls.
 * ``"per_sample"``: each sample has its own time and step size (as the paper's released code);
@@ -84,6 +86,7 @@ adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \app
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import ClassVar
 
@@ -130,8 +133,9 @@ class GottaGoFast(Solver):
             :math:`\sigma_t`), the paper's 0.05 with ``"state"`` (a fraction of :math:`|x|`).
         atol: absolute tolerance (> 0); default 0.0078 (the paper's, for data in ``[-1, 1]``; scale
             it with your data).
-        norm: ``"batch_rms"`` (default), ``"batch_max"`` or ``"per_sample"`` (see the module
-            docstring for the trade-off).
+        norm: ``"batch_rms"`` (default without ``seeds=``), ``"batch_max"`` or ``"per_sample"``
+            (default with ``seeds=``, where a batch norm is refused: it would make a sample depend on
+            its batch). See the module docstring for the trade-off.
         tolerance: ``"noise"`` (default, :math:`\mathrm{atol} + \mathrm{rtol}\,\sigma_t`) or
             ``"state"`` (the paper's :math:`\mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)`).
         variable: ``"log_snr"`` (default) or ``"t"`` (the paper's): the variable the step size is
@@ -158,7 +162,7 @@ class GottaGoFast(Solver):
         self,
         rtol: float | None = None,
         atol: float | None = None,
-        norm: str = "batch_rms",
+        norm: str | None = None,
         tolerance: str = "noise",
         variable: str = "log_snr",
         h_init: float = 0.01,
@@ -179,7 +183,7 @@ class GottaGoFast(Solver):
         self.controller = Controller(
             rtol=d_rtol if rtol is None else rtol,
             atol=d_atol if atol is None else atol,
-            norm=norm,
+            norm=norm or "batch_rms",
             safety=safety,
             min_factor=min_factor,
             max_factor=max_factor,
@@ -196,6 +200,22 @@ class GottaGoFast(Solver):
             raise TypeError(f"hold_after_reject must be a bool, got {hold_after_reject!r}")
         self.hold_after_reject = hold_after_reject
         self.max_steps = check_int(max_steps, "max_steps")
+        self.norm_given = norm is not None
+
+    def _controller_for(self, ctx: SolveContext) -> Controller:
+        """The controller of this run: with ``seeds=`` one step size per sample (unless a batch norm was
+        asked for explicitly, which is refused), so a sample never depends on its batch."""
+        ctl = self.controller
+        if ctx.noise is None or ctx.noise.batch_size is None or ctl.per_sample:
+            return ctl
+        if self.norm_given:
+            raise ValueError(
+                f"gotta_go_fast: norm={ctl.norm!r} shares one step size across the batch, so with seeds= a sample "
+                "would depend on its batch; use norm='per_sample' (the default with seeds=)"
+            )
+        per = copy.copy(ctl)
+        per.norm = "per_sample"
+        return per
 
     @property
     def error_order(self) -> float:
@@ -227,7 +247,7 @@ class GottaGoFast(Solver):
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         sde = ctx.sde
-        ctl = self.controller
+        ctl = self._controller_for(ctx)
         t_end = float(ctx.t_end)
         T = float(sde.T)
         b = x.shape[0]

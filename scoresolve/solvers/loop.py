@@ -103,6 +103,8 @@ def integrate(solver: GridSolver, ctx: SolveContext, x: Tensor, prefix: Gaussian
             tail.keep(iv.i, st.direction)
         if report:
             _report(ctx, iv.i, iv.t_next, iv.alpha_next if edm else None, y, x.dtype, x_mean)
+        else:  # the state's finiteness, as after_step records it when reporting
+            ctx.score.watch_state(y, torch.full((1,), iv.t_next, dtype=torch.float64))
     alpha_end = ivs[-1].alpha_next
     if ctx.final != "none":
         n = len(ivs)

@@ -20,8 +20,11 @@ What this wrapper adds to a bare ``odeint`` call:
   shapes the first trial step, never the solution).
 - ``t`` arrives as a 0-d tensor in torchdiffeq's calls; it is expanded to ``(B,)`` for the model.
 - The batch shares one step size (torchdiffeq's error norm is one RMS over the whole batch): a
-  sample's result depends, slightly, on its neighbours. ``solver="ode_adaptive"``
-  (:mod:`scoresolve.solvers.ode_adaptive`) gives each sample its own steps.
+  sample's result depends, slightly, on its neighbours. With ``seeds=`` (the promise that a sample
+  depends only on its seed) an adaptive method therefore integrates **each sample on its own**
+  (one ``odeint`` call per row: the NFE is then the sum over the rows, and the callback, trajectory
+  and progress see only the final state). ``solver="ode_adaptive"``
+  (:mod:`scoresolve.solvers.ode_adaptive`) gives each sample its own steps in one batched loop.
 
 Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) take
 ``rtol``/``atol`` and no grid; fixed-grid methods (``euler``, ``midpoint``, ``heun2``, ``heun3``,
@@ -183,6 +186,8 @@ class ProbabilityFlowODE(Solver):
             times = ctx.grid.to(dtype=tdt, device=x.device)
             opts = dict(self.options)
         lo, hi = min(T, t_end), max(T, t_end)
+        if self.adaptive and ctx.noise is not None and ctx.noise.batch_size is not None and x.shape[0] > 1:
+            return self._solve_rows(ctx, x, times, opts, lo, hi)
         drift = (_AdaptiveDrift if self.adaptive else _Drift)(ctx, lo, hi)
         ys = odeint(drift, x, times, rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
         ctx.info["clamped_evals"] = drift.clamped
@@ -196,3 +201,22 @@ class ProbabilityFlowODE(Solver):
                 ctx.after_step(i - 1, ctx.t(i, x), ys[i])
         ctx.info["nfe_per_sample"] = torch.full((x.shape[0],), ctx.score.nfe, dtype=torch.long)
         return ys[-1]
+
+    def _solve_rows(self, ctx: SolveContext, x: Tensor, times: Tensor, opts: dict[str, Any], lo: float,
+                    hi: float) -> Tensor:
+        """One adaptive solve per sample (with ``seeds=``): each row's steps depend on that row alone."""
+        from torchdiffeq import odeint
+
+        rows, per, clamped = [], [], 0
+        for i in range(x.shape[0]):
+            before = ctx.score.nfe
+            drift = _Drift(ctx, lo, hi)
+            ys = odeint(drift, x[i: i + 1], times, rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
+            rows.append(ys[-1])
+            per.append(ctx.score.nfe - before)
+            clamped += drift.clamped
+        out = torch.cat(rows)
+        ctx.info["clamped_evals"] = clamped
+        ctx.info["nfe_per_sample"] = torch.tensor(per, dtype=torch.long)
+        ctx.after_step(0, torch.full((x.shape[0],), float(ctx.t_end), device=x.device, dtype=x.dtype), out)
+        return out

@@ -270,6 +270,11 @@ class PerSampleAdaptiveODE(Solver):
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         sde = ctx.sde
+        if self.norm != "per_sample" and ctx.noise is not None and ctx.noise.batch_size is not None:
+            raise ValueError(
+                f"ode_adaptive: norm={self.norm!r} shares one step size across the batch, so with seeds= a sample "
+                "would depend on its batch; use norm='per_sample' (the default)"
+            )
         if self.variable == "t":
 
             def f(t: Tensor, y: State, rows: Tensor) -> State:

@@ -65,11 +65,55 @@ def build_parser(prog: str = "python -m scoresolve.train") -> argparse.ArgumentP
     return ap
 
 
+#: (argument, attribute, lower bound, bound included) of the numeric options checked before any work
+_BOUNDS = [
+    ("--steps", "steps", 1, True), ("--batch-size", "batch_size", 1, True), ("--lr", "lr", 0.0, False),
+    ("--warmup", "warmup", 0, True), ("--grad-clip", "grad_clip", 0.0, True), ("--ema-decay", "ema_decay", 0.0, True),
+    ("--checkpoint-every", "checkpoint_every", 0, True), ("--sample-every", "sample_every", 0, True),
+    ("--hidden", "hidden", 1, True), ("--depth", "depth", 1, True), ("--base-channels", "base_channels", 1, True),
+    ("--threads", "threads", 1, True), ("--beta-min", "beta_min", 0.0, True), ("--beta-max", "beta_max", 0.0, False),
+    ("--sigma-min", "sigma_min", 0.0, False), ("--sigma-max", "sigma_max", 0.0, False),
+]
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    import math
+
+    for flag, attr, low, inclusive in _BOUNDS:
+        v = getattr(args, attr)
+        if v is None:
+            continue
+        if not math.isfinite(v) or (v < low if inclusive else v <= low):
+            raise ValueError(f"{flag} must be {'>=' if inclusive else '>'} {low}, got {v}")
+    if args.ema_decay >= 1:
+        raise ValueError(f"--ema-decay must be < 1, got {args.ema_decay}")
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m scoresolve.train") -> Path:
-    args = build_parser(prog).parse_args(argv)
+    """Run the command line; a bad argument, unreadable data or a refused resume prints one line on stderr
+    and exits with status 2 (no traceback)."""
+    from ..io.checkpoint import CheckpointError
+
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        _check_args(args)
+        return _run(args)
+    except (ValueError, TypeError, CheckpointError, FileNotFoundError, OSError, FloatingPointError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        parser.exit(2, f"{parser.prog}: error: {msg}\n")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--device {args.device!r} is not usable here: {first}") from None
     data = load_data(args.data)
     if args.sde == "ve":
         sde = VESDE(args.sigma_min, args.sigma_max)
@@ -81,7 +125,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m scoresolve.train"
     torch.manual_seed(args.seed)
     if arch == "unet":
         if len(shape) != 3 or shape[1] != shape[2]:
-            raise SystemExit(f"--arch unet needs square (C, H, W) data, got sample shape {shape}")
+            raise ValueError(f"--arch unet needs square (C, H, W) data, got sample shape {shape}")
         net = UNet(in_channels=shape[0], image_size=shape[1], base_channels=args.base_channels,
                    channel_mults=[int(m) for m in args.channel_mults.split(",")], time_transform=time_transform)
     else:
@@ -98,7 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m scoresolve.train"
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
-        tr.load_checkpoint(ckpt)
+        tr.load_checkpoint(ckpt)  # refuses (CheckpointError, listing the differences) if a setting changed
         print(f"resuming from {ckpt} at step {tr.step}")
 
     def grid(t: Trainer) -> None:

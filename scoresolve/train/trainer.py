@@ -268,11 +268,29 @@ class Trainer:
         """Restore a :meth:`state_dict` (the network architecture must match)."""
         if state.get("format") != _CKPT_FORMAT:
             raise CheckpointError("not a scoresolve training checkpoint (format != 'scoresolve-train')")
-        mine = self._train_config()
-        theirs = json.loads(state["train_config"])
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in ("log_every",) and theirs.get(k) != v}
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"the checkpoint's step must be an integer >= 0, got {step!r}")
+        try:
+            theirs = json.loads(state["train_config"])
+            their_model = json.loads(state["config"])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"the checkpoint's configuration cannot be read ({e})") from e
+        if not isinstance(theirs, dict) or not isinstance(their_model, dict):
+            raise CheckpointError("the checkpoint's configuration is malformed")
+        # every setting that shapes the run: optimiser and loss (train config), SDE and its parameters,
+        # network architecture and size, parameterisation, data range and shape (model config)
+        mine_model = make_config(self.net, self.sde, parameterization=self.cfg.parameterization,
+                                 sample_shape=self.sample_shape, data_range=self.data_range, weights="ema")
+        diff = [f"{k}: checkpoint {theirs.get(k)!r}, now {v!r}" for k, v in self._train_config().items()
+                if k != "log_every" and theirs.get(k) != v]
+        diff += [f"{k}: checkpoint {their_model.get(k)!r}, now {v!r}" for k, v in mine_model.items()
+                 if k not in ("extra", "weights", "format_version") and their_model.get(k) != v]
         if diff:
-            raise CheckpointError(f"the checkpoint was trained with other settings (checkpoint, now): {diff}")
+            raise CheckpointError(
+                "refusing to resume: the checkpoint was trained with other settings (" + "; ".join(diff) + "). "
+                "Use another output folder, or restore the settings."
+            )
         try:
             self.net.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
