@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..sde import VESDE, VPSDE, SubVPSDE
+from ..sde import VESDE, VPSDE, RectifiedFlow, SubVPSDE
 from .data import TOY_SETS, load_data
 from .nets import MLP, UNet
 from .trainer import LOSSES, TrainConfig, Trainer, save_sample_grid
@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--data", default="digits", help=f"digits, {', '.join(TOY_SETS)}, or a tensor file (.pt/.safetensors)"
     )
-    ap.add_argument("--sde", default="vp", choices=["vp", "ve", "subvp"])
+    ap.add_argument("--sde", default="vp", choices=["vp", "ve", "subvp", "flow"],
+                    help="flow: the rectified-flow interpolant (use with --loss cfm --parameterization velocity)")
+    ap.add_argument("--shift", type=float, default=1.0, help="flow: the time shift (SD3: 3)")
     ap.add_argument("--beta-min", type=float, default=0.1)
     ap.add_argument("--beta-max", type=float, default=20.0)
     ap.add_argument("--sigma-min", type=float, default=0.01)
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--channel-mults", default="1,2", help="unet, comma-separated")
     ap.add_argument("--hidden", type=int, default=128, help="mlp width")
     ap.add_argument("--depth", type=int, default=3, help="mlp depth")
-    ap.add_argument("--parameterization", default=d.parameterization, choices=["score", "eps", "x0", "v", "denoiser"])
+    ap.add_argument("--parameterization", default=d.parameterization,
+                    choices=["score", "eps", "x0", "v", "denoiser", "velocity"])
     ap.add_argument("--loss", default=d.loss, choices=list(LOSSES))
     ap.add_argument("--weighting", default=d.weighting, choices=["sigma2", "likelihood"])
     ap.add_argument("--reduce", default=d.reduce, choices=["mean", "sum"])
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> Path:
     data = load_data(args.data)
     if args.sde == "ve":
         sde = VESDE(args.sigma_min, args.sigma_max)
+    elif args.sde == "flow":
+        sde = RectifiedFlow(shift=args.shift)
     else:
         sde = (VPSDE if args.sde == "vp" else SubVPSDE)(args.beta_min, args.beta_max)
     shape = tuple(data.shape[1:])
