@@ -310,7 +310,7 @@ _FLOW_EPS_TAU = 1e-2
 class RectifiedFlow(SDE):
     r"""The linear interpolant of flow matching / rectified flow as a process (Lipman et al. 2022,
     arXiv:2210.02747; Liu et al. 2022, arXiv:2209.03003): :math:`x_\tau = (1-\tau)x_0 + \tau\varepsilon`,
-    so :math:`\alpha = 1-\tau`, :math:`\sigma = \tau`, prior :math:`N(0, I)`.
+    so :math:`\alpha = 1-\tau`, :math:`\sigma = \tau`, prior the noise :math:`\tau(T)\varepsilon`.
 
     **Shift** (SD3, Esser et al. 2024, arXiv:2403.03206): the process clock :math:`t` maps to the
     interpolant time :math:`\tau(t) = s t / (1 + (s-1) t)`, which is diffusers' shifted sigma
@@ -328,27 +328,28 @@ class RectifiedFlow(SDE):
 
     **Time range.** :math:`\alpha(1) = 0`, and at :math:`\tau = 1` the score is :math:`-x` for every data
     set: a score model carries no information there and :math:`E[x_0 \mid x_t] = (x_t + \sigma^2
-    \nabla\log p)/\alpha` is 0/0. So samplers start at ``T`` slightly below 1 (default
-    :math:`1 - 2^{-10} \approx 0.999`, exact in float32, where :math:`\alpha \approx 10^{-3}/s`: about as far
-    from pure noise as VP's :math:`\alpha(1) = 0.0067`), from the prior :math:`N(0, I)`, and stop at
-    ``default_eps``, the clock time of :math:`\tau = 10^{-2}`, where the EDM noise level
-    :math:`\sigma/\alpha \approx 0.01` is that of VP and VE at their ``default_eps`` (a lower end puts the
-    steps of noise-level grids where they are wasted).
+    \nabla\log p)/\alpha` is 0/0. So samplers start at ``T`` below 1: by default :math:`1 - 2^{-7}
+    \approx 0.992` (exact in float32), where :math:`\alpha \approx 2^{-7}/s` and the EDM noise level
+    :math:`\sigma/\alpha \approx 127 s`, the range of VP (:math:`\alpha(1) = 0.0067`, 152). The prior is
+    the interpolant's noise there, :math:`N(0, \tau(T)^2 I)` (``prior_std`` :math:`= \tau(T) \approx 0.992`):
+    :math:`p_T` has standard deviation :math:`\approx 1 - \alpha(T)` for unit-scale data, so ``N(0, I)``
+    would be off to first order in :math:`\alpha(T)` where VP's prior is off to second. Sampling stops at
+    ``default_eps``, the clock time of :math:`\tau = 10^{-2}`, where :math:`\sigma/\alpha \approx 0.01` as
+    for VP and VE at theirs. (Measured effects of these choices: docs/flow.md.)
 
     Args:
         shift: the time shift :math:`s > 0` (1: none; SD3 uses 3).
         T: the clock time where sampling starts, in (0.5, 1).
     """
 
-    prior_std = 1.0
-
-    def __init__(self, shift: float = 1.0, T: float = 1 - 2**-10) -> None:
+    def __init__(self, shift: float = 1.0, T: float = 1 - 2**-7) -> None:
         if not (math.isfinite(shift) and shift > 0):
             raise ValueError(f"RectifiedFlow needs shift > 0, got {shift=}")
         if not 0.5 < T < 1:
             raise ValueError(f"RectifiedFlow needs 0.5 < T < 1 (alpha(1) = 0 is singular), got {T=}")
         self.shift, self.T = float(shift), float(T)
         self.default_eps = _FLOW_EPS_TAU / (self.shift - (self.shift - 1) * _FLOW_EPS_TAU)  # τ(default_eps) = 0.01
+        self.prior_std = float(self.interpolant_time(torch.tensor(self.T, dtype=torch.float64)))  # τ(T)
 
     def _config(self) -> dict[str, float | int]:
         return {"shift": self.shift, "T": self.T}
