@@ -40,6 +40,18 @@ def _rand(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.rand(n, generator=generator, dtype=torch.float64).to(device=like.device)
 
 
+def _perturb(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator | None, t: Tensor | None,
+             noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(t, z, std, x_t)``: ``t ~ U(eps, T)`` and ``z ~ N(0, I)`` unless given, ``x_t = alpha_t x0 + std z``."""
+    if not 0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T), got {eps}")
+    if t is None:
+        t = (eps + _rand(x0.shape[0], x0, generator) * (sde.T - eps)).to(x0.dtype)
+    z = _randn(tuple(x0.shape), x0, generator) if noise is None else noise
+    mean, std = sde.marginal(x0, t)
+    return t, z, std, mean + SDE.bcast(std, x0) * z
+
+
 def _as_model(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameterization: str) -> ScoreModel:
     if isinstance(net, ScoreModel):
         return net
@@ -86,15 +98,8 @@ def dsm_loss(
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T), got {eps}")
-    b = x0.shape[0]
-    if t is None:
-        t = (eps + _rand(b, x0, generator) * (sde.T - eps)).to(x0.dtype)
-    z = _randn(tuple(x0.shape), x0, generator) if noise is None else noise
-    mean, std = sde.marginal(x0, t)
+    t, z, std, xt = _perturb(sde, x0, eps, generator, t, noise)
     s = SDE.bcast(std, x0)
-    xt = mean + s * z
     score = _as_model(net, sde, parameterization)(xt, t)
     per = _reduce((s * score + z) ** 2, reduce)  # σ²‖s + z/σ‖²
     if weighting == "likelihood":
@@ -138,19 +143,12 @@ def flow_matching_loss(
         eps: smallest training time.
         generator: source of ``t`` and the noise; ``t``/``noise`` may also be given.
     """
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T), got {eps}")
     model = _as_model(net, sde, "velocity")
     if model.parameterization != "velocity":
         raise ValueError(
             f"flow_matching_loss trains a velocity network, got parameterization={model.parameterization!r}"
         )
-    b = x0.shape[0]
-    if t is None:
-        t = (eps + _rand(b, x0, generator) * (sde.T - eps)).to(x0.dtype)
-    z = _randn(tuple(x0.shape), x0, generator) if noise is None else noise
-    mean, std = sde.marginal(x0, t)
-    xt = mean + SDE.bcast(std, x0) * z
+    t, z, _, xt = _perturb(sde, x0, eps, generator, t, noise)
     v = model.raw(xt, t).to(x0.dtype)
     return _reduce((v - (z - x0)) ** 2, reduce).mean()
 

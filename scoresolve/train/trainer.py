@@ -46,9 +46,9 @@ class TrainConfig:
 
     Attributes:
         parameterization: what the network predicts (``eps`` is the robust default).
-        loss: ``"dsm"`` (continuous denoising score matching), ``"ddpm"`` (discrete ε-loss, VP only)
-            , ``"ssm"`` (sliced score matching, small problems) or ``"cfm"`` (conditional flow matching,
-            a ``velocity`` network, usually with ``RectifiedFlow``).
+        loss: ``"dsm"`` (continuous denoising score matching), ``"ddpm"`` (discrete ε-loss, VP only),
+            ``"ssm"`` (sliced score matching, small problems) or ``"cfm"`` (conditional flow matching of a
+            ``velocity`` network, usually with ``RectifiedFlow``).
         weighting: ``"sigma2"`` (λ = σ², the paper's) or ``"likelihood"`` (λ = g²), for ``dsm``.
         reduce: ``"mean"`` or ``"sum"`` over data dimensions.
         batch_size, lr, warmup, grad_clip, ema_decay, weight_decay: optimisation (paper: 128, 2e-4,
