@@ -33,7 +33,7 @@ Examples::
     python benchmarks/nfe_vs_fid.py --quick                 # < 1 minute
     python benchmarks/nfe_vs_fid.py                         # the full default run (docs/benchmarks.md)
     python benchmarks/nfe_vs_fid.py --solvers pc,k_diffusion:lms --nfe 10,20,50 --n 4000 --sde ve
-    python benchmarks/nfe_vs_fid.py --model analytic --sde flow   # flow model (exact velocity) vs diffusers' flow schedulers
+    python benchmarks/nfe_vs_fid.py --model analytic --sde flow   # exact flow model vs diffusers' flow schedulers
 """
 
 from __future__ import annotations
