@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ __all__ = [
     "write_text",
     "plot_metric_vs_nfe",
     "fmt",
-    "progress",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +151,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     return "\n".join([head, sep, *body]) + "\n"
 
 
+#: distinct colours for our series (colour-blind-safe Okabe-Ito first, then tab10's remaining hues)
+OURS_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8c564b",
+                "#7f7f7f", "#bcbd22")
+#: muted colours of the peers' libraries (prefix before ":"), dashed
+PEER_COLOURS = {"k_diffusion": "#8a9bb0", "diffusers": "#c0a080"}
+MARKERS = "osD^v<>pPXh*d"
+
+
 def plot_metric_vs_nfe(
     path: str | os.PathLike[str],
     series: dict[str, Sequence[tuple[float, float]]],
@@ -160,8 +167,14 @@ def plot_metric_vs_nfe(
     title: str = "",
     hline: float | None = None,
     hline_label: str = "floor",
+    highlight: Sequence[str] = ("auto",),
 ) -> Path | None:
     """Plot ``{label: [(nfe, value), ...]}`` on log–log axes into a PNG.
+
+    Our series (labels without ``lib:``) are drawn solid in distinct colours, each with its own
+    (colour, marker) pair; those named in ``highlight`` thicker and on top. The
+    peers' (``k_diffusion:...``, ``diffusers:...``) are dashed in their library's muted colour with
+    distinct markers. The legend sits outside the axes, grouped: scoresolve, then each peer library.
 
     Returns the path, or ``None`` (with a message on stderr) when matplotlib is not installed.
     """
@@ -170,39 +183,56 @@ def plot_metric_vs_nfe(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import NullLocator
     except ImportError:
         print("note: matplotlib is not installed (pip install 'scoresolve[bench]'); skipping the plot", file=sys.stderr)
         return None
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = "os^vD<>pPX*h"
-    for i, (label, pts) in enumerate(sorted(series.items())):
-        pts = sorted((x, y) for x, y in pts if y is not None and math.isfinite(y) and y > 0)
-        if not pts:
+    groups: dict[str, list[str]] = {}
+    for label in sorted(series):
+        groups.setdefault(label.partition(":")[0] if ":" in label else "scoresolve", []).append(label)
+    order = ["scoresolve"] + sorted(g for g in groups if g != "scoresolve")
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
+    handles: list[Any] = []
+    for group in order:
+        labels = groups.get(group, [])
+        if not labels:
             continue
-        xs, ys = zip(*pts, strict=True)
-        style = "--" if ":" in label else "-"
-        ax.plot(xs, ys, style, marker=markers[i % len(markers)], label=label, ms=4)
+        handles.append(Line2D([], [], ls="none", label=group if group == "scoresolve" else f"{group} (peer)"))
+        for i, label in enumerate(labels):
+            pts = sorted((x, y) for x, y in series[label] if y is not None and math.isfinite(y) and y > 0)
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            marker = MARKERS[i % len(MARKERS)]
+            if group == "scoresolve":
+                hot = label in highlight
+                (line,) = ax.plot(xs, ys, "-", marker=marker, color=OURS_COLOURS[i % len(OURS_COLOURS)],
+                                  lw=2.8 if hot else 1.5, ms=7 if hot else 5, zorder=4 if hot else 3, label=label)
+            else:
+                (line,) = ax.plot(xs, ys, "--", marker=marker, color=PEER_COLOURS.get(group, "#999999"), lw=1.0,
+                                  ms=4.5, mfc="white", alpha=0.9, zorder=2, label=label.partition(":")[2])
+            handles.append(line)
     if hline is not None and hline > 0:
-        ax.axhline(hline, color="k", lw=0.8, ls=":", label=hline_label)
+        handles.append(ax.axhline(hline, color="k", lw=0.9, ls=":", label=hline_label, zorder=1))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    xs_all = sorted({x for pts in series.values() for x, _ in pts})
+    if 0 < len(xs_all) <= 8:  # few budgets: label them as plain numbers
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("NFE (score evaluations counted)")
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    legend = ax.legend(handles=handles, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                       ncol=1 if len(handles) <= 30 else 2)
+    for text, h in zip(legend.get_texts(), handles, strict=True):
+        if isinstance(h, Line2D) and h.get_linestyle() == "None" and h.get_marker() in ("None", None, ""):
+            text.set_fontweight("bold")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def progress(iterable: Iterable[Any], total: int | None = None, desc: str = "") -> Iterable[Any]:
-    """A tqdm progress bar on stderr when tqdm is installed, else the iterable unchanged."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None if sys.stderr.isatty() else False)

@@ -3,7 +3,7 @@ r"""Sample quality against the number of score evaluations (NFE), scoresolve's s
 
 Default problem, with no download:
 
-- ``analytic``: the 64-D Gaussian mixture fitted to scikit-learn's 8×8 digits
+- ``analytic``: the 64-D Gaussian mixture fitted to the 8×8 digits (UCI optdigits, shipped)
   (:func:`scoresolve.analytic.digits`), whose score, density and moments are exact under every SDE.
   Metrics: the Fréchet distance (FD) of the samples to the exact moments, divided by the *floor*
   that exact samples of the same size reach (mean of ≥ 50 exact draws; 1.0 is perfect); the
@@ -28,10 +28,16 @@ steps, NFE counted, metrics, wall time; the configuration, seed, versions and ma
 ``results.md`` (a Markdown table) and ``nfe_vs_fd.png`` (metric against NFE, log axes; needs
 matplotlib).
 
+Three presets: the default run (ours beside the peers at 5, 10 and 20 NFE on both models, 1–2
+minutes on a 2-core CPU: ``auto`` runs there with ``calibrate=False``, since its per-model grid
+calibration costs minutes on a CPU), ``--full`` (every solver, budgets 5–200, ``auto`` calibrated; the
+tables of docs/benchmarks.md) and ``--quick`` (one solver per family, for CI).
+
 Examples::
 
-    python benchmarks/nfe_vs_fid.py --quick                 # < 1 minute
-    python benchmarks/nfe_vs_fid.py                         # the full default run (docs/benchmarks.md)
+    python benchmarks/nfe_vs_fid.py                         # the first look, 1-2 minutes
+    python benchmarks/nfe_vs_fid.py --full                  # the full sweep (docs/benchmarks.md)
+    python benchmarks/nfe_vs_fid.py --quick                 # < 1 minute, one solver per family
     python benchmarks/nfe_vs_fid.py --solvers pc,k_diffusion:lms --nfe 10,20,50 --n 4000 --sde ve
     python benchmarks/nfe_vs_fid.py --model analytic --sde flow   # exact flow model vs diffusers' flow schedulers
 """
@@ -59,7 +65,6 @@ from _common import (  # noqa: E402
     markdown_table,
     plot_metric_vs_nfe,
     prepare_out_dir,
-    progress,
     versions,
     write_json,
     write_text,
@@ -67,11 +72,13 @@ from _common import (  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 from scoresolve.metrics import frechet_floor, frechet_to_moments, mode_weights  # noqa: E402
+from scoresolve.progress import Progress  # noqa: E402
 from scoresolve.registry import SOLVERS  # noqa: E402
 from scoresolve.sampling import resolve_solver  # noqa: E402
 
 NAME = "nfe_vs_fid"
-DEFAULT_NFE = (5, 10, 20, 50, 100, 200)
+FULL_NFE = (5, 10, 20, 50, 100, 200)
+DEFAULT_NFE = (5, 10, 20)
 QUICK_NFE = (10, 50)
 DEFAULT_N = 2000
 QUICK_N = 500
@@ -124,7 +131,7 @@ DIFFUSERS_FLOW_OPTIONS: dict[str, dict[str, Any]] = {
     "unipc_flow": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
 }
 FLOW_PEERS = ("k_diffusion:euler", "k_diffusion:dpmpp_2m") + tuple(f"diffusers:{k}" for k in DIFFUSERS_FLOW_OPTIONS)
-DEFAULT_PEERS = (
+FULL_PEERS = (
     "k_diffusion:euler",
     "k_diffusion:heun",
     "k_diffusion:lms",
@@ -136,11 +143,20 @@ DEFAULT_PEERS = (
     "diffusers:unipc",
 )
 QUICK_PEERS = ("k_diffusion:dpmpp_2m", "diffusers:dpmsolver_multistep")
+# the default run (a first look in about a minute): ours beside the peers, on both models. ``auto``'s grid
+# calibration costs minutes on a CPU (docs/benchmarks.md), so here it runs on its uncalibrated grid; --full
+# runs it calibrated.
+DEFAULT_SOLVERS = ("auto[calibrate=False]", "dpmpp_2m", "unipc", "ipndm",
+                   "k_diffusion:dpmpp_2m", "k_diffusion:euler", "diffusers:ddim", "diffusers:dpmsolver_multistep",
+                   "diffusers:unipc")
+DEFAULT_TRAINED_SOLVERS = ("auto[calibrate=False]", "dpmpp_2m", "unipc",
+                           "k_diffusion:dpmpp_2m", "diffusers:ddim", "diffusers:dpmsolver_multistep")
 # --quick runs these registered solvers (those present): one of each family, all cheap; the full run takes all
 QUICK_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "sde_dpmpp_2m")
 # a trained network costs ~1000x the analytic score per evaluation on the CPU: fewer samples, budgets, solvers
 TRAINED_N, QUICK_TRAINED_N = 500, 200
 TRAINED_NFE, QUICK_TRAINED_NFE = (5, 10, 20, 50, 100), (10,)
+DEFAULT_TRAINED_NFE = DEFAULT_NFE
 TRAINED_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "ipndm", "auto", "sde_dpmpp_2m", "heun_edm",
                    "k_diffusion:dpmpp_2m", "k_diffusion:lms", "diffusers:dpmsolver_multistep", "diffusers:unipc")
 QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
@@ -658,6 +674,16 @@ def _table(rows: list[dict[str, Any]], problem: Problem) -> str:
     return markdown_table(out, cols)
 
 
+def _row_line(problem: Problem, row: dict[str, Any]) -> str:
+    """One line per finished run: model, solver, budget, counted NFE, the main metric, seconds."""
+    head = f"{problem.name:<9} {row['solver']:<30} {str(row.get('setting') or '—'):>10}"
+    if row.get("error"):
+        return f"{head}  error: {row['error']}"
+    metric = row.get(problem.metric_name)
+    label = "FD/floor" if problem.metric_name == "fd_ratio" else "FID/floor"
+    return f"{head}  NFE {row.get('nfe')!s:>4}  {label} {metric:8.3g}  {row.get('seconds', 0):6.2f} s"
+
+
 def _sort_key(r: dict[str, Any]) -> tuple:
     return (":" in r["solver"], r["solver"], r.get("budget") or 0, str(r.get("setting", "")))
 
@@ -668,7 +694,8 @@ def report(problems: list[Problem], rows: list[dict[str, Any]], skipped_models: 
           f"Machine: {config['machine']['processor']}, {config['machine']['cpu_count']} CPUs, "
           f"torch threads {config['machine']['torch_threads']}, device {config['machine']['device']}; "
           f"seed {config['seed']}; n = {config['n']} samples per run on the analytic model, "
-          f"{config['n_trained']} on trained models; SDE {config['sde']} (analytic model).", ""]
+          f"{config['n_trained']} on trained models; SDE {config['sde']} (analytic model).", "",
+          *[f"Note: {note}" for note in config.get("notes", [])], *([""] if config.get("notes") else [])]
     files: dict[str, Path] = {}
     for p in problems:
         prow = sorted([r for r in rows if r["model"] == p.name], key=_sort_key)
@@ -739,24 +766,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated solvers: registered names, optionally with options as name[key=value,...] "
                    "(e.g. pc[corrector=none]), and peers as k_diffusion:<sampler> / diffusers:<scheduler>; "
                    "'all' = every registered solver and the default peers; 'ours' = registered solvers only "
-                   "(default: all on the analytic model, a representative subset on trained models; --quick: "
-                   "one solver per family)")
+                   f"(default: {', '.join(DEFAULT_SOLVERS)}; --full: all on the analytic model, a representative "
+                   "subset on trained models; --quick: one solver per family)")
     p.add_argument("--nfe", default=None,
                    help=f"comma-separated NFE budgets (default {','.join(map(str, DEFAULT_NFE))}; "
-                   f"--quick: {','.join(map(str, QUICK_NFE))})")
+                   f"--full: {','.join(map(str, FULL_NFE))}; --quick: {','.join(map(str, QUICK_NFE))})")
     p.add_argument("--n", type=int, default=None,
                    help=f"samples per run on the analytic model (default {DEFAULT_N}; --quick: {QUICK_N})")
     p.add_argument("--n-trained", type=int, default=None,
                    help=f"samples per run on trained models (default {TRAINED_N}; --quick: {QUICK_TRAINED_N})")
     p.add_argument("--nfe-trained", default=None,
                    help="NFE budgets for trained models (default: --nfe if given, else "
-                   f"{','.join(map(str, TRAINED_NFE))}; --quick: {','.join(map(str, QUICK_TRAINED_NFE))})")
+                   f"{','.join(map(str, DEFAULT_TRAINED_NFE))}; --full: {','.join(map(str, TRAINED_NFE))}; "
+                   f"--quick: {','.join(map(str, QUICK_TRAINED_NFE))})")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of the solvers' noise")
     p.add_argument("--device", default="cpu", help="torch device for scoresolve's solvers (the peers run on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default=None, help=f"output folder (default bench_out/{NAME}/)")
-    p.add_argument("--quick", action="store_true",
-                   help="a run under a minute: fewer budgets, fewer samples, two peers")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true",
+                      help="the full sweep of docs/benchmarks.md: every registered solver (auto calibrated), "
+                      "budgets up to 200, nine peers (about 15 minutes on a 2-core CPU)")
+    mode.add_argument("--quick", action="store_true",
+                      help="a run under a minute: fewer budgets, fewer samples, two peers")
     p.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds: after a run of a solver takes longer, its larger budgets are skipped (with the "
                    f"reason in the table); default {DEFAULT_TIME_LIMIT:g}, --quick {QUICK_TIME_LIMIT:g}")
@@ -780,7 +812,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    budgets = _parse_ints(args.nfe, "nfe") if args.nfe else list(QUICK_NFE if args.quick else DEFAULT_NFE)
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    budgets = _parse_ints(args.nfe, "nfe") if args.nfe else list(
+        {"quick": QUICK_NFE, "full": FULL_NFE, "default": DEFAULT_NFE}[preset])
     n = args.n if args.n is not None else (QUICK_N if args.quick else DEFAULT_N)
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")
@@ -792,21 +826,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     elif args.nfe:
         budgets_trained = budgets
     else:
-        budgets_trained = list(QUICK_TRAINED_NFE if args.quick else TRAINED_NFE)
+        presets = {"quick": QUICK_TRAINED_NFE, "full": TRAINED_NFE, "default": DEFAULT_TRAINED_NFE}
+        budgets_trained = list(presets[preset])
     if args.solvers is None and args.quick:
         specs = [s for s in QUICK_SOLVERS if s in SOLVERS] + list(QUICK_PEERS)
+    elif args.solvers is None and preset == "default" and args.sde == "flow":
+        specs = [s for s in DEFAULT_SOLVERS if ":" not in s] + list(FLOW_PEERS)
     elif args.solvers in (None, "all") and args.sde == "flow":
         specs = default_solver_names() + list(FLOW_PEERS)
+    elif args.solvers is None and preset == "default":
+        specs = list(DEFAULT_SOLVERS)
     elif args.solvers in (None, "all"):
-        specs = default_solver_names() + list(QUICK_PEERS if args.quick else DEFAULT_PEERS)
+        specs = default_solver_names() + list(QUICK_PEERS if args.quick else FULL_PEERS)
     elif args.solvers == "ours":
         specs = default_solver_names()
     else:
         specs = [s for s in _split_specs(args.solvers) if s]
     solver_specs = check_solver_names(specs)
     if args.solvers is None:
-        subset = QUICK_TRAINED_SOLVERS if args.quick else TRAINED_SOLVERS
-        trained_specs = check_solver_names([s for s in subset if s in SOLVERS or ":" in s])
+        subset = {"quick": QUICK_TRAINED_SOLVERS, "full": TRAINED_SOLVERS, "default": DEFAULT_TRAINED_SOLVERS}[preset]
+        trained_specs = check_solver_names([s for s in subset if s.split("[")[0] in SOLVERS or ":" in s])
     else:
         trained_specs = solver_specs
     try:
@@ -853,11 +892,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     limit = args.time_limit if args.time_limit is not None else (QUICK_TIME_LIMIT if args.quick else DEFAULT_TIME_LIMIT)
     too_slow: dict[tuple[str, str], float] = {}
-    for p, r in progress(all_runs, total=len(all_runs), desc="nfe_vs_fid"):
+    notes = [_KDIFF_NOTE] if _KDIFF_NOTE else []
+    if any("calibrate=False" in s for s, _ in solver_specs + trained_specs):
+        notes.append("auto runs here on its uncalibrated grid (calibrate=False): its per-model grid calibration "
+                     "costs minutes on a CPU; --full runs it calibrated (docs/benchmarks.md)")
+        print(f"note: {notes[-1]}", file=sys.stderr)
+    bar = Progress(len(all_runs), NAME, unit="run")
+    for p, r in all_runs:
         key = (p.name, r["solver"])
+        bar.update(0, run=f"{p.name} {r['solver']} @ {r.get('setting') or r.get('budget')}")
         if key in too_slow:
             rows.append({k: v for k, v in r.items() if k not in ("options", "kind")} | {
                 "skipped": f"skipped: a smaller budget took {too_slow[key]:.0f} s > --time-limit {limit:g} s"})
+            bar.update(1)
             continue
         row = execute(p, r, args.seed, args.device)
         rows.append(row)
@@ -865,19 +912,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row["setting"] = row.get("budget")
         if (row.get("seconds") or 0) > limit:
             too_slow[key] = row["seconds"]
+        (bar.write if bar.active else print)(_row_line(p, row))
+        bar.update(1)
+    bar.close()
     argv_list = list(argv) if argv is not None else sys.argv[1:]
     config = {
         "command": "python benchmarks/nfe_vs_fid.py " + " ".join(argv_list),
         "models": models, "sde": args.sde, "solvers": [s for s, _ in solver_specs], "nfe_budgets": budgets,
         "n": n, "n_trained": n_trained, "nfe_budgets_trained": budgets_trained,
         "solvers_trained": [s for s, _ in trained_specs],
-        "seed": args.seed, "device": args.device, "quick": args.quick, "time_limit_s": limit,
+        "seed": args.seed, "device": args.device, "quick": args.quick, "preset": preset, "time_limit_s": limit,
         "versions": versions(), "machine": machine_info(args.device),
-        "notes": [_KDIFF_NOTE] if _KDIFF_NOTE else [],
+        "notes": notes,
     }
     files = report(problems, rows, skipped_models, peer_skips, config, out, plot=not args.no_plot)
     print((out / "results.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(f) for f in files.values()), file=sys.stderr)
+    for k, f in files.items():
+        if k.startswith("plot_"):
+            print(f"plot ({k[5:]}): {f}")
     return {"rows": rows, "files": files, "config": config, "references": {p.name: p.reference for p in problems}}
 
 

@@ -10,7 +10,7 @@ steps in t) and the paper's tolerance with steps in log-SNR (``tolerance="state"
 sweep of ``(rtol, atol)``. Every method is run on ``--seeds`` independent noise seeds with ``n``
 samples.
 
-Metrics (64-D mixture fitted to scikit-learn's digits, exact score, data in [-1, 1]):
+Metrics (64-D mixture fitted to the 8×8 digits, exact score, data in [-1, 1]):
 - FD / floor: Fréchet distance of the samples to the exact moments, divided by the mean FD of
   ``--floor-draws`` exact draws of the same size (1.0 is perfect); reported as the worst and the mean
   over seeds;

@@ -24,6 +24,7 @@ import torch
 import scoresolve as ss
 from scoresolve.analytic import GaussianMixture, digits
 from scoresolve.conditional import colorize, inpaint
+from scoresolve.io.image import save_grid
 
 TINTS = torch.tensor(
     [[1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.2, 0.3, 1.0], [1.0, 0.8, 0.1], [0.9, 0.2, 0.9],
@@ -96,55 +97,23 @@ def main() -> None:
     col = colorize(cgm.score_model(csde), csde, gray, particles=args.particles, steps=args.steps, generator=g)
     print(f"colorization (exact score of the colour mixture): {time.perf_counter() - t0:.1f} s")
 
-    def rgb(x: torch.Tensor) -> torch.Tensor:  # (n, C, 8, 8) in [-1, 1] -> (n, 8, 8, 3) in [0, 1]
-        x = ((x.clamp(-1, 1) + 1) / 2).float()
-        return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).permute(0, 2, 3, 1)
+    def rgb(x: torch.Tensor) -> torch.Tensor:  # (n, 1 or 3, 8, 8) -> (n, 3, 8, 8), data range -1..1
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
     hidden = truth.clone()
     hidden[:, :, 4:] = -1.0
     rows = [
         ("truth", rgb(truth)),
-        ("observed", rgb(hidden)),
+        ("observed (top half)", rgb(hidden)),
         ("replace", rgb(rep)),
         (f"SMC K={args.particles}", rgb(smc.samples)),
         ("gray input", rgb(gray[:, None])),
         ("colorized", rgb(col)),
         ("colour truth", rgb(colour_truth)),
     ]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plt = None
-    if plt is not None:
-        fig, axes = plt.subplots(len(rows), args.n, figsize=(args.n * 0.9 + 1.2, len(rows) * 0.95))
-        for i, (name, imgs) in enumerate(rows):
-            for j in range(args.n):
-                ax = axes[i][j]
-                ax.imshow(1 - imgs[j].numpy() if i < 4 else imgs[j].numpy(), interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j == 0:
-                    ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-        fig.suptitle(f"scoresolve conditional sampling — {model_name}", fontsize=8)
-        fig.savefig(args.out, dpi=100, bbox_inches="tight")
-    else:  # zlib-only fallback: stack the rows into one image
-        import struct
-        import zlib
-
-        grid = torch.cat([torch.cat(list(imgs[: args.n]), dim=1) for _, imgs in rows], dim=0)
-        grid = (grid.repeat_interleave(8, 0).repeat_interleave(8, 1) * 255).round().to(torch.uint8).numpy()
-        h, w, _ = grid.shape
-        raw = b"".join(b"\x00" + grid[r].tobytes() for r in range(h))
-
-        def chunk(tag: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-        args.out.write_bytes(png)
+    # one row of the grid per line above, one column per digit (scoresolve's image writer)
+    save_grid(torch.cat([imgs[: args.n] for _, imgs in rows]), args.out, nrow=args.n, scale=6)
+    print("rows, top to bottom: " + "; ".join(name for name, _ in rows))
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,7 @@ so :math:`\log p_t`, :math:`\nabla\log p_t` and exact samples are closed-form at
 :math:`U_k \mathrm{diag}(\alpha_t^2\lambda_k + \sigma_t^2) U_k^\top`, so one eigendecomposition per
 component serves every ``t``. This is the ground truth of scoresolve's tests and benchmarks.
 
-Ready-made problems: :func:`digits` (64-D, fitted to scikit-learn's 8×8 digits, shipped with the
+Ready-made problems: :func:`digits` (64-D, fitted to the 8×8 digits, shipped with the
 package), :func:`anisotropic` (random thin-direction mixtures), :func:`grid2d` (many small 2-D modes).
 """
 
@@ -257,7 +257,7 @@ class GaussianMixture:
 # --- ready-made problems ----------------------------------------------------------------------
 @cache
 def digits() -> GaussianMixture:
-    """A 10-component full-covariance mixture in 64 dimensions fitted to scikit-learn's 8×8 digits.
+    """A 10-component full-covariance mixture in 64 dimensions fitted to the 8×8 digits (UCI optdigits, shipped).
 
     Data scaled to ``[-1, 1]`` (``x / 8 - 1``); event shape ``(1, 8, 8)``. Fitted once by
     ``python -m scoresolve.data.fit_digits_mixture`` (EM, ``reg_covar=1e-3``, seed 0) and shipped as

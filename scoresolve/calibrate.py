@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .models import ScoreModel, as_score_fn
+from .progress import Progress
 from .sde import SDE
 
 __all__ = [
@@ -317,6 +318,7 @@ def calibrate_grid(
     logp_tol: float = 1.0,
     logp_cap: float = 1.25,
     fd_weight: float = 0.0,
+    progress: bool | None = None,
 ) -> CalibratedGrid:
     r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``steps`` (see the module docstring).
 
@@ -355,6 +357,7 @@ def calibrate_grid(
         fd_weight: ``w``: add ``w * FD(output batch, teacher batch) / D`` to the squared RMSE (a paired
             Fréchet distance between the Gaussian fits of the two batches: systematic errors that the
             per-sample RMSE under-weights); 0 (default) leaves it out.
+        progress: a tqdm bar over the solver runs of the search, shown by default (:mod:`scoresolve.progress`).
 
     Returns:
         A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver
@@ -399,6 +402,8 @@ def calibrate_grid(
         cg.check(signature=sig, sde=sde, solver=solver_obj, steps=steps, eps=eps_, shape=shape)
         return cg
 
+    bar = Progress(None, f"calibrating the {type(solver_obj).__name__} grid for {steps} NFE", unit="run",
+                   progress=progress)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
     x_T = (torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std).to(dtype)
     to_zero = solver_obj.last_step != "none"
@@ -440,6 +445,7 @@ def calibrate_grid(
         out, k = _run(fn, sde, solver_obj, t, x_T)
         counter["nfe"] += k
         counter["evals"] += 1
+        bar.update(1)
         delta = out.double() - target.double()
         rmse = float(delta.pow(2).mean().sqrt())
         if fd_weight and math.isfinite(rmse):
@@ -480,6 +486,7 @@ def calibrate_grid(
         )
         if cache is not None:
             cg.save(cache)
+        bar.close(evaluations=cg.nfe)
         return cg
 
     def search() -> tuple[Tensor, float, float, str]:
@@ -532,6 +539,7 @@ def calibrate_grid(
     )
     if cache is not None:
         cg.save(cache)
+    bar.close(evaluations=cg.nfe)
     return cg
 
 
@@ -585,7 +593,8 @@ def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> CalibratedGrid:
     metric = getattr(solver, "calibrate_metric", "both")
     opts = dict(getattr(solver, "calibrate_options", {}) or {})
     cg = calibrate_grid(
-        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric, **opts
+        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric,
+        progress=ctx.progress is not None, **opts,
     )
     _CACHE[key] = cg
     ctx.info["calibration"] = {

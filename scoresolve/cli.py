@@ -1,10 +1,12 @@
-"""The ``scoresolve`` command line: ``sample``, ``likelihood``, ``solvers`` and ``bench``.
+"""The ``scoresolve`` command line: ``sample``, ``likelihood``, ``solvers``, ``bench`` and ``train``.
 
     scoresolve solvers                                   # registered solvers with their declarations
     scoresolve sample --model digits --solver pc --steps 500 --n 64 --out samples
     scoresolve sample --model analytic --solver ode --n 16 --png grid.png --npz x.npz
+    scoresolve sample --model digits --solver dpmpp_2m --nfe 20 --out grid.png   # 8x8 grid of 64 samples
     scoresolve likelihood --model analytic --n 128       # NLL / bits-per-dim through the PF-ODE
     scoresolve bench --quick                             # benchmarks/nfe_vs_fid.py
+    scoresolve train --data digits --steps 20000 --out runs/digits   # python -m scoresolve.train
 
 Models (``--model``): ``digits`` (the trained model bundled with scoresolve), ``analytic`` /
 ``analytic:digits`` / ``analytic:grid2d`` / ``analytic:anisotropic`` (exact Gaussian-mixture scores),
@@ -17,13 +19,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import os
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,21 @@ SDE_NAMES = ("vp", "ve", "subvp", "flow")
 
 class CLIError(Exception):
     """A user error: printed as ``scoresolve: error: ...`` with exit status 2."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help once, and only when the help does not already say what the
+    default is and there is one to show (not ``None`` / ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,47 +113,18 @@ def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def write_png_grid(
     samples: Any, path: str | os.PathLike[str], data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None,
-    pad: int = 1, scale: int = 1,
+    pad: int = 2, scale: int = 1,
 ) -> Path:
-    """Tile image samples ``(N, C, H, W)`` (C = 1 or 3) into one PNG (no imaging library needed).
+    """Tile image samples ``(N, C, H, W)`` (C = 1 or 3) into one PNG with grey gutters
+    (:func:`scoresolve.io.image.save_grid`: ``data_range`` maps to black..white; Pillow or zlib)."""
+    from .io.image import save_grid
 
-    Values are mapped from ``data_range`` to 0–255 and clipped; ``scale`` repeats pixels (small 8×8
-    digits are easier to see at 4×).
-    """
-    import torch
-
-    x = torch.as_tensor(samples).detach().cpu().to(torch.float64)
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise CLIError(f"a PNG grid needs image samples (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
-    lo, hi = data_range
-    x = ((x - lo) / (hi - lo) * 255.0).round().clamp(0, 255).to(torch.uint8)
-    if scale > 1:
-        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    n, c, h, w = x.shape
-    cols = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / cols)
-    grid = torch.zeros(c, rows * (h + pad) + pad, cols * (w + pad) + pad, dtype=torch.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
-    height, width = grid.shape[1:]
-    pix = grid.permute(1, 2, 0).contiguous().numpy()
-    raw = b"".join(b"\x00" + pix[i].tobytes() for i in range(height))
-    color_type = 0 if c == 1 else 2
-    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
-    png += _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b"")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_grid(samples, path, nrow=nrow, pad=pad, data_range=data_range, scale=scale)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
@@ -203,6 +188,12 @@ def solver_markdown() -> str:
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
+    if args.aliases:
+        from scoresolve.aliases import describe
+
+        for name, line in describe().items():
+            print(f"{name:<34} {line}")
+        return 0
     rows = solver_table()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -245,10 +236,33 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
     return npz, png
 
 
+def _nfe_to_steps(args: argparse.Namespace) -> None:
+    """``--nfe N``: the evaluation budget. The budgeted solvers read ``steps=`` as that budget, so it
+    becomes ``steps``; other solvers (``pc``, ``ode_heun``, ...) spend a multiple of their steps."""
+    if args.nfe is None:
+        return
+    from .sampling import resolve_solver
+    from .solvers.exp_base import BudgetSolver
+
+    if args.steps is not None:
+        raise CLIError("pass either --nfe or --steps, not both")
+    if args.nfe < 1:
+        raise CLIError(f"--nfe must be >= 1, got {args.nfe}")
+    try:
+        solver = resolve_solver(args.solver, {})
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if not isinstance(solver, BudgetSolver):
+        raise CLIError(f"--nfe needs a solver that takes an evaluation budget (auto, dpmpp_2m, unipc, ipndm, ...); "
+                       f"{args.solver!r} takes --steps")
+    args.steps = args.nfe
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     import scoresolve as ss
+    from scoresolve.progress import Progress
 
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
@@ -256,6 +270,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    _nfe_to_steps(args)
     npz, png = _outputs(args, "samples")
     if args.shard_dir:
         return _sample_sharded(args)
@@ -265,30 +280,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.n))
     bs = args.batch_size or min(args.n, 256)
     chunks, nfe, t0 = [], 0, time.perf_counter()
-    bar = None
-    if not args.quiet:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=args.n, desc=f"sampling ({args.solver})", unit="sample", file=sys.stderr)
-        except ImportError:
-            bar = None
+    show = False if args.quiet else None
+    # a bar over the samples when there are several batches, and one over the steps of each batch
+    bar = Progress(args.n, f"sampling ({args.solver})", progress=show if args.n > bs else False, unit="sample")
     try:
         for i in range(0, args.n, bs):
             res = ss.sample(
                 model, sde, solver=args.solver, steps=args.steps, seeds=seeds[i: i + bs], eps=args.eps,
-                grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=False,
+                grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=show,
                 return_result=True, **opts,
             )
             chunks.append(res.samples.detach().cpu())
             nfe = max(nfe, res.nfe)
-            if bar is not None:
-                bar.update(res.samples.shape[0])
+            bar.update(res.samples.shape[0])
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(evaluations_per_batch=nfe)
     x = torch.cat(chunks)
     secs = time.perf_counter() - t0
     config = {
@@ -413,8 +421,25 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         if bpd is not None:
             arrays["bpd"] = torch.as_tensor(bpd).detach().cpu().numpy()
         _save_npz(args.npz, **arrays)
+    print(likelihood_summary(out), file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def likelihood_summary(out: dict[str, Any]) -> str:
+    """One line for people beside ``likelihood``'s JSON: the mean NLL in nats per sample with its standard
+    error, bits/dim, and the exact value when there is one."""
+    line = (f"mean negative log-likelihood {out['nll_mean']:.4g} ± {out['nll_stderr']:.2g} nats per sample "
+            f"over {out['n']} samples")
+    if "bpd_mean" in out:
+        bpd = out["bpd_mean"]
+        line += f", {bpd:.4g} bits/dim"
+        if bpd < 0:
+            line += " (negative: a continuous density above 1 per unit volume; pass -o data_range=... for images)"
+    if "exact_nll_mean" in out:
+        line += f"; exact {out['exact_nll_mean']:.4g} (mean |error| {out['mean_abs_error_vs_exact']:.2g})"
+    extra = f"{out['nfe']:g} NFE, " if "nfe" in out else ""
+    return f"{line} [{extra}{out['seconds']:.1f} s]"
 
 
 def find_benchmark(name: str) -> Path:
@@ -479,17 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "deterministic/stochastic/adaptive, default time grid.")
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/solvers.md)")
+    ps.add_argument("--aliases", action="store_true",
+                    help="list the familiar names (k-diffusion, diffusers, web UIs) and what they run")
 
     pa = sub.add_parser(
         "sample", help="draw samples; write them as .npz and a PNG grid",
         description="Draw samples by integrating the reverse SDE or probability-flow ODE. Every sample depends "
         "only on its seed (seed, seed+1, ...), not on the batch size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_model_args(pa)
-    pa.add_argument("--solver", default="pc", help="a registered solver (see 'scoresolve solvers')")
+    pa.add_argument("--solver", default="pc",
+                    help="a registered solver or a familiar name such as euler_a, ddim, 'DPM++ 2M Karras' "
+                    "(see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
                     help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
+    pa.add_argument("--nfe", type=int, default=None,
+                    help="score-evaluation budget, for the solvers that take one (auto, dpmpp_2m, unipc, ipndm, ...); "
+                    "instead of --steps")
     pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                     help="number of samples (write --num-samples after torchrun, whose parser takes --n for itself)")
     pa.add_argument("--batch-size", type=int, default=None, help="samples per batch (default min(n, 256))")
@@ -518,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-sample negative log-likelihood through the probability-flow ODE (instantaneous change of "
         "variables). For analytic models the exact NLL is printed beside it; without --data they are evaluated "
         "on exact samples.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_model_args(pl)
     pl.add_argument("--data", default=None, help=".npy or .npz file of samples (key 'samples' or the first array)")
@@ -541,12 +573,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument("--name", default="nfe_vs_fid", help="which benchmark script")
     pb.add_argument("--list", action="store_true", help="list the benchmark scripts")
+
+    sub.add_parser("train", add_help=False,
+                   help="train a score model (python -m scoresolve.train; 'scoresolve train --help' lists its options)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoresolve`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # its own parser: python -m scoresolve.train
+        from scoresolve.train.__main__ import main as train_main
+
+        train_main(argv[1:], prog="scoresolve train")
+        return 0
     parser = build_parser()
     if argv and argv[0] == "bench":
         args, rest = parser.parse_known_args(argv)

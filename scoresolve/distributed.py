@@ -285,7 +285,8 @@ def sample_distributed(
         dtype: precision of the state (part of the configuration).
         model_id: a name for the model in the configuration (default: :func:`model_fingerprint`).
         merge: rank 0 merges the shards at the end (``merged.safetensors``) and returns them.
-        progress: a tqdm bar over this rank's shards (``None``: on a terminal).
+        progress: a tqdm bar over this rank's shards and one over the steps of each shard (``None``: shown
+            unless ``SCORESOLVE_PROGRESS=0``; :mod:`scoresolve.progress`).
         on_shard: called with the shard index after each shard is written (e.g. for logging).
 
     Returns:
@@ -296,6 +297,7 @@ def sample_distributed(
         ShardConfigError: ``out_dir`` belongs to a run with a different configuration.
     """
     from . import __version__
+    from .progress import Progress
     from .sampling import sample
 
     rank, world = rank_and_world()
@@ -347,14 +349,7 @@ def sample_distributed(
     ranges = shard_ranges(n, shard_size)
     mine = [k for k in range(len(ranges)) if k % world == rank]
     done, skipped, nfe, t0 = [], [], 0, time.perf_counter()
-    bar = None
-    if progress or (progress is None and os.isatty(2)):
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(mine), desc=f"rank {rank} shards", position=rank)
-        except ImportError:
-            bar = None
+    bar = Progress(len(mine), f"rank {rank} shards", progress=progress, unit="shard")
     for k in mine:
         path = out / f"shard_{k:06d}.safetensors"
         lo, hi = ranges[k]
@@ -363,23 +358,20 @@ def sample_distributed(
             got = _read_shard(path)
             if got is not None and got[2].get("config") == config_json and torch.equal(got[1], want):
                 skipped.append(k)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 continue
         res = sample(
             model, sde, solver=solver, steps=steps, shape=(hi - lo, *sample_shape), seeds=want.tolist(), eps=eps,
-            grid=grid, denoise=denoise, device=device, dtype=dtype, progress=False, return_result=True,
+            grid=grid, denoise=denoise, device=device, dtype=dtype, progress=progress, return_result=True,
             **solver_options,
         )
         _write_shard(path, res.samples, want, config_json, k)
         nfe += res.nfe
         done.append(k)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if on_shard is not None:
             on_shard(k)
-    if bar is not None:
-        bar.close()
+    bar.close(evaluations=nfe, shards_sampled=len(done))
     _barrier()
     samples = seeds = None
     if merge and rank == 0:

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from .models import ScoreModel, resolve_model
+from .progress import Progress, ticking
 from .sde import SDE
 from .solvers.base import CountedScore
 from .solvers.grids import check_grid, make_grid
@@ -493,6 +494,7 @@ def likelihood(
     options: dict[str, Any] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     precondition: Literal["none", "local"] = "none",
+    progress: bool | None = None,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood and bits/dim of ``x`` under the score model, through the
     probability-flow ODE (see the module docstring for the math).
@@ -532,6 +534,7 @@ def likelihood(
             coordinates of each sample's local Gaussian, read off the score's Jacobian (no extra
             evaluation): fitted once at the start for Runge–Kutta (:func:`_preconditioned_fixed_step`),
             re-fitted at every evaluation for ``"adams"`` (:func:`_refit_adams`). ``"none"`` (default).
+        progress: a tqdm bar over the score evaluations (:mod:`scoresolve.progress`).
 
     Returns:
         :class:`LikelihoodResult`.
@@ -625,7 +628,8 @@ def likelihood(
             pr = torch.randn(shape, generator=generator, dtype=x.dtype)
         pr = pr.to(x.device)
 
-    counted = CountedScore(score_fn)
+    bar = Progress(None, f"likelihood of {x.shape[0]} samples ({method})", unit="eval", progress=progress)
+    counted = CountedScore(ticking(score_fn, bar))
     d = x[0].numel()
     chunk = max(1, min(d, (1 << 24) // max(1, x.shape[0] * d)))
     fld = _Field(counted, sde, trace, pr, eps, float(sde.T), chunk)
@@ -691,6 +695,7 @@ def likelihood(
         y = (ys[0][-1], ys[1][-1])
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
     counted.check()
+    bar.close(evaluations=counted.nfe)
     info["clamped_evals"] = fld.clamped
 
     z, delta = y[0].detach(), y[1].detach()

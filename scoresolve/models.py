@@ -27,7 +27,9 @@ Salimans & Ho 2022, arXiv:2202.00512 for ``v``; Karras et al. 2022, arXiv:2206.0
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -129,6 +131,32 @@ class ScoreModel:
         """The validated Gaussian fit of :attr:`data_moments` (a
         :class:`~scoresolve.solvers.exp_base.GaussianFit`), or ``None``."""
         return self._data_fit
+
+    # --- huggingface_hub's ModelHubMixin interface (config.json + model.safetensors + README.md) -----------------
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str], **kwargs: Any) -> ScoreModel:
+        """Load a model from a :meth:`save_pretrained` folder, a file, a bundled name (``"digits"``) or a Hub id
+        ``"org/name"`` (through huggingface_hub's cache; offline with ``HF_HUB_OFFLINE=1``). Safetensors only,
+        never pickle; older scoresolve files load too. Keyword arguments as for :func:`scoresolve.io.load`
+        (``device``, ``dtype``, ``revision``, ``local_files_only``, ``cache_dir``, ``use_ema``)."""
+        from .io import load
+        from .io.hub import recover
+
+        recover(source)  # a save to this folder that was killed: put the complete folder back first (no-op else)
+        return load(source, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Write ``directory/{config.json, model.safetensors, README.md}``, replacing the folder as a whole
+        (:func:`scoresolve.io.hub.save_pretrained`; keyword arguments as for :func:`scoresolve.io.save`)."""
+        from .io.hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload to the Hugging Face Hub (network and a token needed); see :func:`scoresolve.io.hub.push_to_hub`."""
+        from .io.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The wrapped network's own output at ``(x, t)`` (no conversion)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .aliases import resolve as resolve_alias
 from .models import ScoreModel, resolve_model, score_to_x0
+from .progress import Progress
 from .registry import SOLVERS
 from .sde import SDE
 from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver, check_positive_int
@@ -54,6 +55,8 @@ def resolve_solver(solver: str | Solver | type[Solver], options: dict[str, Any])
                 f"solver options {sorted(options)} were given with a solver instance; configure the instance instead"
             )
         return solver
+    if isinstance(solver, str):  # a registered name or a familiar alias ("euler_a", "DPM++ 2M Karras")
+        solver, options, _ = resolve_alias(solver, options)
     cls = SOLVERS.get(solver, argument="solver") if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name or a scoresolve Solver, got {solver!r}")
@@ -107,20 +110,6 @@ def _resolve_shape(
     return out
 
 
-def _progress_bar(progress: bool | None, total: int, desc: str) -> Any:
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if progress:
-            raise ImportError("progress=True needs tqdm: pip install tqdm (or pass progress=False)") from None
-        return None
-    if progress is None and not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def sample(
     model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
     sde: SDE | None = None,
@@ -152,7 +141,8 @@ def sample(
             :class:`~scoresolve.ScoreModel`, which also supplies ``sde`` and the sample shape.
         sde: the forward SDE (:class:`~scoresolve.VESDE`, :class:`~scoresolve.VPSDE`,
             :class:`~scoresolve.SubVPSDE` or your own subclass); defaults to the model's.
-        solver: a registered solver name (see :func:`scoresolve.solvers`) or a ``Solver``.
+        solver: a registered solver name or a familiar alias such as ``"euler_a"``, ``"ddim"``,
+            ``"DPM++ 2M Karras"`` (see :func:`scoresolve.solvers`), or a ``Solver``.
         steps: number of grid steps (``pc``: predictor steps, the paper's N; default ``sde.N``).
             Solvers that take an evaluation budget document it.
         shape: ``(B, *dims)``; inferred from ``x_T`` or the model's ``sample_shape`` + ``batch_size``.
@@ -170,7 +160,7 @@ def sample(
         seeds: one integer seed per sample instead: each sample then depends only on its seed.
         device, dtype: where and in which precision the state lives (default: ``x_T``'s, else
             the model's device, ``float32``).
-        progress: show a tqdm bar (``None``: only on a terminal, if tqdm is installed).
+        progress: a tqdm bar over the steps (``None``: shown unless ``SCORESOLVE_PROGRESS=0``; :mod:`.progress`).
         callback: called after every step as ``callback(step=i, t=t, x=x, x_mean=x_mean)``.
         return_trajectory: keep every intermediate state (implies a :class:`SampleResult`).
         return_result: return a :class:`SampleResult` (samples, NFE, grid, ...) instead of a tensor.
@@ -189,6 +179,9 @@ def sample(
                       generator=torch.Generator().manual_seed(0))
     """
     score_fn, sde = resolve_model(model, sde)
+    if isinstance(solver, str):  # an alias may bring options and a grid; the caller's win
+        solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
+        grid = alias_grid if grid is None else grid
     # the solver for this model (e.g. with ScoreModel.data_moments as its Gaussian fit): before the grid is made
     solver_obj = resolve_solver(solver, solver_options).for_model(model)
 
@@ -236,9 +229,11 @@ def sample(
     counted = CountedScore(score_fn, check_every=check_every)
     traj: list[Tensor] | None = [x.clone()] if return_trajectory else None
     n_int = times.numel() - 1 if times is not None else 0
-    bar = _progress_bar(progress, n_int, f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}")
+    desc = f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}"
+    bar = Progress(n_int, desc, progress=progress)
     ctx = SolveContext(
-        score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj, progress=bar
+        score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj,
+        progress=bar if bar.active else None,
     )
     if n_steps is not None:
         ctx.info["steps"] = n_steps  # the user's budget, for solvers whose grid intervals differ from it
@@ -254,8 +249,7 @@ def sample(
                     traj.append(x.clone())
             counted.check()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(evaluations=counted.nfe)
     seconds = time.perf_counter() - start
     if not (return_result or return_trajectory):
         return x

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
 
 import scoresolve as ss
 from scoresolve.metrics import frechet_floor
+
+# progress bars are shown by default (scoresolve.progress); the suite's output stays readable without them
+# (subprocesses inherit this; tests of the bars pass progress=True)
+os.environ.setdefault("SCORESOLVE_PROGRESS", "0")
 
 SDES = {
     "ve": lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0),

@@ -43,8 +43,8 @@ def test_sample_end_to_end_writes_npz_and_png(tmp_path):
     assert z["seeds"].tolist() == [3, 4, 5, 6, 7, 8]
     cfg = json.loads(str(z["config"]))
     assert cfg["solver"] == "pc" and cfg["nfe_per_batch"] == 5 * 2 + 1  # predictor + corrector, + denoise
-    # 6 images of 8x8 scaled 4x in a 3x2 grid with 1-pixel padding
-    assert _png_size(tmp_path / "s.png") == (3 * 33 + 1, 2 * 33 + 1)
+    # 6 images of 8x8 scaled 4x in a 3x2 grid with 2-pixel grey gutters
+    assert _png_size(tmp_path / "s.png") == (3 * 34 + 2, 2 * 34 + 2)
 
     # every sample depends only on its seed: another batch size gives the same samples (the noise is
     # identical; float32 matrix products may round differently with the batch size, hence 1e-5)
@@ -166,3 +166,16 @@ def test_png_grid_rgb_and_errors(tmp_path):
 
     with pytest.raises(CLIError, match="image samples"):
         write_png_grid(torch.zeros(4, 2), tmp_path / "bad.png")
+
+
+def test_sample_nfe_is_the_budget_of_budgeted_solvers(tmp_path):
+    p = run_cli("sample", "--model", "analytic", "--solver", "dpmpp_2m", "--nfe", "6", "--n", "3",
+                "--out", str(tmp_path / "g.png"), "--threads", "1", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(str(np.load(tmp_path / "g.npz")["config"]))["nfe_per_batch"] == 6
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    p = run_cli("sample", "--model", "analytic", "--solver", "pc", "--nfe", "6", "--out", str(tmp_path / "h"))
+    assert p.returncode == 2 and "--nfe needs a solver that takes an evaluation budget" in p.stderr
+    p = run_cli("sample", "--model", "analytic", "--solver", "dpmpp_2m", "--nfe", "6", "--steps", "3",
+                "--out", str(tmp_path / "i"))
+    assert p.returncode == 2 and "either --nfe or --steps" in p.stderr

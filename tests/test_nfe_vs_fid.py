@@ -94,6 +94,32 @@ def test_quality_improves_with_nfe_on_a_deterministic_solver(bench, tmp_path):
     assert math.isfinite(rows[100]["loglik"])
 
 
+def test_default_run_puts_ours_beside_the_peers_with_a_line_per_run_and_the_plot_path(bench, tmp_path, capsys):
+    """The default preset (the README's first command), on the analytic model only and small: ours and the
+    peers at 5, 10, 20 NFE, auto uncalibrated and saying so, one line per finished run, the plot's path."""
+    r = bench.main(["--model", "analytic", "--n", "200", "--out", str(tmp_path)])
+    cfg = r["config"]
+    assert cfg["preset"] == "default" and cfg["nfe_budgets"] == [5, 10, 20]
+    assert cfg["solvers"] == list(bench.DEFAULT_SOLVERS)
+    ran = [x for x in r["rows"] if "skipped" not in x and not x.get("error")]
+    want = {"auto[calibrate=False]", "dpmpp_2m", "unipc"}
+    want |= {p for p in ("k_diffusion:dpmpp_2m", "diffusers:ddim") if bench.peer_available(p) is None}
+    assert {(s, b) for s in want for b in (5, 10, 20)} <= {(x["solver"], x["budget"]) for x in ran}
+    assert all("calibration" not in x for x in ran)  # nothing calibrates in the default run
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "uncalibrated grid (calibrate=False)" in text
+    assert sum(line.startswith("analytic ") and "FD/floor" in line for line in text.splitlines()) == len(ran)
+    if "plot_analytic" in r["files"]:
+        assert f"plot (analytic): {r['files']['plot_analytic']}" in out.out
+
+
+def test_full_and_quick_presets_exclude_each_other(bench, tmp_path):
+    with pytest.raises(SystemExit):
+        bench.main(["--full", "--quick", "--out", str(tmp_path)])
+    assert bench.build_parser().parse_args(["--full"]).full
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -140,7 +166,6 @@ def test_command_line_reports_errors_with_status_2(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_fid():
-    pytest.importorskip("sklearn")
     import torch
 
     torch.set_num_threads(1)
@@ -150,7 +175,6 @@ def digits_fid():
 
 
 def test_bundled_classifier_is_small_and_accurate_on_held_out_digits():
-    pytest.importorskip("sklearn")
     import torch
 
     from scoresolve.metrics.classifier import WEIGHTS, digits_with_labels, load_classifier

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..aliases import KDIFFUSION_SAMPLERS
+from ..aliases import resolve as resolve_alias
 from ..models import ScoreModel, from_denoiser
-from ..registry import SOLVERS
 from ..sde import SDE, VESDE
 from ..solvers.base import Solver
 
@@ -47,9 +48,16 @@ __all__ = [
     "sde_for_sigmas",
     "sigmas_to_grid",
     "load_kdiffusion_sampling",
+    "sample_dpm_fast",
+    "sample_dpm_adaptive",
+    "KDIFFUSION_SAMPLERS",
 ]
 
 Denoiser = Callable[..., Tensor]
+
+#: options a run on k-diffusion's sigmas needs: the SDE-DPM-Solver++ steps end at the last positive sigma
+#: (the final denoising is the separate step onto sigma = 0)
+_SIGMA_RUN: dict[str, dict[str, Any]] = {"sde_dpmpp_2m": {"final": "sigma_min"}, "sde_dpmpp_3m": {"final": "sigma_min"}}
 
 _KSAMPLING: tuple[Any, str | None] | None = None
 
@@ -239,9 +247,18 @@ def sample_scoresolve(
 
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor (the starting state at sigmas[0])")
+    if solver_options.pop("noise_sampler", None) is not None:
+        raise TypeError("noise_sampler= is not supported: pass generator= or seeds= (scoresolve's noise control)")
     s = _check_sigmas(sigmas)
-    kwargs = dict(extra_args or {})
     final_zero = bool(s[-1] == 0)
+    final_tweedie = final_zero  # the step onto sigma = 0 is sample()'s Tweedie step ...
+    if isinstance(solver, str):  # k-diffusion / diffusers names too ("dpmpp_2m_sde", "euler_a")
+        solver, solver_options, _ = resolve_alias(solver, solver_options)
+        solver_options = {**_SIGMA_RUN.get(solver, {}), **solver_options}
+        if solver == "lms" and final_zero:  # ... but k-diffusion's LMS takes it with its own multistep rule
+            solver_options.setdefault("last_step", "lms")
+        final_tweedie = final_zero and solver_options.get("last_step") != "lms"
+    kwargs = dict(extra_args or {})
     pos = s[s > 0]
     last: dict[str, Tensor] = {}
 
@@ -282,7 +299,7 @@ def sample_scoresolve(
         solver,
         grid=grid,
         x_T=x,
-        denoise=final_zero,
+        denoise=final_tweedie,
         generator=generator,
         seeds=seeds,
         progress=False if disable else None,
@@ -290,7 +307,7 @@ def sample_scoresolve(
         **solver_options,
     )
     assert isinstance(out, Tensor)
-    if final_zero:
+    if final_tweedie:
         report(s.numel() - 2, out)
     return out
 
@@ -304,7 +321,7 @@ def kdiffusion_sampler(solver: str | Solver = "dpmpp_2m", **solver_options: Any)
         x = sample_pc(model, torch.randn(4, 3, 32, 32) * sigmas[0], sigmas)
     """
     if isinstance(solver, str):
-        SOLVERS.get(solver, argument="solver")  # fail now, with the list of names
+        resolve_alias(solver)  # fail now, with the closest name
 
     def sampler(
         model: Denoiser,
@@ -325,8 +342,122 @@ def kdiffusion_sampler(solver: str | Solver = "dpmpp_2m", **solver_options: Any)
     return sampler
 
 
+def _segments(sigma_min: float, sigma_max: float, n: int) -> list[tuple[int, list[float]]]:
+    """DPM-Solver-fast's plan (Lu et al. 2022, arXiv:2206.00927, Sec. 3.4, as in k-diffusion): ``n //3 + 1``
+    steps uniform in log-SNR, third order but the last (order ``n % 3``, or 2 then 1); returned as runs of equal
+    order ``(order, noise levels incl. the stage points)``."""
+    m = n // 3 + 1
+    orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    lam = torch.linspace(-math.log(sigma_max), -math.log(sigma_min), m + 1, dtype=torch.float64)
+    runs: list[tuple[int, list[float]]] = []
+    for k, o in enumerate(orders):
+        pts = [float(torch.exp(-(lam[k] + (lam[k + 1] - lam[k]) * j / o))) for j in range(o + 1)]
+        if runs and runs[-1][0] == o:
+            runs[-1][1].extend(pts[1:])
+        else:
+            runs.append((o, pts))
+    return runs
+
+
+def sample_dpm_fast(
+    model: Denoiser,
+    x: Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    n: int,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | Tensor | None = None,
+) -> Tensor:
+    """DPM-Solver-fast with k-diffusion's signature ``(model, x, sigma_min, sigma_max, n)``: ``n`` evaluations,
+    ``n // 3 + 1`` singlestep DPM-Solver steps uniform in log-SNR (third order but the last), from ``sigma_max``
+    to ``sigma_min`` without a final denoising; our ``dpm_solver(order=o, method="singlestep")`` on those
+    levels. ``eta > 0`` (k-diffusion's ancestral variant) is not supported."""
+    from ..solvers.exponential import DPMSolver
+
+    if eta:
+        raise ValueError("sample_dpm_fast: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
+    if noise_sampler is not None:
+        raise TypeError("noise_sampler= is not supported: pass generator= or seeds=")
+    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    n = int(n)
+    if n < 1 or lo >= hi:
+        raise ValueError(f"sample_dpm_fast needs n >= 1 and sigma_min < sigma_max, got n={n}, {lo}, {hi}")
+    done = 0
+    for order, pts in _segments(lo, hi, n):
+        step_cb = None
+        if callback is not None:
+            step_cb = (lambda off: lambda d: callback({**d, "i": d["i"] + off}))(done)
+        x = sample_scoresolve(model, x, torch.tensor(pts, dtype=torch.float64), extra_args, step_cb, disable,
+                              solver=DPMSolver(order=order, method="singlestep"), generator=generator, seeds=seeds)
+        done += len(pts) - 1
+    return x
+
+
+#: dopri5 in t needs tolerances this much tighter than DPM-Solver-23 in log-SNR for a like error (docs/adapters.md)
+_ADAPTIVE_TIGHTER = 50.0
+
+
+def sample_dpm_adaptive(
+    model: Denoiser,
+    x: Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    order: int = 3,
+    rtol: float = 0.05,
+    atol: float = 0.0078,
+    h_init: float = 0.05,
+    pcoeff: float = 0.0,
+    icoeff: float = 1.0,
+    dcoeff: float = 0.0,
+    accept_safety: float = 0.81,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: Any = None,
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Any]]:
+    """k-diffusion's adaptive DPM-Solver signature ``(model, x, sigma_min, sigma_max)``, run by our per-sample
+    adaptive probability-flow ODE solver (``ode_adaptive``: dopri5, an error norm and a step size per sample)
+    from ``sigma_max`` to ``sigma_min``, no final denoising. A different method from k-diffusion's DPM-Solver-23
+    with one batch-wide PID step (docs/adapters.md): the same ODE, with ``rtol``/``atol`` divided by 50, which
+    gives dopri5 in ``t`` about k-diffusion's accuracy at their loose defaults (their error is measured on an
+    exponential integrator in log-SNR); ``order``, ``h_init`` and the PID coefficients are ignored.
+    ``eta > 0`` is not supported. ``return_info=True`` adds ``{"nfe": ...}``."""
+    from ..sampling import sample
+
+    if eta:
+        raise ValueError("sample_dpm_adaptive: eta > 0 is not supported (use an ancestral sampler)")
+    if noise_sampler is not None:
+        raise TypeError("noise_sampler= is not supported")
+    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    sig = torch.tensor([hi, lo], dtype=torch.float64)
+    sde = sde_for_sigmas(sig)
+    kwargs = dict(extra_args or {})
+    score_model = from_denoiser(lambda xx, s: model(xx, s, **kwargs), sde)
+    eps = float(sigmas_to_grid(sig, sde)[-1])
+    res = sample(score_model, sde, "ode_adaptive", x_T=x, eps=eps, denoise=False,
+                 rtol=rtol / _ADAPTIVE_TIGHTER, atol=atol / _ADAPTIVE_TIGHTER,
+                 progress=False if disable else None, return_result=True)
+    assert not isinstance(res, Tensor)
+    return (res.samples, {"nfe": res.nfe}) if return_info else res.samples
+
+
 def __getattr__(name: str) -> Any:
-    # sample_<solver> for every registered solver, e.g. `from scoresolve.adapters.kdiffusion import sample_dpmpp_2m`
-    if name.startswith("sample_") and name[len("sample_") :] in SOLVERS:
-        return kdiffusion_sampler(name[len("sample_") :])
+    # sample_<name> for every registered solver and alias, e.g. sample_dpmpp_2m, sample_euler_a, sample_dpmpp_2m_sde
+    if name.startswith("sample_"):
+        try:
+            resolve_alias(name[len("sample_") :])
+        except ValueError:
+            pass
+        else:
+            return kdiffusion_sampler(name[len("sample_") :])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

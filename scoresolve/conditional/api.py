@@ -85,7 +85,8 @@ def inpaint(
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
             ``"euler_maruyama"``), ``ess_threshold`` (0.1). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
-            ``snr=``, ...).
+            ``snr=``, ...). Both: ``progress`` (a tqdm bar over the steps, shown by default;
+            ``False`` silences it, :mod:`scoresolve.progress`).
 
     Returns:
         ``(n, *sample_shape)`` samples whose exactly-observed entries equal ``y``, or a
@@ -140,6 +141,7 @@ def run_method(
             if particles != 1:
                 raise ValueError("particles applies to method='smc'; method='replace' draws one path per output")
         solver = method_options.pop("solver", "pc")
+        progress = method_options.pop("progress", None)
         inner = resolve_solver(solver, method_options) if not isinstance(solver, Solver) else solver
         wrapped = ReplacementSolver(inner, obs)
         res = sample(
@@ -155,6 +157,7 @@ def run_method(
             device=obs.y.device,
             dtype=obs.y.dtype,
             return_result=True,
+            progress=progress,
         )
         assert isinstance(res, SampleResult)
         exact = obs.mask & (obs.nu == 0)
@@ -179,9 +182,11 @@ def run_method(
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         times = make_grid(grid or "log_snr", sde, n_steps, eps_)
     times = merge_times(times, obs.observation_times(sde, eps_))
-    unknown = set(method_options) - {"kernel", "ess_threshold"}
+    unknown = set(method_options) - {"kernel", "ess_threshold", "progress"}
     if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold")
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, progress"
+        )
     return smc_inpaint(
         score_fn,
         sde,

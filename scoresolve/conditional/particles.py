@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from ..models import score_to_x0
+from ..progress import Progress
 from ..sampling import SampleResult
 from ..sde import SDE
 from ..solvers.base import CountedScore, NoiseSource
@@ -125,8 +126,10 @@ def smc_inpaint(
     denoise: bool = True,
     generator: torch.Generator | None = None,
     return_result: bool = False,
+    progress: bool | None = None,
 ) -> Tensor | SampleResult:
-    """Run ``n`` independent particle systems (see the module docstring) on the grid ``times``."""
+    """Run ``n`` independent particle systems (see the module docstring) on the grid ``times``;
+    ``progress``: a tqdm bar over the steps (:mod:`scoresolve.progress`)."""
     kernel = choose(kernel, KERNELS, "kernel")
     thr = float(ess_threshold)
     if not 0.0 <= thr <= 1.0:
@@ -137,6 +140,7 @@ def smc_inpaint(
     noise = NoiseSource(generator=generator, device=dev)
     counted = CountedScore(score_fn)
     n_int = times.numel() - 1
+    bar = Progress(n_int, f"conditional sampling (SMC, {k} particles x {n})", progress=progress)
 
     with torch.no_grad():
         y_path, m_path = obs.path(sde, times, noise)  # (N+1, n, d)
@@ -180,6 +184,7 @@ def smc_inpaint(
             z = noise.randn((n * k, d), device=dev, dtype=dt)
             x = mean.reshape(n * k, d) + std * z
             x = torch.where(m_next, y_next, x)
+            bar.update(1)
 
         # one output per system, drawn from its final weights
         pick = torch.multinomial(torch.exp(logw).float().cpu(), 1, generator=_cpu_gen(generator)).to(dev)[:, 0]
@@ -193,6 +198,7 @@ def smc_inpaint(
         exact = obs.mask & (obs.nu == 0)
         out = torch.where(exact, obs.y, out)
         counted.check()
+    bar.close(evaluations=counted.nfe, score_rows=n * k * n_int + (n if denoise else 0))
     samples = out.reshape(n, *ev)
     if not return_result:
         return samples

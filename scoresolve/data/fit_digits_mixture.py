@@ -1,8 +1,9 @@
-"""Refit the 64-D digits mixture shipped as ``digits_gmm.safetensors`` (needs scikit-learn).
+"""Refit the 64-D digits mixture shipped as ``digits_gmm.safetensors`` (needs scikit-learn for its EM; the
+data are the digits shipped in ``digits.safetensors``).
 
     python -m scoresolve.data.fit_digits_mixture
 
-EM on scikit-learn's bundled 8×8 digits scaled to [-1, 1], 10 full-covariance components,
+EM on the shipped 8×8 digits (scikit-learn's ``load_digits`` images) scaled to [-1, 1], 10 full-covariance components,
 ``reg_covar=1e-3`` (keeps the always-blank border pixels from giving zero-variance directions),
 ``random_state=0``. Written atomically.
 """
@@ -19,10 +20,11 @@ from safetensors.torch import save_file
 
 
 def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
-    from sklearn.datasets import load_digits
     from sklearn.mixture import GaussianMixture
 
-    x = load_digits().data.astype(np.float64) / 8.0 - 1.0
+    from . import load_digits
+
+    x = load_digits()[0].reshape(-1, 64).numpy().astype(np.float64) / 8.0 - 1.0
     gm = GaussianMixture(
         n_components, covariance_type="full", reg_covar=reg_covar, random_state=seed, max_iter=1000, tol=1e-6
     ).fit(x)

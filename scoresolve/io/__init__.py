@@ -22,10 +22,10 @@ from .checkpoint import (
     read_config,
     register_architecture,
     save,
-    save_pretrained,
     sde_from_config,
     torch_load_safe,
 )
+from .hub import save_pretrained  # the folder is replaced as a whole (see scoresolve.io.hub)
 
 __all__ = [
     "load",

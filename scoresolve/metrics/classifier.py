@@ -1,7 +1,7 @@
-r"""A small convolutional classifier of scikit-learn's 8×8 digits, bundled for feature-space FID.
+r"""A small convolutional classifier of the 8×8 digits (shipped with scoresolve), bundled for feature-space FID.
 
 MNIST papers score generators with the FID in the feature space of a LeNet trained on the same data;
-this is the analogue for the 8×8 digits that ship with scikit-learn (no download). The network:
+this is the analogue for the 8×8 digits that ship with scoresolve (no download). The network:
 
     conv 3×3 (1 → 16) · ReLU · conv 3×3 (16 → 32) · ReLU · max-pool 2 → 32×4×4
     → linear 512 → 64 · ReLU  (the 64 features used by FID) → linear 64 → 10
@@ -13,7 +13,7 @@ and evaluated on the held-out *test* split; the weights (≈ 150 KB) go to
 
 The split is the one of :func:`scoresolve.train.data.digits`: data scaled to ``[-1, 1]`` as
 ``x / 8 - 1``, a permutation of the 1797 images by ``torch.randperm`` with seed 0, the first 20 %
-(359 images) held out. Loading the data needs scikit-learn; loading the classifier does not.
+(359 images) held out. Neither the data nor the classifier needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -93,17 +93,14 @@ def classifier_metadata(path: str | Path | None = None) -> dict[str, str]:
 
 
 def digits_with_labels(split: str = "train") -> tuple[Tensor, Tensor]:
-    """scikit-learn's digits as ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels, for ``split``
-    in ``train`` / ``test`` / ``all`` (the split of :func:`scoresolve.train.data.digits`)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError("the digits data need scikit-learn: pip install scikit-learn") from e
+    """The shipped digits (:mod:`scoresolve.data`) as ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels, for
+    ``split`` in ``train`` / ``test`` / ``all`` (the split of :func:`scoresolve.train.data.digits`)."""
+    from ..data import load_digits
+
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    d = load_digits()
-    x = torch.as_tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
-    y = torch.as_tensor(d.target, dtype=torch.int64)
+    images, y = load_digits()
+    x = images.to(torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     if split == "all":
         return x, y
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))

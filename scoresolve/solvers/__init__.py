@@ -24,10 +24,11 @@ class _SolversModule(types.ModuleType):
     """``scoresolve.solvers`` is both this package and, called, the listing ``ss.solvers()``."""
 
     def __call__(self) -> dict[str, str]:
-        """Registered solvers: ``{name: one-line description}``."""
+        """Registered solvers, then the familiar aliases (``scoresolve.aliases``): ``{name: one-line description}``."""
+        from ..aliases import describe
         from ..registry import SOLVERS
 
-        return SOLVERS.describe()
+        return {**SOLVERS.describe(), **describe()}
 
 
 sys.modules[__name__].__class__ = _SolversModule

@@ -105,6 +105,8 @@ class SDEDPMSolverPP(GridSolver):
             in every case ``steps=K`` spends ``K`` evaluations (module docstring).
         lower_order_final: use first order for the last step when the grid has fewer than 15
             steps (diffusers' stabilisation for few steps).
+        variant: ``"exact"`` (default: the quadratic's exact integral) or ``"published"`` (half the
+            :math:`I_2` weight of the 3M term, as k-diffusion's ``sample_dpmpp_3m_sde``); 3M only.
     """
 
     order: ClassVar[float] = 1.0
@@ -126,6 +128,7 @@ class SDEDPMSolverPP(GridSolver):
         solver_type: str = "midpoint",
         final: str = "denoise",
         lower_order_final: bool = False,
+        variant: str = "exact",
     ) -> None:
         k = type(self).multistep_order if order is None else order
         if isinstance(k, bool) or not isinstance(k, int) or k not in (1, 2, 3):
@@ -139,6 +142,9 @@ class SDEDPMSolverPP(GridSolver):
         self.solver_type = solver_type
         self.final = final
         self.lower_order_final = bool(lower_order_final)
+        if variant not in ("exact", "published"):
+            raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
+        self.variant = variant
 
     def _data_pred(self, ctx: SolveContext, x: Tensor, i: int) -> Tensor:
         t = ctx.t(i, x)
@@ -205,7 +211,8 @@ class SDEDPMSolverPP(GridSolver):
             if k == 3:
                 d2, h2 = hist[1]
                 f012 = (f01 - (d1 - d2) / h2) / (h1 + h2)
-                x_mean = x_mean + (a_t * i1) * (f01 + h1 * f012) + (a_t * i2) * f012
+                w2 = i2 if self.variant == "exact" else 0.5 * i2
+                x_mean = x_mean + (a_t * i1) * (f01 + h1 * f012) + (a_t * w2) * f012
             elif self.solver_type == "heun":
                 x_mean = x_mean + (a_t * i1) * f01
             else:

@@ -19,48 +19,56 @@ from .nets import MLP, UNet
 from .trainer import LOSSES, TrainConfig, Trainer, save_sample_grid
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m scoresolve.train") -> argparse.ArgumentParser:
+    from ..cli import HelpFormatter
+
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m scoresolve.train", description="Train a score model.")
+    ap = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Train a score model by denoising score matching. Writes OUT/checkpoint.pt (rerunning the "
+        "same command resumes), OUT/model.safetensors + config.json (EMA weights; scoresolve.io.load(OUT)) and, "
+        "with --sample-every, PNG grids of samples.",
+    )
     ap.add_argument(
         "--data", default="digits", help=f"digits, {', '.join(TOY_SETS)}, or a tensor file (.pt/.safetensors)"
     )
     ap.add_argument("--sde", default="vp", choices=["vp", "ve", "subvp", "flow"],
-                    help="flow: the rectified-flow interpolant (use with --loss cfm --parameterization velocity)")
+                    help="forward SDE (flow: rectified flow; use --loss cfm --parameterization velocity)")
     ap.add_argument("--shift", type=float, default=1.0, help="flow: the time shift (SD3: 3)")
-    ap.add_argument("--beta-min", type=float, default=0.1)
-    ap.add_argument("--beta-max", type=float, default=20.0)
-    ap.add_argument("--sigma-min", type=float, default=0.01)
-    ap.add_argument("--sigma-max", type=float, default=50.0)
+    ap.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP: beta at t = 0")
+    ap.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP: beta at t = 1")
+    ap.add_argument("--sigma-min", type=float, default=0.01, help="VE: noise level at t = 0")
+    ap.add_argument("--sigma-max", type=float, default=50.0, help="VE: noise level at t = 1")
     ap.add_argument("--arch", default="auto", choices=["auto", "mlp", "unet"], help="auto: unet for (C, H, W) data")
-    ap.add_argument("--base-channels", type=int, default=32, help="unet")
-    ap.add_argument("--channel-mults", default="1,2", help="unet, comma-separated")
+    ap.add_argument("--base-channels", type=int, default=32, help="unet: channels of the first level")
+    ap.add_argument("--channel-mults", default="1,2", help="unet: channel multiplier per level, comma-separated")
     ap.add_argument("--hidden", type=int, default=128, help="mlp width")
     ap.add_argument("--depth", type=int, default=3, help="mlp depth")
     ap.add_argument("--parameterization", default=d.parameterization,
-                    choices=["score", "eps", "x0", "v", "denoiser", "velocity"])
-    ap.add_argument("--loss", default=d.loss, choices=list(LOSSES))
-    ap.add_argument("--weighting", default=d.weighting, choices=["sigma2", "likelihood"])
-    ap.add_argument("--reduce", default=d.reduce, choices=["mean", "sum"])
-    ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--warmup", type=int, default=d.warmup)
-    ap.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    ap.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    ap.add_argument("--seed", type=int, default=d.seed)
+                    choices=["score", "eps", "x0", "v", "denoiser", "velocity"], help="what the network predicts")
+    ap.add_argument("--loss", default=d.loss, choices=list(LOSSES), help="training loss (scoresolve.train.losses)")
+    ap.add_argument("--weighting", default=d.weighting, choices=["sigma2", "likelihood"],
+                    help="loss weight over time: sigma_t^2 (Song et al.) or the likelihood weighting g(t)^2")
+    ap.add_argument("--reduce", default=d.reduce, choices=["mean", "sum"], help="loss over a sample's entries")
+    ap.add_argument("--steps", type=int, default=20000, help="optimiser steps in all (a resumed run stops there)")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+    ap.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    ap.add_argument("--warmup", type=int, default=d.warmup, help="steps of linear learning-rate warm-up")
+    ap.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this")
+    ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of the weights' moving average")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the batches")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default runs/<data>_<sde>)")
-    ap.add_argument("--checkpoint-every", type=int, default=1000)
-    ap.add_argument("--sample-every", type=int, default=0, help="write a PNG grid of samples every N steps")
+    ap.add_argument("--checkpoint-every", type=int, default=1000, help="write OUT/checkpoint.pt every N steps")
+    ap.add_argument("--sample-every", type=int, default=0, help="write a PNG grid of samples every N steps (0: never)")
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m scoresolve.train") -> Path:
+    args = build_parser(prog).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -5,7 +5,7 @@
 What it does: trains a small U-Net (:class:`~scoresolve.train.nets.UNet`, base 32 channels, levels
 8×8 and 4×4, attention at 4×4, Fourier time embedding) as an ε-network of the paper's VP SDE
 (β 0.1–20) with continuous-time denoising score matching (λ = σ², reduce mean), on the training
-split of scikit-learn's 8×8 digits scaled to [-1, 1] (``x / 8 - 1``; 20 % held out with seed 0).
+split of the shipped 8×8 digits scaled to [-1, 1] (``x / 8 - 1``; 20 % held out with seed 0).
 Adam lr 1e-3 (higher than the paper's 2e-4 because the run is short), warm-up 200 steps, gradient
 clipping 1, EMA 0.999, batch 64, 2500 steps, seed 0, on one CPU thread. The EMA weights are stored in
 float16 (1.3 MB) and load back as float32. A resumable checkpoint is written next to the output every

@@ -1,12 +1,10 @@
-"""Training data: scikit-learn's bundled 8×8 digits, 2-D toy mixtures with exact densities, any
-tensor or torch ``Dataset``; and a dependency-free PNG writer for sample grids."""
+"""Training data: the 8×8 digits shipped with scoresolve (:mod:`scoresolve.data`), 2-D toy mixtures with exact
+densities, any tensor or torch ``Dataset``. (``image_grid`` / ``write_png`` are re-exported from
+:mod:`scoresolve.io.image`, the one PNG writer.)"""
 
 from __future__ import annotations
 
 import math
-import struct
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +12,25 @@ import torch
 from torch import Tensor
 
 from .. import analytic
+from ..io.image import image_grid, write_png
 
 __all__ = ["digits", "ring", "toy2d", "load_data", "batch", "image_grid", "write_png", "TOY_SETS"]
 
 
 def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> Tensor:
-    """scikit-learn's 1797 8×8 digits scaled to [-1, 1] as ``x / 8 - 1``, shape ``(N, 1, 8, 8)`` float32.
+    """The 1797 8×8 digits shipped with scoresolve (UCI optdigits test set, the images of scikit-learn's
+    ``load_digits``; :mod:`scoresolve.data`) scaled to [-1, 1] as ``x / 8 - 1``, shape ``(N, 1, 8, 8)`` float32.
 
     ``split`` is ``"train"``, ``"test"`` (a held-out ``test_fraction`` chosen by a fixed permutation
-    with ``seed``) or ``"all"``. Needs scikit-learn (no download: the data ship with it).
+    with ``seed``) or ``"all"``. No download and no scikit-learn.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from e
+    from ..data import load_digits
+
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    x = torch.as_tensor(load_digits().data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    x = load_digits()[0].to(torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     if split == "all":
         return x
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -91,41 +89,3 @@ def batch(data: Any, idx: Tensor) -> Tensor:
     items = [data[int(i)] for i in idx]
     items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
     return torch.stack([torch.as_tensor(it) for it in items])
-
-
-def image_grid(x: Tensor, nrow: int | None = None, pad: int = 1, data_range: Sequence[float] = (-1.0, 1.0)) -> Tensor:
-    """Tile images ``(B, C, H, W)`` into one ``uint8`` image ``(H', W', C)`` (values clipped to the range)."""
-    if x.ndim != 4:
-        raise ValueError(f"image_grid expects (B, C, H, W), got {tuple(x.shape)}")
-    b, c, h, w = x.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    ncol = math.ceil(b / nrow)
-    lo, hi = float(data_range[0]), float(data_range[1])
-    img = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    out = torch.zeros(c, ncol * (h + pad) + pad, nrow * (w + pad) + pad)
-    for k in range(b):
-        r, q = divmod(k, nrow)
-        out[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = img[k]
-    return (out * 255).round().to(torch.uint8).permute(1, 2, 0)
-
-
-def write_png(path: str | Path, img: Tensor, scale: int = 1) -> Path:
-    """Write a ``uint8`` image ``(H, W)`` or ``(H, W, C)`` with C in {1, 3} as PNG (zlib only),
-    each pixel repeated ``scale`` times in both directions."""
-    a = img if img.ndim == 3 else img[..., None]
-    if a.dtype != torch.uint8 or a.shape[-1] not in (1, 3):
-        raise ValueError(f"write_png expects uint8 (H, W[, 1|3]), got {a.dtype} {tuple(img.shape)}")
-    if scale > 1:
-        a = a.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    h, w, c = a.shape
-    raw = b"".join(b"\x00" + a[i].contiguous().numpy().tobytes() for i in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    color = 0 if c == 1 else 2
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    p = Path(path)
-    p.write_bytes(png)
-    return p

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from ..io.checkpoint import CheckpointError, atomic_write, make_config, save, torch_load_safe
 from ..models import ScoreModel
+from ..progress import Progress
 from ..sde import SDE
 from .data import batch as get_batch
 from .losses import ddpm_loss, dsm_loss, flow_matching_loss, sliced_score_matching_loss
@@ -208,28 +208,28 @@ class Trainer:
                 and at the end.
             sample_every, sample_fn: call ``sample_fn(self)`` every this many steps (e.g.
                 :func:`save_sample_grid`).
-            progress: tqdm bar with the loss (``None``: on a terminal, if tqdm is installed).
+            progress: tqdm bar with the loss, and a loss line every 5 % of the run when stderr is not a terminal
+                (``None``: shown unless ``SCORESOLVE_PROGRESS=0``; :mod:`scoresolve.progress`).
             stop_at: stop early at this step (simulates an interruption in tests).
 
         Returns:
             The logged window-mean losses so far.
         """
-        bar = _bar(progress, steps, self.step)
+        bar = Progress(steps, "train", progress=progress, initial=self.step)
         end = steps if stop_at is None else min(steps, stop_at)
+        every = max(1, steps // 20)
         try:
             while self.step < end:
                 loss = self.train_step()
-                if bar is not None:
-                    bar.update(1)
-                    if self.step % 10 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1, **({"loss": f"{loss:.4f}"} if self.step % 10 == 0 else {}))
+                if not bar.interactive and self.step % every == 0:
+                    bar.write(f"train: step {self.step}/{steps}, loss {loss:.4f}")
                 if checkpoint is not None and checkpoint_every and self.step % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint)
                 if sample_fn is not None and sample_every and self.step % sample_every == 0:
                     sample_fn(self)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close(steps=self.step, **({"loss": f"{self.losses[-1]:.4f}"} if self.losses else {}))
         if checkpoint is not None:
             self.save_checkpoint(checkpoint)
         return self.losses
@@ -313,29 +313,14 @@ def save_sample_grid(
 ) -> Tensor:
     """Sample ``n`` images from the EMA model (PC sampler, ``steps`` steps, its own generator: the
     training RNG is untouched) and write a PNG grid to ``path`` (default ``samples_<step>.png``)."""
+    from ..io.image import save_grid
     from ..sampling import sample
-    from .data import image_grid, write_png
 
     model = trainer.score_model()
     x = sample(model, trainer.sde, "pc", steps, batch_size=n, generator=torch.Generator().manual_seed(seed),
-               device=trainer.device)
+               device=trainer.device, progress=False)
     if x.ndim == 4:
-        write_png(path or f"samples_{trainer.step:07d}.png", image_grid(x, data_range=trainer.data_range or (-1, 1)),
-                  scale=4)
+        save_grid(x, path or f"samples_{trainer.step:07d}.png", data_range=trainer.data_range or (-1, 1), scale=4)
     return x
-
-
-def _bar(progress: bool | None, total: int, initial: int) -> Any:
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if progress:
-            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
-        return None
-    if progress is None and not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 

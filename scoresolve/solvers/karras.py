@@ -1,0 +1,238 @@
+r"""k-diffusion's deterministic samplers (Karras et al. 2022, arXiv:2206.00364) for any linear SDE.
+
+All of them step the probability-flow ODE in the EDM variables of the SDE, :math:`y = x/\alpha_t` and
+:math:`\sigma = \sigma_t/\alpha_t` (:meth:`SDE.sigma <scoresolve.SDE.sigma>`):
+
+.. math::  \frac{dy}{d\sigma} = d(y, \sigma) = \frac{y - D(y, \sigma)}{\sigma},\qquad
+           D(y, \sigma) = y + \sigma^2 \alpha_t\, s_\theta(\alpha_t y, t),
+
+where :math:`D` is Tweedie's posterior mean. On a VE SDE (:math:`\alpha = 1`) this is k-diffusion's
+own ``sample_*`` loop; on a VP SDE the same updates in :math:`y` are DDIM-like (Euler in
+:math:`\sigma` *is* DDIM, Karras et al. Sec. 3). Registered here:
+
+================ ===== ============ ===================================================================
+name             order NFE per step update from :math:`\sigma_i` to :math:`\sigma_{i+1}`
+================ ===== ============ ===================================================================
+``euler``        1     1            :math:`y + (\sigma_{i+1}-\sigma_i) d_i` (Algorithm 2, Euler steps)
+``heun``         2     2            trapezoid of :math:`d_i` and :math:`d` at the Euler guess (Algorithm 2)
+``dpm_2``        2     2            midpoint in :math:`\log\sigma` (DPM-Solver-2 flavour, k-diffusion)
+``lms``          4     1            Adams–Bashforth in :math:`\sigma` through the last ``order`` directions
+================ ===== ============ ===================================================================
+
+``euler``, ``heun`` and ``dpm_2`` take EDM's churn (``s_churn > 0``: before the step the noise level
+is raised to :math:`\hat\sigma = (1+\gamma)\sigma_i`, :math:`\gamma = \min(s_{churn}/n, \sqrt2 - 1)` on
+:math:`[s_{tmin}, s_{tmax}]`, by adding :math:`s_{noise}\sqrt{\hat\sigma^2 - \sigma_i^2}\,z`), where
+:math:`n` counts the grid steps plus the final step onto :math:`\sigma = 0`, as k-diffusion does.
+The run ends with :func:`scoresolve.sample`'s Tweedie step :math:`y = D(y, \sigma_{min})`, which is
+k-diffusion's last (Euler) step onto :math:`\sigma = 0`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import SOLVERS
+from .base import GridSolver, SolveContext, check_nonneg_float, check_positive_int
+from .exp_base import lagrange_integral_weights
+
+__all__ = ["SigmaStepSolver", "EulerSolver", "HeunSolver", "DPM2Solver", "LMSSolver", "denoise_at_sigma"]
+
+KARRAS_REFERENCE = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models, " \
+    "arXiv:2206.00364"
+
+
+def denoise_at_sigma(ctx: SolveContext, y: Tensor, sigma: float, t: float | None = None) -> Tensor:
+    r"""One counted evaluation: :math:`D(y, \sigma) = y + \sigma^2\alpha_t s_\theta(\alpha_t y, t)` at the
+    time ``t`` whose EDM noise level is ``sigma`` (found with :meth:`SDE.t_from_sigma` when not given)."""
+    sde = ctx.sde
+    t64 = torch.tensor([sigma if t is None else t], dtype=torch.float64)
+    if t is None:
+        t64 = sde.t_from_sigma(t64)
+    a = float(sde.alpha(t64))
+    tt = t64.to(device=y.device, dtype=y.dtype).expand(y.shape[0])
+    return y + (sigma * sigma * a) * ctx.score(a * y, tt)
+
+
+class SigmaStepSolver(GridSolver):
+    """Base of the k-diffusion-style samplers: a step in the EDM variables ``(y, sigma)``.
+
+    Subclasses implement :meth:`update` on ``y = x/alpha``; this class converts to and from ``x``. The
+    final step onto :math:`\\sigma = 0` is :func:`scoresolve.sample`'s Tweedie step (``denoise_default``).
+    """
+
+    default_grid: ClassVar[str] = "karras"
+    denoise_default: ClassVar[bool] = True
+    reference: ClassVar[str] = KARRAS_REFERENCE
+
+    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
+        assert ctx.grid is not None
+        g = ctx.grid[i : i + 2].to(torch.float64).cpu()
+        sig, alp = ctx.sde.sigma(g).tolist(), ctx.sde.alpha(g).tolist()
+        y = x / alp[0]
+        y_next, y_mean, state = self.update(ctx, y, i, (float(g[0]), sig[0]), sig[1], state)
+        return alp[1] * y_next, alp[1] * y_mean, state
+
+    def update(
+        self, ctx: SolveContext, y: Tensor, i: int, ts: tuple[float, float], s_next: float, state: Any
+    ) -> tuple[Tensor, Tensor, Any]:  # pragma: no cover - abstract
+        """Step ``y`` from grid point ``i`` (time and sigma ``ts``) to ``s_next``: ``(y_next, y_mean, state)``."""
+        raise NotImplementedError
+
+
+class _Churned(SigmaStepSolver):
+    """Euler / Heun / DPM-2 with EDM's optional churn (see the module docstring)."""
+
+    def __init__(
+        self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0
+    ) -> None:
+        self.s_churn = check_nonneg_float(s_churn, "s_churn")
+        self.s_tmin, self.s_tmax = float(s_tmin), float(s_tmax)
+        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+        self.stochastic = self.s_churn > 0  # type: ignore[misc]
+
+    def churn(self, ctx: SolveContext, y: Tensor, ts: tuple[float, float]) -> tuple[Tensor, float, float | None]:
+        """Raise the noise level (if churn is on): ``(y_hat, sigma_hat, t_hat or None)``."""
+        t, s = ts
+        assert ctx.grid is not None
+        gamma = 0.0
+        if self.s_churn > 0 and self.s_tmin <= s <= self.s_tmax:
+            gamma = min(self.s_churn / ctx.grid.numel(), math.sqrt(2.0) - 1.0)  # grid steps + the final one
+        if gamma == 0:
+            return y, s, t
+        s_hat = s * (1.0 + gamma)
+        y = y + (self.s_noise * math.sqrt(s_hat**2 - s**2)) * ctx.noise.randn_like(y)
+        return y, s_hat, None
+
+    def update(self, ctx, y, i, ts, s_next, state):
+        y, s, t = self.churn(ctx, y, ts)
+        d = (y - denoise_at_sigma(ctx, y, s, t)) / s
+        y_next = self.second_stage(ctx, y, d, s, s_next)
+        return y_next, y_next, None
+
+    def second_stage(self, ctx: SolveContext, y: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+
+@SOLVERS.register("euler", description="k-diffusion Euler: Euler in sigma on the EDM ODE (= DDIM), optional churn")
+class EulerSolver(_Churned):
+    r"""Euler steps of :math:`dy/d\sigma = (y - D)/\sigma` (Karras et al. 2022, arXiv:2206.00364,
+    Algorithm 2 with Euler steps; k-diffusion's ``sample_euler``, diffusers' ``EulerDiscreteScheduler``).
+
+    :math:`y_{i+1} = y_i + (\sigma_{i+1} - \sigma_i)(y_i - D_i)/\sigma_i`, which is DDIM's update
+    (:math:`\eta = 0`). Order 1, one evaluation per step; deterministic unless ``s_churn > 0``.
+
+    Args:
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (module docstring); ``s_churn=0`` is off.
+    """
+
+    order: ClassVar[float] = 1.0
+    nfe_per_step: ClassVar[int] = 1
+
+    def second_stage(self, ctx, y, d, s, s_next):
+        return y + (s_next - s) * d
+
+
+@SOLVERS.register("heun", description="k-diffusion Heun: 2nd-order trapezoid in sigma on the EDM ODE, optional churn")
+class HeunSolver(_Churned):
+    r"""Heun steps of :math:`dy/d\sigma = d(y, \sigma)` (Karras et al. 2022, arXiv:2206.00364, Algorithm 2;
+    k-diffusion's ``sample_heun``, diffusers' ``HeunDiscreteScheduler``).
+
+    :math:`\tilde y = y_i + (\sigma_{i+1}-\sigma_i) d_i`,
+    :math:`y_{i+1} = y_i + \tfrac12(\sigma_{i+1}-\sigma_i)(d_i + d(\tilde y, \sigma_{i+1}))`; every grid
+    step is Heun (2 evaluations) and the final step onto :math:`\sigma = 0` is Euler (Tweedie), as in
+    k-diffusion. Order 2. ``heun_edm`` is EDM's variant with an evaluation budget (Euler on the last
+    grid step). Args as :class:`EulerSolver`.
+    """
+
+    order: ClassVar[float] = 2.0
+    nfe_per_step: ClassVar[int] = 2
+
+    def second_stage(self, ctx, y, d, s, s_next):
+        y2 = y + (s_next - s) * d
+        d2 = (y2 - denoise_at_sigma(ctx, y2, s_next)) / s_next
+        return y + (0.5 * (s_next - s)) * (d + d2)
+
+
+@SOLVERS.register("dpm_2", description="k-diffusion DPM-2: midpoint in log sigma on the EDM ODE, optional churn")
+class DPM2Solver(_Churned):
+    r"""k-diffusion's ``sample_dpm_2`` ("inspired by DPM-Solver-2", Lu et al. 2022, arXiv:2206.00927, with
+    Karras et al.'s Algorithm 2 churn): a midpoint step with the midpoint geometric in :math:`\sigma`,
+
+    :math:`\sigma_m = \sqrt{\sigma_i\sigma_{i+1}}`, :math:`\tilde y = y_i + (\sigma_m - \sigma_i)d_i`,
+    :math:`y_{i+1} = y_i + (\sigma_{i+1} - \sigma_i)\,d(\tilde y, \sigma_m)`.
+
+    Order 2, two evaluations per step (diffusers' ``KDPM2DiscreteScheduler``). Args as :class:`EulerSolver`.
+    """
+
+    order: ClassVar[float] = 2.0
+    nfe_per_step: ClassVar[int] = 2
+
+    def second_stage(self, ctx, y, d, s, s_next):
+        s_mid = math.sqrt(s * s_next)
+        y2 = y + (s_mid - s) * d
+        d2 = (y2 - denoise_at_sigma(ctx, y2, s_mid)) / s_mid
+        return y + (s_next - s) * d2
+
+
+_LMS_LAST = ("tweedie", "lms")
+
+
+@SOLVERS.register("lms", description="k-diffusion LMS: linear multistep (Adams-Bashforth) in sigma, order 4")
+class LMSSolver(SigmaStepSolver):
+    r"""Linear multistep (Adams–Bashforth) in :math:`\sigma` on :math:`dy/d\sigma = d` (k-diffusion's
+    ``sample_lms``, diffusers' ``LMSDiscreteScheduler``; Karras et al. 2022, arXiv:2206.00364 discuss
+    it among the higher-order solvers).
+
+    :math:`y_{i+1} = y_i + \sum_{j<k} w_j d_{i-j}`, :math:`w_j = \int_{\sigma_i}^{\sigma_{i+1}}\ell_j`,
+    the Lagrange basis through the last :math:`k = \min(i+1, \text{order})` noise levels. One evaluation per
+    step; deterministic; order ``order`` (4 by default; the first steps ramp up from 1).
+
+    Args:
+        order: the number of directions in the interpolant (k-diffusion's default 4).
+        last_step: ``"tweedie"`` (:func:`scoresolve.sample`'s final denoising, default) or ``"lms"``
+            (k-diffusion's: the multistep rule itself steps from the last grid point onto :math:`\sigma = 0`,
+            one evaluation; the sample's own final denoising is then off).
+    """
+
+    order: ClassVar[float] = 4.0
+    nfe_per_step: ClassVar[int] = 1
+
+    def __init__(self, order: int = 4, last_step: str = "tweedie") -> None:
+        self.order = float(check_positive_int(order, "order"))  # type: ignore[misc]
+        if last_step not in _LMS_LAST:
+            raise ValueError(f"last_step must be one of {_LMS_LAST}, got {last_step!r}")
+        self.last_step = last_step
+        self.denoise_default = last_step == "tweedie"  # type: ignore[misc]
+
+    def update(self, ctx, y, i, ts, s_next, state):
+        t, s = ts
+        d = (y - denoise_at_sigma(ctx, y, s, t)) / s
+        hist: list[tuple[float, Tensor]] = ([(s, d)] + (state or []))[: int(self.order)]
+        w = lagrange_integral_weights([sj for sj, _ in hist], s, s_next)
+        y_next = y
+        for wj, (_, dj) in zip(w, hist, strict=True):
+            y_next = y_next + wj * dj
+        return y_next, y_next, hist
+
+    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
+        if self.last_step == "tweedie":
+            return super().solve(ctx, x)
+        # k-diffusion's last step: the same multistep rule from the last grid point onto sigma = 0
+        assert ctx.grid is not None
+        state: Any = None
+        n = ctx.grid.numel() - 1
+        for i in range(n):
+            ctx.score.step = i
+            x, _, state = self.step(ctx, x, i, state)
+            ctx.after_step(i, ctx.t(i + 1, x), x, x)
+        ctx.score.step = n
+        g = ctx.grid[n:].to(torch.float64).cpu()
+        s, a = float(ctx.sde.sigma(g)), float(ctx.sde.alpha(g))
+        x0, _, _ = self.update(ctx, x / a, n, (float(g[0]), s), 0.0, state)
+        ctx.info["x_mean"] = x0
+        ctx.after_step(n, ctx.t(n, x), x0, x0)
+        return x0
