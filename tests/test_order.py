@@ -47,8 +47,13 @@ def _problem(process: str = "vp"):
     gm = ss.analytic.anisotropic(dim=4, n_components=3, seed=0)
     sde = PROCESSES[process]
     x_T = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    model = gm.velocity_model(sde) if process == "flow" else (lambda x, t: gm.score(x, t, sde))
-    return gm, sde, x_T, model
+    return gm, sde, x_T
+
+
+def _model(process: str):
+    """The exact score under VP; the exact velocity as a flow model (``from_velocity``) under the flow process."""
+    gm, sde, _ = _problem(process)
+    return gm.velocity_model(sde) if process == "flow" else (lambda x, t: gm.score(x, t, sde))
 
 
 def reference_solution(score, sde, x_T, eps, rtol=1e-10):
@@ -69,14 +74,15 @@ def reference_solution(score, sde, x_T, eps, rtol=1e-10):
 
 @functools.cache
 def _reference(process: str = "vp"):
-    gm, sde, x_T, _ = _problem(process)
+    gm, sde, x_T = _problem(process)
     return reference_solution(lambda x, t: gm.score(x, t, sde), sde, x_T, EPS)
 
 
 @pytest.mark.parametrize("process", list(PROCESSES))
 @pytest.mark.parametrize("name,opts", CONFIGS, ids=[f"{n}-{o}" for n, o in CONFIGS])
 def test_empirical_order_matches_declared(name, opts, process):
-    gm, sde, x_T, model = _problem(process)
+    gm, sde, x_T = _problem(process)
+    model = _model(process)
     ref = _reference(process)
     solver = resolve_solver(name, dict(opts))
     errs = []
