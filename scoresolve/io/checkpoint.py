@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import ScoreModel, _check_data_moments
-from ..sde import SDE, VESDE, VPSDE, SubVPSDE
+from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
 
 __all__ = [
     "CheckpointError",
@@ -96,7 +96,7 @@ _ARCHITECTURES: dict[str, str | Callable[..., nn.Module]] = {
     "unet": "scoresolve.train.nets:UNet",
 }
 
-_SDES: dict[str, type[SDE]] = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE}
+_SDES: dict[str, type[SDE]] = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "RectifiedFlow": RectifiedFlow}
 
 
 class CheckpointError(ValueError):
