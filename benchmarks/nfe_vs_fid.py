@@ -39,6 +39,7 @@ Examples::
     python benchmarks/nfe_vs_fid.py --full                  # the full sweep (docs/benchmarks.md)
     python benchmarks/nfe_vs_fid.py --quick                 # < 1 minute, one solver per family
     python benchmarks/nfe_vs_fid.py --solvers pc,k_diffusion:lms --nfe 10,20,50 --n 4000 --sde ve
+    python benchmarks/nfe_vs_fid.py --model analytic --sde flow   # exact flow model vs diffusers' flow schedulers
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ QUICK_NFE = (10, 50)
 DEFAULT_N = 2000
 QUICK_N = 500
 FLOOR_DRAWS = 50
-SDES: dict[str, Callable[[], ss.SDE]] = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE}
+SDES: dict[str, Callable[[], ss.SDE]] = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE,
+                                         "flow": ss.RectifiedFlow}
 BUILTIN_MODELS = ("analytic", "bundled")
 
 
@@ -120,7 +122,19 @@ DIFFUSERS_SCHEDULERS: dict[str, tuple[str, Callable[[int], int]]] = {
     "dpmsolver_multistep": ("DPMSolverMultistepScheduler", lambda n: n),
     "unipc": ("UniPCMultistepScheduler", lambda n: n),
     "deis": ("DEISMultistepScheduler", lambda n: n),
+    "flow_match_euler": ("FlowMatchEulerDiscreteScheduler", lambda n: n),
+    "flow_match_heun": ("FlowMatchHeunDiscreteScheduler", lambda n: 2 * n - 1),
+    "dpmsolver_multistep_flow": ("DPMSolverMultistepScheduler", lambda n: n),
+    "unipc_flow": ("UniPCMultistepScheduler", lambda n: n),
 }
+# the flow-matching ones (a velocity model on the linear interpolant, --sde flow) and their scheduler options
+DIFFUSERS_FLOW_OPTIONS: dict[str, dict[str, Any]] = {
+    "flow_match_euler": {},
+    "flow_match_heun": {},
+    "dpmsolver_multistep_flow": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+    "unipc_flow": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+}
+FLOW_PEERS = ("k_diffusion:euler", "k_diffusion:dpmpp_2m") + tuple(f"diffusers:{k}" for k in DIFFUSERS_FLOW_OPTIONS)
 FULL_PEERS = (
     "k_diffusion:euler",
     "k_diffusion:heun",
@@ -245,6 +259,8 @@ def run_diffusers(
     Scheduler defaults as their users get them, except ``clip_sample=False`` (DDIM clips x0 to ±1)."""
     import diffusers
 
+    if sched_key in DIFFUSERS_FLOW_OPTIONS:
+        return run_diffusers_flow(sched_key, score, sde, n_steps, shape, generator)
     if not isinstance(sde, ss.VPSDE):
         raise NotImplementedError("diffusers' DDPM-type schedulers model the VP SDE only")
     cls_name, _ = DIFFUSERS_SCHEDULERS[sched_key]
@@ -276,6 +292,28 @@ def run_diffusers(
         e = model(xin, ts)
         x = sched.step(e, ts, x).prev_sample
     return x, model.nfe
+
+
+def run_diffusers_flow(
+    sched_key: str, model: Any, sde: ss.SDE, n_steps: int, shape: tuple[int, ...], generator: torch.Generator,
+) -> tuple[Tensor, int]:
+    """A diffusers flow-matching scheduler loop on a flow model's velocity ``model.fn(x, tau)`` (the exact
+    velocity of the analytic problem), called at ``tau = timestep / 1000`` as a diffusers flow network is;
+    the process's shift as the scheduler's ``shift`` / ``flow_shift``, defaults otherwise."""
+    import diffusers
+
+    if not isinstance(sde, ss.RectifiedFlow) or getattr(model, "parameterization", None) != "velocity":
+        raise NotImplementedError("diffusers' flow-matching schedulers need a flow model (--sde flow)")
+    cls_name, _ = DIFFUSERS_SCHEDULERS[sched_key]
+    opts = dict(DIFFUSERS_FLOW_OPTIONS[sched_key])
+    opts["flow_shift" if opts.get("use_flow_sigmas") else "shift"] = sde.shift
+    sched = getattr(diffusers, cls_name)(num_train_timesteps=1000, **opts)
+    sched.set_timesteps(n_steps)
+    counted = _Counter(lambda x, ts: model.fn(x, (ts / 1000).to(x.dtype).expand(x.shape[0])))
+    x = torch.randn(shape, generator=generator) * float(getattr(sched, "init_noise_sigma", 1.0))
+    for ts in sched.timesteps:
+        x = sched.step(counted(x, ts), ts, x).prev_sample
+    return x, counted.nfe
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +365,8 @@ def analytic_problem(sde: ss.SDE, n: int, seed: int) -> Problem:
             "loglik_gap": ll - ll_ref,
         }
 
-    model = mix.score_model(sde)
+    # a flow process gets the mixture's exact velocity, as a flow model would give it
+    model = mix.velocity_model(sde) if isinstance(sde, ss.RectifiedFlow) else mix.score_model(sde)
     return Problem(
         name="analytic",
         model=model,
@@ -508,7 +547,11 @@ def plan_runs(
         base = {"model": problem.name, "solver": spec}
         if ":" in name:
             why = peer_available(name)
-            if why is None and name.startswith("diffusers:") and not isinstance(problem.sde, ss.VPSDE):
+            is_flow_peer = name.partition(":")[2] in DIFFUSERS_FLOW_OPTIONS
+            if why is None and name.startswith("diffusers:") and is_flow_peer:
+                if not isinstance(problem.sde, ss.RectifiedFlow) or problem.name != "analytic":
+                    why = "diffusers' flow-matching schedulers need the analytic flow model (--sde flow)"
+            elif why is None and name.startswith("diffusers:") and not isinstance(problem.sde, ss.VPSDE):
                 why = "diffusers' DDPM-type schedulers model the VP SDE only"
             if why is None and problem.name != "analytic" and name.startswith("diffusers:"):
                 why = None
@@ -775,6 +818,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         budgets_trained = list(presets[preset])
     if args.solvers is None and args.quick:
         specs = [s for s in QUICK_SOLVERS if s in SOLVERS] + list(QUICK_PEERS)
+    elif args.solvers is None and preset == "default" and args.sde == "flow":
+        specs = [s for s in DEFAULT_SOLVERS if ":" not in s] + list(FLOW_PEERS)
+    elif args.solvers in (None, "all") and args.sde == "flow":
+        specs = default_solver_names() + list(FLOW_PEERS)
     elif args.solvers is None and preset == "default":
         specs = list(DEFAULT_SOLVERS)
     elif args.solvers in (None, "all"):

@@ -15,10 +15,10 @@ from typing import Any
 
 from . import analytic, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
 from .likelihood import LikelihoodResult, likelihood  # eager: `ss.likelihood` must stay the function
-from .models import ScoreModel, from_denoiser, from_eps, from_v, from_x0
+from .models import ScoreModel, from_denoiser, from_eps, from_v, from_velocity, from_x0
 from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
 from .sampling import SampleResult, sample
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE, resolution_shift
 from .solvers.base import NonFiniteScoreError  # also registers every solver
 
 __version__ = "0.1.0"
@@ -102,10 +102,13 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "SubVPSDE",
+    "RectifiedFlow",
+    "resolution_shift",
     "ScoreModel",
     "from_eps",
     "from_x0",
     "from_v",
+    "from_velocity",
     "from_denoiser",
     "analytic",
     "solvers",

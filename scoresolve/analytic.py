@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .models import ScoreModel
-from .sde import SDE
+from .models import ScoreModel, from_velocity
+from .sde import SDE, RectifiedFlow
 
 __all__ = ["GaussianMixture", "digits", "anisotropic", "grid2d", "gaussian"]
 
 _DATA = Path(__file__).parent / "data"
+_UNIT_INTERPOLANT = RectifiedFlow()  # shift 1: its clock is the interpolant time
 
 
 class GaussianMixture:
@@ -142,6 +143,37 @@ class GaussianMixture:
     def score_model(self, sde: SDE) -> ScoreModel:
         """This mixture's exact score under ``sde`` as a :class:`~scoresolve.ScoreModel`."""
         return ScoreModel(lambda x, t: self.score(x, t, sde), sde=sde, sample_shape=self.event_shape, name=self.name)
+
+    def denoise(self, x: Tensor, t: Tensor | float, sde: SDE) -> Tensor:
+        r"""Exact :math:`E[x_0 \mid x_t]`: per component
+        :math:`\mu_k + \alpha_t\Sigma_k(\alpha_t^2\Sigma_k + \sigma_t^2 I)^{-1}(x - \alpha_t\mu_k)`, weighted by
+        the responsibilities. No division by :math:`\alpha_t`, so it holds at :math:`\alpha_t = 0` too."""
+        logits, y, v, U = self._component_terms(x, t, sde)
+        r = torch.softmax(logits, dim=1)
+        _, mu, lam, _ = self._params(x.device, x.dtype)
+        a, _ = self._coefs(x, t, sde)
+        comp = mu[None] + torch.einsum("bke,kde->bkd", a[:, None, None] * lam[None] / v * y, U)
+        return torch.einsum("bk,bkd->bd", r, comp).reshape(x.shape)
+
+    def velocity(self, x: Tensor, t: Tensor | float, sde: SDE) -> Tensor:
+        r"""Exact flow-matching velocity :math:`E[\varepsilon - x_0 \mid x_t]` (what
+        :func:`~scoresolve.from_velocity` expects), with :math:`\varepsilon = (x_t - \alpha_t x_0)/\sigma_t`."""
+        x0 = self.denoise(x, t, sde)
+        a, s = self._coefs(x, t, sde)
+        a, s = SDE.bcast(a, x), SDE.bcast(s, x)
+        return (x - a * x0) / s - x0
+
+    def velocity_model(self, sde: SDE) -> ScoreModel:
+        r"""This mixture's exact velocity as a flow model (:func:`~scoresolve.from_velocity`) of ``sde``.
+
+        The network is called with the interpolant time :math:`\tau = \sigma/(\alpha+\sigma)`; under a
+        :class:`~scoresolve.RectifiedFlow` that is the process's own :math:`\sigma`, and
+        :math:`x/(\alpha+\sigma) = x`, so the exact velocity is evaluated on the unit interpolant."""
+
+        def v(x: Tensor, tau: Tensor) -> Tensor:
+            return self.velocity(x, tau, _UNIT_INTERPOLANT)
+
+        return from_velocity(v, sde, sample_shape=self.event_shape, name=self.name)
 
     def component_log_prob(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
         """:math:`\\log \\pi_k + \\log N_k(x)` under :math:`p_t` → ``(B, K)``."""

@@ -32,7 +32,7 @@ from ._util import atomic_write
 __all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table", "solver_markdown"]
 
 ANALYTIC = ("digits", "grid2d", "anisotropic")
-SDE_NAMES = ("vp", "ve", "subvp")
+SDE_NAMES = ("vp", "ve", "subvp", "flow")
 
 
 class CLIError(Exception):
@@ -62,7 +62,7 @@ class HelpFormatter(argparse.HelpFormatter):
 def make_sde(name: str) -> Any:
     import scoresolve as ss
 
-    table = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE}
+    table = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE, "flow": ss.RectifiedFlow}
     if name not in table:
         raise CLIError(f"unknown --sde {name!r}; expected one of {', '.join(table)}")
     return table[name]()

@@ -12,6 +12,11 @@ Networks trained with other targets are converted through the perturbation kerne
 - ``x0``: it predicts :math:`\hat x_0(x_t, t)`; score :math:`= (\alpha_t\hat x_0 - x_t)/\sigma_t^2`.
 - ``v``: it predicts :math:`\hat v = \alpha_t\varepsilon - \sigma_t x_0`; then
   :math:`\hat x_0 = (\alpha_t x_t - \sigma_t\hat v)/(\alpha_t^2+\sigma_t^2)` and the ``x0`` rule applies.
+- ``velocity``: a flow-matching network called as :math:`v(x_t/(\alpha_t+\sigma_t),\ \tau)` with
+  :math:`\tau = \sigma_t/(\alpha_t+\sigma_t)` (the linear interpolant :math:`(1-\tau)x_0 + \tau\varepsilon`
+  with the same signal-to-noise ratio; under :class:`~scoresolve.RectifiedFlow` :math:`\alpha_t+\sigma_t = 1`
+  and :math:`\tau` is its interpolant time) predicts :math:`\hat v = \varepsilon - x_0`; then
+  :math:`\hat x_0 = x_t/(\alpha_t+\sigma_t) - \tau\hat v` and the ``x0`` rule applies (see :func:`from_velocity`).
 - ``denoiser``: it is called as :math:`D(x_t/\alpha_t, \sigma_t/\alpha_t)` (k-diffusion/EDM) and
   predicts :math:`x_0`; score :math:`= (\alpha_t D - x_t)/\sigma_t^2`.
 
@@ -40,12 +45,13 @@ __all__ = [
     "from_x0",
     "from_v",
     "from_denoiser",
+    "from_velocity",
     "score_to_x0",
     "score_to_eps",
 ]
 
-Parameterization = Literal["score", "eps", "x0", "v", "denoiser"]
-_PARAMETERIZATIONS = ("score", "eps", "x0", "v", "denoiser")
+Parameterization = Literal["score", "eps", "x0", "v", "denoiser", "velocity"]
+_PARAMETERIZATIONS = ("score", "eps", "x0", "v", "denoiser", "velocity")
 
 
 class ScoreModel:
@@ -54,7 +60,8 @@ class ScoreModel:
     Args:
         fn: the network or callable. Its meaning depends on ``parameterization``: ``score``,
             ``eps`` and ``x0`` and ``v`` are called as ``fn(x, t)``; ``denoiser`` as
-            ``fn(x / alpha, sigma / alpha)`` (k-diffusion/EDM convention).
+            ``fn(x / alpha, sigma / alpha)`` (k-diffusion/EDM convention); ``velocity`` as
+            ``fn(x / (alpha + sigma), time_fn(sigma / (alpha + sigma)))`` (flow matching, :func:`from_velocity`).
         sde: the SDE the network was trained with (used for conversions and as the default SDE
             of :func:`scoresolve.sample`).
         sample_shape: shape of one sample, e.g. ``(3, 32, 32)``; lets ``sample`` infer ``shape``.
@@ -158,6 +165,11 @@ class ScoreModel:
             assert self.sde is not None
             a = self.sde.alpha(t)
             return self.fn(x / SDE.bcast(a, x), self.sde.sigma(t))
+        if self.parameterization == "velocity":
+            assert self.sde is not None
+            a, s = self.sde.alpha(t), self.sde.marginal_std(t)
+            tau = s / (a + s)
+            return self.fn(x / SDE.bcast(a + s, x), self.time_fn(tau) if self.time_fn is not None else tau)
         tt = self.time_fn(t) if self.time_fn is not None else t
         return self.fn(x, tt)
 
@@ -217,6 +229,9 @@ def output_to_score(out: Tensor, x: Tensor, t: Tensor, sde: SDE, parameterizatio
         return (a * x0 - x) / s**2
     if parameterization in ("x0", "denoiser"):
         return (a * out - x) / s**2
+    if parameterization == "velocity":
+        x0 = (x - s * out) / (a + s)
+        return (a * x0 - x) / s**2
     raise ValueError(f"unknown parameterization {parameterization!r}")
 
 
@@ -254,6 +269,27 @@ def from_denoiser(denoiser: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwar
     :math:`\sigma_t/\alpha_t`, so the score is :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`.
     """
     return ScoreModel(denoiser, sde, parameterization="denoiser", **kwargs)
+
+
+def from_velocity(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, **kwargs: Any) -> ScoreModel:
+    r"""Wrap a flow-matching / rectified-flow network ``net(x, tau)`` predicting the velocity
+    :math:`v = \varepsilon - x_0` of the linear interpolant :math:`x_\tau = (1-\tau)x_0 + \tau\varepsilon`
+    (Lipman et al. 2022, arXiv:2210.02747; Liu et al. 2022, arXiv:2209.03003), usually with
+    ``sde=ss.RectifiedFlow(shift=...)``.
+
+    Under an SDE with kernel :math:`N(\alpha_t x_0, \sigma_t^2 I)`, :math:`x_t/(\alpha_t+\sigma_t)` is
+    the interpolant at :math:`\tau = \sigma_t/(\alpha_t+\sigma_t)` (same SNR), so the network is called
+    there (``time_fn``, if given, maps :math:`\tau` to the network's own time, e.g. ``1000 * tau``) and
+
+    .. math:: \hat x_0 = \frac{x_t - \sigma_t\hat v}{\alpha_t+\sigma_t},\quad
+              \hat\varepsilon = \frac{x_t + \alpha_t\hat v}{\alpha_t+\sigma_t},\quad
+              \nabla\log p_t = -\frac{\hat\varepsilon}{\sigma_t}.
+
+    Under :class:`~scoresolve.RectifiedFlow` (:math:`\alpha+\sigma = 1`): :math:`\hat x_0 = x - \tau\hat v`,
+    score :math:`= -(x + (1-\tau)\hat v)/\tau`, and the probability-flow ODE is :math:`dx/d\tau = \hat v`.
+    The same network can thus be sampled under VP or any other SDE too.
+    """
+    return ScoreModel(net, sde, parameterization="velocity", **kwargs)
 
 
 def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor], Tensor], SDE]:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE"]
+__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "RectifiedFlow", "resolution_shift"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -380,3 +380,109 @@ class SubVPSDE(_BetaLinear):
         e = torch.exp(-lam)
         a = 2.0 / (e + torch.sqrt(e**2 + 4.0))
         return self._t_from_int_beta(-2.0 * torch.log(a))
+
+
+_FLOW_EPS_TAU = 1e-2
+
+
+class RectifiedFlow(SDE):
+    r"""The linear interpolant of flow matching / rectified flow as a process (Lipman et al. 2022,
+    arXiv:2210.02747; Liu et al. 2022, arXiv:2209.03003): :math:`x_\tau = (1-\tau)x_0 + \tau\varepsilon`,
+    so :math:`\alpha = 1-\tau`, :math:`\sigma = \tau`, prior the noise :math:`\tau(T)\varepsilon`.
+
+    **Shift** (SD3, Esser et al. 2024, arXiv:2403.03206): the process clock :math:`t` maps to the
+    interpolant time :math:`\tau(t) = s t / (1 + (s-1) t)`, which is diffusers' shifted sigma
+    (``FlowMatchEulerDiscreteScheduler(shift=s)``). The marginals are the same for every ``shift``;
+    only where a grid uniform in ``t`` puts its steps changes (``s > 1``: more steps at high noise).
+    A flow network is called with :math:`\tau`, never with :math:`t` (see
+    :func:`scoresolve.from_velocity`), so a model can be sampled with any shift.
+    :func:`resolution_shift` gives Flux's resolution-dependent ``shift``.
+
+    **As a linear SDE.** With :math:`\tau' = s/(1+(s-1)t)^2`: drift coefficient
+    :math:`h = d\log\alpha/dt = -\tau'/(1-\tau)` and diffusion :math:`g^2 = d\sigma^2/dt - 2h\sigma^2
+    = 2\tau\tau'/(1-\tau)`; its probability-flow ODE is the flow model's ODE
+    :math:`dx/d\tau = v = E[\varepsilon - x_0 \mid x_\tau]`. Any other diffusion :math:`\hat g` gives a
+    reverse SDE with the same marginals (:meth:`reverse_drift_for`).
+
+    **Time range.** :math:`\alpha(1) = 0`, and at :math:`\tau = 1` the score is :math:`-x` for every data
+    set: a score model carries no information there and :math:`E[x_0 \mid x_t] = (x_t + \sigma^2
+    \nabla\log p)/\alpha` is 0/0. So samplers start at ``T`` below 1: by default :math:`1 - 2^{-7}
+    \approx 0.992` (exact in float32), where :math:`\alpha \approx 2^{-7}/s` and the EDM noise level
+    :math:`\sigma/\alpha \approx 127 s`, the range of VP (:math:`\alpha(1) = 0.0067`, 152). The prior is
+    the interpolant's noise there, :math:`N(0, \tau(T)^2 I)` (``prior_std`` :math:`= \tau(T) \approx 0.992`):
+    :math:`p_T` has standard deviation :math:`\approx 1 - \alpha(T)` for unit-scale data, so ``N(0, I)``
+    would be off to first order in :math:`\alpha(T)` where VP's prior is off to second. Sampling stops at
+    ``default_eps``, the clock time of :math:`\tau = 10^{-2}`, where :math:`\sigma/\alpha \approx 0.01` as
+    for VP and VE at theirs. (Measured effects of these choices: docs/flow.md.)
+
+    Args:
+        shift: the time shift :math:`s > 0` (1: none; SD3 uses 3).
+        T: the clock time where sampling starts, in (0.5, 1).
+    """
+
+    def __init__(self, shift: float = 1.0, T: float = 1 - 2**-7) -> None:
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"RectifiedFlow needs shift > 0, got {shift=}")
+        if not 0.5 < T < 1:
+            raise ValueError(f"RectifiedFlow needs 0.5 < T < 1 (alpha(1) = 0 is singular), got {T=}")
+        self.shift, self.T = float(shift), float(T)
+        self.default_eps = _FLOW_EPS_TAU / (self.shift - (self.shift - 1) * _FLOW_EPS_TAU)  # τ(default_eps) = 0.01
+        self.prior_std = float(self.interpolant_time(torch.tensor(self.T, dtype=torch.float64)))  # τ(T)
+
+    def _config(self) -> dict[str, float | int]:
+        return {"shift": self.shift, "T": self.T}
+
+    def interpolant_time(self, t: Tensor) -> Tensor:
+        r"""The interpolant time :math:`\tau(t) = s t / (1 + (s-1) t)` (diffusers' shifted sigma)."""
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def _dtau(self, t: Tensor) -> Tensor:
+        return self.shift / (1 + (self.shift - 1) * t) ** 2
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return (1 - t) / (1 + (self.shift - 1) * t)
+
+    def marginal_std(self, t: Tensor) -> Tensor:
+        return self.interpolant_time(t)
+
+    def drift_coef(self, t: Tensor) -> Tensor:
+        return -self.shift / ((1 + (self.shift - 1) * t) * (1 - t))
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(2 * self.interpolant_time(t) * self._dtau(t) / self.alpha(t))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        # α/σ = (1 − t)/(s t)
+        return torch.log1p(-t) - torch.log(t) - math.log(self.shift)
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # (1 − t)/t = s e^λ  →  t = sigmoid(−λ − log s)
+        return torch.sigmoid(-lam - math.log(self.shift))
+
+    def reverse_drift_for(self, x: Tensor, t: Tensor, score: Tensor, diffusion: Tensor | float) -> Tensor:
+        r"""Drift of the reverse-time SDE with a chosen diffusion :math:`\hat g(t)` whose marginals are the
+        process's: :math:`f - \tfrac12 g^2\nabla\log p_t - \tfrac12\hat g^2\nabla\log p_t` (the
+        probability-flow drift minus :math:`\tfrac12\hat g^2` times the score; :math:`\hat g = 0` is the
+        ODE, :math:`\hat g = g` the time reversal of the linear SDE). Written for time running forward;
+        integrate with a negative ``dt`` and noise :math:`\hat g\,dw`."""
+        gh = torch.as_tensor(diffusion, dtype=x.dtype, device=x.device)
+        return self.pf_drift(x, t, score) - 0.5 * self.bcast(gh**2, x) * score
+
+
+def resolution_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    r"""Flux's resolution-dependent shift :math:`s = e^{\mu}`, :math:`\mu` linear in the number of latent
+    tokens from ``base_shift`` at ``base_seq_len`` to ``max_shift`` at ``max_seq_len`` (diffusers'
+    ``calculate_shift``; with ``use_dynamic_shifting`` diffusers maps sigmas by
+    :math:`e^\mu/(e^\mu + 1/\sigma - 1)`, which is the ``shift`` map with :math:`s = e^\mu`). Use as
+    ``RectifiedFlow(shift=resolution_shift(seq_len))``."""
+    if image_seq_len <= 0 or max_seq_len == base_seq_len:
+        raise ValueError(f"resolution_shift needs image_seq_len > 0 and max_seq_len != base_seq_len, got "
+                         f"{image_seq_len=}, {base_seq_len=}, {max_seq_len=}")
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return math.exp(base_shift + m * (image_seq_len - base_seq_len))

@@ -429,7 +429,6 @@ def test_sigkill_during_save_20_trials(tmp_path: Path, kind: str, name: str) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="save_pretrained writes its folder atomically only with helper #27's rewrite")
 def test_sigkill_during_save_pretrained_20_trials(tmp_path: Path) -> None:
     bad, left = _kill_trials(tmp_path, "pretrained", "pretrained", trials=20)
     assert bad == 0 and left == []

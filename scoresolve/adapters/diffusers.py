@@ -24,6 +24,12 @@ Conventions handled (the conversions themselves are :mod:`scoresolve.models`'):
   (``VPSDE(0.1, 20.13)`` for ``google/ddpm-*``); it only sets the time axis and the prior, the noise level at
   each node is the scheduler's. :meth:`DiscreteTimeMap.grid` turns a scheduler's ``timesteps`` into a
   scoresolve grid that evaluates the network at exactly those timesteps.
+- **Flow-matching models** (``FlowMatchEulerDiscreteScheduler`` and the other ``FlowMatch*`` schedulers: SD3,
+  Flux, ...): the network is called with :math:`x_\tau = (1-\tau)x_0 + \tau\varepsilon` and the timestep
+  :math:`1000\tau` and predicts the velocity :math:`\varepsilon - x_0`. SDE: ``RectifiedFlow(shift=...)``
+  from the config's ``shift``, or with ``use_dynamic_shifting`` from ``image_seq_len=`` through
+  :func:`~scoresolve.resolution_shift` (:func:`rectified_flow_for_scheduler`); ``parameterization="velocity"``
+  (:func:`~scoresolve.from_velocity`).
 - **Clipping**: diffusers' ``DDPMScheduler`` clips its :math:`\hat x_0` to ``[-1, 1]`` by default
   (``clip_sample=True``). scoresolve does not clip unless asked (``clip_x0=True``: the score is rebuilt from
   the clamped Tweedie estimate), and warns when the scheduler config says it clips and ``clip_x0`` was left
@@ -37,6 +43,7 @@ Conventions handled (the conversions themselves are :mod:`scoresolve.models`'):
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -47,13 +54,14 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel
-from ..sde import SDE, VESDE, VPSDE
+from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, resolution_shift
 
 # also ``ScoresolveScheduler`` (module __getattr__ below: its module subclasses diffusers' classes)
-__all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod", "budget_kwargs"]
+__all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod",
+           "rectified_flow_for_scheduler", "budget_kwargs"]
 
 TimestepMode = Literal["fractional", "nearest"]
-_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "score": "score"}
+_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "score": "score", "flow": "velocity"}
 
 
 def _import_diffusers() -> Any:
@@ -180,6 +188,38 @@ def vp_sde_for_alphas_cumprod(
 # loading
 
 
+def rectified_flow_for_scheduler(scheduler: Any, image_seq_len: int | None = None) -> RectifiedFlow:
+    r"""The :class:`~scoresolve.RectifiedFlow` of a diffusers flow-matching scheduler (object or config dict).
+
+    ``shift`` comes from the config; with ``use_dynamic_shifting`` it is the resolution-dependent shift of
+    ``image_seq_len`` latent tokens (``base_image_seq_len``, ``max_image_seq_len``, ``base_shift``,
+    ``max_shift`` from the config; ``time_shift_type="linear"`` uses :math:`\mu` itself as the shift). The
+    config's grid options (``shift_terminal``, ``use_karras_sigmas``, ...) choose diffusers' sampling grid, not
+    the model, and are not carried over: scoresolve's solvers choose their own grid.
+    """
+    cfg = _scheduler_config(scheduler) or {}
+    name = str(cfg.get("_class_name", ""))
+    if not name.startswith("FlowMatch"):
+        raise ValueError(f"rectified_flow_for_scheduler: expected a FlowMatch* scheduler config, got {name!r}")
+    if not cfg.get("use_dynamic_shifting"):
+        return RectifiedFlow(shift=float(cfg.get("shift", 1.0)))
+    if image_seq_len is None:
+        raise ValueError(
+            f"{name} has use_dynamic_shifting=True: pass image_seq_len= (latent tokens, e.g. (H/16)*(W/16) for "
+            "Flux) or sde=ss.RectifiedFlow(shift=...)"
+        )
+    shift = resolution_shift(
+        image_seq_len,
+        base_seq_len=int(cfg.get("base_image_seq_len", 256)),
+        max_seq_len=int(cfg.get("max_image_seq_len", 4096)),
+        base_shift=float(cfg.get("base_shift", 0.5)),
+        max_shift=float(cfg.get("max_shift", 1.15)),
+    )
+    if cfg.get("time_shift_type", "exponential") == "linear":
+        shift = math.log(shift)  # diffusers' linear variant uses mu itself
+    return RectifiedFlow(shift=shift)
+
+
 def _read_json(p: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
@@ -277,6 +317,7 @@ def from_diffusers(
     data_range: tuple[float, float] | None = None,
     revision: str | None = None,
     model_class: str | None = None,
+    image_seq_len: int | None = None,
 ) -> ScoreModel:
     r"""A diffusers model as a :class:`~scoresolve.ScoreModel` (SDE, time convention and parameterisation set).
 
@@ -291,8 +332,8 @@ def from_diffusers(
             ``alphas_cumprod`` -> discrete VP model.
         sde: override the SDE (the time axis). For VE the network still receives :math:`\sigma(t)` of this
             SDE; for discrete models node ``i`` is mapped onto it by noise level.
-        prediction_type: override the scheduler's (``"epsilon"``, ``"v_prediction"``, ``"sample"``, or
-            ``"score"``).
+        prediction_type: override the scheduler's (``"epsilon"``, ``"v_prediction"``, ``"sample"``,
+            ``"score"``, or ``"flow"``: a flow-matching velocity).
         timestep_mode: ``"fractional"`` (default) or ``"nearest"`` for discrete models (see
             :class:`DiscreteTimeMap`).
         class_labels: label(s) for class-conditional UNets: an int or a ``(B,)`` tensor.
@@ -304,6 +345,8 @@ def from_diffusers(
         data_range: the data range (default ``(0, 1)`` for VE score models, ``(-1, 1)`` otherwise).
         revision: Hub revision when loading by id.
         model_class: the diffusers model class name when it cannot be read from the folder.
+        image_seq_len: latent tokens, for flow-matching schedulers with ``use_dynamic_shifting``
+            (:func:`rectified_flow_for_scheduler`).
 
     Returns:
         The score model, with ``metadata`` holding ``scheduler_config`` and (discrete models) ``time_map``.
@@ -331,7 +374,8 @@ def from_diffusers(
 
     # --- what kind of model is it?
     is_ve = cfg.get("_class_name") == "ScoreSdeVeScheduler" or ("sigma_max" in cfg and "snr" in cfg)
-    ptype = prediction_type or ("score" if is_ve else cfg.get("prediction_type"))
+    is_flow = str(cfg.get("_class_name", "")).startswith("FlowMatch")
+    ptype = prediction_type or ("score" if is_ve else "flow" if is_flow else cfg.get("prediction_type"))
     if ptype is None:
         raise ValueError(
             "from_diffusers: cannot tell what the network predicts; pass scheduler= (the one it was trained "
@@ -353,6 +397,12 @@ def from_diffusers(
             )
         time_fn: Callable[[Tensor], Tensor] = sde.marginal_std
         default_range = (0.0, 1.0)
+    elif is_flow:
+        if sde is None:
+            sde = rectified_flow_for_scheduler(cfg, image_seq_len)
+        n_train = float(cfg.get("num_train_timesteps", 1000))
+        time_fn = lambda tau: tau * n_train  # noqa: E731  (the velocity conversion passes the interpolant time)
+        default_range = (-1.0, 1.0)
     else:
         ac = _alphas_cumprod(cfg, sched_obj)
         if ac is None:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
 from .._util import atomic_write as _atomic_write
 from ..models import ScoreModel, _check_data_moments
-from ..sde import SDE, VESDE, VPSDE, SubVPSDE
+from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
 
 __all__ = [
     "CheckpointError",
@@ -95,7 +95,7 @@ _ARCHITECTURES: dict[str, str | Callable[..., nn.Module]] = {
     "unet": "scoresolve.train.nets:UNet",
 }
 
-_SDES: dict[str, type[SDE]] = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE}
+_SDES: dict[str, type[SDE]] = {"VESDE": VESDE, "VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "RectifiedFlow": RectifiedFlow}
 
 
 class CheckpointError(ValueError):

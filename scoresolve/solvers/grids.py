@@ -34,7 +34,9 @@ def grid_uniform(sde: SDE, n: int, eps: float) -> Tensor:
 def grid_quadratic(sde: SDE, n: int, eps: float) -> Tensor:
     """Times uniform in :math:`\\sqrt{t}` (Song et al. 2021 DDIM's quadratic schedule, continuous)."""
     u = torch.linspace(sde.T**0.5, eps**0.5, n + 1, dtype=torch.float64)
-    return u**2
+    t = u**2
+    t[0], t[-1] = sde.T, eps  # exact ends: sqrt(T)**2 may round above T
+    return t
 
 
 @GRIDS.register("log_snr", description="uniform in log-SNR lambda (DPM-Solver's grid)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..sde import VESDE, VPSDE, SubVPSDE
+from ..sde import VESDE, VPSDE, RectifiedFlow, SubVPSDE
 from .data import TOY_SETS, load_data
 from .nets import MLP, UNet
 from .trainer import LOSSES, TrainConfig, Trainer, save_sample_grid
@@ -32,7 +32,9 @@ def build_parser(prog: str = "python -m scoresolve.train") -> argparse.ArgumentP
     ap.add_argument(
         "--data", default="digits", help=f"digits, {', '.join(TOY_SETS)}, or a tensor file (.pt/.safetensors)"
     )
-    ap.add_argument("--sde", default="vp", choices=["vp", "ve", "subvp"], help="forward SDE")
+    ap.add_argument("--sde", default="vp", choices=["vp", "ve", "subvp", "flow"],
+                    help="forward SDE (flow: rectified flow; use --loss cfm --parameterization velocity)")
+    ap.add_argument("--shift", type=float, default=1.0, help="flow: the time shift (SD3: 3)")
     ap.add_argument("--beta-min", type=float, default=0.1, help="VP / sub-VP: beta at t = 0")
     ap.add_argument("--beta-max", type=float, default=20.0, help="VP / sub-VP: beta at t = 1")
     ap.add_argument("--sigma-min", type=float, default=0.01, help="VE: noise level at t = 0")
@@ -42,8 +44,8 @@ def build_parser(prog: str = "python -m scoresolve.train") -> argparse.ArgumentP
     ap.add_argument("--channel-mults", default="1,2", help="unet: channel multiplier per level, comma-separated")
     ap.add_argument("--hidden", type=int, default=128, help="mlp width")
     ap.add_argument("--depth", type=int, default=3, help="mlp depth")
-    ap.add_argument("--parameterization", default=d.parameterization, choices=["score", "eps", "x0", "v", "denoiser"],
-                    help="what the network predicts")
+    ap.add_argument("--parameterization", default=d.parameterization,
+                    choices=["score", "eps", "x0", "v", "denoiser", "velocity"], help="what the network predicts")
     ap.add_argument("--loss", default=d.loss, choices=list(LOSSES), help="training loss (scoresolve.train.losses)")
     ap.add_argument("--weighting", default=d.weighting, choices=["sigma2", "likelihood"],
                     help="loss weight over time: sigma_t^2 (Song et al.) or the likelihood weighting g(t)^2")
@@ -117,6 +119,8 @@ def _run(args: argparse.Namespace) -> Path:
     data = load_data(args.data)
     if args.sde == "ve":
         sde = VESDE(args.sigma_min, args.sigma_max)
+    elif args.sde == "flow":
+        sde = RectifiedFlow(shift=args.shift)
     else:
         sde = (VPSDE if args.sde == "vp" else SubVPSDE)(args.beta_min, args.beta_max)
     shape = tuple(data.shape[1:])

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..models import ScoreModel
 from ..sde import SDE
 
-__all__ = ["dsm_loss", "ddpm_loss", "sliced_score_matching_loss", "ddpm_schedule", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "ddpm_loss", "flow_matching_loss", "sliced_score_matching_loss", "ddpm_schedule", "WEIGHTINGS"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -38,6 +38,18 @@ def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | No
 
 def _rand(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.rand(n, generator=generator, dtype=torch.float64).to(device=like.device)
+
+
+def _perturb(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator | None, t: Tensor | None,
+             noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(t, z, std, x_t)``: ``t ~ U(eps, T)`` and ``z ~ N(0, I)`` unless given, ``x_t = alpha_t x0 + std z``."""
+    if not 0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T), got {eps}")
+    if t is None:
+        t = (eps + _rand(x0.shape[0], x0, generator) * (sde.T - eps)).to(x0.dtype)
+    z = _randn(tuple(x0.shape), x0, generator) if noise is None else noise
+    mean, std = sde.marginal(x0, t)
+    return t, z, std, mean + SDE.bcast(std, x0) * z
 
 
 def _as_model(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameterization: str) -> ScoreModel:
@@ -86,20 +98,59 @@ def dsm_loss(
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T), got {eps}")
-    b = x0.shape[0]
-    if t is None:
-        t = (eps + _rand(b, x0, generator) * (sde.T - eps)).to(x0.dtype)
-    z = _randn(tuple(x0.shape), x0, generator) if noise is None else noise
-    mean, std = sde.marginal(x0, t)
+    t, z, std, xt = _perturb(sde, x0, eps, generator, t, noise)
     s = SDE.bcast(std, x0)
-    xt = mean + s * z
     score = _as_model(net, sde, parameterization)(xt, t)
     per = _reduce((s * score + z) ** 2, reduce)  # σ²‖s + z/σ‖²
     if weighting == "likelihood":
         per = per * sde.diffusion(t) ** 2 / std**2
     return per.mean()
+
+
+def flow_matching_loss(
+    net: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x0: Tensor,
+    *,
+    reduce: str = "mean",
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    r"""Conditional flow matching with the linear interpolant (Lipman et al. 2022, arXiv:2210.02747, eq. 23;
+    rectified flow, Liu et al. 2022, arXiv:2209.03003):
+
+    .. math:: \mathcal L = E_{t\sim U(\epsilon,T)} E_{x_0} E_{z\sim N(0,I)}
+              \lVert \hat v(x_\tau, \tau) - (z - x_0) \rVert^2,
+              \quad x_\tau = (1-\tau)x_0 + \tau z.
+
+    ``net`` is a velocity network (:func:`scoresolve.from_velocity`), called as the sampler calls it: at
+    :math:`x_t/(\alpha_t+\sigma_t)` and :math:`\tau = \sigma_t/(\alpha_t+\sigma_t)`, so under
+    :class:`~scoresolve.RectifiedFlow` (:math:`\tau = \sigma_t`, with its shift deciding how the uniform
+    clock ``t`` spreads over :math:`\tau`) and under any other SDE alike. Its minimiser is
+    :math:`E[z - x_0 \mid x_\tau]`, the probability-flow velocity; the minimum is
+    :math:`E_t\,\mathrm{tr}\,\mathrm{Cov}(z - x_0 \mid x_\tau)/D` per dimension (``reduce="mean"``). It is
+    DSM with the weighting :math:`\sigma_t^2(\alpha_t+\sigma_t)^2/\alpha_t^2` (as
+    :math:`\hat\varepsilon - \varepsilon = \alpha_t(\hat v - v)/(\alpha_t+\sigma_t)`), computed without
+    dividing by :math:`\alpha_t`.
+
+    Args:
+        net: the velocity network ``net(x, tau)`` (or a :class:`ScoreModel` with ``parameterization="velocity"``).
+        sde: the process (e.g. ``RectifiedFlow()``); ``t`` is drawn uniformly on ``[eps, sde.T]``.
+        x0: data batch ``(B, *dims)``.
+        reduce: ``"mean"`` or ``"sum"`` over the data dimensions; the batch is always averaged.
+        eps: smallest training time.
+        generator: source of ``t`` and the noise; ``t``/``noise`` may also be given.
+    """
+    model = _as_model(net, sde, "velocity")
+    if model.parameterization != "velocity":
+        raise ValueError(
+            f"flow_matching_loss trains a velocity network, got parameterization={model.parameterization!r}"
+        )
+    t, z, _, xt = _perturb(sde, x0, eps, generator, t, noise)
+    v = model.raw(xt, t).to(x0.dtype)
+    return _reduce((v - (z - x0)) ** 2, reduce).mean()
 
 
 def ddpm_schedule(sde: SDE, n_steps: int = 1000) -> tuple[Tensor, Tensor]:

@@ -32,11 +32,11 @@ from ..models import ScoreModel
 from ..progress import Progress
 from ..sde import SDE
 from .data import batch as get_batch
-from .losses import ddpm_loss, dsm_loss, sliced_score_matching_loss
+from .losses import ddpm_loss, dsm_loss, flow_matching_loss, sliced_score_matching_loss
 
 __all__ = ["Trainer", "TrainConfig", "LOSSES"]
 
-LOSSES = ("dsm", "ddpm", "ssm")
+LOSSES = ("dsm", "ddpm", "ssm", "cfm")
 _CKPT_FORMAT = "scoresolve-train"
 
 
@@ -46,8 +46,9 @@ class TrainConfig:
 
     Attributes:
         parameterization: what the network predicts (``eps`` is the robust default).
-        loss: ``"dsm"`` (continuous denoising score matching), ``"ddpm"`` (discrete ε-loss, VP only)
-            or ``"ssm"`` (sliced score matching, small problems).
+        loss: ``"dsm"`` (continuous denoising score matching), ``"ddpm"`` (discrete ε-loss, VP only),
+            ``"ssm"`` (sliced score matching, small problems) or ``"cfm"`` (conditional flow matching of a
+            ``velocity`` network, usually with ``RectifiedFlow``).
         weighting: ``"sigma2"`` (λ = σ², the paper's) or ``"likelihood"`` (λ = g²), for ``dsm``.
         reduce: ``"mean"`` or ``"sum"`` over data dimensions.
         batch_size, lr, warmup, grad_clip, ema_decay, weight_decay: optimisation (paper: 128, 2e-4,
@@ -114,6 +115,8 @@ class Trainer:
             raise ValueError(f"Trainer: loss must be one of {LOSSES}, got {cfg.loss!r}")
         if cfg.loss == "ddpm" and cfg.parameterization != "eps":
             raise ValueError("Trainer: loss='ddpm' trains an eps network (parameterization='eps')")
+        if cfg.loss == "cfm" and cfg.parameterization != "velocity":
+            raise ValueError("Trainer: loss='cfm' trains a flow-matching network (parameterization='velocity')")
         if cfg.batch_size < 1 or cfg.warmup < 0 or cfg.lr <= 0 or not 0 <= cfg.ema_decay < 1:
             raise ValueError(f"Trainer: bad optimisation settings {cfg}")
         if len(data) < 1:
@@ -144,6 +147,8 @@ class Trainer:
                             reduce=c.reduce, eps=c.eps, generator=self.gen)
         if c.loss == "ddpm":
             return ddpm_loss(self.net, self.sde, x0, reduce=c.reduce, generator=self.gen)
+        if c.loss == "cfm":
+            return flow_matching_loss(self.net, self.sde, x0, reduce=c.reduce, eps=c.eps, generator=self.gen)
         return sliced_score_matching_loss(self.net, self.sde, x0, parameterization=c.parameterization,
                                           reduce=c.reduce, eps=c.eps, generator=self.gen)
 
