@@ -44,7 +44,7 @@ def sweep(model: Any, sde: ss.SDE, x_T: torch.Tensor, ref: torch.Tensor, tols: l
             ("ours dopri5, batch_max", "ode_adaptive", {"norm": "batch_max"}),
         ]
         for label, solver, kw in runs:
-            r = ss.sample(model, sde, solver, x_T=x_T, denoise=False, rtol=tol, atol=tol, return_result=True, **kw)
+            r = ss.sample(model, sde, solver, x_T=x_T, final="none", rtol=tol, atol=tol, return_result=True, **kw)
             err = (r.samples - ref).reshape(b, -1).pow(2).mean(1).sqrt()
             ps = r.info.get("nfe_per_sample")
             row_evals = int(r.info["row_evals"]) if "row_evals" in r.info else r.nfe * b
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (mix, sde) in probs.items():
         model = mix.score_model(sde)
         x_T = sde.prior_sample((n, *mix.event_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        ref = ss.sample(model, sde, "ode", x_T=x_T, denoise=False, rtol=1e-10, atol=1e-10)
+        ref = ss.sample(model, sde, "ode", x_T=x_T, final="none", rtol=1e-10, atol=1e-10)
         print(f"== {name}, batch {n}")
         rs = sweep(model, sde, x_T, ref, tols)
         for r in rs:

@@ -4,7 +4,7 @@ The bundled digits network (``ss.load("digits")``, a continuous-time VP score mo
 ``ModelMixin`` that predicts the noise at a (fractional) timestep of ``DDPMScheduler``'s linear 1000-step
 schedule (the time with the same log-SNR on the network's own SDE), put in a ``DDPMPipeline``, and sampled
 with ``ScoresolveScheduler.from_scheduler(pipe.scheduler, solver="auto")`` after ``scheduler.calibrate(pipe,
-steps)`` at ``--steps`` network calls. The reference is ``ss.sample(model, solver="auto", steps=...)`` on the
+steps)`` at ``--steps`` network calls. The reference is ``ss.sample(model, solver="auto", nfe=...)`` on the
 network itself. Both are scored by the benchmark's classifier-feature FID against the held-out digits
 (``benchmarks/nfe_vs_fid.py --model bundled``); the pipeline clamps its images to [-1, 1], so the reference
 is scored clamped too (and unclamped, for the record).
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("ss.sample(solver='auto') (calibrates its grid first)")
     start = time.perf_counter()
-    ref = ss.sample(model, solver="auto", steps=args.steps, batch_size=args.n, return_result=True,
+    ref = ss.sample(model, solver="auto", nfe=args.steps, batch_size=args.n, return_result=True,
                     generator=torch.Generator().manual_seed(args.seed))
     sec = time.perf_counter() - start
     for name, x in (("ss.sample(solver='auto')", ref.samples), ("ss.sample(solver='auto'), clamped",

@@ -43,7 +43,8 @@ from scoresolve.calibrate import calibrate_grid, teacher_solution  # noqa: E402
 from scoresolve.metrics import frechet_floor, frechet_to_moments  # noqa: E402
 from scoresolve.sampling import resolve_solver  # noqa: E402
 
-# method name -> (solver name, options, grid: registered name or "calibrated")
+# method name -> (solver name, options (final= and gaussian_prior= go to ss.sample), grid: registered name or
+# "calibrated", calibration metric)
 METHODS = {
     "auto": ("auto", {}, None, None),
     # auto estimates the data's mean/covariance during calibration (gaussian_prior="estimate", the default);
@@ -51,23 +52,23 @@ METHODS = {
     "auto+gauss": ("auto", {"gaussian_prior": "moments"}, None, None),
     "auto, no gaussian step": ("auto", {"gaussian_prior": None}, None, None),
     "ipndm(fixed)+gauss+cal[logp], tweedie": (
-        "ipndm", {"variable": False, "last_step": "tweedie", "gaussian_prior": "moments"}, "calibrated", "logp"),
-    "unipc+gauss+cal[logp], step to 0": ("unipc", {"last_step": "zero", "gaussian_prior": "moments"}, "calibrated",
+        "ipndm", {"variable": False, "final": "tweedie", "gaussian_prior": "moments"}, "calibrated", "logp"),
+    "unipc+gauss+cal[logp], step to 0": ("unipc", {"final": "zero", "gaussian_prior": "moments"}, "calibrated",
                                          "logp"),
-    "unipc+cal[logp], step to 0": ("unipc", {"last_step": "zero"}, "calibrated", "logp"),
-    "ipndm(fixed)+cal[both], stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated", "both"),
-    "ipndm(fixed)+cal[local], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "local"),
-    "ipndm(fixed)+cal[rmse], step to 0": ("ipndm", {"variable": False, "last_step": "zero"}, "calibrated", "rmse"),
-    "ipndm(var)+cal[both], step to 0": ("ipndm", {"last_step": "zero"}, "calibrated", "both"),
-    "dpmpp_3m+cal[both], step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated", "both"),
-    "unipc+cal[both], step to 0": ("unipc", {"last_step": "zero"}, "calibrated", "both"),
-    "unipc+cal[rmse], step to 0": ("unipc", {"last_step": "zero"}, "calibrated", "rmse"),
-    "dpmpp_3m+cal[rmse], step to 0": ("dpmpp_3m", {"last_step": "zero"}, "calibrated", "rmse"),
-    "ipndm(fixed)+cal[rmse], stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "calibrated", "rmse"),
-    "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "last_step": "none"}, "karras", None),
-    "dpmpp_2m karras, tweedie to 0 (= k-diffusion)": ("dpmpp_2m", {"last_step": "tweedie"}, "karras", None),
-    "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"last_step": "zero"}, "log_snr", None),
-    "unipc log_snr, tweedie to 0 (= diffusers)": ("unipc", {"last_step": "tweedie"}, "log_snr", None),
+    "unipc+cal[logp], step to 0": ("unipc", {"final": "zero"}, "calibrated", "logp"),
+    "ipndm(fixed)+cal[both], stop at eps": ("ipndm", {"variable": False, "final": "none"}, "calibrated", "both"),
+    "ipndm(fixed)+cal[local], step to 0": ("ipndm", {"variable": False, "final": "zero"}, "calibrated", "local"),
+    "ipndm(fixed)+cal[rmse], step to 0": ("ipndm", {"variable": False, "final": "zero"}, "calibrated", "rmse"),
+    "ipndm(var)+cal[both], step to 0": ("ipndm", {"final": "zero"}, "calibrated", "both"),
+    "dpmpp_3m+cal[both], step to 0": ("dpmpp_3m", {"final": "zero"}, "calibrated", "both"),
+    "unipc+cal[both], step to 0": ("unipc", {"final": "zero"}, "calibrated", "both"),
+    "unipc+cal[rmse], step to 0": ("unipc", {"final": "zero"}, "calibrated", "rmse"),
+    "dpmpp_3m+cal[rmse], step to 0": ("dpmpp_3m", {"final": "zero"}, "calibrated", "rmse"),
+    "ipndm(fixed)+cal[rmse], stop at eps": ("ipndm", {"variable": False, "final": "none"}, "calibrated", "rmse"),
+    "ipndm(fixed) karras, stop at eps": ("ipndm", {"variable": False, "final": "none"}, "karras", None),
+    "dpmpp_2m karras, tweedie to 0 (= k-diffusion)": ("dpmpp_2m", {"final": "tweedie"}, "karras", None),
+    "dpmpp_3m log_snr, step to 0": ("dpmpp_3m", {"final": "zero"}, "log_snr", None),
+    "unipc log_snr, tweedie to 0 (= diffusers)": ("unipc", {"final": "tweedie"}, "log_snr", None),
 }
 # calibration options beyond the defaults (as auto uses them)
 CAL_OPTIONS = {
@@ -157,25 +158,27 @@ def main(argv: list[str] | None = None) -> None:
                 o = dict(opts)
                 if o.get("gaussian_prior") == "moments":  # the data's exact mean and covariance
                     o["gaussian_prior"] = (mean, cov)
-                solver = resolve_solver(solver_name, o)
+                run_kw = {k: o.pop(k) for k in ("final", "gaussian_prior") if k in o}
+                solver = "auto" if solver_name == "auto" else resolve_solver(solver_name, o)
                 cal_nfe, cal_sec, grid = 0, 0.0, grid_name
                 if grid_name == "calibrated":
                     cal_opts = {"n_samples": args.calib_samples, "max_evals": 60 + 20 * K}
                     if m in CAL_OPTIONS:
                         cal_opts.update(CAL_OPTIONS[m])
-                    cg = calibrate_grid(score, sde, solver, K, shape=shape, seed=0, metric=metric, **cal_opts)
+                    cg = calibrate_grid(score, sde, solver, K, final=run_kw.get("final", "none"),
+                                        gaussian_prior=run_kw.get("gaussian_prior"), shape=shape, seed=0,
+                                        metric=metric, **cal_opts)
                     cal_nfe, cal_sec, grid = cg.nfe, cg.seconds, cg.grid
                 for seed in seeds:
                     x_T = x_Ts[seed]
                     t0 = time.perf_counter()
-                    res = ss.sample(score, sde, solver=solver, steps=K if not isinstance(grid, torch.Tensor) else None,
-                                    grid=grid, x_T=x_T, return_result=True)
+                    res = ss.sample(score, sde, solver=solver, nfe=K, grid=grid, x_T=x_T, return_result=True, **run_kw)
                     sec = time.perf_counter() - t0
                     if solver_name == "auto":
                         cal = res.info.get("calibration", {})
                         cal_nfe, cal_sec = cal.get("nfe", 0), cal.get("seconds", 0.0)
                     x = res.samples
-                    to_zero = res.info.get("last_step", getattr(solver, "last_step", "none")) != "none"
+                    to_zero = res.info.get("auto", run_kw).get("final", "none") != "none"
                     ref = reference(seed, to_zero)
                     per = (x - ref).reshape(n, -1).pow(2).mean(1).sqrt()
                     row = {

@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         if s1 == 0:
             g = make_grid("log_snr", sde, 300, sde.default_eps)
             g = torch.cat([torch.tensor([t_of(s0)], dtype=torch.float64), g[g < t_of(s0) - 1e-12]])
-            return ss.sample(score, sde, solver=IPNDM(order=4, last_step="zero"), grid=g, x_T=x)
+            return ss.sample(score, sde, solver=IPNDM(order=4), grid=g, x_T=x, final="zero")
         g = sde.t_from_sigma(torch.exp(torch.linspace(math.log(s0), math.log(s1), 151, dtype=torch.float64)))
         g[0] = t_of(s0)
-        return ss.sample(score, sde, solver=IPNDM(order=4, last_step="none"), grid=g, x_T=x)
+        return ss.sample(score, sde, solver=IPNDM(order=4), grid=g, x_T=x, final="none")
 
     def denoise(x: torch.Tensor, sig: float) -> torch.Tensor:
         return x + sig**2 * score(x, torch.full((x.shape[0],), t_of(sig), dtype=torch.float64))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     auto_rows = []
     for K in budgets:
-        x = ss.sample(score, sde, solver="auto", steps=K, x_T=x_T)
+        x = ss.sample(score, sde, solver="auto", nfe=K, x_T=x_T)
         auto_rows.append({"nfe": K, "switches": switches(x)})
         print(f"auto, {K} NFE: {auto_rows[-1]['switches']} of {n} trajectories switch component", flush=True)
 

@@ -17,9 +17,9 @@ Default problem, with no download:
 
 Solvers: every registered solver (``scoresolve.registry.SOLVERS``) at each NFE budget, plus the peers'
 samplers on the *same exact score* (k-diffusion through a denoiser wrapper, diffusers schedulers
-through an ε wrapper; with the ``bench`` extra). For a budget ``B`` a fixed-grid solver runs the
-largest ``steps`` whose declared cost ``nfe_for(steps_to_grid(steps))`` (+ 1 for the final Tweedie
-step when the solver denoises by default) fits in ``B``; the NFE reported is the one *counted*
+through an ε wrapper; with the ``bench`` extra). For a budget ``B`` a fixed-grid solver runs
+``ss.sample(..., nfe=B)``: the grid is planned from the solver's declarations
+(:func:`scoresolve.solvers.loop.plan`, the final step included); the NFE reported is the one *counted*
 (``SampleResult.nfe``). Adaptive solvers run at a few tolerances instead. Budgets below a solver's
 minimum are listed as skipped with the reason.
 
@@ -73,8 +73,12 @@ from _common import (  # noqa: E402
 import scoresolve as ss  # noqa: E402
 from scoresolve.metrics import frechet_floor, frechet_to_moments, mode_weights  # noqa: E402
 from scoresolve.progress import Progress  # noqa: E402
+from scoresolve.recipes import auto_recipe  # noqa: E402
 from scoresolve.registry import SOLVERS  # noqa: E402
 from scoresolve.sampling import resolve_solver  # noqa: E402
+from scoresolve.solvers.base import GridSolver  # noqa: E402
+from scoresolve.solvers.loop import cost as planned_cost  # noqa: E402
+from scoresolve.solvers.loop import plan  # noqa: E402
 
 NAME = "nfe_vs_fid"
 FULL_NFE = (5, 10, 20, 50, 100, 200)
@@ -162,6 +166,8 @@ TRAINED_SOLVERS = ("pc", "ode", "ode_heun", "dpmpp_2m", "unipc", "ipndm", "auto"
 QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
 DEFAULT_TIME_LIMIT = 60.0
 #: adaptive solvers whose tolerances are not "rtol = atol": the settings swept (quick runs the first)
+#: options of a solver spec that are arguments of ss.sample, not of the solver
+SAMPLE_ARGS = ("calibrate", "gaussian_prior", "final")
 TOLERANCE_SWEEPS: dict[str, list[dict[str, float]]] = {"gotta_go_fast": [{"rtol": 1.0}, {"rtol": 0.5}, {"rtol": 0.25}]}
 QUICK_TIME_LIMIT = 20.0
 
@@ -455,29 +461,6 @@ def parse_solver_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, opts
 
 
-def plan_steps(solver: Any, budget: int, denoise: bool) -> tuple[int, int] | None:
-    """The largest ``steps`` whose declared NFE fits in ``budget`` → ``(steps, declared_nfe)``, or ``None``."""
-    best = None
-    extra = 1 if denoise else 0
-    for steps in range(1, budget + 1):
-        try:
-            declared = solver.nfe_for(solver.steps_to_grid(steps)) + extra
-        except (ValueError, TypeError):
-            continue  # below the solver's minimum
-        if declared <= budget:
-            best = (steps, declared)
-    return best
-
-
-def min_nfe(solver: Any, denoise: bool, limit: int = 64) -> int | None:
-    for steps in range(1, limit):
-        try:
-            return solver.nfe_for(solver.steps_to_grid(steps)) + (1 if denoise else 0)
-        except (ValueError, TypeError):
-            continue
-    return None
-
-
 def default_solver_names() -> list[str]:
     return list(SOLVERS.names())
 
@@ -510,13 +493,13 @@ def check_solver_names(names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]
 # --------------------------------------------------------------------------------------------------
 
 
-def _sample_ours(problem: Problem, solver_name: str, opts: dict[str, Any], steps: int | None, seed: int,
+def _sample_ours(problem: Problem, solver_name: str, opts: dict[str, Any], nfe: int | None, seed: int,
                  device: str) -> tuple[Tensor, int, float, dict[str, Any]]:
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(problem.shape, generator=g) * problem.sde.prior_std
     t0 = time.perf_counter()
     res = ss.sample(
-        problem.model, problem.sde, solver=solver_name, steps=steps, x_T=x_T.to(device), generator=g,
+        problem.model, problem.sde, solver=solver_name, nfe=nfe, x_T=x_T.to(device), generator=g,
         progress=False, return_result=True, device=device, **opts,
     )
     secs = time.perf_counter() - t0
@@ -582,8 +565,8 @@ def plan_runs(
                 else:
                     runs.append({**base, "kind": "peer", "budget": b, "steps": st[0], "declared_nfe": st[1]})
             continue
-        try:
-            solver = resolve_solver(name, dict(opts))
+        try:  # the options that are sample()'s own arguments (auto's calibrate=False) are not the solver's
+            solver = resolve_solver(name, {k: v for k, v in opts.items() if k not in SAMPLE_ARGS})
         except (TypeError, ValueError) as e:
             raise BenchError(f"solver {spec!r}: {e}") from e
         info = {
@@ -611,15 +594,19 @@ def plan_runs(
             else:
                 runs.append({**base, **info, "kind": "adaptive", "budget": None, "steps": None, "options": opts})
             continue
-        denoise = bool(getattr(solver, "denoise_default", True))
         for b in budgets:
-            st = plan_steps(solver, b, denoise)
-            if st is None:
-                m = min_nfe(solver, denoise)
-                why = f"budget {b} below the solver's minimum" + (f" ({m} NFE)" if m else "")
-                skipped.append({**base, **info, "budget": b, "skipped": why})
+            try:
+                if isinstance(solver, GridSolver):
+                    final = opts.get("final", solver.default_final)
+                    n = plan(solver, b, final)
+                    declared = planned_cost(solver, n, final, False)
+                else:  # solver="auto": a recipe per budget (raises below its minimum)
+                    auto_recipe(b, gaussian=False)
+                    n, declared = None, b
+            except ValueError as e:
+                skipped.append({**base, **info, "budget": b, "skipped": f"budget {b} below the solver's minimum ({e})"})
             else:
-                runs.append({**base, **info, "kind": "ours", "budget": b, "steps": st[0], "declared_nfe": st[1],
+                runs.append({**base, **info, "kind": "ours", "budget": b, "steps": n, "declared_nfe": declared,
                              "options": opts})
     return runs, skipped
 
@@ -634,7 +621,7 @@ def execute(problem: Problem, run: dict[str, Any], seed: int, device: str) -> di
             x, nfe, secs = _sample_peer(problem, name, run["steps"], seed)
             extra: dict[str, Any] = {}
         else:
-            x, nfe, secs, extra = _sample_ours(problem, name, run.get("options") or {}, run["steps"], seed, device)
+            x, nfe, secs, extra = _sample_ours(problem, name, run.get("options") or {}, run.get("budget"), seed, device)
     except Exception as e:  # noqa: BLE001 - a failing solver is a result, not a crash of the benchmark
         row.update(error=f"{type(e).__name__}: {e}", nfe=None)
         if "--debug" in sys.argv:

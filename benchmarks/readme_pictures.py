@@ -50,7 +50,7 @@ def samples_grid(path: Path) -> Path:
     from scoresolve.io.image import save_grid
 
     model = load("digits")
-    x = ss.sample(model, solver=SOLVER, steps=NFE, seeds=range(SEED, SEED + N), progress=False)
+    x = ss.sample(model, solver=SOLVER, nfe=NFE, seeds=range(SEED, SEED + N), progress=False)
     return save_grid(x, path, data_range=model.data_range or (-1, 1), scale=4)
 
 

@@ -51,17 +51,17 @@ with tempfile.TemporaryDirectory() as tmp:
     model = from_diffusers(ddpm_dir)  # VPSDE(0.1, 20) + exact timestep map, eps parameterisation
     print("(random weights: the samples are noise, the plumbing is the point)")
     print(model, "| timestep at t=0.5:", float(model.metadata["time_map"](torch.tensor([0.5]))))
-    for solver, steps in (("dpmpp_2m", 10), ("pc", 20)):
+    for solver, budget in (("dpmpp_2m", {"nfe": 10}), ("pc", {"steps": 20})):
         res = ss.sample(
             model,
             solver=solver,
-            steps=steps,
+            **budget,
             batch_size=4,
             return_result=True,
             generator=torch.Generator().manual_seed(0),
         )
         print(
-            f"{solver:9s} {steps:3d} steps: NFE={res.nfe}, samples {tuple(res.samples.shape)}, "
+            f"{solver:9s} {budget}: NFE={res.nfe}, samples {tuple(res.samples.shape)}, "
             f"range [{float(res.samples.min()):.2f}, {float(res.samples.max()):.2f}]"
         )
 

@@ -32,7 +32,7 @@ model = from_kdiffusion(denoiser, sigma_min=0.002, sigma_max=80.0, sample_shape=
 res = ss.sample(
     model,
     solver="dpmpp_2m",
-    steps=20,
+    nfe=20,
     batch_size=2000,
     grid="karras",
     return_result=True,

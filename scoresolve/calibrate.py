@@ -14,7 +14,7 @@ sampling (so calibration noise is independent of later use), the teacher a 4th-o
 the softmax of the log-noise-level increments (always strictly decreasing). The search is a
 derivative-free coordinate pattern search (no gradients through the model, so any callable
 works) started from the best of a few standard grids (log-SNR, Karras :math:`\rho \in \{3, 5, 7\}`).
-With ``last_step="zero"`` the last grid point (the last evaluation before the jump to
+With ``final="zero"|"tweedie"`` the last grid point (the last evaluation before the jump to
 :math:`\tilde\sigma = 0`) is free too, bounded below by ``eps``.
 
 With ``metric="logp"`` the search has a second stage that trades endpoint RMSE (capped) for the
@@ -26,34 +26,46 @@ batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept 
 calibrated with estimated moments is never reused for the model's, nor the other way).
 
 The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
-in a small JSON file keyed by a fingerprint of the model (its outputs at fixed probe points), the
-SDE's configuration, the solver's configuration, the budget, ``eps`` and the sample shape; the file
-is written atomically, and loading it for another model/SDE/solver/budget raises an error naming the
-argument that differs.
+where the caller says (``cache=``): a :class:`CalibrationCache` in memory, or a small JSON file, keyed by
+a fingerprint of the model (its outputs at fixed probe points), the SDE's configuration, the solver's
+configuration, the final step, the Gaussian fit, the metric, the budget, ``eps`` and the sample shape;
+the file is written atomically, and loading it for another model/SDE/solver/budget raises an error
+naming the argument that differs. :func:`calibrate_grid` is a function of its arguments only: it reads
+no model metadata beyond ``data_moments`` for ``gaussian_prior="estimate"`` and writes no solver state.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._util import atomic_write, check_int, model_signature, same_signature
+from .gaussian import GaussianFit
+from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
+from .noise import NoiseSource
 from .progress import Progress
+from .registry import SOLVERS
 from .sde import SDE
+from .solvers.base import CountedScore, GridSolver, SolveContext
+from .solvers.finish import check_final
+from .solvers.grids import make_grid
+from .solvers.ipndm import IPNDM
+from .solvers.loop import integrate, plan
 
 __all__ = [
     "CalibratedGrid",
+    "CalibrationCache",
+    "DEFAULT_CACHE",
     "CalibrationMismatchError",
     "calibrate_grid",
     "model_signature",
@@ -61,10 +73,7 @@ __all__ = [
     "gits_grid",
 ]
 
-_PROBE_SEED = 0x5C0E
 _CALIB_STREAM = 0x0CA1_1B00  # calibration noise: seed + this, away from the small seeds users sample with
-_SIG_RTOL = 1e-3
-_CACHE: dict[str, CalibratedGrid] = {}
 #: calibration objectives (``metric=`` of :func:`calibrate_grid`)
 METRICS = ("rmse", "local", "both", "logp")
 
@@ -75,32 +84,6 @@ class CalibrationMismatchError(ValueError):
 
 def _f64(v: float | Sequence[float]) -> Tensor:
     return torch.tensor(v, dtype=torch.float64)
-
-
-# --- fingerprint ------------------------------------------------------------------------------------
-def model_signature(model: Callable[[Tensor, Tensor], Tensor], sde: SDE, sample_shape: Sequence[int]) -> list[float]:
-    """A short fingerprint of a score model: its outputs at 4 fixed probe points and 3 times,
-    projected on 8 fixed random directions (96 numbers; 3 evaluations). Compared with a relative
-    tolerance of 1e-3, so it survives float noise across devices but not another model."""
-    g = torch.Generator().manual_seed(_PROBE_SEED)
-    shape = (4, *sample_shape)
-    d = math.prod(sample_shape)
-    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
-    proj = torch.randn(d, 8, generator=g, dtype=torch.float64) / math.sqrt(d)
-    out = []
-    for frac in (0.9, 0.5, 0.05):
-        t = torch.full((4,), frac * sde.T, dtype=torch.float64)
-        x = x0 * sde.bcast(sde.marginal_std(t), x0) + sde.bcast(sde.alpha(t), x0) * 0.5 * torch.tanh(x0)
-        sc = model(x.to(torch.float32), t.to(torch.float32)).to(torch.float64)
-        out.extend((sc.reshape(4, -1) @ proj * sde.bcast(sde.marginal_std(t), sc.reshape(4, -1))).flatten().tolist())
-    return out
-
-
-def _same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
-    if len(a) != len(b):
-        return False
-    ta, tb = _f64(list(a)), _f64(list(b))
-    return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
 
 
 @dataclass
@@ -138,6 +121,8 @@ class CalibratedGrid:
     seed: int = 0
     n_samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: whether this grid came from a cache (file or :class:`CalibrationCache`) rather than a new search
+    cached: bool = field(default=False, repr=False)
 
     @property
     def grid(self) -> Tensor:
@@ -147,8 +132,6 @@ class CalibratedGrid:
         """The Gaussian fit estimated during calibration (``gaussian_prior="estimate"``), or ``None`` (also
         when the grid was calibrated with a model's ``data_moments``, recorded with kind ``"model"`` and
         their digest only: that fit is the model's, ``ScoreModel.data_fit``)."""
-        from .solvers.exp_base import GaussianFit
-
         gp = self.extra.get("gaussian_prior")
         if gp is None or "mean" not in gp:
             return None
@@ -159,17 +142,9 @@ class CalibratedGrid:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON, atomically (temporary file in the same folder, then ``os.replace``)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name, suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": "scoresolve.calibrated_grid/1", **asdict(self)}, f, default=str)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, mkdir=True) as tmp, open(tmp, "w") as f:
+            record = {k: v for k, v in asdict(self).items() if k != "cached"}
+            json.dump({"format": "scoresolve.calibrated_grid/1", **record}, f, default=str)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibratedGrid:
@@ -177,7 +152,7 @@ class CalibratedGrid:
             data = json.load(f)
         if data.pop("format", None) != "scoresolve.calibrated_grid/1":
             raise ValueError(f"{path} is not a scoresolve calibrated-grid file")
-        return cls(**data)
+        return cls(**data, cached=True)
 
     def check(
         self, *, signature: Sequence[float] | None, sde: SDE, solver: Any, steps: int, eps: float, shape: Sequence[int]
@@ -185,7 +160,7 @@ class CalibratedGrid:
         """Raise :class:`CalibrationMismatchError` naming the argument that differs."""
         checks = [
             ("sde", self.sde, sde.config()),
-            ("solver", self.solver, _solver_config(solver)),
+            ("solver", self.solver, solver),
             ("steps", self.steps, int(steps)),
             ("shape", self.shape, list(shape)),
         ]
@@ -197,26 +172,52 @@ class CalibratedGrid:
                 )
         if not math.isclose(self.eps, float(eps), rel_tol=1e-9):
             raise CalibrationMismatchError(f"the cached calibrated grid was made for eps={self.eps}, not eps={eps}")
-        if signature is not None and not _same_signature(self.signature, signature):
+        if signature is not None and not same_signature(self.signature, signature):
             raise CalibrationMismatchError(
                 "the cached calibrated grid was made for another model (its outputs at the probe points differ); "
                 "delete the cache file or pass another path to recalibrate"
             )
 
 
-def _solver_config(solver: Any) -> dict[str, Any]:
-    cfg = solver.config() if hasattr(solver, "config") else {"class": type(solver).__name__}
-    return json.loads(json.dumps(cfg, default=str))
+class CalibrationCache:
+    """Calibrated grids held in memory by their owner, keyed by what they were made for (SDE, solver, final
+    step, Gaussian fit, metric, budget, ``eps``, shape); the model is compared by its signature on every
+    lookup. :func:`scoresolve.sample` uses :data:`DEFAULT_CACHE` for ``calibrate=True``; pass your own
+    (``calibrate={"cache": CalibrationCache()}``) to own its lifetime, or a file path to keep grids across
+    processes."""
+
+    def __init__(self) -> None:
+        self.grids: dict[str, CalibratedGrid] = {}
+
+    def lookup(self, key: str, signature: Sequence[float]) -> CalibratedGrid | None:
+        """The grid stored under ``key`` if it was made for a model with this signature."""
+        hit = self.grids.get(key)
+        return hit if hit is not None and same_signature(hit.signature, signature) else None
+
+    def store(self, cg: CalibratedGrid) -> None:
+        self.grids[cg.key()] = cg
+
+    def clear(self) -> None:
+        self.grids.clear()
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+
+#: the cache of ``scoresolve.sample(..., calibrate=True)`` (one process; ``DEFAULT_CACHE.clear()`` empties it)
+DEFAULT_CACHE = CalibrationCache()
 
 
 # --- teacher and objective ----------------------------------------------------------------------------
-def _run(model, sde: SDE, solver: Any, grid: Tensor, x_T: Tensor) -> tuple[Tensor, int]:
-    from .solvers.base import CountedScore, NoiseSource, SolveContext
-
+def _run(model, sde: SDE, solver: Any, grid: Tensor, x_T: Tensor, final: str = "none",
+         prefix: GaussianFit | None = None, callback: Any = None) -> tuple[Tensor, int]:
+    """``solver`` on ``grid`` from ``x_T`` through the fixed-grid loop; returns ``(x, nfe)``."""
     counted = CountedScore(model, check_every=10**9)
-    ctx = SolveContext(score=counted, sde=sde, grid=grid, noise=NoiseSource(), t_end=float(grid[-1]))
+    wd = torch.float64 if x_T.dtype == torch.float64 else torch.float32
+    ctx = SolveContext(score=counted, sde=sde, grid=grid, noise=NoiseSource(), t_end=float(grid[-1]), final=final,
+                       xdtype=x_T.dtype, wdtype=wd, callback=callback)
     with torch.no_grad():
-        out = solver.integrate(solver.make_run(ctx, x_T, grid), x_T)
+        out = integrate(solver, ctx, x_T, prefix)
     return out, counted.nfe
 
 
@@ -225,12 +226,8 @@ def teacher_solution(
 ) -> tuple[Tensor, int]:
     """Fine PF-ODE solution from ``x_T`` (at ``T``) to ``eps`` (or on to :math:`\\tilde\\sigma = 0`):
     4th-order variable-step Adams on ``steps`` log-SNR steps. Returns ``(x, nfe)``."""
-    from .solvers.grids import make_grid
-    from .solvers.ipndm import IPNDM
-
-    teacher = IPNDM(order=4, last_step="zero" if to_zero else "none")
     grid = make_grid("log_snr", sde, steps, eps)
-    return _run(model, sde, teacher, grid, x_T)
+    return _run(model, sde, IPNDM(order=4), grid, x_T, final="zero" if to_zero else "none")
 
 
 def _estimate_gaussian(
@@ -247,8 +244,6 @@ def _estimate_gaussian(
     S/D`, and, when :math:`D < B`, ``"shrunk"`` :math:`(1-a)S + a\,vI` with :math:`a = D/B`. The
     caller calibrates a grid for each and keeps the better one (isotropic won on digits, the shrunk
     covariance on the 16-D anisotropic mixture). One evaluation (batched); returns ``(candidates, 1)``."""
-    from .solvers.exp_base import GaussianFit
-
     b = x_T.shape[0]
     tT = torch.full((b,), sde.T, dtype=x_T.dtype)
     a = float(sde.alpha(_f64(sde.T)))
@@ -303,37 +298,44 @@ def calibrate_grid(
     model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
     sde: SDE,
     solver: Any,
-    steps: int,
+    nfe: int,
     *,
+    final: str = "none",
+    gaussian_prior: Any = None,
     shape: Sequence[int] | None = None,
     eps: float | None = None,
     n_samples: int = 128,
     seed: int = 0,
     teacher_steps: int = 200,
     max_evals: int | None = None,
-    cache: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | CalibrationCache | None = None,
     init: str | None = None,
     dtype: torch.dtype = torch.float64,
-    metric: str | None = None,
+    metric: str = "both",
     logp_tol: float = 1.0,
     logp_cap: float = 1.25,
     fd_weight: float = 0.0,
     progress: bool | None = None,
 ) -> CalibratedGrid:
-    r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``steps`` (see the module docstring).
+    r"""Calibrate the grid of a budgeted solver for ``model`` and budget ``nfe`` (see the module docstring).
 
     Args:
         model: score callable or :class:`~scoresolve.ScoreModel`.
         sde: the SDE.
-        solver: a registered budgeted solver name or instance (e.g. ``"ipndm"``; ``IPNDM(last_step="zero")``).
-        steps: the evaluation budget the grid is for.
+        solver: a registered budgeted solver name or instance (e.g. ``"ipndm"``; ``IPNDM(order=3)``).
+        nfe: the evaluation budget the grid is for.
+        final: how the runs end (``"none"``, ``"tweedie"``, ``"zero"``; :mod:`~scoresolve.solvers.finish`).
+        gaussian_prior: ``None``, a Gaussian fit (``GaussianFit`` or ``(mean, cov)``) for the analytical first
+            interval, or ``"estimate"``: the model's ``ScoreModel.data_moments`` if it carries them, else
+            candidates estimated from the calibration batch (the better one is kept, ``.gaussian_fit()``).
         shape: sample shape without the batch (default: the model's ``sample_shape``).
         eps: final time (default ``sde.default_eps``).
         n_samples: calibration batch size (64–256 is enough).
         seed: calibration noise seed (drawn on a stream separate from sampling noise).
         teacher_steps: log-SNR steps of the 4th-order teacher.
         max_evals: cap on objective evaluations of the search (default ``60 + 25 * steps``).
-        cache: JSON file: loaded (and checked against the fingerprint) if it exists, written otherwise.
+        cache: a JSON file (loaded and checked against the fingerprint if it exists, written otherwise) or a
+            :class:`CalibrationCache` (looked up, then stored into); the result's ``cached`` says which.
         init: start from this registered grid only (default: the best of log-SNR and Karras ρ 3/5/7).
         dtype: dtype of the calibration states (the model sees it); float64 by default.
         metric: what the search minimises on the calibration batch. ``"rmse"``: plain endpoint RMSE;
@@ -347,8 +349,7 @@ def calibrate_grid(
             the trapezoid estimate :math:`\delta\cdot(s(x^{ref}) + s(x^{ref}+\delta))/2` of
             :math:`\log p_{eps}(x) - \log p_{eps}(x^{ref})` (exact for a locally Gaussian density; it fails
             for segments that cross modes, hence the cap; one extra evaluation per objective
-            evaluation; twice the search budget). Default: the solver's
-            ``calibrate_metric`` (``"both"`` unless set; ``solver="auto"`` sets it per budget). Plain RMSE
+            evaluation; twice the search budget). Default ``"both"`` (``solver="auto"`` sets it per budget). Plain RMSE
             ignores thin directions (mean :math:`\log p_0` tens of nats off); the local metric alone
             ignores the wide ones (Fréchet distance 14× the floor at 5 NFE on digits).
 
@@ -363,27 +364,28 @@ def calibrate_grid(
         A :class:`CalibratedGrid`; pass ``.grid`` as ``sample(..., grid=...)`` with the same solver
         (for ``gaussian_prior="estimate"`` the fit is in ``.extra["gaussian_prior"]``, ``.gaussian_fit()``).
     """
-    from .sampling import resolve_solver
-    from .solvers.exp_base import BudgetSolver
-    from .solvers.grids import make_grid
-
-    solver_obj = resolve_solver(solver, {}) if isinstance(solver, (str, type)) else solver
-    if not isinstance(solver_obj, BudgetSolver):
+    solver_obj = SOLVERS.get(solver, argument="solver")() if isinstance(solver, str) else solver
+    if isinstance(solver_obj, type):
+        solver_obj = solver_obj()
+    if not (isinstance(solver_obj, GridSolver) and solver_obj.variables == "edm"):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
-    # gaussian_prior="estimate" with a ScoreModel that carries data_moments: the model's fit, nothing estimated
-    solver_obj = solver_obj.for_model(model)
-    if metric is None:
-        metric = getattr(solver_obj, "calibrate_metric", "both")
+    final = check_final(final)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if not (isinstance(logp_tol, (int, float)) and logp_tol > 0):
         raise ValueError(f"logp_tol must be a positive number (nats), got {logp_tol!r}")
-    solver_obj = copy.copy(solver_obj)
-    solver_obj.calibrate = False
-    solver_obj.calibrate_metric = metric  # part of the fingerprint
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    n = solver_obj.steps_to_grid(steps)
+    check_int(nfe, "nfe")
+    steps = nfe
+    estimate = isinstance(gaussian_prior, str) and gaussian_prior == "estimate"
+    fit: GaussianFit | None = None
+    if estimate and isinstance(model, ScoreModel) and model.data_fit is not None:
+        # the model's own moments (ScoreModel.data_moments): nothing estimated
+        fit, estimate = model.data_fit, False
+    elif not estimate and gaussian_prior is not None:
+        fit = as_gaussian_fit(gaussian_prior)
+    n = plan(solver_obj, nfe, final, prefix=estimate or fit is not None)
+    fingerprint = _fingerprint(solver_obj, final, metric, "estimate" if estimate else fit,
+                               dict(logp_tol=logp_tol, logp_cap=logp_cap, fd_weight=fd_weight))
     if shape is None:
         if isinstance(model, ScoreModel) and model.sample_shape is not None:
             shape = model.sample_shape
@@ -396,29 +398,34 @@ def calibrate_grid(
     fn = as_score_fn(model)
     start = time.perf_counter()
     sig = model_signature(fn, sde, shape)
-    nfe = 3
-    if cache is not None and Path(cache).exists():
+    cost = 3
+    if isinstance(cache, CalibrationCache):
+        key = json.dumps([sde.config(), fingerprint, steps, eps_, shape], sort_keys=True, default=str)
+        hit = cache.lookup(key, sig)
+        if hit is not None:
+            return replace(hit, cached=True)
+    elif cache is not None and Path(cache).exists():
         cg = CalibratedGrid.load(cache)
-        cg.check(signature=sig, sde=sde, solver=solver_obj, steps=steps, eps=eps_, shape=shape)
+        cg.check(signature=sig, sde=sde, solver=fingerprint, steps=steps, eps=eps_, shape=shape)
         return cg
 
     bar = Progress(None, f"calibrating the {type(solver_obj).__name__} grid for {steps} NFE", unit="run",
                    progress=progress)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
     x_T = (torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std).to(dtype)
-    to_zero = solver_obj.last_step != "none"
+    to_zero = final != "none"
     target, t_nfe = teacher_solution(fn, sde, x_T, eps_, to_zero=to_zero, steps=teacher_steps)
-    nfe += t_nfe
+    cost += t_nfe
     extra: dict[str, Any] = {}
     gauss_candidates: list[tuple[str, Any]] = []
-    if getattr(solver_obj, "_gauss_estimate", False):
+    if estimate:
         gauss_candidates, k = _estimate_gaussian(fn, sde, x_T, target)
-        nfe += k
-        solver_obj._gauss = gauss_candidates[0][1]
+        cost += k
+        fit = gauss_candidates[0][1]
     t_eps = torch.full((n_samples,), eps_, dtype=target.dtype)
     if metric != "rmse":
         s_ref = fn(target, t_eps).to(torch.float64)
-        nfe += 1
+        cost += 1
 
     u0 = math.log(float(sde.sigma(_f64(sde.T))))
     u_eps = math.log(float(sde.sigma(_f64(eps_))))
@@ -433,8 +440,6 @@ def calibrate_grid(
         return t
 
     if fd_weight:
-        from .metrics.frechet import frechet_distance, gaussian_moments
-
         t_mom = gaussian_moments(target.reshape(n_samples, -1).double())
     stage = {"metric": "rmse" if metric == "logp" else metric, "rmse_cap": math.inf}
 
@@ -442,7 +447,7 @@ def calibrate_grid(
         t = grid_of(u)
         if not bool((t[1:] < t[:-1]).all()) or float(t[-1]) <= 0:
             return math.inf
-        out, k = _run(fn, sde, solver_obj, t, x_T)
+        out, k = _run(fn, sde, solver_obj, t, x_T, final, fit)
         counter["nfe"] += k
         counter["evals"] += 1
         bar.update(1)
@@ -473,19 +478,18 @@ def calibrate_grid(
 
     if gauss_candidates:
         extra["gaussian_prior"] = _fit_record(*gauss_candidates[0])
-    elif solver_obj._gauss is not None and solver_obj._gauss.name == "data_moments":
+    elif fit is not None and fit.name == "data_moments":
         # the model's own moments (ScoreModel.data_moments): recorded by digest, they travel with the model
-        extra["gaussian_prior"] = {"kind": "model", "digest": solver_obj._gauss.digest, "dim": solver_obj._gauss.dim}
+        extra["gaussian_prior"] = {"kind": "model", "digest": fit.digest, "dim": fit.dim}
     if n == 1 and not free_end:
         t = make_grid("log_snr", sde, 1, eps_)
         e = objective_u(torch.log(sde.sigma(t)))
         cg = CalibratedGrid(
-            times=t.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
-            signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e, rmse=e,
+            times=t.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=fingerprint, shape=shape,
+            signature=sig, nfe=cost + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e, rmse=e,
             init="log_snr", seed=int(seed), n_samples=int(n_samples), extra=extra,
         )
-        if cache is not None:
-            cg.save(cache)
+        _keep(cg, cache)
         bar.close(evaluations=cg.nfe)
         return cg
 
@@ -521,11 +525,10 @@ def calibrate_grid(
     if gauss_candidates:
         # one search per candidate Gaussian fit; keep the fit (and grid) with the lowest objective
         results = []
-        for kind, fit in gauss_candidates:
-            solver_obj._gauss = fit
-            results.append((search(), kind, fit))
+        for kind, cand in gauss_candidates:
+            fit = cand
+            results.append((search(), kind, cand))
         (theta, cur, e_init, best_name), kind, fit = min(results, key=lambda r: r[0][1])
-        solver_obj._gauss = fit
         extra["gaussian_prior"] = _fit_record(kind, fit)
         extra["gaussian_prior"]["objective"] = {r[1]: r[0][1] for r in results}
     else:
@@ -533,14 +536,20 @@ def calibrate_grid(
     u = _grid_from_params(theta, u0, u_eps, free_end, u_eps)
     times = grid_of(u)
     cg = CalibratedGrid(
-        times=times.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=_solver_config(solver_obj), shape=shape,
-        signature=sig, nfe=nfe + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
+        times=times.tolist(), steps=steps, eps=eps_, sde=sde.config(), solver=fingerprint, shape=shape,
+        signature=sig, nfe=cost + counter["nfe"], seconds=time.perf_counter() - start, rmse_initial=e_init, rmse=cur,
         init=best_name, seed=int(seed), n_samples=int(n_samples), extra={"objective_evals": counter["evals"], **extra},
     )
-    if cache is not None:
-        cg.save(cache)
+    _keep(cg, cache)
     bar.close(evaluations=cg.nfe)
     return cg
+
+
+def _keep(cg: CalibratedGrid, cache: str | os.PathLike[str] | CalibrationCache | None) -> None:
+    if isinstance(cache, CalibrationCache):
+        cache.store(cg)
+    elif cache is not None:
+        cg.save(cache)
 
 
 def _pattern_search(
@@ -571,47 +580,21 @@ def _pattern_search(
     return theta, cur
 
 
-def calibrate_for_context(ctx: Any, solver: Any, x: Tensor) -> CalibratedGrid:
-    """Used by budgeted solvers with ``calibrate=`` inside :func:`scoresolve.sample`: calibrates (or
-    loads) the grid for the run's model, SDE, budget and shape, records the cost in
-    ``ctx.info["calibration"]`` and returns the :class:`CalibratedGrid`. An in-memory cache avoids recalibrating
-    within one process (keyed by the fingerprint)."""
-    assert ctx.grid is not None
-    n = ctx.grid.numel() - 1
-    steps = solver.nfe_for(n)
-    cache = None if solver.calibrate is True else solver.calibrate
-    fn = ctx.score.fn
-    shape = list(x.shape[1:])
-    sig = model_signature(fn, ctx.sde, shape)
-    key = json.dumps([ctx.sde.config(), _solver_config(_no_cal(solver)), steps, ctx.t_end, shape], default=str)
-    hit = _CACHE.get(key)
-    if hit is not None and _same_signature(hit.signature, sig) and cache is None:
-        ctx.info["calibration"] = {"nfe": 3, "seconds": 0.0, "cached": True, "rmse": hit.rmse}
-        return hit
-    was_cached = cache is not None and Path(cache).exists()
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    metric = getattr(solver, "calibrate_metric", "both")
-    opts = dict(getattr(solver, "calibrate_options", {}) or {})
-    cg = calibrate_grid(
-        fn, ctx.sde, _no_cal(solver), steps, shape=shape, eps=ctx.t_end, cache=cache, dtype=dt, metric=metric,
-        progress=ctx.progress is not None, **opts,
-    )
-    _CACHE[key] = cg
-    ctx.info["calibration"] = {
-        "nfe": 3 if was_cached else cg.nfe,
-        "seconds": cg.seconds,
-        "cached": was_cached,
-        "rmse_initial": cg.rmse_initial,
-        "rmse": cg.rmse,
-        "init": cg.init,
-    }
-    return cg
+def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:
+    """A :class:`GaussianFit` from a fit or a ``(mean, cov)`` pair (TypeError otherwise)."""
+    if isinstance(value, GaussianFit):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return GaussianFit(*value, name=name)
+    raise TypeError(f"{name} must be None, 'estimate' or a (mean, cov) pair of the data's moments")
 
 
-def _no_cal(solver: Any) -> Any:
-    s = copy.copy(solver)
-    s.calibrate = False
-    return s
+def _fingerprint(solver: Any, final: str, metric: str, fit: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """What a calibrated grid was made for, besides the model, SDE, budget, eps and shape (JSON-friendly)."""
+    gp = fit if fit is None or isinstance(fit, str) else as_gaussian_fit(fit).digest
+    cfg = {**solver.config(), "final": final, "calibrate_metric": metric, "gaussian_prior": gp,
+           "options": {k: options[k] for k in sorted(options)}}
+    return json.loads(json.dumps(cfg, default=str))
 
 
 # --- GITS ---------------------------------------------------------------------------------------------
@@ -632,16 +615,13 @@ def gits_grid(
     y_j\|^2`, and dynamic programming for the ``steps``-jump path from ``T`` to ``eps`` of least total
     cost. Returns ``(grid, info)`` with the cost in evaluations and seconds. The grid is chosen for
     Euler jumps; for multistep solvers :func:`calibrate_grid` is better (ANCHORS.md)."""
-    from .solvers.grids import make_grid
-
     start = time.perf_counter()
     if shape is None:
         if isinstance(model, ScoreModel) and model.sample_shape is not None:
             shape = model.sample_shape
         else:
             raise ValueError("shape= is required for a plain callable model")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= fine:
-        raise ValueError(f"steps must be an integer in [1, fine={fine}], got {steps!r}")
+    check_int(steps, "steps", max=fine)
     fn = as_score_fn(model)
     eps_ = sde.default_eps if eps is None else float(eps)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
@@ -655,14 +635,8 @@ def gits_grid(
         if (step + 1) % 4 == 0:
             traj.append(x.clone())
 
-    from .solvers.base import CountedScore, NoiseSource, SolveContext
-    from .solvers.ipndm import IPNDM
-
-    counted = CountedScore(fn, check_every=10**9)
-    ctx = SolveContext(score=counted, sde=sde, grid=sub, noise=NoiseSource(), t_end=eps_, callback=grab)
-    teacher = IPNDM(order=4)
     with torch.no_grad():
-        teacher.integrate(teacher.make_run(ctx, x, sub), x)
+        _, t_nfe = _run(fn, sde, IPNDM(order=4), sub, x, callback=grab)
         ys = [x] + traj  # states at tgrid (x-space)
         s = sde.sigma(tgrid)
         a = sde.alpha(tgrid)
@@ -689,5 +663,5 @@ def gits_grid(
         path.append(int(arg[k, path[-1]]))
     path = path[::-1]
     grid = tgrid[path].clone()
-    info = {"nfe": counted.nfe + fine, "seconds": time.perf_counter() - start, "cost": float(best[steps, fine])}
+    info = {"nfe": t_nfe + fine, "seconds": time.perf_counter() - start, "cost": float(best[steps, fine])}
     return grid, info

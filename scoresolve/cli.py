@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._util import atomic_write
+
 __all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table", "solver_markdown"]
 
 ANALYTIC = ("digits", "grid2d", "anisotropic")
@@ -131,10 +133,8 @@ def _save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
     import numpy as np
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, mkdir=True, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 
@@ -157,7 +157,7 @@ def solver_table() -> list[dict[str, Any]]:
             "stochastic": bool(getattr(obj, "stochastic", False)),
             "adaptive": bool(getattr(obj, "adaptive", False)),
             "default_grid": None if getattr(obj, "adaptive", False) else getattr(obj, "default_grid", None),
-            "denoise_default": bool(getattr(obj, "denoise_default", False)),
+            "default_final": getattr(obj, "default_final", "none"),
             "reference": getattr(obj, "reference", "") or "",
             "description": desc,
         })
@@ -172,7 +172,7 @@ def solver_table() -> list[dict[str, Any]]:
 def solver_markdown() -> str:
     """The registered solvers as a Markdown table (``docs/solvers.md`` is made from it)."""
     lines = [
-        "| solver | order | NFE / step | kind | default grid | final denoise | description | reference |",
+        "| solver | order | NFE / step | kind | default grid | default final | description | reference |",
         "|---|---:|---:|---|---|---|---|---|",
     ]
     for r in solver_table():
@@ -181,7 +181,7 @@ def solver_markdown() -> str:
             kind += ", adaptive"
         order = "—" if r["order"] is None else f"{r['order']:g}"
         nfe = "adaptive" if r["adaptive"] else ("—" if r["nfe_per_step"] is None else str(r["nfe_per_step"]))
-        cells = [f"`{r['name']}`", order, nfe, kind, r["default_grid"] or "—", "yes" if r["denoise_default"] else "no",
+        cells = [f"`{r['name']}`", order, nfe, kind, r["default_grid"] or "—", r["default_final"],
                  r["description"], r["reference"] or "—"]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -236,28 +236,6 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
     return npz, png
 
 
-def _nfe_to_steps(args: argparse.Namespace) -> None:
-    """``--nfe N``: the evaluation budget. The budgeted solvers read ``steps=`` as that budget, so it
-    becomes ``steps``; other solvers (``pc``, ``ode_heun``, ...) spend a multiple of their steps."""
-    if args.nfe is None:
-        return
-    from .sampling import resolve_solver
-    from .solvers.exp_base import BudgetSolver
-
-    if args.steps is not None:
-        raise CLIError("pass either --nfe or --steps, not both")
-    if args.nfe < 1:
-        raise CLIError(f"--nfe must be >= 1, got {args.nfe}")
-    try:
-        solver = resolve_solver(args.solver, {})
-    except (TypeError, ValueError) as e:
-        raise CLIError(str(e)) from None
-    if not isinstance(solver, BudgetSolver):
-        raise CLIError(f"--nfe needs a solver that takes an evaluation budget (auto, dpmpp_2m, unipc, ipndm, ...); "
-                       f"{args.solver!r} takes --steps")
-    args.steps = args.nfe
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -271,7 +249,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     check_device(args.device)
-    _nfe_to_steps(args)
     npz, png = _outputs(args, "samples")
     if args.shard_dir:
         return _sample_sharded(args)
@@ -280,6 +257,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     seeds = list(range(args.seed, args.seed + args.n))
     bs = args.batch_size or min(args.n, 256)
+    if args.nfe is not None and args.steps is not None:
+        raise CLIError("pass either --nfe or --steps, not both")
     chunks, nfe, t0 = [], 0, time.perf_counter()
     show = False if args.quiet else None
     # a bar over the samples when there are several batches, and one over the steps of each batch
@@ -287,7 +266,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     try:
         for i in range(0, args.n, bs):
             res = ss.sample(
-                model, sde, solver=args.solver, steps=args.steps, seeds=seeds[i: i + bs], eps=args.eps,
+                model, sde, solver=args.solver, steps=args.steps, nfe=args.nfe, final=args.final,
+                seeds=seeds[i: i + bs], eps=args.eps,
                 grid=args.grid, denoise=args.denoise, device=args.device, dtype=dtype, progress=show,
                 return_result=True, **opts,
             )
@@ -301,7 +281,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     x = torch.cat(chunks)
     secs = time.perf_counter() - t0
     config = {
-        "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "options": opts,
+        "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "nfe": args.nfe,
+        "final": args.final, "options": opts,
         "eps": args.eps, "grid": args.grid, "denoise": args.denoise, "n": args.n, "seed": args.seed,
         "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": ss.__version__,
     }
@@ -336,6 +317,7 @@ def _sample_sharded(args: argparse.Namespace) -> int:
             model, sde, n=args.n, out_dir=args.shard_dir, solver=args.solver, steps=args.steps, seed=args.seed,
             shard_size=args.batch_size or 256, eps=args.eps, grid=args.grid, denoise=args.denoise,
             device=args.device, dtype=dtype, progress=not args.quiet and None,
+            **{k: v for k, v in (("nfe", args.nfe), ("final", args.final)) if v is not None},
             **parse_options(args.option),
         )
     except (ValueError, TypeError) as e:
@@ -541,10 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a registered solver or a familiar name such as euler_a, ddim, 'DPM++ 2M Karras' "
                     "(see 'scoresolve solvers')")
     pa.add_argument("--steps", type=int, default=None,
-                    help="grid steps (pc: predictor steps); default: the solver's/SDE's default")
+                    help="grid intervals (pc: predictor steps); default: the solver's/SDE's default")
     pa.add_argument("--nfe", type=int, default=None,
-                    help="score-evaluation budget, for the solvers that take one (auto, dpmpp_2m, unipc, ipndm, ...); "
-                    "instead of --steps")
+                    help="instead of --steps: the score-evaluation budget, final step included (any fixed-grid "
+                    "solver; auto needs it)")
+    pa.add_argument("--final", choices=("none", "tweedie", "zero"), default=None,
+                    help="how the run ends after the grid (default: the solver's)")
     pa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                     help="number of samples (write --num-samples after torchrun, whose parser takes --n for itself)")
     pa.add_argument("--batch-size", type=int, default=None, help="samples per batch (default min(n, 256))")
@@ -552,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--eps", type=float, default=None, help="final time (default: the SDE's default_eps)")
     pa.add_argument("--grid", default=None, help="registered time grid (default: the solver's)")
     pa.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
-                    help="final Tweedie denoising step (default: the solver's choice)")
+                    help="deprecated: --final tweedie / --final none")
     pa.add_argument("--out", default=None,
                     help="output stem: writes STEM.npz and STEM.png (default samples.npz + samples.png)")
     pa.add_argument("--npz", default=None, help="write samples, seeds and the config to this .npz")

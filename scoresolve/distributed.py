@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._util import atomic_write, check_int, to_json
+
 __all__ = [
     "init",
     "shutdown",
@@ -249,18 +251,6 @@ def model_fingerprint(model: Any) -> str:
 NO_WEIGHTS = "/no-weights"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, Tensor):
-        return v.detach().cpu().tolist()
-    return repr(v)
-
-
 @dataclass
 class DistributedResult:
     """What :func:`sample_distributed` did on this rank (``samples`` only on rank 0 when merging)."""
@@ -288,8 +278,6 @@ def _shard_digest(samples: Tensor, seeds: Tensor, config_json: str, shard: str) 
 
 def _write_shard(path: Path, samples: Tensor, seeds: Tensor, config_json: str, shard: int) -> None:
     from safetensors.torch import save_file
-
-    from .io.checkpoint import atomic_write
 
     samples, seeds = samples.detach().cpu().contiguous(), seeds.to(torch.int64).contiguous()
     digest = _shard_digest(samples, seeds, config_json, str(shard))
@@ -339,9 +327,8 @@ def _check_config(out_dir: Path, config: dict[str, Any]) -> None:
     stray = [p.name for p in out_dir.glob("shard_*.safetensors")]
     if stray:
         raise ShardConfigError(f"{out_dir} holds shards but no {CONFIG_NAME}; refusing to mix them with this run")
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def sample_distributed(
@@ -400,12 +387,10 @@ def sample_distributed(
     from .sampling import sample
 
     rank, world = rank_and_world()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_int(n, "n")
     if world > n:
         raise ValueError(f"the world size ({world} processes) is larger than the number of samples n={n}")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    check_int(shard_size, "shard_size")
     if sde is None:
         sde = getattr(model, "sde", None)
         if sde is None:
@@ -417,7 +402,7 @@ def sample_distributed(
         device = _comm_device()
     out = Path(out_dir)
     fingerprint = model_fingerprint(model)
-    config = _jsonable({
+    config = to_json({
         "model": fingerprint,
         "model_id": model_id,
         "sde": repr(sde),
@@ -470,7 +455,8 @@ def sample_distributed(
                 continue
         res = sample(
             model, sde, solver=solver, steps=steps, shape=(hi - lo, *sample_shape), seeds=want.tolist(), eps=eps,
-            grid=grid, denoise=denoise, device=device, dtype=dtype, progress=progress, return_result=True,
+            grid=grid, final=None if denoise is None else ("tweedie" if denoise else "none"), device=device,
+            dtype=dtype, progress=progress, return_result=True,
             **solver_options,
         )
         _write_shard(path, res.samples, want, config_json, k)
@@ -532,8 +518,6 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
         raise ShardConfigError(f"{out}: seeds do not cover {seed}..{seed + n - 1} exactly once ({dup} duplicates)")
     if write:
         from safetensors.torch import save_file
-
-        from .io.checkpoint import atomic_write
 
         samples = samples.contiguous()
         digest = _shard_digest(samples, seeds, config_json, "merged")

@@ -57,14 +57,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ._util import check_int, closest
 from .models import ScoreModel, resolve_model
 from .progress import Progress, ticking
 from .sde import SDE
 from .solvers.base import CountedScore
+from .solvers.coefficients import lagrange_integral_weights
 from .solvers.grids import check_grid, make_grid
 from .solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, check_tolerances
 from .solvers.ode_fixed import TABLEAUS, rk_step
@@ -271,24 +272,6 @@ class _Field:
         return total
 
 
-def adams_weights(nodes: Sequence[float], a: float, b: float) -> list[float]:
-    r"""Weights :math:`w_j = \int_a^b L_j(\tau)\,d\tau` of the Lagrange basis on ``nodes``: the
-    variable-step Adams–Bashforth update :math:`y(b) \approx y(a) + \sum_j w_j f(t_j)` integrates
-    the polynomial through the past derivatives exactly (Gauss–Legendre, float64)."""
-    k = len(nodes)
-    xs, ws = np.polynomial.legendre.leggauss(k)
-    tau = 0.5 * (b - a) * xs + 0.5 * (a + b)
-    w = 0.5 * (b - a) * ws
-    out = []
-    for j, tj in enumerate(nodes):
-        basis = np.ones_like(tau)
-        for m, tm in enumerate(nodes):
-            if m != j:
-                basis = basis * (tau - tm) / (tj - tm)
-        out.append(float((w * basis).sum()))
-    return out
-
-
 def integrate_on_grid(
     f: Callable[[Tensor, State], State], times: Tensor, y: State, method: str, counted: CountedScore
 ) -> State:
@@ -313,14 +296,14 @@ def integrate_on_grid(
     hist: list[State] = [f(g[0].expand(b), y)]
     for i in range(n):
         k = min(ADAMS_ORDER, len(hist))
-        w = adams_weights([tt[i - j] for j in range(k)], tt[i], tt[i + 1])
+        w = lagrange_integral_weights([tt[i - j] for j in range(k)], tt[i], tt[i + 1])
         y1 = _adams_update(y, w, hist)
         if i < n - 1:
             counted.step = i + 1
             hist.insert(0, f(g[i + 1].expand(b), y1))
             del hist[ADAMS_ORDER + 1 :]
             k = min(ADAMS_ORDER + 1, len(hist))
-            w = adams_weights([tt[i + 1 - j] for j in range(k)], tt[i], tt[i + 1])
+            w = lagrange_integral_weights([tt[i + 1 - j] for j in range(k)], tt[i], tt[i + 1])
             y1 = _adams_update(y, w, hist)
         y = y1
     return y
@@ -455,7 +438,7 @@ def _refit_adams(fld: _Field, sde: SDE, x: Tensor, times: Tensor, counted: Count
         y0, r0 = frame.to_y(t0, xn), torch.zeros_like(r)
         k = min(ADAMS_ORDER, len(hist))
         res = [frame.residual(*h) for h in hist[:k]]
-        w = adams_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
+        w = lagrange_integral_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
         y1, dr = _adams_update((y0, r0), w, res)
         new_frame = frame
         if n < n_int - 1:  # E and C; the last step is predictor-only (no evaluation at T)
@@ -464,7 +447,7 @@ def _refit_adams(fld: _Field, sde: SDE, x: Tensor, times: Tensor, counted: Count
             del hist[ADAMS_ORDER + 1 :]
             k = min(ADAMS_ORDER + 1, len(hist))
             res = [frame.residual(*h) for h in hist[:k]]
-            w = adams_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
+            w = lagrange_integral_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
             y1, dr = _adams_update((y0, r0), w, res)
         r = r + dr + frame.gaussian_logdet(t0, t1)
         xn = frame.to_x(t1, y1).reshape(x.shape)
@@ -558,13 +541,11 @@ def likelihood(
         raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
     if noise not in ("rademacher", "gaussian"):
         raise ValueError(f"noise must be 'rademacher' or 'gaussian', got {noise!r}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    check_int(probes, "probes")
     eps = float(eps)
     if not (math.isfinite(eps) and 0 < eps < sde.T):
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
-        raise ValueError(f"bits must be an integer in [1, 32], got {bits!r}")
+    check_int(bits, "bits", max=32)
     if isinstance(data_range, str):
         if data_range != "model":
             raise ValueError(f"data_range must be (low, high), None or 'model', got {data_range!r}")
@@ -593,17 +574,14 @@ def likelihood(
     if method in FIXED_STEP_METHODS and method in FIXED_METHODS:
         pass  # ours take precedence for euler / rk4 (torchdiffeq's rk4 is the 3/8 rule)
     if not (fixed or per_sample or method in ADAPTIVE_METHODS):
-        import difflib
-
         valid = sorted(set(FIXED_STEP_METHODS) | set(_PER_SAMPLE) | set(ADAPTIVE_METHODS) | set(FIXED_METHODS))
-        close = difflib.get_close_matches(str(method), valid, n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = closest(method, valid, n=2)
         raise ValueError(f"unknown likelihood method={method!r}.{hint} Valid: {', '.join(valid)}")
     if fixed:
         if steps is None and grid is None:
             raise ValueError(f"method={method!r} is fixed-step: pass steps= (e.g. steps=5 for rk4 = 20 evaluations)")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps is not None:
+            check_int(steps, "steps")
         if grid is not None and not isinstance(grid, str):
             times = likelihood_grid(sde, 0, eps, grid)
             if steps is not None and steps != times.numel() - 1:

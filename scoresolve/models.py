@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .gaussian import GaussianFit
 from .sde import SDE
 
 __all__ = [
@@ -78,8 +79,8 @@ class ScoreModel:
             solvers with ``gaussian_prior="estimate"`` (the default of ``solver="auto"``): their first
             interval from ``T`` is then the exact probability-flow ODE of :math:`N(\\text{mean}, \\text{cov})`
             with these moments instead of moments estimated during grid calibration, and it works with
-            ``calibrate=False`` too (:mod:`scoresolve.solvers.exp_base`, docs/fast_samplers.md). An
-            explicit ``gaussian_prior=`` given to the solver wins. Stored as float64 tensors; the
+            ``calibrate=False`` too (docs/fast_samplers.md). An
+            explicit ``gaussian_prior=`` given to :func:`scoresolve.sample` wins. Stored as float64 tensors; the
             validated Gaussian fit is :attr:`data_fit`.
 
     Calling the model returns the score :math:`\\nabla_x\\log p_t(x)` in ``x``'s dtype, whatever the
@@ -129,7 +130,7 @@ class ScoreModel:
     @property
     def data_fit(self) -> Any:
         """The validated Gaussian fit of :attr:`data_moments` (a
-        :class:`~scoresolve.solvers.exp_base.GaussianFit`), or ``None``."""
+        :class:`~scoresolve.gaussian.GaussianFit`), or ``None``."""
         return self._data_fit
 
     # --- huggingface_hub's ModelHubMixin interface (config.json + model.safetensors + README.md) -----------------
@@ -197,9 +198,6 @@ def _check_data_moments(value: Any, sample_shape: tuple[int, ...] | None) -> tup
         return None, None
     if isinstance(value, Tensor) or not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"ScoreModel: data_moments must be None or a (mean, cov) pair, got {type(value).__name__}")
-    # imported here: the solvers package imports this module
-    from .solvers.exp_base import GaussianFit
-
     mean, cov = value
     try:
         mean_t = torch.as_tensor(mean, dtype=torch.float64).detach().clone()

@@ -12,9 +12,10 @@ Extending scoresolve means registering a new entry, never editing an ``if`` chai
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
+
+from ._util import closest
 
 T = TypeVar("T")
 
@@ -71,8 +72,7 @@ class Registry(Generic[T]):
         except KeyError:
             pass
         arg = f" (argument {argument}=)" if argument else ""
-        close = difflib.get_close_matches(name, list(self._entries), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = closest(name, list(self._entries))
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}{arg}.{hint} Registered {self.kind}s: " + ", ".join(sorted(self._entries))
         ) from None

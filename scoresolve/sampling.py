@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,13 +15,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._util import check_int
 from .aliases import resolve as resolve_alias
-from .models import ScoreModel, resolve_model, score_to_x0
+from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
+from .gaussian import GaussianFit
+from .models import ScoreModel, resolve_model
+from .noise import NoiseSource
 from .progress import Progress
+from .recipes import auto_recipe
 from .registry import SOLVERS
 from .sde import SDE
-from .solvers.base import CountedScore, NoiseSource, SolveContext, Solver, check_positive_int
+from .solvers.base import CountedScore, GridSolver, SolveContext, Solver
+from .solvers.finish import FINALS, check_final, finish
 from .solvers.grids import check_grid, make_grid
+from .solvers.loop import integrate, plan
 
 __all__ = ["sample", "SampleResult", "resolve_solver"]
 
@@ -32,7 +41,7 @@ class SampleResult:
 
     Attributes:
         samples: the final samples, shape ``(B, *dims)``.
-        nfe: score evaluations actually made (batched calls count once), final denoising included.
+        nfe: score evaluations actually made (batched calls count once), the final step included.
         grid: the time grid used (float64, decreasing), or the accepted times of an adaptive solver.
         trajectory: the state after every step, stacked ``(steps + 1, B, *dims)`` starting from
             ``x_T``, if requested.
@@ -86,7 +95,7 @@ def _resolve_shape(
 ) -> tuple[int, ...]:
     model_shape = model.sample_shape if isinstance(model, ScoreModel) else None
     if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
     if x_T is not None:
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape={tuple(shape)} disagrees with x_T.shape={tuple(x_T.shape)}")
@@ -95,7 +104,7 @@ def _resolve_shape(
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise TypeError(f"shape must be a sequence of integers (batch, *dims), got {shape!r}")
         out = tuple(
-            operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool) else check_positive_int(s, "shape")
+            operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool) else check_int(s, "shape")
             for s in shape
         )
         if len(out) < 2:
@@ -113,7 +122,7 @@ def _resolve_shape(
         raise ValueError(f"batch_size={batch_size} disagrees with the batch dimension of shape {out}")
     if noise.batch_size is not None and noise.batch_size != out[0]:
         raise ValueError(f"seeds has {noise.batch_size} entries but the batch has {out[0]} samples")
-    if any(s < 1 for s in out):
+    if min(out) < 1:
         raise ValueError(f"shape entries must be positive, got {out}")
     return out
 
@@ -124,11 +133,15 @@ def sample(
     solver: str | Solver = "pc",
     steps: int | None = None,
     *,
+    nfe: int | None = None,
+    final: str | None = None,
     shape: Sequence[int] | None = None,
     batch_size: int | None = None,
     x_T: Tensor | None = None,
     eps: float | None = None,
     grid: str | Sequence[float] | Tensor | None = None,
+    gaussian_prior: tuple[Tensor | float, Tensor | float] | GaussianFit | str | None = "default",
+    calibrate: bool | str | os.PathLike[str] | None = None,
     denoise: bool | None = None,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | Tensor | None = None,
@@ -151,8 +164,16 @@ def sample(
             :class:`~scoresolve.SubVPSDE` or your own subclass); defaults to the model's.
         solver: a registered solver name or a familiar alias such as ``"euler_a"``, ``"ddim"``,
             ``"DPM++ 2M Karras"`` (see :func:`scoresolve.solvers`), or a ``Solver``.
-        steps: number of grid steps (``pc``: predictor steps, the paper's N; default ``sde.N``).
-            Solvers that take an evaluation budget document it.
+        steps: grid intervals, for every fixed-grid solver (``pc``: predictor steps, the paper's N; default
+            the solver's ``default_steps`` or ``sde.N``).
+        nfe: instead of ``steps``, the evaluation budget, final step included: the grid is planned from the
+            solver's declarations (:func:`scoresolve.solvers.loop.plan`) and the run spends at most ``nfe``
+            evaluations (exactly, except ``heun_edm`` at even budgets with ``final="none"``: one fewer).
+        final: how the run ends after the grid: ``"none"`` (the state at ``eps``), ``"tweedie"`` (one more
+            evaluation, the posterior mean :math:`\hat x_0 = (x + \sigma_\epsilon^2 s(x,\epsilon))/\alpha_\epsilon`)
+            or ``"zero"`` (one more evaluation, an Adams step onto :math:`\sigma = 0` through the last
+            directions; :mod:`~scoresolve.solvers.finish`). Default: the solver's ``default_final``
+            (``"tweedie"`` for ``pc`` and the ODE solvers, as in the paper; ``"none"`` for the few-step ones).
         shape: ``(B, *dims)``; inferred from ``x_T`` or the model's ``sample_shape`` + ``batch_size``.
         batch_size: number of samples when the shape comes from the model (default 64, or
             ``len(seeds)``).
@@ -160,10 +181,18 @@ def sample(
         eps: the final (smallest) time; default ``sde.default_eps`` (1e-5 VE, 1e-3 VP/sub-VP).
         grid: a registered grid name or an explicit decreasing sequence of times (which then sets
             the number of steps and the final time).
-        denoise: finish with one Tweedie step :math:`\hat x_0 = (x + \sigma_\epsilon^2 s(x,\epsilon))
-            /\alpha_\epsilon` (one extra evaluation, counted in the NFE). ``None`` (default): the
-            solver's own choice (``Solver.denoise_default``: on for ``pc`` and the ODE solvers, as in
-            the paper; budgeted few-step solvers spend their last evaluation themselves).
+        gaussian_prior: the first grid interval is the exact PF-ODE flow of a Gaussian fit of the data (no
+            evaluation; few-step solvers in the EDM variables): ``(mean, cov)`` (``cov``: ``(D, D)``, ``(D,)``
+            or a scalar), a :class:`~scoresolve.gaussian.GaussianFit`, or ``"estimate"`` (the model's
+            ``ScoreModel.data_moments``, else estimated by the calibration) or ``None`` (off). ``"default"``:
+            ``"estimate"`` for ``solver="auto"``, ``None`` otherwise.
+        calibrate: replace the grid by one calibrated for this model, solver and budget
+            (:func:`scoresolve.calibrate.calibrate_grid`; needs ``nfe``; cost in ``info["calibration"]``):
+            ``True`` (kept in ``scoresolve.calibrate.DEFAULT_CACHE``), a cache file path, a
+            :class:`~scoresolve.calibrate.CalibrationCache`, or a dict of ``calibrate_grid`` options (``cache=``
+            among them).
+            ``solver="auto"``: on by default up to 25 evaluations.
+        denoise: deprecated: ``final="tweedie"`` (``True``) or ``final="none"`` (``False``).
         generator: one ``torch.Generator`` for all the randomness of the run.
         seeds: one integer seed per sample instead: each sample then depends only on its seed.
         device, dtype: where and in which precision the state lives (default: ``x_T``'s, else
@@ -185,13 +214,61 @@ def sample(
         x = ss.sample(score_fn, ss.VPSDE(), solver="pc", steps=1000, shape=(64, 2),
                       predictor="reverse_diffusion", corrector="langevin", snr=0.16,
                       generator=torch.Generator().manual_seed(0))
+        x = ss.sample(model, solver="dpmpp_2m", nfe=10)   # exactly 10 evaluations
     """
     score_fn, sde = resolve_model(model, sde)
-    if isinstance(solver, str):  # an alias may bring options and a grid; the caller's win
+    info: dict[str, Any] = {}
+    # the words this function used to take: last_step= (a solver option) and denoise= fold into final=
+    if "last_step" in solver_options:
+        last = solver_options.pop("last_step")
+        warnings.warn(f"last_step={last!r} is deprecated: pass final={last!r} to scoresolve.sample",
+                      DeprecationWarning, stacklevel=2)
+        final = last if final is None else final
+    if denoise is not None:
+        warnings.warn(f"denoise={denoise!r} is deprecated: pass final={'tweedie' if denoise else 'none'!r}",
+                      DeprecationWarning, stacklevel=2)
+        final = ("tweedie" if denoise else "none") if final is None else final
+    if nfe is not None:
+        check_int(nfe, "nfe")
+        if steps is not None:
+            raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
+    calibration: dict[str, Any] | None = None
+    if isinstance(solver, str) and solver != "auto":  # an alias may bring options and a grid; the caller's win
         solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
         grid = alias_grid if grid is None else grid
-    # the solver for this model (e.g. with ScoreModel.data_moments as its Gaussian fit): before the grid is made
-    solver_obj = resolve_solver(solver, solver_options).for_model(model)
+    if isinstance(solver, str) and solver == "auto":
+        if solver_options:
+            raise TypeError(f"unknown option(s) {sorted(solver_options)} for solver 'auto'; it accepts: "
+                            "gaussian_prior, calibrate")
+        if nfe is None:
+            if steps is None:
+                raise ValueError("solver='auto' needs an evaluation budget: pass nfe=")
+            warnings.warn(f"solver='auto' takes its budget as nfe=; steps={steps} is read as nfe={steps}",
+                          DeprecationWarning, stacklevel=2)
+            nfe, steps = check_int(steps, "steps"), None
+        gaussian_prior = "estimate" if isinstance(gaussian_prior, str) and gaussian_prior == "default" \
+            else gaussian_prior
+        calibrate = True if calibrate is None else calibrate
+        fit = _gaussian_fit(model, gaussian_prior)
+        fit = None if (isinstance(fit, str) and not calibrate) else fit  # nothing to estimate it from
+        recipe = auto_recipe(nfe, gaussian=fit is not None)
+        solver_obj: Solver = recipe.solver(**recipe.options)
+        final = recipe.final if final is None else final
+        gaussian_prior = fit if recipe.gaussian else None
+        calibration, cache = _calibration(calibrate)
+        calibration = {**recipe.calibration, **calibration} if (calibration is not None and recipe.calibration
+                                                                 is not None) else None
+        grid = recipe.grid if grid is None else grid
+        gp_tag = None if gaussian_prior is None else (
+            gaussian_prior if isinstance(gaussian_prior, str) else gaussian_prior.digest)
+        info["auto"] = {"class": type(solver_obj).__name__, **recipe.options, "final": final, "gaussian_prior": gp_tag}
+    else:
+        solver_obj = resolve_solver(solver, solver_options)
+        gaussian_prior = _gaussian_fit(model, None if gaussian_prior == "default" else gaussian_prior)
+        calibration, cache = _calibration(calibrate)
+    final = solver_obj.default_final if final is None else final
+    if final not in FINALS:
+        check_final(final)
 
     if x_T is not None and not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a tensor, got {type(x_T).__name__}")
@@ -205,15 +282,16 @@ def sample(
         else (x_T.device if x_T is not None else (_model_device(model) or torch.device("cpu")))
     )
     dt = dtype or (x_T.dtype if x_T is not None else torch.float32)
+    wd = torch.float64 if dt == torch.float64 else torch.float32
 
     noise = NoiseSource(generator=generator, seeds=seeds, device=dev)
     shp = _resolve_shape(model, shape, batch_size, noise, x_T)
 
     # time grid
-    n_steps: int | None = None
+    prefix = gaussian_prior is not None
     if grid is not None and not isinstance(grid, str):
         times = check_grid(grid, sde)
-        if steps is not None and solver_obj.steps_to_grid(check_positive_int(steps, "steps")) != times.numel() - 1:
+        if steps is not None and check_int(steps, "steps") != times.numel() - 1:
             raise ValueError(
                 f"steps={steps!r} was given with an explicit grid of {times.numel() - 1} intervals; the grid sets the "
                 "number of steps: drop steps= (or pass a grid name)"
@@ -221,21 +299,51 @@ def sample(
         if eps is not None and not math.isclose(float(times[-1]), eps, rel_tol=1e-9):
             raise ValueError(f"eps={eps} disagrees with the grid's last time {float(times[-1])}")
         eps_ = float(times[-1])
+        if nfe is not None and isinstance(solver_obj, GridSolver):
+            n = plan(solver_obj, nfe, final, prefix)
+            if n != times.numel() - 1:
+                raise ValueError(f"grid: a budget of nfe={nfe} with {type(solver_obj).__name__} needs {n} grid "
+                                 f"intervals, got {times.numel() - 1}")
     else:
         eps_ = sde.default_eps if eps is None else float(eps)
         if not (math.isfinite(eps_) and 0 < eps_ < sde.T):
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         if solver_obj.adaptive:
             times = None
-            if steps is not None or grid is not None:
-                raise ValueError(f"solver {solver!r} is adaptive: it takes no steps= or grid=")
+            if steps is not None or grid is not None or nfe is not None:
+                raise ValueError(f"solver {solver!r} is adaptive: it takes no steps=, nfe= or grid=")
         else:
-            n_steps = check_positive_int(getattr(solver_obj, "default_steps", sde.N) if steps is None else steps,
-                                         "steps")
-            # grids that are fitted to a model (e.g. "calibrated", "gits") receive it, with the solver and shape
-            context = {"model": model, "solver": solver_obj, "shape": shp[1:]}
-            times = make_grid(grid or solver_obj.grid_for(n_steps), sde, solver_obj.steps_to_grid(n_steps), eps_,
-                              context=context)
+            if nfe is not None:
+                assert isinstance(solver_obj, GridSolver)
+                n_steps = plan(solver_obj, nfe, final, prefix)
+            else:
+                if steps is not None and getattr(solver_obj, "budgeted", False):
+                    warnings.warn(
+                        f"steps={steps} now means {steps} grid intervals for every solver; for "
+                        f"{type(solver_obj).__name__} it used to mean {steps} evaluations, which is now nfe={steps}",
+                        DeprecationWarning, stacklevel=2)
+                n_steps = check_int(solver_obj.default_steps or sde.N if steps is None else steps, "steps")
+            times = make_grid(grid or solver_obj.default_grid, sde, n_steps, eps_)
+    if calibration is not None and times is not None:
+        if nfe is None:
+            raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
+        cg = calibrate_grid(score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior,
+                            shape=shp[1:], eps=eps_, dtype=wd, cache=DEFAULT_CACHE if cache is None else cache,
+                            progress=progress, **calibration)
+        # the cost of this run's calibration (a cached grid costs the 3 evaluations of the model's signature)
+        info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
+                               "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
+        times = cg.grid
+        if isinstance(gaussian_prior, str):
+            gaussian_prior = cg.gaussian_fit()
+    if isinstance(gaussian_prior, str):
+        raise ValueError(
+            "gaussian_prior='estimate' estimates the data's moments during calibration: pass calibrate=True "
+            "(or a cache file path), give gaussian_prior=(mean, cov), or sample a ScoreModel that carries "
+            "data_moments=(mean, cov)"
+        )
+    if gaussian_prior is not None and gaussian_prior.name == "data_moments":
+        info["gaussian_prior"] = "model"
 
     x = x_T.to(device=dev, dtype=dt) if x_T is not None else noise.randn(shp, device=dev, dtype=dt) * sde.prior_std
 
@@ -246,27 +354,29 @@ def sample(
     bar = Progress(n_int, desc, progress=progress)
     ctx = SolveContext(
         score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj,
-        progress=bar if bar.active else None,
+        progress=bar if bar.active else None, final=final, xdtype=dt, wdtype=wd,
     )
-    if n_steps is not None:
-        ctx.info["steps"] = n_steps  # the user's budget, for solvers whose grid intervals differ from it
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            x = solver_obj.solve(ctx, x)
-            if solver_obj.denoise_default if denoise is None else denoise:
-                counted.step = n_int
-                t_end = torch.full((x.shape[0],), eps_, device=x.device, dtype=x.dtype)
-                x = score_to_x0(counted(x, t_end), x, t_end, sde)
-                if traj is not None:
-                    traj.append(x.clone())
+            if isinstance(solver_obj, GridSolver):
+                x = integrate(solver_obj, ctx, x, gaussian_prior)
+            else:
+                if gaussian_prior is not None:
+                    raise ValueError(f"gaussian_prior needs a fixed-grid solver, not {type(solver_obj).__name__}")
+                x = solver_obj.solve(ctx, x)
+                if final != "none":
+                    counted.step = n_int
+                    x = finish(solver_obj, ctx, x, None, None).to(dt)
+                    if traj is not None:  # the final step is in the trajectory; callbacks see the solver's steps
+                        traj.append(x.clone())
             counted.check()
     finally:
         bar.close(evaluations=counted.nfe)
     seconds = time.perf_counter() - start
     if not (return_result or return_trajectory):
         return x
-    info = {k: v for k, v in ctx.info.items() if k not in ("x_mean", "times", "steps")}
+    info.update({k: v for k, v in ctx.info.items() if k not in ("times", "x_mean")})
     grid_out = ctx.info.get("times", times)
     return SampleResult(
         samples=x,
@@ -276,3 +386,31 @@ def sample(
         seconds=seconds,
         info=info,
     )
+
+
+def _calibration(value: Any) -> tuple[dict[str, Any] | None, Any]:
+    """``calibrate=`` as ``(options of calibrate_grid or None for no calibration, cache file or None)``."""
+    if value is None or value is False:
+        return None, None
+    if value is True:
+        return {}, None
+    if isinstance(value, dict):
+        opts = dict(value)
+        return opts, opts.pop("cache", None)
+    if isinstance(value, (str, os.PathLike, CalibrationCache)):
+        return {}, value
+    raise TypeError(f"calibrate must be a bool, a cache file path or a dict of calibrate_grid options, got "
+                    f"{type(value).__name__}")
+
+
+def _gaussian_fit(model: Any, value: Any) -> GaussianFit | str | None:
+    """``gaussian_prior=`` resolved: ``"estimate"`` becomes the model's ``data_moments`` fit if it has one, and
+    otherwise stays ``"estimate"`` (for the calibration to estimate)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "estimate":
+            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
+        fit = model.data_fit if isinstance(model, ScoreModel) else None
+        return fit if fit is not None else "estimate"
+    return as_gaussian_fit(value)

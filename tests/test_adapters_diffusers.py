@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import scoresolve as ss
-from scoresolve.solvers.base import NoiseSource
+from scoresolve.noise import NoiseSource
 from scoresolve.solvers.correctors import Langevin
 
 diffusers = pytest.importorskip("diffusers")
@@ -137,7 +137,7 @@ def test_scheduler_timesteps_as_a_grid_evaluate_the_trained_timesteps(ddpm_unet)
     grid = m.metadata["time_map"].grid(sched.timesteps)
     assert grid[0] == m.sde.T  # trailing spacing starts at timestep 999: the SDE's T
     ss.sample(
-        m, solver="dpmpp_2m", grid=grid, shape=(2, 1, 8, 8), denoise=False, generator=torch.Generator().manual_seed(0)
+        m, solver="dpmpp_2m", grid=grid, shape=(2, 1, 8, 8), final="none", generator=torch.Generator().manual_seed(0)
     )
     got = torch.stack([s[0] for s in seen]).double()
     want = sched.timesteps[: len(got)].double()
@@ -305,7 +305,7 @@ def test_pc_matches_score_sde_ve_scheduler_step_for_step(ve_unet):
     g = torch.Generator().manual_seed(7)
     t0 = torch.full((1,), 1.0)
     x, _ = Langevin()(m, sde, x_T.clone(), t0, t0, NoiseSource(generator=g), 0.15, 1)
-    ours = ss.sample(m, sde, "pc", grid=grid, x_T=x, generator=g, snr=0.15, denoise=True)
+    ours = ss.sample(m, sde, "pc", grid=grid, x_T=x, generator=g, snr=0.15, final="tweedie")
     torch.testing.assert_close(ours, ref, rtol=2e-4, atol=2e-4 * float(ref.abs().max()))
 
 
@@ -389,7 +389,7 @@ def _embedding_pipe(clip_sample=False):
 def test_nearest_timesteps_are_indices_for_an_embedding_network():
     pipe = _embedding_pipe()
     model = from_diffusers(pipe, timestep_mode="nearest")
-    x = ss.sample(model, solver="dpmpp_2m", steps=4, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    x = ss.sample(model, solver="dpmpp_2m", nfe=4, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
     assert model.time_fn(torch.tensor([0.5])).dtype == torch.long
 
@@ -410,7 +410,7 @@ def test_sample_pipeline_clips_as_the_pipeline_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # clipping is inherited, not warned about
         got = sample_pipeline(pipe, "dpmpp_2m", 4, generator=torch.Generator().manual_seed(0), **kw).images
-    clipped = ss.sample(from_diffusers(pipe, timestep_mode="nearest", clip_x0=True), solver="dpmpp_2m", steps=4,
+    clipped = ss.sample(from_diffusers(pipe, timestep_mode="nearest", clip_x0=True), solver="dpmpp_2m", nfe=4,
                         shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(got, ((clipped + 1) / 2).clamp(0, 1))
     plain = sample_pipeline(pipe, "dpmpp_2m", 4, clip_x0=False, generator=torch.Generator().manual_seed(0),

@@ -168,14 +168,18 @@ def test_png_grid_rgb_and_errors(tmp_path):
         write_png_grid(torch.zeros(4, 2), tmp_path / "bad.png")
 
 
-def test_sample_nfe_is_the_budget_of_budgeted_solvers(tmp_path):
+def test_sample_nfe_is_the_evaluation_budget(tmp_path):
+    """--nfe is sample()'s nfe=: exactly the budget for a few-step solver, and planned for any fixed-grid one
+    (pc: 3 predictor-corrector steps and the final Tweedie step are 7 evaluations)."""
     p = run_cli("sample", "--model", "analytic", "--solver", "dpmpp_2m", "--nfe", "6", "--n", "3",
                 "--out", str(tmp_path / "g.png"), "--threads", "1", "--quiet")
     assert p.returncode == 0, p.stderr
     assert json.loads(str(np.load(tmp_path / "g.npz")["config"]))["nfe_per_batch"] == 6
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    p = run_cli("sample", "--model", "analytic", "--solver", "pc", "--nfe", "6", "--out", str(tmp_path / "h"))
-    assert p.returncode == 2 and "--nfe needs a solver that takes an evaluation budget" in p.stderr
+    p = run_cli("sample", "--model", "analytic", "--solver", "pc", "--nfe", "7", "--n", "2",
+                "--out", str(tmp_path / "h"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(str(np.load(tmp_path / "h.npz")["config"]))["nfe_per_batch"] == 7
     p = run_cli("sample", "--model", "analytic", "--solver", "dpmpp_2m", "--nfe", "6", "--steps", "3",
                 "--out", str(tmp_path / "i"))
     assert p.returncode == 2 and "either --nfe or --steps" in p.stderr

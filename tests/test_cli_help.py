@@ -65,7 +65,7 @@ def test_likelihood_prints_a_readable_line(capsys):
 
 def test_sample_accepts_a_familiar_name(tmp_path, capsys):
     npz = tmp_path / "x.npz"
-    assert main(["sample", "--model", "analytic:grid2d", "--solver", "DPM++ 2M Karras", "--steps", "8", "--n", "4",
+    assert main(["sample", "--model", "analytic:grid2d", "--solver", "DPM++ 2M Karras", "--nfe", "8", "--n", "4",
                  "--npz", str(npz), "--quiet"]) == 0
     assert npz.is_file()
 

@@ -99,7 +99,7 @@ def test_particles_must_be_positive_int(small, bad):
 def test_unknown_method_and_options(small):
     gm, sde, model = small
     y, mask = torch.zeros(2, 3), torch.tensor([True, False, False])
-    with pytest.raises(ValueError, match="did you mean 'replace'"):
+    with pytest.raises(ValueError, match="Did you mean 'replace'"):
         inpaint(model, sde, y, mask, method="replac")
     with pytest.raises(ValueError, match="kernel"):
         inpaint(model, sde, y, mask, steps=2, particles=2, kernel="heun")
@@ -440,8 +440,9 @@ def test_acceptance_16d(sde_name, n_obs, obs_seed):
 def test_smc_kernels_match_the_predictors(sde, kernel):
     """The particle filter's Gaussian kernels are the registered predictors' updates (mean and std)."""
     from scoresolve.conditional.particles import kernel_coefficients
+    from scoresolve.noise import NoiseSource
     from scoresolve.registry import PREDICTORS
-    from scoresolve.solvers.base import CountedScore, NoiseSource
+    from scoresolve.solvers.base import CountedScore
 
     gm = mix3()
     x = gm.sample(8, gen(0), sde=sde, t=0.4, dtype=torch.float64)

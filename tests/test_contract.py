@@ -7,9 +7,9 @@ float32 and float64 (the state stays float32):
   error (``ValueError``/``TypeError`` for an unsupported combination such as a budget too small for the
   solver, :class:`NonFiniteScoreError` naming the model when the rounded score itself overflowed);
 - with ``seeds=`` a sample does not depend on its batch;
-- the NFE is exact: ``steps`` for a solver that takes an evaluation budget (it overrides
-  ``steps_to_grid``), else ``nfe_for(steps) + 1`` with the final denoising (``nfe_for(steps)`` without);
-  adaptive solvers report per-sample counts that add up.
+- the NFE is exact: a fixed-grid solver spends what the planner declares for its grid and final step
+  (:func:`scoresolve.solvers.loop.cost`), within ``nfe=`` for a solver that takes an evaluation budget
+  (``steps=`` grid intervals for the others); adaptive solvers report per-sample counts that add up.
 
 Budgets 1, 2, 5 run by default (tiny problem: 2-D, 3 samples); 10, 50, 1000 (fixed-grid solvers, where
 it is cheap) and the slow ``auto`` solver (which calibrates) run under ``-m slow``.
@@ -23,7 +23,8 @@ import torch
 import scoresolve as ss
 from scoresolve.registry import SOLVERS
 from scoresolve.sampling import resolve_solver
-from scoresolve.solvers.base import NonFiniteScoreError, Solver
+from scoresolve.solvers.base import GridSolver, NonFiniteScoreError, Solver
+from scoresolve.solvers.loop import cost
 
 SDES = {"ve": ss.VESDE, "vp": ss.VPSDE, "subvp": ss.SubVPSDE}
 SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -39,33 +40,38 @@ def _model(sde: ss.SDE, dtype: torch.dtype) -> ss.ScoreModel:
     return ss.ScoreModel(lambda x, t: mix.score(x, t, sde).to(dtype), sde, sample_shape=(2,))
 
 
-def _expected_nfe(solver: Solver, steps: int, res: ss.SampleResult) -> int | None:
-    if solver.adaptive:
+def _expected_nfe(solver: Solver, res: ss.SampleResult) -> int | None:
+    if not isinstance(solver, GridSolver):
         return None
-    if type(solver).steps_to_grid is not Solver.steps_to_grid:  # a solver that spends a budget of evaluations
-        return steps
-    return solver.nfe_for(steps) + (1 if solver.denoise_default else 0)
+    return cost(solver, res.grid.numel() - 1, solver.default_final, False)
+
+
+def _budget(solver: Solver, name: str, steps: int) -> dict[str, int]:
+    if solver.adaptive:
+        return {}
+    return {"nfe": steps} if name == "auto" or getattr(solver, "budgeted", False) else {"steps": steps}
 
 
 def _run(name: str, sde_key: str, steps: int) -> None:
     sde = SDES[sde_key]()
     for dtype in SCORE_DTYPES:
         model = _model(sde, dtype)
-        solver = resolve_solver(name, {}).for_model(model)
-        kw = {} if solver.adaptive else {"steps": steps}
+        solver = resolve_solver(name, {})
+        kw = _budget(solver, name, steps)
         try:
             res = ss.sample(model, sde, name, shape=(3, 2), seeds=[0, 1, 2], return_result=True, **kw)
         except NonFiniteScoreError as e:  # only for a score that overflowed its own dtype
             assert e.culprit == "model" and dtype in (torch.float16, torch.bfloat16), (name, dtype, str(e))
             continue
         except (ValueError, TypeError) as e:  # an unsupported combination: a clear error naming the argument
-            assert "steps" in str(e) or "budget" in str(e), (name, steps, str(e))
+            assert any(w in str(e) for w in ("steps", "budget", "nfe")), (name, steps, str(e))
             return
         assert torch.isfinite(res.samples).all(), (name, sde_key, steps, dtype)
-        want = _expected_nfe(solver, steps, res)
+        want = _expected_nfe(solver, res)
         if want is not None:
             assert res.nfe == want, (name, sde_key, steps, dtype, res.nfe, want)
-        else:
+            assert "nfe" not in kw or res.nfe <= steps, (name, sde_key, steps, res.nfe)
+        elif solver.adaptive:
             per = res.info.get("nfe_per_sample")
             assert per is not None and int(torch.as_tensor(per).max()) <= res.nfe
         if dtype is torch.float32:  # seeds=: the same sample alone as in the batch

@@ -169,7 +169,7 @@ def test_control_loop_meets_tolerance_on_a_known_error_model():
         ({"rtol": 0.1, "atol": 0.0}, "atol"),
         ({"rtol": 0.1, "atol": float("nan")}, "atol"),
         ({"rtol": 0.1, "atol": 0.1, "norm": "batch_mean"}, "norm must be one of"),
-        ({"rtol": 0.1, "atol": 0.1, "norm": "per-sample"}, "did you mean 'per_sample'"),
+        ({"rtol": 0.1, "atol": 0.1, "norm": "per-sample"}, "Did you mean 'per_sample'"),
         ({"rtol": 0.1, "atol": 0.1, "min_factor": 2.0}, "min_factor"),
         ({"rtol": 0.1, "atol": 0.1, "max_factor": 0.5}, "max_factor"),
         ({"rtol": "a", "atol": 0.1}, "rtol"),

@@ -11,7 +11,7 @@ import torch
 
 import scoresolve as ss
 from scoresolve.calibrate import CalibratedGrid, CalibrationMismatchError, calibrate_grid
-from scoresolve.solvers.auto import AutoSolver
+from scoresolve.recipes import auto_recipe
 from scoresolve.solvers.ipndm import IPNDM
 
 SHAPE = (1, 8, 8)
@@ -31,15 +31,15 @@ def _x_T(n: int = 16, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
 
 def _run(model, solver, steps, x_T, **kw):
     sde = _digits()[1] if x_T.shape[1:] == SHAPE else kw.pop("sde")
-    return ss.sample(model, sde, solver=solver, steps=steps, x_T=x_T, return_result=True, **kw)
+    return ss.sample(model, sde, solver=solver, nfe=steps, x_T=x_T, return_result=True, **kw)
 
 
 @pytest.mark.parametrize(
     ("solver", "steps", "options"),
     [
-        ("ipndm", 5, {"gaussian_prior": "estimate", "last_step": "tweedie", "variable": False}),
+        ("ipndm", 5, {"gaussian_prior": "estimate", "final": "tweedie", "variable": False}),
         ("ipndm", 4, {"gaussian_prior": "estimate"}),
-        ("dpmpp_2m", 5, {"gaussian_prior": "estimate", "last_step": "zero"}),
+        ("dpmpp_2m", 5, {"gaussian_prior": "estimate", "final": "zero"}),
         ("auto", 5, {"calibrate": False}),
         ("auto", 20, {"calibrate": False}),
     ],
@@ -53,7 +53,7 @@ def test_model_moments_equal_the_explicit_prior(solver, steps, options):
     explicit = {**options, "gaussian_prior": gm.moments()}
     b = _run(base, solver, steps, x_T, **explicit)
     assert a.nfe == b.nfe == steps
-    to_zero = solver == "auto" or options.get("last_step", "none") != "none"
+    to_zero = solver == "auto" or options.get("final", "none") != "none"
     assert a.grid.numel() - 1 == b.grid.numel() - 1 == steps + (0 if to_zero else 1)  # the first interval is free
     torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=1e-6)
     assert a.info["gaussian_prior"] == "model"
@@ -100,12 +100,15 @@ def test_explicit_prior_wins_and_none_stays_off():
         c = _run(model, solver, 5, x_T, gaussian_prior=None, **opts)
         d = _run(base, solver, 5, x_T, gaussian_prior=None, **opts)
         assert torch.equal(c.samples, d.samples)
-    # the user's solver object is not modified by sampling a model with moments
-    s = IPNDM(gaussian_prior="estimate")
-    _run(model, s, 4, x_T)
-    assert s.gaussian_prior == "estimate" and s.for_model(base) is s and s.for_model(model) is not s
-    assert AutoSolver(calibrate=False).for_model(model).uses_gaussian
-    assert not AutoSolver(calibrate=False, gaussian_prior=None).for_model(model).uses_gaussian
+    # gaussian_prior="estimate" takes the model's moments (the same solver object serves both models)
+    s = IPNDM()
+    assert _run(model, s, 4, x_T, gaussian_prior="estimate").info["gaussian_prior"] == "model"
+    with pytest.raises(ValueError, match="calibrate=True"):
+        _run(base, s, 4, x_T, gaussian_prior="estimate")
+    # auto without calibration: the model's moments give the Gaussian first interval (5 intervals for 5
+    # evaluations), gaussian_prior=None turns it off (4 intervals and the jump to 0)
+    assert _run(model, "auto", 5, x_T, calibrate=False).grid.numel() - 1 == 5
+    assert _run(model, "auto", 5, x_T, calibrate=False, gaussian_prior=None).grid.numel() - 1 == 4
 
 
 def test_data_moments_forms_and_validation():
@@ -142,7 +145,7 @@ def test_data_moments_forms_and_validation():
     # without a sample_shape the dimension is checked against the samples
     free = ss.ScoreModel(base, sde, data_moments=(torch.zeros(16), 1.0))
     with pytest.raises(ValueError, match="data_moments is for dimension 16"):
-        ss.sample(free, sde, solver="ipndm", steps=3, shape=(4, *SHAPE), gaussian_prior="estimate")
+        ss.sample(free, sde, solver="ipndm", nfe=3, shape=(4, *SHAPE), gaussian_prior="estimate")
 
 
 @functools.cache
@@ -153,6 +156,13 @@ def _small():
     return gm, sde, base, ss.ScoreModel(base, sde, (4,), data_moments=gm.moments())
 
 
+def _auto5(model, sde, path, kw):
+    """The grid solver='auto' calibrates at 5 evaluations (with a smaller search)."""
+    r = auto_recipe(5, gaussian=True)
+    return calibrate_grid(model, sde, r.solver(**r.options), 5, final=r.final, gaussian_prior="estimate", cache=path,
+                          **{**r.calibration, **kw})
+
+
 def test_calibration_uses_and_records_the_model_moments(tmp_path):
     """auto at 5 evaluations, calibrated (a small search, through its cache file): the grid is calibrated
     with the model's moments (nothing estimated, recorded with kind 'model'), sampling gives the same
@@ -161,7 +171,7 @@ def test_calibration_uses_and_records_the_model_moments(tmp_path):
     gm, sde, base, model = _small()
     kw = dict(n_samples=32, max_evals=20, teacher_steps=60)
     path = tmp_path / "model.json"
-    cg = calibrate_grid(model, sde, AutoSolver().choose(5), 5, cache=path, **kw)
+    cg = _auto5(model, sde, path, kw)
     rec = CalibratedGrid.load(path).extra["gaussian_prior"]
     assert rec == {"kind": "model", "digest": model.data_fit.digest, "dim": 4}
     assert cg.solver["gaussian_prior"] == model.data_fit.digest and cg.gaussian_fit() is None
@@ -174,12 +184,12 @@ def test_calibration_uses_and_records_the_model_moments(tmp_path):
     with pytest.raises(CalibrationMismatchError, match="solver"):
         _run(base, "auto", 5, x_T, sde=sde, calibrate=str(path))  # estimate: refuses the model-moments grid
     path2 = tmp_path / "estimated.json"
-    calibrate_grid(base, sde, AutoSolver().choose(5), 5, cache=path2, **kw)
+    _auto5(base, sde, path2, kw)
     assert CalibratedGrid.load(path2).solver["gaussian_prior"] == "estimate"
     with pytest.raises(CalibrationMismatchError, match="solver"):
         _run(model, "auto", 5, x_T, sde=sde, calibrate=str(path2))
     with pytest.raises(CalibrationMismatchError, match="solver"):
-        calibrate_grid(model, sde, AutoSolver().choose(5), 5, cache=path2, **kw)
+        _auto5(model, sde, path2, kw)
 
 
 def test_auto_default_calibration_in_memory():

@@ -123,10 +123,9 @@ def test_scheduler_draws_what_ss_sample_draws(tmp_path):
             for t in sched.timesteps:
                 x = sched.step(unet(x, t).sample, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
         model = ss.from_diffusers(unet, scheduler=ddpm, clip_x0=False)
-        ref = ss.sample(model, solver=solver, grid=sched.result.grid, x_T=x_T.clone(), last_step="zero",
-                        generator=torch.Generator().manual_seed(5), **opts) if solver == "unipc" else ss.sample(
-            model, solver=solver, grid=sched.result.grid, x_T=x_T.clone(), denoise=True,
-            generator=torch.Generator().manual_seed(5), **opts)
+        ref = ss.sample(model, solver=solver, grid=sched.result.grid, x_T=x_T.clone(),
+                        final="zero" if solver == "unipc" else "tweedie", generator=torch.Generator().manual_seed(5),
+                        **opts)
         torch.testing.assert_close(x, ref, atol=1e-6, rtol=1e-6)  # the pipeline passes float32 timesteps
         assert sched.nfe == len(sched.timesteps) == sched.result.nfe
 
@@ -343,7 +342,7 @@ def test_calibrate_then_the_scheduler_runs_the_calibrated_grid():
     torch.testing.assert_close(sched.sigmas[:-1], torch.tensor(sig, dtype=torch.float64))
     x = _loop(sched, eps, _x_T(1))
     ref = ss.sample(ss.from_diffusers(lambda x_, ts: eps(x_, ts[0]).to(x_.dtype), scheduler=sched, sde=sched.sde),
-                    solver="unipc", grid=sched.result.grid, x_T=_x_T(1), last_step="zero")
+                    solver="unipc", grid=sched.result.grid, x_T=_x_T(1), final="zero")
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)  # the pipeline passes float32 timesteps
 
 

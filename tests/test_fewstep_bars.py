@@ -43,7 +43,7 @@ def test_auto_meets_the_few_step_bars_on_every_seed(budget):
     fd_bar, logp_bar, rmse_bar = BARS[budget]
     for seed in (0, 1, 2):
         x_T, ref = _reference(seed)
-        res = ss.sample(model, sde, solver="auto", steps=budget, x_T=x_T, return_result=True)
+        res = ss.sample(model, sde, solver="auto", nfe=budget, x_T=x_T, return_result=True)
         assert res.nfe == budget
         x = res.samples
         ratio = frechet_to_moments(x.reshape(N, -1).float(), mean, cov) / floor
@@ -74,7 +74,7 @@ def test_auto_under_ve_on_digits(budget):
     floor = exact_floor("digits", N)
     for seed in (0, 1, 2):
         x_T, ref = _reference_ve(seed)
-        x = ss.sample(model, sde, solver="auto", steps=budget, x_T=x_T)
+        x = ss.sample(model, sde, solver="auto", nfe=budget, x_T=x_T)
         fd = frechet_to_moments(x.reshape(N, -1).float(), mean, cov)
         if budget == 5:
             assert fd / floor <= 2.0, f"VE 5 NFE seed {seed}: FD / floor {fd / floor:.3f}"

@@ -167,7 +167,7 @@ def test_first_order_solver_equals_diffusers_flow_match_euler(shift):
     x = x_T.clone()
     for ts in sched.timesteps:
         x = sched.step(velocity(x, ts / 1000), ts, x).prev_sample
-    ours = ss.sample(gm.velocity_model(sde), sde, solver="dpm_solver", order=1, last_step="tweedie",
+    ours = ss.sample(gm.velocity_model(sde), sde, solver="dpm_solver", order=1, final="tweedie",
                      grid=clock.double(), x_T=x_T.double(), return_result=True)
     assert ours.nfe == n
     torch.testing.assert_close(ours.samples, x.double(), rtol=0, atol=1e-5)
@@ -328,6 +328,6 @@ def test_auto_on_digits_flow_reaches_the_floor(budget, bar):
     ratios = []
     for seed in (0, 1, 2):  # the calibrated grid is cached in memory after the first call
         x_T = sde.prior_sample((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed), dtype=F64)
-        x = ss.sample(model, sde, solver="auto", steps=budget, x_T=x_T)
+        x = ss.sample(model, sde, solver="auto", nfe=budget, x_T=x_T)
         ratios.append(frechet_to_moments(x.reshape(n, -1).float(), mean, cov) / floor)
     assert max(ratios) <= bar, ratios

@@ -35,8 +35,8 @@ def test_a_calibrated_run_s_grid_drives_diffusers_and_our_scheduler(tmp_path):
 
     sched = ScoresolveScheduler(solver="unipc")
     gm = ss.analytic.anisotropic(dim=4, n_components=3, seed=4)
-    res = ss.sample(lambda x, t: gm.score(x, t, sched.sde), sched.sde, solver="unipc", steps=6, shape=(4, 4),
-                    last_step="zero", return_result=True)
+    res = ss.sample(lambda x, t: gm.score(x, t, sched.sde), sched.sde, solver="unipc", nfe=6, shape=(4, 4),
+                    final="zero", return_result=True)
     path = tmp_path / "sigmas.json"
     sig = ss.grids.export(res, sched.sde, path)
     sched.set_timesteps(sigmas=ss.grids.import_(path))

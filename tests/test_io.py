@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import scoresolve as ss
+from scoresolve import _util as util_mod
 from scoresolve.io import CheckpointError, load, read_config, save, save_pretrained
 from scoresolve.io import checkpoint as ckpt_mod
 from scoresolve.train.nets import MLP, UNet
@@ -249,7 +250,7 @@ def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(util_mod.tempfile, "mkstemp", denied)  # the one atomic writer, scoresolve._util
     with pytest.raises(CheckpointError, match="not writable"):
         save(_model(1), p)
     monkeypatch.undo()

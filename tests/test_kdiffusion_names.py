@@ -140,7 +140,7 @@ def test_sample_accepts_aliases_and_reaches_the_mixture(name):
     (within 5 standard errors + the discretisation bias allowance 0.1)."""
     gm = analytic.anisotropic(dim=4, n_components=3, seed=1)
     sde = ss.VPSDE()
-    res = ss.sample(gm.score_model(sde), sde, solver=name, steps=40, shape=(512, 4), dtype=torch.float64,
+    res = ss.sample(gm.score_model(sde), sde, solver=name, nfe=40, shape=(512, 4), dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0), return_result=True)
     mean, cov = gm.moments()
     se = cov.diagonal().sqrt() / 512**0.5
@@ -204,7 +204,7 @@ def test_empirical_order(name, opts, expected):
     errs = []
     for k in (100, 200):
         x = ss.sample(lambda x, t: gm.score(x, t, sde), sde, solver=solver, steps=k, x_T=x_T, eps=EPS, grid="log_snr",
-                      denoise=False)
+                      final="none")
         errs.append((x - ref).pow(2).mean().sqrt().item())
     slope = math.log2(errs[0] / errs[1])
     assert abs(slope - (expected or solver.order)) <= 0.3, (errs, slope)

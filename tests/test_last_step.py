@@ -1,9 +1,9 @@
-"""The final step onto sigma = 0 of the budgeted solvers (``last_step="zero"``).
+"""The final step onto sigma = 0 of the budgeted solvers (``final="zero"``).
 
-Returning the denoiser at sigma_min (Tweedie, the peers' jump, ``last_step="tweedie"``) scales a data
+Returning the denoiser at sigma_min (Tweedie, the peers' jump, ``final="tweedie"``) scales a data
 direction of variance v by sqrt(v / (v + sigma_min^2)) whatever the budget, so the mean log-density of the
 samples stops converging; ``"zero"`` is an Adams-Bashforth step of dy/dsigma = (y - D)/sigma onto 0 through
-directions kept at nodes spaced >= sqrt(2) apart in sigma (``Run.plan_tail``), which converges with the budget
+directions kept at nodes spaced >= sqrt(2) apart in sigma (``finish.Tail``), which converges with the budget
 and does not amplify a low-precision model's rounding on fine grids. Ground truth: a Gaussian with thin
 directions, whose exact PF-ODE endpoint under VE is x0 = sqrt(C) (C + sigma_T^2 I)^(-1/2) x_T.
 """
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import scoresolve as ss
-from scoresolve.solvers.exp_base import TAIL_RATIO, lagrange_integral_weights
-from scoresolve.solvers.ipndm import IPNDM
+from scoresolve.solvers.coefficients import lagrange_integral_weights
+from scoresolve.solvers.finish import TAIL_RATIO, Tail
 
 SOLVERS = ["unipc", "dpmpp_3m", "dpmpp_2m", "dpm_solver", "ipndm"]
 
@@ -37,7 +37,7 @@ def test_zero_step_converges_where_tweedie_does_not(name):
     lp_exact = gm.log_prob(exact).mean()
     gaps = {}
     for last in ("zero", "tweedie"):
-        res = ss.sample(score, sde, solver=name, steps=100, grid="log_snr", x_T=x_T, last_step=last,
+        res = ss.sample(score, sde, solver=name, nfe=100, grid="log_snr", x_T=x_T, final=last,
                         return_result=True)
         assert res.nfe == 100
         gaps[last] = float(gm.log_prob(res.samples).mean() - lp_exact)
@@ -49,23 +49,19 @@ def test_zero_step_converges_where_tweedie_does_not(name):
 
 def test_tail_nodes_are_spread_on_fine_grids():
     gm, sde, x_T, _ = _problem()
-    solver = IPNDM(last_step="zero")
-    grid = ss.solvers.grids.make_grid("log_snr", sde, 999, sde.default_eps)
-    ctx = type("Ctx", (), {"sde": sde})()
-    run = solver.make_run(ctx, x_T, grid)
-    idx = run.tail_idx
-    assert idx[0] == run.n_steps - 1 and len(idx) == 4
-    sig = [run.s[i] for i in idx]
+    s_all = sde.sigma(ss.solvers.grids.make_grid("log_snr", sde, 999, sde.default_eps)).tolist()
+    idx = Tail(s_all).idx
+    assert idx[0] == 999 and len(idx) == 4
+    sig = [s_all[i] for i in idx]
     assert all(b >= TAIL_RATIO * a for a, b in zip(sig, sig[1:], strict=False))
     # bounded weights: the jump's weights relative to its length sigma_N stay O(10) (measured 13.9), where the
     # last four consecutive nodes of this grid give ~1e4
     w = lagrange_integral_weights(sig, sig[0], 0.0)
     assert sum(abs(x) for x in w) < 20 * sig[0]
-    consecutive = [run.s[i] for i in range(run.n_steps - 1, run.n_steps - 5, -1)]
+    consecutive = [s_all[i] for i in range(999, 995, -1)]
     assert sum(abs(x) for x in lagrange_integral_weights(consecutive, sig[0], 0.0)) > 1000 * sig[0]
     # a coarse grid keeps the last consecutive points
-    run = solver.make_run(ctx, x_T, ss.solvers.grids.make_grid("log_snr", sde, 5, sde.default_eps))
-    assert run.tail_idx == (5, 4, 3, 2)
+    assert Tail(sde.sigma(ss.solvers.grids.make_grid("log_snr", sde, 5, sde.default_eps)).tolist()).idx == (5, 4, 3, 2)
 
 
 @pytest.mark.parametrize("name", SOLVERS)
@@ -79,7 +75,7 @@ def test_fine_grid_with_bfloat16_model_outputs(name):
         return score(x, t).to(torch.bfloat16).to(x.dtype)
 
     lp_exact = gm.log_prob(exact).mean()
-    x = ss.sample(bf16, sde, solver=name, steps=1000, grid="log_snr", x_T=x_T.float(), last_step="zero").double()
+    x = ss.sample(bf16, sde, solver=name, nfe=1000, grid="log_snr", x_T=x_T.float(), final="zero").double()
     assert torch.isfinite(x).all()
     rmse = float((x - exact).pow(2).mean().sqrt())
     gap = float(gm.log_prob(x).mean() - lp_exact)

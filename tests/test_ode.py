@@ -22,7 +22,7 @@ def _prior(sde, n, dim, seed=0, dtype=torch.float64):
 
 
 def _reference(model, sde, x_T, eps=None):
-    return ss.sample(model, sde, "ode", x_T=x_T.double(), rtol=1e-9, atol=1e-9, denoise=False, eps=eps)
+    return ss.sample(model, sde, "ode", x_T=x_T.double(), rtol=1e-9, atol=1e-9, final="none", eps=eps)
 
 
 def _rmse(a, b):
@@ -47,7 +47,7 @@ def test_dopri5_matches_float64_reference(problem):
     n = 16 if problem == "digits_vp" else 32
     x_T = _prior(sde, n, mix.dim).reshape(n, *mix.event_shape)
     ref = _reference(model, sde, x_T)
-    res = ss.sample(model, sde, "ode", x_T=x_T.float(), denoise=False, return_result=True)
+    res = ss.sample(model, sde, "ode", x_T=x_T.float(), final="none", return_result=True)
     assert res.samples.dtype == torch.float32
     err = _rmse(res.samples, ref)
     # grid2d (25 modes of std 0.05) under VP: dopri5's batch-RMS error control at 1e-5 lands at 1.7e-4
@@ -55,7 +55,7 @@ def test_dopri5_matches_float64_reference(problem):
     bound = 2.5e-4 if problem == "grid2d_vp" else 1e-4
     assert err <= bound, f"{problem}: RMSE {err:.2e} against the float64 reference"
     # ... and not trivially: a loose tolerance is visibly worse, so the check has teeth
-    loose = ss.sample(model, sde, "ode", x_T=x_T.float(), denoise=False, rtol=1e-2, atol=1e-2)
+    loose = ss.sample(model, sde, "ode", x_T=x_T.float(), final="none", rtol=1e-2, atol=1e-2)
     assert _rmse(loose, ref) > err
     assert res.info["clamped_evals"] <= 1  # torchdiffeq's initial-step probe, clamped into [eps, T]
     assert res.grid is not None and float(res.grid[0]) == sde.T and math.isclose(float(res.grid[-1]), sde.default_eps)
@@ -76,7 +76,7 @@ def test_fixed_step_empirical_order(name, declared, process):
     steps = {"ode_euler": [32, 64, 128, 256], "ode_heun": [16, 32, 64, 128], "ode_rk4": [8, 16, 32, 64]}[name]
     errs, nfes = [], []
     for n in steps:
-        r = ss.sample(model, sde, name, steps=n, x_T=x_T, denoise=False, grid="quadratic", return_result=True)
+        r = ss.sample(model, sde, name, steps=n, x_T=x_T, final="none", grid="quadratic", return_result=True)
         errs.append(_rmse(r.samples, ref))
         nfes.append(r.nfe)
     assert nfes == [n * cls.nfe_per_step for n in steps]
@@ -91,13 +91,13 @@ def test_ode_fixed_grid_methods_and_our_euler_agree():
     x_T = _prior(sde, 8, 2)
     grid = torch.linspace(1.0, 1e-3, 21, dtype=torch.float64) ** 1.5 + 0.0
     grid[-1] = 1e-3
-    a = ss.sample(model, sde, "ode", method="euler", grid=grid, x_T=x_T, denoise=False, return_result=True)
-    b = ss.sample(model, sde, "ode_euler", grid=grid, x_T=x_T, denoise=False, return_result=True)
+    a = ss.sample(model, sde, "ode", method="euler", grid=grid, x_T=x_T, final="none", return_result=True)
+    b = ss.sample(model, sde, "ode_euler", grid=grid, x_T=x_T, final="none", return_result=True)
     assert a.nfe == b.nfe == 20
     torch.testing.assert_close(a.samples, b.samples, rtol=1e-12, atol=1e-12)
     ref = _reference(model, sde, x_T)
-    e10 = _rmse(ss.sample(model, sde, "ode", method="rk4", steps=10, x_T=x_T, denoise=False), ref)
-    e20 = _rmse(ss.sample(model, sde, "ode", method="rk4", steps=20, x_T=x_T, denoise=False), ref)
+    e10 = _rmse(ss.sample(model, sde, "ode", method="rk4", steps=10, x_T=x_T, final="none"), ref)
+    e20 = _rmse(ss.sample(model, sde, "ode", method="rk4", steps=20, x_T=x_T, final="none"), ref)
     assert e20 < e10 / 8  # 4th order: ~16x per halving
 
 
@@ -116,7 +116,7 @@ def test_ode_nfe_is_honest_and_time_stays_in_range():
     x_T = _prior(sde, 16, 8, dtype=torch.float32)
     for rtol in (1e-2, 1e-5):
         seen.update(calls=0, tmin=math.inf, tmax=-math.inf)
-        r = ss.sample(score, sde, "ode", x_T=x_T, rtol=rtol, atol=rtol, denoise=False, return_result=True)
+        r = ss.sample(score, sde, "ode", x_T=x_T, rtol=rtol, atol=rtol, final="none", return_result=True)
         assert r.nfe == seen["calls"] == int(r.info["nfe_per_sample"][0])
         assert seen["tmin"] >= sde.default_eps * (1 - 1e-6) and seen["tmax"] <= sde.T
         assert r.info["clamped_evals"] <= 1
@@ -130,7 +130,7 @@ def test_ode_trajectory_and_callback():
         sde,
         "ode",
         x_T=_prior(sde, 4, 2),
-        denoise=False,
+        final="none",
         return_trajectory=True,
         rtol=1e-3,
         atol=1e-3,
@@ -176,7 +176,7 @@ def test_per_sample_adaptive_is_independent_of_batch_composition():
     mix, sde = analytic.anisotropic(16), ss.VPSDE()
     model = mix.score_model(sde)
     x_T = _prior(sde, 12, 16)
-    kw = dict(denoise=False, rtol=1e-4, atol=1e-4, return_result=True)
+    kw = dict(final="none", rtol=1e-4, atol=1e-4, return_result=True)
     full = ss.sample(model, sde, "ode_adaptive", x_T=x_T, **kw)
     part = ss.sample(model, sde, "ode_adaptive", x_T=x_T[3:7], **kw)
     perm = torch.tensor([9, 0, 5, 3])
@@ -188,8 +188,8 @@ def test_per_sample_adaptive_is_independent_of_batch_composition():
     assert full.nfe == int(nps.max()) and full.info["row_evals"] == int(nps.sum())
     assert int(nps.min()) < int(nps.max())  # mixed difficulty: finished rows are not evaluated
     # shared-step torchdiffeq dopri5 does depend on the batch (one RMS error norm for all samples)
-    a = ss.sample(model, sde, "ode", x_T=x_T, denoise=False, rtol=1e-4, atol=1e-4)
-    b = ss.sample(model, sde, "ode", x_T=x_T[3:7], denoise=False, rtol=1e-4, atol=1e-4)
+    a = ss.sample(model, sde, "ode", x_T=x_T, final="none", rtol=1e-4, atol=1e-4)
+    b = ss.sample(model, sde, "ode", x_T=x_T[3:7], final="none", rtol=1e-4, atol=1e-4)
     assert (a[3:7] - b).abs().max() > 1e-8
 
 
@@ -201,10 +201,10 @@ def test_per_sample_adaptive_accuracy(variable):
     ref = _reference(model, sde, x_T)
     errs = []
     for tol in (1e-4, 1e-6):
-        r = ss.sample(model, sde, "ode_adaptive", x_T=x_T, denoise=False, rtol=tol, atol=tol, variable=variable)
+        r = ss.sample(model, sde, "ode_adaptive", x_T=x_T, final="none", rtol=tol, atol=tol, variable=variable)
         errs.append(_rmse(r, ref))
     assert errs[1] <= 1e-4 and errs[1] < errs[0] / 5
-    r = ss.sample(model, sde, "ode_adaptive", x_T=x_T, denoise=False, pair="bosh3", rtol=1e-5, atol=1e-5)
+    r = ss.sample(model, sde, "ode_adaptive", x_T=x_T, final="none", pair="bosh3", rtol=1e-5, atol=1e-5)
     assert _rmse(r, ref) <= 1e-3
 
 

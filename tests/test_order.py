@@ -3,7 +3,7 @@
 Ground truth: a tight (rtol = atol = 1e-10) dopri5 solution of the probability-flow ODE of an exact
 Gaussian mixture (4-D anisotropic, under VP and under the rectified-flow interpolant with SD3's shift 3,
 there with the mixture's exact velocity as a flow model), from the same prior noise, to the same final time. The
-grid is uniform in log-SNR and the run stops at eps (``last_step="none"``) so only the solver's own
+grid is uniform in log-SNR and the run stops at eps (``final="none"``) so only the solver's own
 truncation error is measured. The slope of log2(RMSE) between K = 200 and 400 steps must match the
 declared order within ±0.3.
 """
@@ -88,7 +88,7 @@ def test_empirical_order_matches_declared(name, opts, process):
     errs = []
     ks = [100, 200, 400] if solver.nfe_per_step == 1 else [201, 401, 801]
     for k in ks:
-        res = ss.sample(model, sde, solver=solver, steps=k, x_T=x_T, grid="log_snr",
+        res = ss.sample(model, sde, solver=solver, nfe=k, x_T=x_T, grid="log_snr",
                         eps=EPS, return_result=True)
         assert res.nfe == k
         errs.append((res.samples - ref).pow(2).mean().sqrt().item())

@@ -1,8 +1,8 @@
 """Where our algorithm is a peer's, the same prior noise gives the same samples (float64, 1e-5).
 
 - DPM-Solver++(2M) vs k-diffusion's ``sample_dpmpp_2m`` on its Karras sigmas (ending in 0): our
-  ``dpmpp_2m`` with ``last_step="tweedie"`` on the grid of those sigmas (the final 0 is our jump to 0, taken
-  as the peers take it: the denoiser at the last sigma; our ``last_step="zero"`` extrapolates it to 0 instead).
+  ``dpmpp_2m`` with ``final="tweedie"`` on the grid of those sigmas (the final 0 is our jump to 0, taken
+  as the peers take it: the denoiser at the last sigma; our ``final="zero"`` extrapolates it to 0 instead).
 - UniPC (bh2, order 2, corrector, lower-order final) vs diffusers' ``UniPCMultistepScheduler`` on its
   discrete DDPM schedule: our grid is the continuous VP time with the same log-SNR as each of its
   timesteps, and both are driven by the exact noise prediction of a Gaussian mixture at that time.
@@ -47,7 +47,7 @@ def test_dpmpp_2m_matches_k_diffusion(n):
     ref = ks.sample_dpmpp_2m(denoiser, x0.clone(), sigmas, disable=True)
     grid = sde.t_from_sigma(sigmas[:-1])
     ours = ss.sample(lambda x, t: gm.score(x, t, sde), sde, solver="dpmpp_2m", grid=grid, x_T=x0.clone(),
-                     last_step="tweedie", return_result=True)
+                     final="tweedie", return_result=True)
     assert ours.nfe == n
     torch.testing.assert_close(ours.samples, ref, rtol=1e-5, atol=1e-5)
 
@@ -77,6 +77,6 @@ def test_unipc_matches_diffusers(n):
     grid = torch.cat([t_of(s) for s in sched.timesteps])
     # diffusers starts from x_T at its first timestep with the same scale: VP prior N(0, I)
     ours = ss.sample(lambda x, t: gm.score(x, t, sde), sde, solver="unipc", grid=grid, x_T=x_T.clone(),
-                     last_step="tweedie", return_result=True)
+                     final="tweedie", return_result=True)
     assert ours.nfe == n
     torch.testing.assert_close(ours.samples, x, rtol=1e-5, atol=1e-5)

@@ -37,11 +37,11 @@ def _mixture():
 def test_sample_shows_a_bar_by_default_off_a_terminal_and_ends_with_its_cost(monkeypatch, capsys):
     monkeypatch.delenv(prog.ENV, raising=False)  # pytest's stderr is not a terminal: shown anyway
     score, sde = _mixture()
-    res = ss.sample(score, sde, solver="dpmpp_2m", steps=6, shape=(4, 1, 8, 8), return_result=True)
+    res = ss.sample(score, sde, solver="dpmpp_2m", nfe=6, shape=(4, 1, 8, 8), return_result=True)
     err = capsys.readouterr().err
     assert "scoresolve dpmpp_2m" in err and "6/6" in err
     assert re.search(rf"{res.nfe} evaluations, \d+\.\d s", err), err[-500:]
-    ss.sample(score, sde, solver="dpmpp_2m", steps=6, shape=(4, 1, 8, 8), progress=False)
+    ss.sample(score, sde, solver="dpmpp_2m", nfe=6, shape=(4, 1, 8, 8), progress=False)
     assert capsys.readouterr().err == ""
 
 

@@ -38,7 +38,7 @@ def test_bundled_mnist_samples_look_like_digits():
     from scoresolve.metrics.classifier import load_classifier
 
     model = load("mnist")
-    x = ss.sample(model, solver="dpmpp_2m", steps=10, batch_size=32, generator=torch.Generator().manual_seed(0))
+    x = ss.sample(model, solver="dpmpp_2m", nfe=10, batch_size=32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         p = load_classifier(name="mnist")(x.clamp(-1, 1)).softmax(1)
     conf, label = p.max(1)

@@ -36,7 +36,7 @@ def test_nfe_equals_calls(problem, pred, corr, n_corr):
     assert res.nfe == counter.calls
     per_step = (pred != "none") + (n_corr if corr != "none" else 0)
     assert res.nfe == 7 * per_step + 1  # + the final Tweedie step
-    res2 = ss.sample(counter, sde, steps=7, shape=(5, 2), predictor=pred, corrector=corr, denoise=False,
+    res2 = ss.sample(counter, sde, steps=7, shape=(5, 2), predictor=pred, corrector=corr, final="none",
                      n_corrector_steps=n_corr, return_result=True)
     assert res2.nfe == 7 * per_step
 
@@ -96,8 +96,6 @@ def test_custom_grid_and_grid_names(problem):
     r = ss.sample(gm.score_model(sde), grid=[1.0, 0.5, 0.1, 0.01], batch_size=2, return_result=True)
     assert r.nfe == 3 * 2 + 1 and float(r.grid[-1]) == 0.01
     for name in ss.grids():
-        if getattr(ss.GRIDS.get(name), "needs_model", False):
-            continue  # fitted to a model and solver: tested in test_calibrate.py
         r = ss.sample(gm.score_model(sde), grid=name, steps=4, batch_size=2, return_result=True)
         assert r.grid.shape == (5,) and (r.grid[1:] < r.grid[:-1]).all()
 
@@ -204,3 +202,21 @@ def test_solvers_listing():
     assert "pc" in listing and all(isinstance(v, str) and v for v in listing.values())
     assert set(ss.predictors()) >= {"euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none"}
     assert set(ss.correctors()) >= {"langevin", "annealed_langevin", "none"}
+
+
+def test_old_words_still_work_with_a_deprecation_warning(problem):
+    """denoise= and a solver's last_step= map onto final=; a budgeted solver's steps= alone means grid
+    intervals, as for every solver, and says so."""
+    gm, sde = problem
+    model = gm.score_model(sde)
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DeprecationWarning, match="final='none'"):
+        a = ss.sample(model, sde, steps=5, x_T=x_T, denoise=False, generator=torch.Generator().manual_seed(1))
+    b = ss.sample(model, sde, steps=5, x_T=x_T, final="none", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    with pytest.warns(DeprecationWarning, match="final='zero'"):
+        c = ss.sample(model, sde, "ipndm", nfe=6, x_T=x_T, last_step="zero")
+    assert torch.equal(c, ss.sample(model, sde, "ipndm", nfe=6, x_T=x_T, final="zero"))
+    with pytest.warns(DeprecationWarning, match="now nfe=6"):
+        r = ss.sample(model, sde, "ipndm", steps=6, x_T=x_T, final="zero", return_result=True)
+    assert r.grid.numel() - 1 == 6 and r.nfe == 7  # 6 intervals + the final step

@@ -16,7 +16,8 @@ from conftest import SDES
 
 import scoresolve as ss
 from scoresolve.metrics import mode_weights
-from scoresolve.solvers.sde_dpmpp import SDEDPMSolverPP2M, phi_integrals
+from scoresolve.solvers.coefficients import phi_integrals
+from scoresolve.solvers.sde_dpmpp import SDEDPMSolverPP2M
 
 
 @pytest.fixture(autouse=True)
@@ -83,21 +84,21 @@ def test_phi_integrals_against_quadrature():
 
 
 @pytest.mark.parametrize("solver", ["sde_dpmpp_2m", "sde_dpmpp_3m"])
-@pytest.mark.parametrize("final", ["denoise", "sigma_min", "zero"])
+@pytest.mark.parametrize("final", ["tweedie", "none"])
 def test_budget_semantics(solver, final):
     sde = ss.VPSDE()
     model = MIX.score_model(sde)
     for k in (1, 2, 3, 5, 17):
-        if final == "denoise" and k == 1:
-            with pytest.raises(ValueError, match="steps=1 is too small for final='denoise'"):
-                ss.sample(model, sde, solver, k, batch_size=4, final=final)
+        if final == "tweedie" and k == 1:
+            with pytest.raises(ValueError, match="nfe=1 is too small"):
+                ss.sample(model, sde, solver, nfe=k, batch_size=4, final=final)
             continue
         calls: list[int] = []
         res = ss.sample(
             model,
             sde,
             solver,
-            k,
+            nfe=k,
             batch_size=4,
             final=final,
             return_result=True,
@@ -106,7 +107,7 @@ def test_budget_semantics(solver, final):
         )
         assert res.nfe == k, f"{solver} final={final}: steps={k} spent {res.nfe} evaluations"
         assert torch.isfinite(res.samples).all()
-        assert len(calls) == k
+        assert len(calls) == k - (final != "none")  # callbacks see the grid's steps, not the final one
 
 
 @pytest.mark.parametrize("sde_name", sorted(SDES))
@@ -114,11 +115,10 @@ def test_no_nan_over_budgets(sde_name):
     sde = SDES[sde_name]()
     model = MIX.score_model(sde)
     for k in (2, 3, 4, 5, 7, 10, 20, 50, 100, 999, 1000):
-        x = ss.sample(model, sde, "sde_dpmpp_2m", k, batch_size=3, generator=torch.Generator().manual_seed(k))
+        x = ss.sample(model, sde, "sde_dpmpp_2m", nfe=k, batch_size=3, generator=torch.Generator().manual_seed(k))
         assert torch.isfinite(x).all(), f"NaN/inf at steps={k} under {sde_name}"
-    for final in ("zero", "sigma_min"):
-        x = ss.sample(model, sde, "sde_dpmpp_2m", 1, batch_size=3, final=final)
-        assert torch.isfinite(x).all()
+    x = ss.sample(model, sde, "sde_dpmpp_2m", nfe=1, batch_size=3, final="none")
+    assert torch.isfinite(x).all()
 
 
 @pytest.mark.slow
@@ -132,9 +132,9 @@ def test_no_nan_every_budget_1_to_1000(sde_name):
             model,
             sde,
             "sde_dpmpp_2m",
-            k,
+            nfe=k,
             batch_size=2,
-            final="zero" if k == 1 else "denoise",
+            final="none" if k == 1 else "tweedie",
             generator=torch.Generator().manual_seed(k),
         )
         assert torch.isfinite(x).all(), f"NaN/inf at steps={k} under {sde_name}"
@@ -146,7 +146,7 @@ def test_sde_dpmpp_2m_distribution(sde_name):
     # variances) is below what a first-order solver reaches at 10 steps or a score off by 10 % gives.
     sde = SDES[sde_name]()
     x = ss.sample(
-        MIX.score_model(sde), sde, "sde_dpmpp_2m", 40, batch_size=4000, generator=torch.Generator().manual_seed(1)
+        MIX.score_model(sde), sde, "sde_dpmpp_2m", nfe=40, batch_size=4000, generator=torch.Generator().manual_seed(1)
     )
     _check_distribution(x, MIX, bias=0.01)
 
@@ -154,14 +154,14 @@ def test_sde_dpmpp_2m_distribution(sde_name):
 def test_sde_dpmpp_noise_matters_and_is_reproducible():
     sde = ss.VPSDE()
     model = MIX.score_model(sde)
-    a = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(3))
-    b = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(3))
-    c = ss.sample(model, sde, "sde_dpmpp_2m", 10, batch_size=8, generator=torch.Generator().manual_seed(4))
+    a = ss.sample(model, sde, "sde_dpmpp_2m", nfe=10, batch_size=8, generator=torch.Generator().manual_seed(3))
+    b = ss.sample(model, sde, "sde_dpmpp_2m", nfe=10, batch_size=8, generator=torch.Generator().manual_seed(3))
+    c = ss.sample(model, sde, "sde_dpmpp_2m", nfe=10, batch_size=8, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     # per-sample seeds: a sample depends only on its own seed, not on the batch
-    s1 = ss.sample(model, sde, "sde_dpmpp_2m", 10, seeds=[5, 6, 7])
-    s2 = ss.sample(model, sde, "sde_dpmpp_2m", 10, seeds=[7, 5])
+    s1 = ss.sample(model, sde, "sde_dpmpp_2m", nfe=10, seeds=[5, 6, 7])
+    s2 = ss.sample(model, sde, "sde_dpmpp_2m", nfe=10, seeds=[7, 5])
     assert torch.allclose(s1[0], s2[1], atol=1e-6) and torch.allclose(s1[2], s2[0], atol=1e-6)
 
 
@@ -171,7 +171,7 @@ def _order_problem():
     sde = ss.VPSDE()
     model = gm.score_model(sde)
     x_T = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = ss.sample(model, sde, "sde_dpmpp_3m", 800, x_T=x_T, eta=0.0, final="sigma_min")
+    ref = ss.sample(model, sde, "sde_dpmpp_3m", nfe=800, x_T=x_T, eta=0.0, final="none")
     return model, sde, x_T, ref
 
 
@@ -184,7 +184,7 @@ def test_eta0_convergence_order(order, solver_type):
     errs = []
     for k in (20, 40, 80):
         x = ss.sample(
-            model, sde, "sde_dpmpp_2m", k, x_T=x_T, eta=0.0, order=order, solver_type=solver_type, final="sigma_min"
+            model, sde, "sde_dpmpp_2m", nfe=k, x_T=x_T, eta=0.0, order=order, solver_type=solver_type, final="none"
         )
         errs.append(float((x - ref).pow(2).mean(1).sqrt().median()))
     slope = math.log2(errs[1] / errs[2])
@@ -198,7 +198,7 @@ def test_half_precision_model_output():
         lambda x, t: model(x, t).half(),
         sde,
         "sde_dpmpp_2m",
-        20,
+        nfe=20,
         shape=(64, 2),
         generator=torch.Generator().manual_seed(0),
     )
@@ -211,17 +211,17 @@ def test_sde_dpmpp_bad_input():
     with pytest.raises(ValueError, match="solver_type"):
         SDEDPMSolverPP2M(solver_type="rk4")
     with pytest.raises(ValueError, match="final"):
-        SDEDPMSolverPP2M(final="tweedie")
+        ss.sample(MIX.score_model(ss.VPSDE()), solver="sde_dpmpp_2m", nfe=3, batch_size=2, final="denoise")
     with pytest.raises(ValueError, match="eta"):
         SDEDPMSolverPP2M(eta=-1.0)
     sde = ss.VPSDE()
-    with pytest.raises(ValueError, match="steps"):
-        ss.sample(MIX.score_model(sde), sde, "sde_dpmpp_2m", 0, batch_size=2)
+    with pytest.raises(ValueError, match="nfe"):
+        ss.sample(MIX.score_model(sde), sde, "sde_dpmpp_2m", nfe=0, batch_size=2)
 
 
 def test_declarations():
     cls = ss.registry.SOLVERS.get("sde_dpmpp_2m")
-    assert cls.stochastic and not cls.adaptive and not cls.denoise_default and cls.nfe_per_step == 1
+    assert cls.stochastic and not cls.adaptive and cls.default_final == "tweedie" and cls.nfe_per_step == 1
     assert "2211.01095" in cls.reference
 
 
@@ -272,7 +272,7 @@ def test_ggf_nfe_accounting(norm):
         "gotta_go_fast",
         batch_size=16,
         norm=norm,
-        denoise=False,
+        final="none",
         return_result=True,
         generator=torch.Generator().manual_seed(0),
     )
@@ -305,14 +305,14 @@ def test_ggf_per_sample_batch_independence():
 def test_ggf_brownian_bridge_split_is_exact_in_distribution():
     # splitting a known increment W_h at h' by the bridge, the pieces must be independent with
     # variances h' and h - h' (a wrong bridge shows up as a correlation or a wrong variance)
-    from scoresolve.solvers.gotta_go_fast import _split_increment
+    from scoresolve.noise import brownian_increment
 
     g = torch.Generator().manual_seed(0)
     n = 200_000
     L = torch.full((n,), 0.3, dtype=torch.float64)
     w = torch.randn(n, 1, generator=g, dtype=torch.float64) * math.sqrt(0.3)
     h = torch.full((n,), 0.1, dtype=torch.float64)
-    w1, left = _split_increment(
+    w1, left = brownian_increment(
         [(L, w)],
         h,
         torch.randn(n, 1, generator=g, dtype=torch.float64),
@@ -326,7 +326,7 @@ def test_ggf_brownian_bridge_split_is_exact_in_distribution():
     assert float(w2.var()) == pytest.approx(0.2, rel=tol)
     assert abs(float(torch.corrcoef(torch.stack([w1[:, 0], w2[:, 0]]))[0, 1])) < tol
     # beyond the known pieces: fresh noise of the remaining variance
-    w3, left3 = _split_increment(
+    w3, left3 = brownian_increment(
         [(L, w)],
         torch.full((n,), 0.5, dtype=torch.float64),
         torch.zeros(n, 1, dtype=torch.float64),

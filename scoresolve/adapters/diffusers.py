@@ -58,7 +58,7 @@ from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, resolution_shift
 
 # also ``ScoresolveScheduler`` (module __getattr__ below: its module subclasses diffusers' classes)
 __all__ = ["from_diffusers", "sample_pipeline", "DiscreteTimeMap", "vp_sde_for_alphas_cumprod",
-           "rectified_flow_for_scheduler"]
+           "rectified_flow_for_scheduler", "budget_kwargs"]
 
 TimestepMode = Literal["fractional", "nearest"]
 _PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "score": "score", "flow": "velocity"}
@@ -486,6 +486,21 @@ def _clipped(base: ScoreModel, rng: tuple[float, float]) -> ScoreModel:
 
 
 #: ``from_diffusers`` options that ``sample_pipeline`` accepts (the rest of its keywords go to the solver)
+def budget_kwargs(solver: Any, n: int) -> dict[str, int]:
+    """The keyword of :func:`scoresolve.sample` for ``n`` steps of a pipeline or scheduler: the evaluation budget
+    ``nfe=`` for a solver that takes one (``auto`` and the few-step solvers, by name, alias or instance), else
+    ``steps=`` (grid intervals)."""
+    from ..aliases import resolve
+    from ..registry import SOLVERS
+
+    if isinstance(solver, str):
+        solver = resolve(solver)[0]
+        budgeted = solver == "auto" or bool(getattr(SOLVERS.get(solver, argument="solver"), "budgeted", False))
+    else:
+        budgeted = bool(getattr(solver, "budgeted", False))
+    return {"nfe": n} if budgeted else {"steps": n}
+
+
 _MODEL_OPTIONS = ("scheduler", "sde", "prediction_type", "timestep_mode", "data_range", "revision", "model_class")
 
 
@@ -502,7 +517,7 @@ def _own_sampler(model: ScoreModel, steps: int | None) -> tuple[str, int | None,
         sched = _import_diffusers().DDPMScheduler.from_config(cfg)
         sched.set_timesteps(steps or sched.config.num_train_timesteps)
         grid = model.metadata["time_map"].grid(sched.timesteps)
-        opts = {"predictor": "ancestral_sampling", "corrector": "none", "grid": grid, "denoise": True}
+        opts = {"predictor": "ancestral_sampling", "corrector": "none", "grid": grid, "final": "tweedie"}
         return "pc", None, opts
     if name == "ScoreSdeVeScheduler":
         return "pc", steps, {}
@@ -536,7 +551,8 @@ def sample_pipeline(
 
     Args:
         pipeline: a pipeline (``.unet`` + ``.scheduler``), or anything :func:`from_diffusers` accepts.
-        solver, steps: the scoresolve solver and its steps. ``solver=None`` (default): the pipeline's own
+        solver, steps: the scoresolve solver and its steps (the evaluation budget ``nfe=`` of a few-step solver,
+            :func:`budget_kwargs`). ``solver=None`` (default): the pipeline's own
             sampler (``DDPMScheduler``: ancestral sampling through its timesteps, ``steps`` of them, default
             all; ``ScoreSdeVeScheduler``: ``pc``).
         batch_size, generator: as in diffusers.
@@ -575,7 +591,9 @@ def sample_pipeline(
     device = kwargs.pop("device", None) or _network_dtype_device(model.metadata["network"])[1]
     if "shape" not in kwargs and "x_T" not in kwargs:
         kwargs["batch_size"] = batch_size
-    out = sample(model, model.sde, solver, steps, generator=generator, device=device, **kwargs)
+    if steps is not None:
+        kwargs = {**budget_kwargs(solver, steps), **kwargs}
+    out = sample(model, model.sde, solver, generator=generator, device=device, **kwargs)
     x = out.samples if isinstance(out, SampleResult) else out
     lo, hi = model.data_range or (-1.0, 1.0)
     img = ((x.float() - lo) / (hi - lo)).clamp(0, 1)

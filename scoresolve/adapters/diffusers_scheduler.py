@@ -47,7 +47,7 @@ from torch import Tensor
 from ..models import ScoreModel
 from ..registry import SOLVERS
 from ..sampling import SampleResult, sample
-from .diffusers import _PREDICTION_TYPES, DiscreteTimeMap, _clipped, vp_sde_for_alphas_cumprod
+from .diffusers import _PREDICTION_TYPES, DiscreteTimeMap, _clipped, budget_kwargs, vp_sde_for_alphas_cumprod
 
 __all__ = ["ScoresolveScheduler"]
 
@@ -72,6 +72,8 @@ def _final_options(solver: str, final: str) -> dict[str, Any]:
 def _no_calibration(solver: str) -> dict[str, Any]:
     """Options that keep a solver from calibrating against the model during a run (and from the Gaussian first
     step whose moments calibration would estimate)."""
+    if "calibrate" in inspect.signature(sample).parameters:  # an argument of sample(), on by default for auto
+        return {"calibrate": False} if solver == "auto" else {}
     params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
     out: dict[str, Any] = {}
     if "calibrate" in params:
@@ -231,7 +233,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         self._next = 0
         self._handed: Tensor | None = None
         self._final = final
-        self._dry_run({"steps": 4}, final)  # unknown options (or an adaptive option) fail here, not mid-pipeline
+        self._dry_run(budget_kwargs(solver, 4), final)  # unknown or adaptive options fail here, not mid-pipeline
 
     # ------------------------------------------------------------------ construction
 
@@ -305,7 +307,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
             calibrated = (cfg.calibrated_sigmas or {}).get(str(steps))
             if steps == 1 and final != "none":
-                kwargs = {"steps": 1}
+                kwargs = {"steps": 1}  # one network call (below), whatever the solver
             elif calibrated is not None:
                 kwargs = {"grid": self.sde.t_from_sigma(torch.tensor(calibrated, dtype=torch.float64))}
                 kwargs["grid"][0] = min(float(kwargs["grid"][0]), self.sde.T)
@@ -317,7 +319,9 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                         UserWarning,
                         stacklevel=2,
                     )
-                kwargs = {"steps": steps} if cfg.grid is None else {"steps": steps, "grid": cfg.grid}
+                kwargs = budget_kwargs(cfg.solver, steps)
+                if cfg.grid is not None:
+                    kwargs["grid"] = cfg.grid
                 kwargs["grid"] = self._dry_run(kwargs, final).grid  # the grid that steps/grid name give
         self._final = final
         if isinstance(kwargs.get("grid"), Tensor) and kwargs["grid"].numel() == 1 or (
@@ -447,7 +451,8 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         kwargs = self._solve_kwargs(self._final)
         kwargs["calibrate"] = True
         shape = None if sample_shape is None else (1, *sample_shape)
-        res = sample(model, model.sde, steps=int(steps), shape=shape, batch_size=None if shape else 1,
+        res = sample(model, model.sde, **budget_kwargs(cfg.solver, int(steps)), shape=shape,
+                     batch_size=None if shape else 1,
                      generator=generator, return_result=True, **kwargs)
         assert isinstance(res, SampleResult) and res.grid is not None
         sig = [float(v) for v in self.sde.sigma(res.grid.to(torch.float64))]

@@ -19,7 +19,8 @@ given :math:`\sigma_i` (the halved ``sigma_min`` only keeps the last time above 
 reverse-diffusion, ancestral and Euler–Maruyama steps, the Langevin corrector and every log-SNR solver depend
 on the :math:`\sigma_i` alone, not on this choice). A final ``sigma = 0`` (k-diffusion's usual last entry) is
 the denoising step :math:`x \leftarrow D(x, \sigma_{n-1})`: it is scoresolve's final Tweedie step
-(``denoise=True``), one evaluation, as in every k-diffusion sampler.
+(``final="tweedie"``), one evaluation, as in every k-diffusion sampler but LMS, whose multistep rule takes that
+step (``final="zero"``).
 
 Noise: k-diffusion draws from the global RNG; here ``generator=`` or ``seeds=`` (one per sample) make runs
 reproducible, and without them the global RNG is used too (so seeding ``torch.manual_seed`` reproduces a
@@ -54,10 +55,6 @@ __all__ = [
 ]
 
 Denoiser = Callable[..., Tensor]
-
-#: options a run on k-diffusion's sigmas needs: the SDE-DPM-Solver++ steps end at the last positive sigma
-#: (the final denoising is the separate step onto sigma = 0)
-_SIGMA_RUN: dict[str, dict[str, Any]] = {"sde_dpmpp_2m": {"final": "sigma_min"}, "sde_dpmpp_3m": {"final": "sigma_min"}}
 
 _KSAMPLING: tuple[Any, str | None] | None = None
 
@@ -251,13 +248,11 @@ def sample_scoresolve(
         raise TypeError("noise_sampler= is not supported: pass generator= or seeds= (scoresolve's noise control)")
     s = _check_sigmas(sigmas)
     final_zero = bool(s[-1] == 0)
-    final_tweedie = final_zero  # the step onto sigma = 0 is sample()'s Tweedie step ...
+    final = "tweedie" if final_zero else "none"  # the step onto sigma = 0 is sample()'s Tweedie step ...
     if isinstance(solver, str):  # k-diffusion / diffusers names too ("dpmpp_2m_sde", "euler_a")
         solver, solver_options, _ = resolve_alias(solver, solver_options)
-        solver_options = {**_SIGMA_RUN.get(solver, {}), **solver_options}
         if solver == "lms" and final_zero:  # ... but k-diffusion's LMS takes it with its own multistep rule
-            solver_options.setdefault("last_step", "lms")
-        final_tweedie = final_zero and solver_options.get("last_step") != "lms"
+            final = "zero"
     kwargs = dict(extra_args or {})
     pos = s[s > 0]
     last: dict[str, Tensor] = {}
@@ -299,7 +294,7 @@ def sample_scoresolve(
         solver,
         grid=grid,
         x_T=x,
-        denoise=final_tweedie,
+        final=final,
         generator=generator,
         seeds=seeds,
         progress=False if disable else None,
@@ -307,7 +302,7 @@ def sample_scoresolve(
         **solver_options,
     )
     assert isinstance(out, Tensor)
-    if final_tweedie:
+    if final_zero:
         report(s.numel() - 2, out)
     return out
 
@@ -444,7 +439,7 @@ def sample_dpm_adaptive(
     kwargs = dict(extra_args or {})
     score_model = from_denoiser(lambda xx, s: model(xx, s, **kwargs), sde)
     eps = float(sigmas_to_grid(sig, sde)[-1])
-    res = sample(score_model, sde, "ode_adaptive", x_T=x, eps=eps, denoise=False,
+    res = sample(score_model, sde, "ode_adaptive", x_T=x, eps=eps, final="none",
                  rtol=rtol / _ADAPTIVE_TIGHTER, atol=atol / _ADAPTIVE_TIGHTER,
                  progress=False if disable else None, return_result=True)
     assert not isinstance(res, Tensor)

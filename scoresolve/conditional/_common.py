@@ -13,7 +13,6 @@ diffused coordinate at any :math:`t` with :math:`\sigma_t/\alpha_t \ge \nu_c` is
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,26 +21,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._util import check_int
 from ..models import resolve_model  # noqa: F401  (re-exported for the conditional modules)
+from ..noise import NoiseSource
 from ..sde import SDE
-from ..solvers.base import NoiseSource
 
-__all__ = ["Observation", "resolve_model", "check_particles", "choose", "rand"]
+__all__ = ["Observation", "resolve_model", "check_particles", "rand"]
 
 
 def check_particles(particles: Any) -> int:
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+    check_int(particles, "particles")
     return int(particles)
-
-
-def choose(name: Any, options: Sequence[str], argument: str) -> str:
-    """Validate a string option, suggesting the closest valid one."""
-    if isinstance(name, str) and name in options:
-        return name
-    close = difflib.get_close_matches(str(name), options, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown {argument} {name!r}; expected one of {', '.join(map(repr, options))}{hint}")
 
 
 def rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:

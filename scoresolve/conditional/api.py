@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._util import check_int, one_of
 from ..models import ScoreModel
 from ..sampling import SampleResult, resolve_solver, sample
 from ..sde import SDE
 from ..solvers.base import Solver
 from ..solvers.grids import check_grid, make_grid
-from ._common import Observation, check_particles, choose, merge_times, resolve_model
+from ._common import Observation, check_particles, merge_times, resolve_model
 from .particles import smc_inpaint
 from .replace import ReplacementSolver
 
@@ -96,7 +97,7 @@ def inpaint(
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)
-    method = choose(method, METHODS, "method")
+    method = one_of(method, METHODS, "method")
     event_shape = model.sample_shape if isinstance(model, ScoreModel) else None
     obs = Observation.from_inpainting(y, mask, event_shape, noise_std=noise_std)
     return run_method(
@@ -133,8 +134,8 @@ def run_method(
     """Dispatch an :class:`Observation` to a method (shared by inpaint, linear_inverse, colorize)."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps is not None:
+        check_int(steps, "steps")
     if method == "replace":
         if particles is not None:
             check_particles(particles)
@@ -152,7 +153,7 @@ def run_method(
             shape=(obs.n, *obs.event_shape),
             eps=eps,
             grid=grid,
-            denoise=denoise,
+            final=None if denoise is None else ("tweedie" if denoise else "none"),
             generator=generator,
             device=obs.y.device,
             dtype=obs.y.dtype,

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._util import one_of
 from ..models import ScoreModel
 from ..sampling import SampleResult
 from ..sde import SDE
-from ._common import Observation, choose, resolve_model
+from ._common import Observation, resolve_model
 from .api import METHODS, run_method
 
 __all__ = ["linear_inverse", "colorize", "color_basis"]
@@ -79,7 +80,7 @@ def linear_inverse(
     one SVD of ``A`` (float64).
     """
     score_fn, sde = resolve_model(model, sde)
-    method = choose(method, METHODS, "method")
+    method = one_of(method, METHODS, "method")
     if not isinstance(A, Tensor) or A.ndim != 2:
         raise ValueError(f"A must be a 2-D tensor (M, D), got {getattr(A, 'shape', type(A).__name__)}")
     if not isinstance(y, Tensor) or y.ndim != 2 or y.shape[1] != A.shape[0]:
@@ -196,7 +197,7 @@ def colorize(
         ``(n, C, H, W)`` colour images whose gray version equals ``gray`` (for ``noise_std = 0``).
     """
     score_fn, sde = resolve_model(model, sde)
-    method = choose(method, METHODS, "method")
+    method = one_of(method, METHODS, "method")
     B = color_basis(mix)
     c = B.shape[0]
     shape = model.sample_shape if isinstance(model, ScoreModel) and model.sample_shape else sample_shape

@@ -56,12 +56,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._util import one_of
 from ..models import score_to_x0
+from ..noise import NoiseSource
 from ..progress import Progress
 from ..sampling import SampleResult
 from ..sde import SDE
-from ..solvers.base import CountedScore, NoiseSource
-from ._common import Observation, choose, rand
+from ..solvers.base import CountedScore
+from ._common import Observation, rand
 
 __all__ = ["smc_inpaint", "KERNELS", "systematic_resample"]
 
@@ -130,7 +132,7 @@ def smc_inpaint(
 ) -> Tensor | SampleResult:
     """Run ``n`` independent particle systems (see the module docstring) on the grid ``times``;
     ``progress``: a tqdm bar over the steps (:mod:`scoresolve.progress`)."""
-    kernel = choose(kernel, KERNELS, "kernel")
+    kernel = one_of(kernel, KERNELS, "kernel")
     thr = float(ess_threshold)
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold!r}")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..solvers.base import GridSolver, SolveContext, Solver
+from ..solvers.base import GridSolver, Interval, SolveContext, Solver, Step
 from ..solvers.pc import PredictorCorrector
 from ._common import Observation
 
@@ -47,26 +47,22 @@ class ReplacementSolver(GridSolver):
     reference = "Song et al. 2021, arXiv:2011.13456, Appendix I.2 (imputation by replacement)"
 
     def __init__(self, inner: Solver, obs: Observation) -> None:
-        if not isinstance(inner, GridSolver):
+        if not isinstance(inner, GridSolver) or inner.variables != "x":
             raise ValueError(
-                f"method='replace' needs a fixed-grid solver (a GridSolver such as 'pc'); "
-                f"{type(inner).__name__} chooses its own steps"
+                f"method='replace' needs a fixed-grid solver in x (a GridSolver such as 'pc'); "
+                f"{type(inner).__name__} " + ("chooses its own steps" if not isinstance(inner, GridSolver)
+                                              else "works in the EDM variables")
             )
         self.inner = inner
         self.obs = obs
         self.default_grid = inner.default_grid  # type: ignore[misc]
-        self.denoise_default = inner.denoise_default  # type: ignore[misc]
+        self.default_final = inner.default_final  # type: ignore[misc]
+        self.default_steps = inner.default_steps  # type: ignore[misc]
         self.order = inner.order  # type: ignore[misc]
 
     @property
     def nfe_per_step(self) -> int:  # type: ignore[override]
         return self.inner.nfe_per_step
-
-    def steps_to_grid(self, steps: int) -> int:
-        return self.inner.steps_to_grid(steps)
-
-    def grid_for(self, steps: int) -> str:
-        return self.inner.grid_for(steps)
 
     def _replace(self, ctx: SolveContext, x: Tensor, x_mean: Tensor, t: float) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
@@ -78,9 +74,11 @@ class ReplacementSolver(GridSolver):
         mf = torch.where(m, self.obs.mean_at(ctx.sde, t), mf)
         return xf.reshape(x.shape), mf.reshape(x.shape)
 
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
+    def step(self, ctx: SolveContext, x: Tensor, iv: Interval, state: Any) -> Step:
         assert ctx.grid is not None
-        t_next = float(ctx.grid[i + 1])
+        i, t_next = iv.i, iv.t_next
+        if i == 0:  # the prior sample's observed coordinates first
+            x, _ = self._replace(ctx, x, x, iv.t)
         pc = self.inner
         if isinstance(pc, PredictorCorrector):
             t, tn = ctx.t(i, x), ctx.t(i + 1, x)
@@ -90,12 +88,7 @@ class ReplacementSolver(GridSolver):
                 for _ in range(pc.n_corrector_steps):
                     x, x_mean = pc.corrector(ctx.score, ctx.sde, x, tn, t, ctx.noise, pc.snr, 1)
                     x, x_mean = self._replace(ctx, x, x_mean, t_next)
-            return x, x_mean, state
-        x, x_mean, state = self.inner.step(ctx, x, i, state)
-        x, x_mean = self._replace(ctx, x, x_mean, t_next)
-        return x, x_mean, state
-
-    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        assert ctx.grid is not None
-        x, _ = self._replace(ctx, x, x, float(ctx.grid[0]))
-        return super().solve(ctx, x)
+            return Step(x, x_mean, state)
+        st = self.inner.step(ctx, x, iv, state)
+        x, x_mean = self._replace(ctx, st.x, st.x if st.x_mean is None else st.x_mean, t_next)
+        return Step(x, x_mean, st.state)

@@ -10,13 +10,13 @@ EM on the shipped 8×8 digits (scikit-learn's ``load_digits`` images) scaled to 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+from scoresolve._util import atomic_write
 
 
 def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -38,9 +38,7 @@ def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[
 def main() -> None:
     out = Path(__file__).with_name("digits_gmm.safetensors")
     params = fit()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(out) as tmp:
         save_file(
             params,
             tmp,
@@ -51,11 +49,6 @@ def main() -> None:
                 "seed": "0",
             },
         )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"wrote {out}")
 
 

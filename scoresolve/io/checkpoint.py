@@ -39,17 +39,16 @@ import math
 import os
 import pickle
 import re
-import socket
-import tempfile
-import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
+from .._util import atomic_write as _atomic_write
 from ..models import ScoreModel, _check_data_moments
 from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
 
@@ -168,88 +167,15 @@ def sde_from_config(cfg: Mapping[str, Any]) -> SDE:
 
 
 # --- atomic writes --------------------------------------------------------------------------------
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-
-
-def _temp_prefix(dest: Path) -> str:
-    return f".{dest.name}."
-
-
-def sweep_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temporaries that a killed writer of ``path`` left beside it; returns them.
-
-    :func:`atomic_write` names its temporary ``.<name>.<host>-<pid>.<random>.tmp``; one whose process
-    is no longer running on this host is stale. A temporary of another host, or of an older naming,
-    is removed once it is an hour old. Called at every save and load of ``path`` (errors ignored).
-    """
-    dest = Path(path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    prefix = _temp_prefix(dest)
-    removed = []
-    try:
-        candidates = [q for q in folder.iterdir() if q.name.startswith(prefix) and q.name.endswith(".tmp")]
-    except OSError:
-        return removed
-    for q in candidates:
-        owner = q.name[len(prefix):].split(".")[0]
-        host, _, pid = owner.rpartition("-")
-        stale = False
-        if host == _HOST and pid.isdigit():
-            stale = int(pid) != os.getpid() and not _pid_alive(int(pid))
-        else:
-            with contextlib.suppress(OSError):
-                stale = time.time() - q.stat().st_mtime > 3600
-        if stale:
-            with contextlib.suppress(OSError):
-                q.unlink()
-                removed.append(q)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: the process exists
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``.
-
-    On any error the temporary file is removed and ``path`` keeps its previous content. A process
-    killed mid-write (SIGKILL, power loss) cannot clean up: its temporary is removed by the next
-    save or load of ``path`` (:func:`sweep_temporaries`). ``path`` itself is always either the old
-    file or the whole new one.
+def atomic_write(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[str]:
+    """Yield a temporary path next to ``path``; on success flush it and ``os.replace`` it onto ``path``
+    (:func:`scoresolve._util.atomic_write`). On any error the temporary file is removed and ``path`` keeps
+    its previous content.
 
     Raises:
-        CheckpointError: the directory is missing or not writable.
+        CheckpointError: the directory is missing or not writable, or the write failed.
     """
-    dest = Path(path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise CheckpointError(f"cannot write {dest}: directory {folder} does not exist")
-    sweep_temporaries(dest)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_temp_prefix(dest)}{_HOST}-{os.getpid()}.", suffix=".tmp")
-    except OSError as e:
-        raise CheckpointError(f"cannot write {dest}: directory {folder} is not writable ({e})") from e
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise CheckpointError(f"writing {dest} failed ({e}); the previous file, if any, is unchanged") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return _atomic_write(path, error=CheckpointError)
 
 
 # --- integrity ------------------------------------------------------------------------------------
@@ -286,15 +212,7 @@ def _verify_digests(state: Mapping[str, Tensor], digests: Any, where: str) -> No
 
 # --- saving ---------------------------------------------------------------------------------------
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, list):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        raise CheckpointError(f"config value {v} is not finite")
-    return v
+    return to_json(v, strict=True, error=CheckpointError)
 
 
 def make_config(

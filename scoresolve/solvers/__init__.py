@@ -11,7 +11,8 @@ import pkgutil
 import sys
 import types
 
-from .base import CountedScore, GridSolver, NoiseSource, NonFiniteScoreError, SolveContext, Solver
+from ..noise import NoiseSource
+from .base import CountedScore, GridSolver, NonFiniteScoreError, SolveContext, Solver
 
 __all__ = ["Solver", "GridSolver", "SolveContext", "NoiseSource", "CountedScore", "NonFiniteScoreError"]
 

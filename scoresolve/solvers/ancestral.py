@@ -21,19 +21,20 @@ dpmpp_sde          1              2            DPM-Solver++ singlestep SDE, stag
 lcm                —              1            none: :math:`D` plus noise :math:`\sigma_{i+1} z` (consistency models)
 ================== ============== ============ =========================================================
 
-The final step onto :math:`\sigma = 0` is :func:`scoresolve.sample`'s Tweedie step, k-diffusion's last
-(noise-free Euler) step.
+The final step onto :math:`\sigma = 0` is the shared ``final="tweedie"`` (the default,
+:mod:`scoresolve.solvers.finish`), k-diffusion's last (noise-free Euler) step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
+from .._util import check_float
 from ..registry import SOLVERS
-from .base import SolveContext, check_nonneg_float, check_positive_float
+from .base import Interval, SolveContext, Step
 from .karras import SigmaStepSolver, denoise_at_sigma
 
 __all__ = [
@@ -61,18 +62,19 @@ class _Ancestral(SigmaStepSolver):
     order: ClassVar[float] = 1.0
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0) -> None:
-        self.eta = check_nonneg_float(eta, "eta")
-        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+        self.eta = check_float(eta, "eta", positive=False)
+        self.s_noise = check_float(s_noise, "s_noise", positive=False)
         self.stochastic = self.eta > 0  # type: ignore[misc]
 
-    def update(self, ctx, y, i, ts, s_next, state):
-        t, s = ts
-        D = denoise_at_sigma(ctx, y, s, t)
-        s_down, s_up = ancestral_step(s, s_next, self.eta)
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        s = iv.sigma
+        D = denoise_at_sigma(ctx, y, s, iv.t)
+        s_down, s_up = ancestral_step(s, iv.sigma_next, self.eta)
         y_mean = self.ode_step(ctx, y, D, s, s_down)
+        d = (y - D) / s
         if s_up == 0:
-            return y_mean, y_mean, None
-        return y_mean + (self.s_noise * s_up) * ctx.noise.randn_like(y), y_mean, None
+            return Step(y_mean, direction=d)
+        return Step(y_mean + (self.s_noise * s_up) * ctx.noise.randn_like(y), y_mean, direction=d)
 
     def ode_step(self, ctx: SolveContext, y: Tensor, D: Tensor, s: float, s_down: float) -> Tensor:
         raise NotImplementedError  # pragma: no cover
@@ -170,11 +172,11 @@ class DPMSolverPPSDE(_Ancestral):
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5) -> None:
         super().__init__(eta, s_noise)
-        self.r = check_positive_float(r, "r")
+        self.r = check_float(r, "r")
 
-    def update(self, ctx, y, i, ts, s_next, state):
-        t, s = ts
-        D = denoise_at_sigma(ctx, y, s, t)
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        s, s_next = iv.sigma, iv.sigma_next
+        D = denoise_at_sigma(ctx, y, s, iv.t)
         h = math.log(s / s_next)
         s_stage = s * math.exp(-self.r * h)
         # stage 1: ancestral DPM-Solver++(1) to sigma_stage
@@ -189,12 +191,12 @@ class DPMSolverPPSDE(_Ancestral):
         sd, su = ancestral_step(s, s_next, self.eta)
         y_mean = (sd / s) * y + (1.0 - sd / s) * ((1.0 - fac) * D + fac * D2)
         if su == 0:
-            return y_mean, y_mean, None
+            return Step(y_mean, direction=(y - D) / s)
         z2 = ctx.noise.randn_like(y)
         if z1 is not None:  # the Brownian increment over [sigma_next, sigma] contains the one over [sigma_stage, sigma]
             w1, w2 = s - s_stage, s_stage - s_next
             z2 = (math.sqrt(w1) * z1 + math.sqrt(w2) * z2) / math.sqrt(w1 + w2)
-        return y_mean + (self.s_noise * su) * z2, y_mean, None
+        return Step(y_mean + (self.s_noise * su) * z2, y_mean, direction=(y - D) / s)
 
 
 @SOLVERS.register("lcm", description="multistep consistency sampling (LCM): jump to D, renoise to the next sigma")
@@ -216,9 +218,8 @@ class ConsistencySampler(SigmaStepSolver):
     reference: ClassVar[str] = "Song et al. 2023, Consistency Models, arXiv:2303.01469 (Algorithm 1)"
 
     def __init__(self, s_noise: float = 1.0) -> None:
-        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+        self.s_noise = check_float(s_noise, "s_noise", positive=False)
 
-    def update(self, ctx, y, i, ts, s_next, state):
-        t, s = ts
-        D = denoise_at_sigma(ctx, y, s, t)
-        return D + (self.s_noise * s_next) * ctx.noise.randn_like(y), D, None
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        D = denoise_at_sigma(ctx, y, iv.sigma, iv.t)
+        return Step(D + (self.s_noise * iv.sigma_next) * ctx.noise.randn_like(y), D, direction=(y - D) / iv.sigma)

@@ -1,5 +1,5 @@
-"""The pieces every solver shares: the noise source, the counted score, the solve context and the
-:class:`Solver` base classes.
+"""The pieces every solver shares: the counted score, the solve context and the :class:`Solver` base
+classes (the noise source is :mod:`scoresolve.noise`).
 
 Layers (see DESIGN.md): the SDE says *what* is integrated, a solver takes *one step*, a grid or a
 controller says *where* the steps go, the noise source supplies randomness, and
@@ -8,25 +8,26 @@ controller says *where* the steps go, the noise source supplies randomness, and
 
 from __future__ import annotations
 
-import math
-import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ..noise import NoiseSource
 from ..sde import SDE
 
 __all__ = [
-    "NoiseSource",
     "CountedScore",
     "NonFiniteScoreError",
     "SolveContext",
+    "Interval",
+    "Step",
     "Solver",
     "GridSolver",
+    "EDMSolver",
 ]
 
 
@@ -41,76 +42,6 @@ class NonFiniteScoreError(FloatingPointError):
     def __init__(self, message: str, culprit: str = "model") -> None:
         super().__init__(message)
         self.culprit = culprit
-
-
-class NoiseSource:
-    """Standard normal noise, reproducible from one generator or from one seed per sample.
-
-    With ``seeds`` (one integer per sample) every row draws from its own generator, so a sample's
-    value depends only on its seed: not on the batch size, its neighbours, or how many processes
-    share the work. With a single ``generator`` (or none: the global RNG) the whole batch draws
-    from one stream.
-    """
-
-    def __init__(
-        self,
-        generator: torch.Generator | None = None,
-        seeds: Sequence[int] | Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if generator is not None and seeds is not None:
-            raise ValueError("pass either generator= or seeds=, not both")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
-        self.generators: list[torch.Generator] | None = None
-        if seeds is not None:
-            seed_list = _check_seeds(seeds)
-            dev = torch.device(device) if device is not None else torch.device("cpu")
-            self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
-
-    @property
-    def batch_size(self) -> int | None:
-        """Number of per-sample seeds, or ``None`` for a shared generator."""
-        return None if self.generators is None else len(self.generators)
-
-    def randn(self, shape: Sequence[int], *, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """Draw ``N(0, I)`` noise of ``shape`` (first dimension = batch)."""
-        shape = tuple(shape)
-        if self.generators is None:
-            gen = self.generator
-            if gen is not None and gen.device.type != torch.device(device).type:
-                # a CPU generator for an accelerator: draw on the CPU, move once
-                return torch.randn(shape, generator=gen, dtype=dtype).to(device)
-            return torch.randn(shape, generator=gen, device=device, dtype=dtype)
-        if shape[0] != len(self.generators):
-            raise ValueError(f"seeds has {len(self.generators)} entries but the batch has {shape[0]} samples")
-        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in self.generators]
-        return torch.stack(rows).to(device)
-
-    def randn_like(self, x: Tensor) -> Tensor:
-        return self.randn(x.shape, device=x.device, dtype=x.dtype)
-
-
-def _check_seeds(seeds: Any) -> list[int]:
-    """``seeds`` as a list of Python ints, refusing fractions, bools and out-of-range values (never truncating)."""
-    if isinstance(seeds, Tensor):
-        if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or seeds.ndim != 1:
-            raise TypeError(f"seeds must be a 1-D integer tensor, got dtype {seeds.dtype}, shape {tuple(seeds.shape)}")
-        seeds = seeds.tolist()
-    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
-        raise TypeError(f"seeds must be a sequence of integers (one per sample), got {type(seeds).__name__}")
-    out = []
-    for s in seeds:
-        if isinstance(s, (bool, float)) or not hasattr(s, "__index__"):
-            raise TypeError(f"seeds must be integers, got {s!r} ({type(s).__name__})")
-        v = operator.index(s)
-        if not -(2**63) <= v < 2**64:
-            raise ValueError(f"seeds must lie in [-2**63, 2**64), got {v}")
-        out.append(v)
-    if not out:
-        raise ValueError("seeds is empty; give one integer per sample")
-    return out
 
 
 class CountedScore:
@@ -197,6 +128,41 @@ class CountedScore:
             culprit="solver")
 
 
+@dataclass(frozen=True)
+class Interval:
+    r"""Grid interval ``i`` of ``n``, from ``t`` to ``t_next``, in every variable the solvers use (Python floats,
+    float64): :math:`\alpha_t`, the EDM noise level :math:`\tilde\sigma = \sigma_t/\alpha_t` and the log-SNR
+    :math:`\lambda = -\log\tilde\sigma`. Built by the loop; immutable."""
+
+    i: int
+    n: int
+    t: float
+    t_next: float
+    alpha: float
+    alpha_next: float
+    sigma: float
+    sigma_next: float
+    lam: float
+    lam_next: float
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the grid's last interval."""
+        return self.i == self.n - 1
+
+
+@dataclass
+class Step:
+    r"""What :meth:`GridSolver.step` returns: the next state, its noise-free part (``None``: the state itself),
+    the solver state for the next step, and the PF-ODE direction :math:`(y - D)/\tilde\sigma` at the
+    interval's start if the step evaluated it there (the loop keeps it for ``final="zero"``)."""
+
+    x: Tensor
+    x_mean: Tensor | None = None
+    state: Any = None
+    direction: Tensor | None = None
+
+
 @dataclass
 class SolveContext:
     """Everything a solver needs for one run.
@@ -210,6 +176,11 @@ class SolveContext:
         callback: called as ``callback(step=i, t=t, x=x, x_mean=x_mean)`` after each step.
         trajectory: if a list, states are appended to it after each step.
         progress: a progress bar with ``update()``/``close()`` or ``None``.
+        final: how the run ends after the grid (``"none"``, ``"tweedie"``, ``"zero"``; read-only for solvers).
+        xdtype, wdtype: the samples' dtype and the working dtype of the EDM-variable solvers (float64 for
+            float64 samples, else float32).
+        intervals: the grid's intervals (set by the loop; a singlestep solver reads the points ahead).
+        info: what adaptive and external solvers report (accepted times, per-sample NFE, ...).
     """
 
     score: CountedScore
@@ -220,12 +191,24 @@ class SolveContext:
     callback: Callable[..., Any] | None = None
     trajectory: list[Tensor] | None = None
     progress: Any = None
+    final: str = "none"
+    xdtype: torch.dtype = torch.float32
+    wdtype: torch.dtype = torch.float32
+    intervals: list[Interval] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def t(self, i: int, x: Tensor) -> Tensor:
         """Grid time ``i`` as a ``(B,)`` tensor in ``x``'s dtype and device."""
         assert self.grid is not None
         return self.grid[i].to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+
+    def denoise(self, y: Tensor, t: float, sigma: float, alpha: float) -> Tensor:
+        r"""Counted evaluation in the EDM variables: :math:`D(y, \tilde\sigma) = y + \tilde\sigma^2\alpha\,
+        s_\theta(\alpha y, t)`, in the working dtype."""
+        x = (y * alpha).to(self.xdtype)
+        tt = torch.full((y.shape[0],), t, device=y.device, dtype=self.xdtype)
+        score = self.score(x, tt).to(self.wdtype)
+        return y + (sigma * sigma * alpha) * score
 
     def after_step(self, i: int, t: Tensor, x: Tensor, x_mean: Tensor | None = None) -> None:
         """Bookkeeping after step ``i``: finiteness of the state, trajectory, callback, progress."""
@@ -238,17 +221,21 @@ class SolveContext:
             self.progress.update(1)
 
 
-class Solver(ABC):
-    """A sampling method. Subclasses declare what they are and implement :meth:`solve`.
+class Solver:
+    """A sampling method: declarations, and either :meth:`GridSolver.step` (the loop in
+    :mod:`scoresolve.solvers.loop` runs it over the grid) or a whole-run :meth:`solve` (adaptive solvers and
+    the external-integrator wrappers).
 
     Class attributes (declarations, checked by the tests):
         order: convergence order (strong order for stochastic solvers).
-        nfe_per_step: score evaluations per grid step (fixed-grid solvers).
+        nfe_per_step: score evaluations per grid interval (fixed-grid solvers).
         stochastic: whether it injects noise.
         adaptive: whether it chooses its own steps.
         reference: the paper (with arXiv id) it comes from.
         default_grid: name of the registered grid used when the user gives none.
-        denoise_default: whether :func:`scoresolve.sample` ends with a Tweedie step by default.
+        default_steps: grid intervals when neither ``steps=`` nor ``nfe=`` is given (``None``: the SDE's ``N``).
+        default_final: how :func:`scoresolve.sample` ends the run by default (``"tweedie"``: one more
+            evaluation, the posterior mean at ``eps``; ``"none"``; ``"zero"``).
     """
 
     order: ClassVar[float] = 1.0
@@ -257,84 +244,68 @@ class Solver(ABC):
     adaptive: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     default_grid: ClassVar[str] = "uniform"
-    denoise_default: ClassVar[bool] = True
+    default_steps: ClassVar[int | None] = None
+    default_final: ClassVar[str] = "tweedie"
 
-    def steps_to_grid(self, steps: int) -> int:
-        """Number of grid intervals for a user's ``steps`` (identity by default)."""
-        return steps
-
-    def grid_for(self, steps: int) -> str:
-        """Registered grid for a user's ``steps`` when none is given (``default_grid`` by default; a
-        solver whose best grid depends on the budget overrides this)."""
-        return self.default_grid
-
-    def nfe_for(self, n_intervals: int) -> int:
-        """Score evaluations spent on ``n_intervals`` grid steps (before the final denoising)."""
-        return n_intervals * self.nfe_per_step
-
-    def for_model(self, model: Any) -> Solver:
-        """The solver to run for ``model`` (a :class:`~scoresolve.ScoreModel` or a plain callable), called
-        by :func:`scoresolve.sample` before the grid is made: ``self`` by default. A solver that uses the
-        model's metadata (e.g. the budgeted solvers and ``ScoreModel.data_moments``) returns a configured
-        copy and never modifies ``self``."""
-        return self
-
-    @abstractmethod
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        """Integrate from ``x`` at ``T`` to the final time and return the state there."""
+        """Integrate from ``x`` at ``T`` to the final time and return the state there (whole-run solvers)."""
+        raise NotImplementedError(f"{type(self).__name__} takes steps on a grid: run it with scoresolve.sample")
 
 
-class GridSolver(Solver):
-    """A solver on a fixed time grid: implements :meth:`step`; the loop is shared.
+class GridSolver(Solver, ABC):
+    r"""A solver on a fixed time grid: declarations plus :meth:`step`; the loop is shared.
 
-    ``step`` receives the solver state returned by the previous step (``None`` at first) and
-    returns ``(x_next, x_mean, state)``; ``x_mean`` is the noise-free part of a stochastic update
-    (equal to ``x_next`` for deterministic ones). Multistep history lives in ``state``, never on the
-    object, so one solver object can serve concurrent runs.
+    ``step`` receives the solver state returned by the previous step (``None`` at first) and returns a
+    :class:`Step`. Multistep history lives in the state, never on the object, so one solver object can
+    serve concurrent runs.
+
+    Declarations of the fixed-grid solvers, besides :class:`Solver`'s:
+        variables: ``"x"`` (the state is the sample) or ``"edm"`` (the state is :math:`y = x/\alpha_t` in
+            the working dtype; the loop converts at the start and the end).
+        nfe_last: evaluations of the last interval when the run ends there (``final="none"``), if fewer
+            than ``nfe_per_step`` (EDM's Heun takes an Euler step there); ``None``: ``nfe_per_step``.
+        budgeted: ``steps=`` used to mean evaluations for this solver (now ``nfe=``); ``steps=`` alone
+            warns.
+        prefix_direction: the solver seeds its history with the Gaussian direction at ``T`` after the
+            analytical first interval (:meth:`seed`).
     """
 
+    variables: ClassVar[str] = "x"
+    nfe_last: ClassVar[int | None] = None
+    budgeted: ClassVar[bool] = False
+    prefix_direction: ClassVar[bool] = False
+
     @abstractmethod
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
-        """Advance from ``ctx.grid[i]`` to ``ctx.grid[i + 1]``."""
+    def step(self, ctx: SolveContext, x: Tensor, iv: Interval, state: Any) -> Step:
+        """Advance from ``iv.t`` to ``iv.t_next``."""
 
-    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        assert ctx.grid is not None
-        state: Any = None
-        n = ctx.grid.numel() - 1
-        x_mean = x
-        for i in range(n):
-            ctx.score.step = i
-            x, x_mean, state = self.step(ctx, x, i, state)
-            ctx.after_step(i, ctx.t(i + 1, x), x, x_mean)
-        ctx.info["x_mean"] = x_mean
-        return x
+    def seed(self, direction: Tensor, iv: Interval) -> Any:
+        """Solver state after the analytical first interval, given the Gaussian direction at ``T``
+        (only called when ``prefix_direction``)."""
+        return None
+
+    def correct(self, ctx: SolveContext, y: Tensor, D: Tensor, state: Any) -> Tensor:
+        """A predictor–corrector solver's correction of the last state with the final evaluation ``D`` at
+        ``eps`` (``final="tweedie"|"zero"``); the state itself by default."""
+        return y
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    """Validate a positive integer argument, naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+class EDMSolver(GridSolver):
+    r"""Base of the budgeted few-step ODE solvers, which integrate the probability-flow ODE in the EDM
+    variables :math:`y = x/\alpha_t`, :math:`\tilde\sigma = \sigma_t/\alpha_t = e^{-\lambda}`:
 
+    .. math:: \frac{dy}{d\tilde\sigma} = \frac{y - D(y,\tilde\sigma)}{\tilde\sigma},\qquad
+              \frac{dy}{d\lambda} = D - y,\qquad D = y + \tilde\sigma^2\alpha_t\,s_\theta(x, t)
 
-def _check_float(value: Any, name: str, positive: bool) -> float:
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}") from None
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
+    (Karras et al. 2022, arXiv:2206.00364). Only the SDE's ``alpha`` and ``sigma`` are used, so every SDE
+    shares the code. Deterministic; the run's budget is ``nfe=``.
+    """
 
+    variables: ClassVar[str] = "edm"
+    budgeted: ClassVar[bool] = True
+    default_grid: ClassVar[str] = "log_snr"
+    default_final: ClassVar[str] = "none"
 
-def check_positive_float(value: Any, name: str) -> float:
-    """Validate a finite float argument > 0, naming it in the error (TypeError for a non-number)."""
-    return _check_float(value, name, positive=True)
-
-
-def check_nonneg_float(value: Any, name: str) -> float:
-    """Validate a finite float argument >= 0, naming it in the error (TypeError for a non-number)."""
-    return _check_float(value, name, positive=False)
+    def config(self) -> dict[str, Any]:
+        """JSON-friendly description of the solver (name + options), used in calibration fingerprints."""
+        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

@@ -46,7 +46,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import check_positive_float
+from .._util import check_float, one_of
 
 __all__ = ["error_norm", "Controller", "NORMS"]
 
@@ -128,18 +128,12 @@ class Controller:
         min_factor: float = 0.2,
         max_factor: float = 10.0,
     ) -> None:
-        self.rtol = check_positive_float(rtol, "rtol")
-        self.atol = check_positive_float(atol, "atol")
-        if not isinstance(norm, str) or norm not in NORMS:
-            import difflib
-
-            close = difflib.get_close_matches(str(norm), NORMS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"norm must be one of {', '.join(repr(n) for n in NORMS)}, got {norm!r}{hint}")
-        self.norm = norm
-        self.safety = check_positive_float(safety, "safety")
-        self.min_factor = check_positive_float(min_factor, "min_factor")
-        self.max_factor = check_positive_float(max_factor, "max_factor")
+        self.rtol = check_float(rtol, "rtol")
+        self.atol = check_float(atol, "atol")
+        self.norm = one_of(norm, NORMS, "norm")
+        self.safety = check_float(safety, "safety")
+        self.min_factor = check_float(min_factor, "min_factor")
+        self.max_factor = check_float(max_factor, "max_factor")
         if self.min_factor > 1.0:
             raise ValueError(f"min_factor must be <= 1, got {min_factor!r}")
         if self.max_factor < 1.0:
@@ -187,7 +181,7 @@ class Controller:
             ``(accept, h_next)``: ``(B,)`` bool and ``(B,)`` tensor (in ``h``'s dtype if a tensor,
             else ``ratio``'s).
         """
-        q = check_positive_float(error_order, "error_order")
+        q = check_float(error_order, "error_order")
         if ratio.ndim != 1:
             raise ValueError(f"ratio must have shape (B,), got {tuple(ratio.shape)}")
         if not isinstance(h, Tensor):

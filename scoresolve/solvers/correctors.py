@@ -13,9 +13,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..noise import NoiseSource
 from ..registry import CORRECTORS
 from ..sde import SDE
-from .base import CountedScore, NoiseSource
+from .base import CountedScore
 
 __all__ = ["Corrector", "Langevin", "AnnealedLangevin", "NoneCorrector"]
 

@@ -1,6 +1,6 @@
 r"""Exponential integrators in log-SNR: DPM-Solver, DPM-Solver++ (2M, 3M) and UniPC.
 
-Written in the EDM variables of :mod:`scoresolve.solvers.exp_base` (:math:`y = x/\alpha`,
+Written in the EDM variables of :class:`~scoresolve.solvers.base.EDMSolver` (:math:`y = x/\alpha`,
 :math:`\tilde\sigma = e^{-\lambda}`), where the probability-flow ODE has the exact solution
 
 .. math::  y_t = y_s - \tilde\sigma_s\int_0^h e^{-\tau}\hat\varepsilon(\lambda_s+\tau)\,d\tau
@@ -15,8 +15,8 @@ corrector that reuses the evaluation at the new point, so it costs no extra eval
 With the ``x``-space formulas of the papers, substitute :math:`\alpha_t/\alpha_s\,x_s \to y_s`,
 :math:`\sigma_t\to\tilde\sigma_t` (noise prediction) and :math:`\sigma_t/\sigma_s\,x_s\to
 \tilde\sigma_t/\tilde\sigma_s\,y_s`, :math:`\alpha_t\to 1` (data prediction). A step onto
-:math:`\tilde\sigma = 0` (``last_step="zero"``) is first order (:math:`y = D`): the higher-order
-weights diverge as :math:`h\to\infty`.
+:math:`\tilde\sigma = 0` is not taken by these formulas (the higher-order weights diverge as
+:math:`h\to\infty`): ``final="tweedie"|"zero"`` (:mod:`~scoresolve.solvers.finish`) ends the run.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from ..registry import SOLVERS
-from .exp_base import BudgetSolver, Run
+from .base import EDMSolver, Interval, SolveContext, Step
+from .coefficients import unipc_b
 
 __all__ = ["DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP", "UniPC"]
 
@@ -45,7 +46,7 @@ def _eps(y: Tensor, D: Tensor, s: float) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------
 @SOLVERS.register("dpm_solver", description="DPM-Solver (noise prediction), orders 1-3, single- or multistep")
-class DPMSolver(BudgetSolver):
+class DPMSolver(EDMSolver):
     r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927), orders 1–3.
 
     Step :math:`s \to t`, :math:`h = \lambda_t - \lambda_s`, :math:`\varepsilon_0` the current noise
@@ -73,7 +74,6 @@ class DPMSolver(BudgetSolver):
     Args:
         order: 1, 2 or 3.
         method: ``"multistep"`` or ``"singlestep"``.
-        last_step, calibrate: see :class:`~scoresolve.solvers.exp_base.BudgetSolver`.
     """
 
     reference = "Lu et al. 2022, DPM-Solver, arXiv:2206.00927"
@@ -84,11 +84,7 @@ class DPMSolver(BudgetSolver):
         order: int = 2,
         method: str = "multistep",
         variant: str = "exact",
-        last_step: str = "none",
-        calibrate: Any = False,
-        gaussian_prior: Any = None,
     ):
-        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         self.variant = _check_variant(variant)
         self._d2 = 2.0 if variant == "exact" else 1.0
         if order not in (1, 2, 3):
@@ -97,22 +93,17 @@ class DPMSolver(BudgetSolver):
             raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
         self.order = float(order)
         self.method = method
-        if method == "singlestep" and gaussian_prior is not None:
-            raise ValueError("gaussian_prior is not supported with method='singlestep' (use method='multistep')")
 
     # multistep ------------------------------------------------------------------------------
-    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
         if self.method == "singlestep":
-            return self._single(run, y, i, state)
-        D = run.denoise(y, i)
-        s, st = run.s[i], run.s[i + 1]
-        eps0 = _eps(y, D, s)  # = the PF-ODE direction dy/dsigma
-        run.keep(i, eps0)
-        if self.is_final_zero(run, i):
-            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), None
-        hist: list[tuple[float, Tensor]] = (state or []) + [(run.lam[i], eps0)]
+            return self._single(ctx, y, iv, state)
+        D = ctx.denoise(y, iv.t, iv.sigma, iv.alpha)
+        st = iv.sigma_next
+        eps0 = _eps(y, D, iv.sigma)  # = the PF-ODE direction dy/dsigma
+        hist: list[tuple[float, Tensor]] = (state or []) + [(iv.lam, eps0)]
         hist = hist[-int(self.order) :]
-        h = run.lam[i + 1] - run.lam[i]
+        h = iv.lam_next - iv.lam
         em = math.expm1(h)
         y_next = y - (st * em) * eps0
         k = len(hist)
@@ -127,67 +118,65 @@ class DPMSolver(BudgetSolver):
                 D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
                 D2 = (D1_0 - D1_1) / (r0 + r1)
                 y_next = y_next - (st * (em / h - 1.0)) * D1 - (self._d2 * st * ((em - h) / h**2 - 0.5)) * D2
-        return y_next, hist
+        return Step(y_next, state=hist, direction=eps0)
 
     # singlestep -----------------------------------------------------------------------------
-    def _groups(self, run: Run) -> list[int]:
-        """Start index of the group each step belongs to, and its size: list of group sizes."""
-        n = run.n_steps - (1 if run.to_zero else 0)
-        k = int(self.order)
-        sizes = [k] * (n // k) + ([n % k] if n % k else [])
-        if run.to_zero:
-            sizes.append(1)
-        return sizes
-
-    def _single(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+    def _single(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        i, ivs = iv.i, ctx.intervals
         if state is None:
-            sizes = self._groups(run)
+            if i != 0:
+                raise ValueError("gaussian_prior is not supported with method='singlestep' (use method='multistep')")
+            # consecutive intervals grouped by the order, the remainder last
+            k = int(self.order)
+            sizes = [k] * (iv.n // k) + ([iv.n % k] if iv.n % k else [])
             starts, pos = {}, 0
             for g in sizes:
                 starts[pos] = g
                 pos += g
-            state = {"starts": starts}
+            lam = [v.lam for v in ivs] + [ivs[-1].lam_next]
+            sig = [v.sigma for v in ivs] + [ivs[-1].sigma_next]
+            state = {"starts": starts, "lam": lam, "sig": sig}
         if i in state["starts"]:
             state.update(a=i, g=state["starts"][i], y0=y, eps=[])
         a, g = state["a"], state["g"]
-        D = run.denoise(y, i)
-        eps_i = _eps(y, D, run.s[i])
-        run.keep(i, eps_i)
-        if self.is_final_zero(run, i):
-            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), state
+        D = ctx.denoise(y, iv.t, iv.sigma, iv.alpha)
+        eps_i = _eps(y, D, iv.sigma)
         state["eps"].append(eps_i)
+        return Step(self._single_update(state["lam"], state["sig"], i, a, g, state), state=state, direction=eps_i)
+
+    def _single_update(self, lam: list[float], sig: list[float], i: int, a: int, g: int, state: Any) -> Tensor:
         j = i - a  # stage index within the group
-        lam_a, y0, e0 = run.lam[a], state["y0"], state["eps"][0]
-        H = run.lam[a + g] - lam_a  # the whole step
-        s_end = run.s[a + g]
+        lam_a, y0, e0 = lam[a], state["y0"], state["eps"][0]
+        H = lam[a + g] - lam_a  # the whole step
+        s_end = sig[a + g]
         if j == 0 and g == 1:
-            return y0 - (s_end * math.expm1(H)) * e0, state
+            return y0 - (s_end * math.expm1(H)) * e0
         if j == 0:
             # first stage: DDIM to the next grid point
-            rh = run.lam[a + 1] - lam_a
-            return y0 - (run.s[a + 1] * math.expm1(rh)) * e0, state
+            rh = lam[a + 1] - lam_a
+            return y0 - (sig[a + 1] * math.expm1(rh)) * e0
         if g == 2:
-            r1 = (run.lam[a + 1] - lam_a) / H
+            r1 = (lam[a + 1] - lam_a) / H
             em = math.expm1(H)
             out = y0 - (s_end * em) * e0 - (s_end / (2 * r1) * em) * (state["eps"][1] - e0)
-            return out, state
+            return out
         # g == 3
-        r1 = (run.lam[a + 1] - lam_a) / H
-        r2 = (run.lam[a + 2] - lam_a) / H
+        r1 = (lam[a + 1] - lam_a) / H
+        r2 = (lam[a + 2] - lam_a) / H
         if j == 1:
             D1 = state["eps"][1] - e0
-            s2 = run.s[a + 2]
+            s2 = sig[a + 2]
             e2 = math.expm1(r2 * H)
             u2 = y0 - (s2 * e2) * e0 - (s2 * r2 / r1 * (e2 / (r2 * H) - 1.0)) * D1
-            return u2, state
+            return u2
         em = math.expm1(H)
         D2 = state["eps"][2] - e0
         out = y0 - (s_end * em) * e0 - (s_end / r2 * (em / H - 1.0)) * D2
-        return out, state
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
-class DPMSolverPP(BudgetSolver):
+class DPMSolverPP(EDMSolver):
     r"""DPM-Solver++ multistep with data prediction (Lu et al. 2022, arXiv:2211.01095).
 
     Step :math:`s\to t`, :math:`h = \lambda_t-\lambda_s`, :math:`D_0` the current denoiser output:
@@ -205,36 +194,31 @@ class DPMSolverPP(BudgetSolver):
     reference = "Lu et al. 2022, DPM-Solver++, arXiv:2211.01095"
     max_order: ClassVar[int] = 2
 
-    def __init__(
-        self, variant: str = "exact", last_step: str = "none", calibrate: Any = False, gaussian_prior: Any = None
-    ) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
+    def __init__(self, variant: str = "exact") -> None:
         self.variant = _check_variant(variant)
         self._d2 = 2.0 if variant == "exact" else 1.0
 
-    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
-        D = run.denoise(y, i)
-        run.keep(i, _eps(y, D, run.s[i]))
-        hist: list[tuple[float, Tensor]] = ((state or []) + [(run.lam[i], D)])[-self.max_order :]
-        if self.is_final_zero(run, i):
-            return (D if self.last_step == "tweedie" else run.jump_to_zero(y)), None
-        s, st = run.s[i], run.s[i + 1]
-        h = run.lam[i + 1] - run.lam[i]
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        D = ctx.denoise(y, iv.t, iv.sigma, iv.alpha)
+        d = _eps(y, D, iv.sigma)
+        hist: list[tuple[float, Tensor]] = ((state or []) + [(iv.lam, D)])[-self.max_order :]
+        s, st = iv.sigma, iv.sigma_next
+        h = iv.lam_next - iv.lam
         em = math.expm1(-h)
         k = len(hist)
         if k == 1:
-            return (st / s) * y - em * D, hist
+            return Step((st / s) * y - em * D, state=hist, direction=d)
         r0 = (hist[-1][0] - hist[-2][0]) / h
         if k == 2:
             Dd = (1 + 0.5 / r0) * D - (0.5 / r0) * hist[-2][1]
-            return (st / s) * y - em * Dd, hist
+            return Step((st / s) * y - em * Dd, state=hist, direction=d)
         r1 = (hist[-2][0] - hist[-3][0]) / h
         D1_0 = (D - hist[-2][1]) / r0
         D1_1 = (hist[-2][1] - hist[-3][1]) / r1
         D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
         D2 = (D1_0 - D1_1) / (r0 + r1)
         out = (st / s) * y - em * D + (em / h + 1.0) * D1 - (self._d2 * ((em + h) / h**2 - 0.5)) * D2
-        return out, hist
+        return Step(out, state=hist, direction=d)
 
 
 @SOLVERS.register("dpmpp_2m", description="DPM-Solver++(2M): 2nd-order multistep, data prediction, log-SNR")
@@ -252,25 +236,8 @@ class DPMSolverPP3M(DPMSolverPP):
 
 
 # ------------------------------------------------------------------------------------------------
-def _unipc_b(h: float, order: int, variant: str) -> tuple[float, list[float], float]:
-    r"""``(phi_1, b, B_h)`` of UniPC with data prediction: :math:`hh = -h`,
-    :math:`\varphi_1 = e^{hh}-1`, :math:`b_k = k!\,\varphi_{k+1}(hh)/B(h)` where
-    :math:`\varphi_{k+1}` is built by :math:`\varphi_{k+1} = \varphi_k/hh - 1/k!`."""
-    hh = -h
-    phi1 = math.expm1(hh)
-    Bh = hh if variant == "bh1" else phi1
-    hk = phi1 / hh - 1.0
-    fact = 1
-    b = []
-    for k in range(1, order + 1):
-        b.append(hk * fact / Bh)
-        fact *= k + 1
-        hk = hk / hh - 1.0 / fact
-    return phi1, b, Bh
-
-
 @SOLVERS.register("unipc", description="UniPC (bh1/bh2): multistep predictor + corrector reusing the evaluation")
-class UniPC(BudgetSolver):
+class UniPC(EDMSolver):
     r"""UniPC with data prediction (Zhao et al. 2023, arXiv:2302.04867).
 
     Predictor UniP-p from :math:`s` (current, output :math:`m_0`) to :math:`t`, :math:`h=\lambda_t-\lambda_s`:
@@ -301,11 +268,7 @@ class UniPC(BudgetSolver):
         variant: str = "bh2",
         corrector: bool = True,
         lower_order_final: bool = True,
-        last_step: str = "none",
-        calibrate: Any = False,
-        gaussian_prior: Any = None,
     ) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
@@ -316,7 +279,7 @@ class UniPC(BudgetSolver):
         self.corrector = bool(corrector)
         self.lower_order_final = bool(lower_order_final)
 
-    def _rhs(self, run: Run, hist: list[tuple[float, Tensor]], h: float, order: int, lam_s: float):
+    def _rhs(self, hist: list[tuple[float, Tensor]], h: float, order: int, lam_s: float):
         rks, D1s = [], []
         m0 = hist[-1][1]
         for k in range(1, order):
@@ -325,42 +288,45 @@ class UniPC(BudgetSolver):
             rks.append(rk)
             D1s.append((mk - m0) / rk)
         rks.append(1.0)
-        phi1, b, Bh = _unipc_b(h, order, self.variant)
+        phi1, b, Bh = unipc_b(h, order, self.variant)
         R = torch.tensor([[r**p for r in rks] for p in range(order)], dtype=torch.float64)
         return rks, D1s, phi1, b, Bh, R
 
-    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
-        m = run.denoise(y, i)
-        run.keep(i, _eps(y, m, run.s[i]))  # the direction where it was evaluated (before the correction)
+    def correct(self, ctx: SolveContext, y: Tensor, m: Tensor, state: Any) -> Tensor:
+        """UniC: the corrector of the previous step, with the evaluation ``m`` at the predicted point ``y``."""
+        if not self.corrector or state is None or state["prev"] is None:
+            return y
+        y_prev, lam_s, s_s, lam_t, s_t, order_prev = state["prev"]
+        hist = state["hist"]
+        h = lam_t - lam_s
+        rks, D1s, phi1, b, Bh, R = self._rhs(hist, h, order_prev, lam_s)
+        if order_prev == 1:
+            rhos = [0.5]
+        else:
+            rhos = torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+        corr = sum((rhos[k] * D1s[k] for k in range(len(D1s))), torch.zeros_like(y))
+        D1_t = m - hist[-1][1]
+        return (s_t / s_s) * y_prev - phi1 * hist[-1][1] - Bh * (corr + rhos[-1] * D1_t)
+
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        m = ctx.denoise(y, iv.t, iv.sigma, iv.alpha)
+        d = _eps(y, m, iv.sigma)  # the direction where it was evaluated (before the correction)
         st = state or {"hist": [], "prev": None}
-        hist = st["hist"]
-        # corrector for the previous step, reusing this evaluation
-        if self.corrector and st["prev"] is not None:
-            y_prev, j, order_prev = st["prev"]
-            h = run.lam[i] - run.lam[j]
-            lam_s = run.lam[j]
-            rks, D1s, phi1, b, Bh, R = self._rhs(run, hist, h, order_prev, lam_s)
-            if order_prev == 1:
-                rhos = [0.5]
-            else:
-                rhos = torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
-            corr = sum((rhos[k] * D1s[k] for k in range(len(D1s))), torch.zeros_like(y))
-            D1_t = m - hist[-1][1]
-            y = (run.s[i] / run.s[j]) * y_prev - phi1 * hist[-1][1] - Bh * (corr + rhos[-1] * D1_t)
-        hist = (hist + [(run.lam[i], m)])[-(self.solver_order + 1) :]
-        if self.is_final_zero(run, i):
-            return (m if self.last_step == "tweedie" else run.jump_to_zero(y)), None
-        n_left = run.n_steps - i
+        y = self.correct(ctx, y, m, st)
+        hist = (st["hist"] + [(iv.lam, m)])[-(self.solver_order + 1) :]
+        # evaluations still to come, the final step's included
+        n_left = iv.n - iv.i + (0 if ctx.final == "none" else 1)
         order = min(self.solver_order, len(hist))
         if self.lower_order_final:
             order = min(order, n_left)
-        h = run.lam[i + 1] - run.lam[i]
-        rks, D1s, phi1, b, Bh, R = self._rhs(run, hist, h, order, run.lam[i])
-        y_next = (run.s[i + 1] / run.s[i]) * y - phi1 * m
+        h = iv.lam_next - iv.lam
+        rks, D1s, phi1, b, Bh, R = self._rhs(hist, h, order, iv.lam)
+        y_next = (iv.sigma_next / iv.sigma) * y - phi1 * m
         if D1s:
             if order == 2:
                 rhos_p = [0.5]
             else:
                 rhos_p = torch.linalg.solve(R[:-1, :-1], torch.tensor(b[:-1], dtype=torch.float64)).tolist()
             y_next = y_next - Bh * sum((rhos_p[k] * D1s[k] for k in range(len(D1s))), torch.zeros_like(y))
-        return y_next, {"hist": hist, "prev": (y, i, order)}
+        prev = (y, iv.lam, iv.sigma, iv.lam_next, iv.sigma_next, order)
+        return Step(y_next, state={"hist": hist, "prev": prev}, direction=d)

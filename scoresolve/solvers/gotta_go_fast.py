@@ -80,7 +80,7 @@ favour small increments, a bias. All noise comes from the run's noise source (tw
 attempted step, for every row, so per-sample seeds give batch-independent samples).
 
 Ends at ``eps``; like the paper's samplers it is followed by the Tweedie denoising step by default
-(``denoise_default``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
+(``default_final="tweedie"``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
 adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \approx 1`).
 """
 
@@ -93,9 +93,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_int
+from ..noise import brownian_increment
 from ..registry import SOLVERS
 from ..sde import SDE
-from .base import SolveContext, Solver, check_positive_int
+from .base import SolveContext, Solver
 from .controllers import Controller
 
 __all__ = ["GottaGoFast", "TOLERANCES", "VARIABLES"]
@@ -112,35 +114,6 @@ _DEFAULT_TOLS: dict[str, tuple[float, float]] = {"noise": (1.0, 0.0078), "state"
 def _bc(c: Tensor, x: Tensor) -> Tensor:
     """(B,) float64 coefficient → broadcastable against x in x's dtype."""
     return SDE.bcast(c.to(x.dtype), x)
-
-
-def _split_increment(
-    pieces: list[tuple[Tensor, Tensor]], h: Tensor, xi_bridge: Tensor, xi_fresh: Tensor
-) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    r"""Brownian increment over ``[0, h]`` (per row) consistent with the increments already known.
-
-    ``pieces`` are consecutive future intervals ``(length (B,), increment (B, *dims))`` starting at
-    the current time. Pieces inside ``[0, h]`` are used whole, the one straddling ``h`` is split by the
-    Brownian bridge (``xi_bridge``), and time beyond all pieces gets fresh noise (``xi_fresh``). At
-    most one piece straddles ``h`` in each row, so each normal draw is used at most once per row.
-
-    Returns the increment and the leftover pieces after ``h``.
-    """
-    rem = h.clone()
-    total = torch.zeros_like(xi_fresh)
-    left: list[tuple[Tensor, Tensor]] = []
-    for length, w in pieces:
-        take = torch.minimum(rem, length)
-        pos = length > 0
-        safe = torch.where(pos, length, torch.ones_like(length))
-        frac = torch.where(pos, take / safe, torch.zeros_like(length))
-        var = torch.where(pos, take * (length - take) / safe, torch.zeros_like(length)).clamp_min(0.0)
-        w_take = _bc(frac, w) * w + _bc(var.sqrt(), w) * xi_bridge
-        total = total + w_take
-        left.append((length - take, w - w_take))
-        rem = rem - take
-    total = total + _bc(rem.clamp_min(0.0).sqrt(), xi_fresh) * xi_fresh
-    return total, left
 
 
 @SOLVERS.register(
@@ -183,7 +156,7 @@ class GottaGoFast(Solver):
     reference: ClassVar[str] = (
         "Jolicoeur-Martineau et al. 2021, Gotta Go Fast When Generating Data with Score-Based Models, arXiv:2105.14080"
     )
-    denoise_default: ClassVar[bool] = True
+    default_final: ClassVar[str] = "tweedie"
 
     def __init__(
         self,
@@ -226,7 +199,7 @@ class GottaGoFast(Solver):
         if not isinstance(hold_after_reject, bool):
             raise TypeError(f"hold_after_reject must be a bool, got {hold_after_reject!r}")
         self.hold_after_reject = hold_after_reject
-        self.max_steps = check_positive_int(max_steps, "max_steps")
+        self.max_steps = check_int(max_steps, "max_steps")
         self.norm_given = norm is not None
 
     def _controller_for(self, ctx: SolveContext) -> Controller:
@@ -330,7 +303,7 @@ class GottaGoFast(Solver):
             dt = torch.where(done, torch.zeros_like(t), t - t_next)  # Brownian increment's time span
             xi_b = ctx.noise.randn_like(x)
             xi_f = ctx.noise.randn_like(x)
-            w, left = _split_increment(pieces, dt, xi_b, xi_f)
+            w, left = brownian_increment(pieces, dt, xi_b, xi_f)
             if per_sample:
                 idx = (~done).nonzero().squeeze(1)
                 xa, ta, tna, ha, wa = x[idx], t[idx], t_next[idx], h_eff[idx], w[idx]

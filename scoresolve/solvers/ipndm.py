@@ -1,6 +1,6 @@
 r"""iPNDM: Adams–Bashforth on the denoiser direction in the EDM noise level (Zhang & Chen 2023).
 
-The probability-flow ODE in EDM variables (:mod:`scoresolve.solvers.exp_base`) is
+The probability-flow ODE in EDM variables (:class:`~scoresolve.solvers.base.EDMSolver`) is
 :math:`dy/d\tilde\sigma = d(y, \tilde\sigma) = (y - D(y,\tilde\sigma))/\tilde\sigma`. An explicit
 Adams–Bashforth step of order :math:`k` from :math:`\tilde\sigma_i` to :math:`\tilde\sigma_{i+1}` is
 
@@ -12,9 +12,9 @@ AB, exact for directions polynomial in :math:`\tilde\sigma` of degree :math:`k-1
 uses the fixed equal-step coefficients of iPNDM (Zhang & Chen 2023, arXiv:2204.13902, and
 Zhang et al. 2023 "DEIS"): :math:`[1]`, :math:`[3,-1]/2`, :math:`[23,-16,5]/12`,
 :math:`[55,-59,37,-9]/24` times :math:`\tilde\sigma_{i+1}-\tilde\sigma_i`. The order ramps up
-1, 2, 3, 4 over the first steps (no extra evaluations). Steps onto :math:`\tilde\sigma = 0` are
-ordinary AB steps (the direction needs no evaluation there). One evaluation per grid point;
-deterministic.
+1, 2, 3, 4 over the first steps (no extra evaluations). With ``final="zero"`` the step onto
+:math:`\tilde\sigma = 0` is the variable-step AB step through up to ``order`` directions
+(:mod:`~scoresolve.solvers.finish`). One evaluation per grid point; deterministic.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ..registry import SOLVERS
-from .exp_base import BudgetSolver, Run, lagrange_integral_weights
+from .base import EDMSolver, Interval, SolveContext, Step
+from .coefficients import lagrange_integral_weights
 
 __all__ = ["IPNDM"]
 
@@ -37,59 +38,46 @@ _FIXED = {
 
 
 @SOLVERS.register("ipndm", description="iPNDM: Adams-Bashforth (order ramping to 4) on the denoiser direction")
-class IPNDM(BudgetSolver):
+class IPNDM(EDMSolver):
     r"""iPNDM / variable-step Adams–Bashforth in :math:`\tilde\sigma` on :math:`d = (y-D)/\tilde\sigma`
     (see the module docstring for the formula). Order ``order`` (1–4), one evaluation per grid point.
 
     Args:
         order: maximum Adams–Bashforth order (default 4).
-        variable: variable-step coefficients (default) or iPNDM's fixed equal-step ones.
-        final_variable: with ``last_step="zero"``, take the jump to :math:`\tilde\sigma=0` with the
-            variable-step weights even when ``variable=False`` (the equal-step weights assume an
+        variable: variable-step coefficients (default) or iPNDM's fixed equal-step ones (the final
+            step onto :math:`\tilde\sigma=0` always uses variable-step weights: the equal-step ones assume an
             interval like the previous ones, which the last jump never is).
-        last_step, calibrate: see :class:`~scoresolve.solvers.exp_base.BudgetSolver`.
-        gaussian_prior: ``(mean, cov)`` of the data: the first interval is the exact Gaussian flow (no
-            evaluation) and the Adams history starts with the Gaussian direction at ``T``
-            (:mod:`~scoresolve.solvers.exp_base`).
+
+    With ``gaussian_prior`` (an argument of :func:`scoresolve.sample`) the Adams history starts with the
+    Gaussian direction at ``T`` (:meth:`seed`).
     """
 
     reference = "Zhang & Chen 2023, DEIS/iPNDM, arXiv:2204.13902"
     default_grid: ClassVar[str] = "karras"
+    prefix_direction: ClassVar[bool] = True
 
     def __init__(
         self,
         order: int = 4,
         variable: bool = True,
-        final_variable: bool = True,
-        last_step: str = "none",
-        calibrate: Any = False,
-        gaussian_prior: Any = None,
     ) -> None:
-        super().__init__(last_step=last_step, calibrate=calibrate, gaussian_prior=gaussian_prior)
         if order not in (1, 2, 3, 4):
             raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
         self.order = float(order)
         self.variable = bool(variable)
-        self.final_variable = bool(final_variable)
+        #: directions of the final Adams step onto sigma = 0 (final="zero")
+        self.final_points = int(order)
 
-    def gaussian_state(self, run: Run, d_gauss: Tensor) -> Any:
-        """With ``gaussian_prior``: the history starts with the Gaussian direction at ``T`` (no evaluation)."""
-        d = d_gauss.to(run.wdtype)
-        run.keep(0, d)
-        return [(run.s[0], d)]
+    def seed(self, direction: Tensor, iv: Interval) -> Any:
+        """After the analytical first interval the history starts with the Gaussian direction at ``T``."""
+        return [(iv.sigma, direction)]
 
-    def update(self, run: Run, y: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
-        D = run.denoise(y, i)
-        if self.last_step == "tweedie" and self.is_final_zero(run, i):
-            return D, None
-        d = (y - D) / run.s[i]
-        run.keep(i, d)
-        hist: list[tuple[float, Tensor]] = ((state or []) + [(run.s[i], d)])[-int(self.order) :]
-        if self.is_final_zero(run, i) and (self.variable or self.final_variable):
-            # the jump to 0 through nodes spaced >= sqrt(2) apart in sigma (Run.plan_tail): bounded weights
-            return run.jump_to_zero(y, int(self.order)), hist
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        D = ctx.denoise(y, iv.t, iv.sigma, iv.alpha)
+        d = (y - D) / iv.sigma
+        hist: list[tuple[float, Tensor]] = ((state or []) + [(iv.sigma, d)])[-int(self.order) :]
         k = len(hist)
-        a, b = run.s[i], run.s[i + 1]
+        a, b = iv.sigma, iv.sigma_next
         nodes = list(reversed(hist))
         if self.variable:
             w = lagrange_integral_weights([h[0] for h in nodes], a, b)
@@ -98,4 +86,4 @@ class IPNDM(BudgetSolver):
         y_next = y
         for wj, (_, dj) in zip(w, nodes, strict=True):
             y_next = y_next + wj * dj
-        return y_next, hist
+        return Step(y_next, state=hist, direction=d)

@@ -23,8 +23,9 @@ name             order NFE per step update from :math:`\sigma_i` to :math:`\sigm
 is raised to :math:`\hat\sigma = (1+\gamma)\sigma_i`, :math:`\gamma = \min(s_{churn}/n, \sqrt2 - 1)` on
 :math:`[s_{tmin}, s_{tmax}]`, by adding :math:`s_{noise}\sqrt{\hat\sigma^2 - \sigma_i^2}\,z`), where
 :math:`n` counts the grid steps plus the final step onto :math:`\sigma = 0`, as k-diffusion does.
-The run ends with :func:`scoresolve.sample`'s Tweedie step :math:`y = D(y, \sigma_{min})`, which is
-k-diffusion's last (Euler) step onto :math:`\sigma = 0`.
+By default the run ends with the final step ``final="tweedie"`` (:mod:`scoresolve.solvers.finish`),
+:math:`y = D(y, \sigma_{min})`, which is k-diffusion's last (Euler) step onto :math:`\sigma = 0`; k-diffusion's
+LMS takes that step with its multistep rule instead, which is ``final="zero"`` (the adapter passes it).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._util import check_float, check_int
 from ..registry import SOLVERS
-from .base import GridSolver, SolveContext, check_nonneg_float, check_positive_int
-from .exp_base import lagrange_integral_weights
+from .base import GridSolver, Interval, SolveContext, Step
+from .coefficients import lagrange_integral_weights
 
 __all__ = ["SigmaStepSolver", "EulerSolver", "HeunSolver", "DPM2Solver", "LMSSolver", "denoise_at_sigma"]
 
@@ -52,35 +54,18 @@ def denoise_at_sigma(ctx: SolveContext, y: Tensor, sigma: float, t: float | None
     t64 = torch.tensor([sigma if t is None else t], dtype=torch.float64)
     if t is None:
         t64 = sde.t_from_sigma(t64)
-    a = float(sde.alpha(t64))
-    tt = t64.to(device=y.device, dtype=y.dtype).expand(y.shape[0])
-    return y + (sigma * sigma * a) * ctx.score(a * y, tt)
+    return ctx.denoise(y, float(t64), sigma, float(sde.alpha(t64)))
 
 
 class SigmaStepSolver(GridSolver):
-    """Base of the k-diffusion-style samplers: a step in the EDM variables ``(y, sigma)``.
+    r"""Base of the k-diffusion-style samplers: a step in the EDM variables ``(y, sigma)`` (the loop converts
+    ``x`` to ``y = x/alpha``); the final step onto :math:`\sigma = 0` is the shared one
+    (``default_final="tweedie"``)."""
 
-    Subclasses implement :meth:`update` on ``y = x/alpha``; this class converts to and from ``x``. The
-    final step onto :math:`\\sigma = 0` is :func:`scoresolve.sample`'s Tweedie step (``denoise_default``).
-    """
-
+    variables: ClassVar[str] = "edm"
     default_grid: ClassVar[str] = "karras"
-    denoise_default: ClassVar[bool] = True
+    default_final: ClassVar[str] = "tweedie"
     reference: ClassVar[str] = KARRAS_REFERENCE
-
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
-        assert ctx.grid is not None
-        g = ctx.grid[i : i + 2].to(torch.float64).cpu()
-        sig, alp = ctx.sde.sigma(g).tolist(), ctx.sde.alpha(g).tolist()
-        y = x / alp[0]
-        y_next, y_mean, state = self.update(ctx, y, i, (float(g[0]), sig[0]), sig[1], state)
-        return alp[1] * y_next, alp[1] * y_mean, state
-
-    def update(
-        self, ctx: SolveContext, y: Tensor, i: int, ts: tuple[float, float], s_next: float, state: Any
-    ) -> tuple[Tensor, Tensor, Any]:  # pragma: no cover - abstract
-        """Step ``y`` from grid point ``i`` (time and sigma ``ts``) to ``s_next``: ``(y_next, y_mean, state)``."""
-        raise NotImplementedError
 
 
 class _Churned(SigmaStepSolver):
@@ -89,29 +74,27 @@ class _Churned(SigmaStepSolver):
     def __init__(
         self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0
     ) -> None:
-        self.s_churn = check_nonneg_float(s_churn, "s_churn")
+        self.s_churn = check_float(s_churn, "s_churn", positive=False)
         self.s_tmin, self.s_tmax = float(s_tmin), float(s_tmax)
-        self.s_noise = check_nonneg_float(s_noise, "s_noise")
+        self.s_noise = check_float(s_noise, "s_noise", positive=False)
         self.stochastic = self.s_churn > 0  # type: ignore[misc]
 
-    def churn(self, ctx: SolveContext, y: Tensor, ts: tuple[float, float]) -> tuple[Tensor, float, float | None]:
+    def churn(self, ctx: SolveContext, y: Tensor, iv: Interval) -> tuple[Tensor, float, float | None]:
         """Raise the noise level (if churn is on): ``(y_hat, sigma_hat, t_hat or None)``."""
-        t, s = ts
-        assert ctx.grid is not None
+        s = iv.sigma
         gamma = 0.0
         if self.s_churn > 0 and self.s_tmin <= s <= self.s_tmax:
-            gamma = min(self.s_churn / ctx.grid.numel(), math.sqrt(2.0) - 1.0)  # grid steps + the final one
+            gamma = min(self.s_churn / (iv.n + 1), math.sqrt(2.0) - 1.0)  # grid steps + the final one
         if gamma == 0:
-            return y, s, t
+            return y, s, iv.t
         s_hat = s * (1.0 + gamma)
         y = y + (self.s_noise * math.sqrt(s_hat**2 - s**2)) * ctx.noise.randn_like(y)
         return y, s_hat, None
 
-    def update(self, ctx, y, i, ts, s_next, state):
-        y, s, t = self.churn(ctx, y, ts)
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        y, s, t = self.churn(ctx, y, iv)
         d = (y - denoise_at_sigma(ctx, y, s, t)) / s
-        y_next = self.second_stage(ctx, y, d, s, s_next)
-        return y_next, y_next, None
+        return Step(self.second_stage(ctx, y, d, s, iv.sigma_next), direction=d if t is not None else None)
 
     def second_stage(self, ctx: SolveContext, y: Tensor, d: Tensor, s: float, s_next: float) -> Tensor:
         raise NotImplementedError  # pragma: no cover
@@ -178,9 +161,6 @@ class DPM2Solver(_Churned):
         return y + (s_next - s) * d2
 
 
-_LMS_LAST = ("tweedie", "lms")
-
-
 @SOLVERS.register("lms", description="k-diffusion LMS: linear multistep (Adams-Bashforth) in sigma, order 4")
 class LMSSolver(SigmaStepSolver):
     r"""Linear multistep (Adams–Bashforth) in :math:`\sigma` on :math:`dy/d\sigma = d` (k-diffusion's
@@ -189,50 +169,27 @@ class LMSSolver(SigmaStepSolver):
 
     :math:`y_{i+1} = y_i + \sum_{j<k} w_j d_{i-j}`, :math:`w_j = \int_{\sigma_i}^{\sigma_{i+1}}\ell_j`,
     the Lagrange basis through the last :math:`k = \min(i+1, \text{order})` noise levels. One evaluation per
-    step; deterministic; order ``order`` (4 by default; the first steps ramp up from 1).
+    step; deterministic; order ``order`` (4 by default; the first steps ramp up from 1). k-diffusion steps onto
+    :math:`\sigma = 0` with the same rule: ``final="zero"`` (through at most ``order`` directions, spread as
+    :mod:`~scoresolve.solvers.finish` spreads them on a fine grid); the default is ``final="tweedie"``.
 
     Args:
         order: the number of directions in the interpolant (k-diffusion's default 4).
-        last_step: ``"tweedie"`` (:func:`scoresolve.sample`'s final denoising, default) or ``"lms"``
-            (k-diffusion's: the multistep rule itself steps from the last grid point onto :math:`\sigma = 0`,
-            one evaluation; the sample's own final denoising is then off).
     """
 
     order: ClassVar[float] = 4.0
     nfe_per_step: ClassVar[int] = 1
 
-    def __init__(self, order: int = 4, last_step: str = "tweedie") -> None:
-        self.order = float(check_positive_int(order, "order"))  # type: ignore[misc]
-        if last_step not in _LMS_LAST:
-            raise ValueError(f"last_step must be one of {_LMS_LAST}, got {last_step!r}")
-        self.last_step = last_step
-        self.denoise_default = last_step == "tweedie"  # type: ignore[misc]
+    def __init__(self, order: int = 4) -> None:
+        self.order = float(check_int(order, "order"))  # type: ignore[misc]
+        self.final_points = int(self.order)
 
-    def update(self, ctx, y, i, ts, s_next, state):
-        t, s = ts
-        d = (y - denoise_at_sigma(ctx, y, s, t)) / s
+    def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
+        s = iv.sigma
+        d = (y - denoise_at_sigma(ctx, y, s, iv.t)) / s
         hist: list[tuple[float, Tensor]] = ([(s, d)] + (state or []))[: int(self.order)]
-        w = lagrange_integral_weights([sj for sj, _ in hist], s, s_next)
+        w = lagrange_integral_weights([sj for sj, _ in hist], s, iv.sigma_next)
         y_next = y
         for wj, (_, dj) in zip(w, hist, strict=True):
             y_next = y_next + wj * dj
-        return y_next, y_next, hist
-
-    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
-        if self.last_step == "tweedie":
-            return super().solve(ctx, x)
-        # k-diffusion's last step: the same multistep rule from the last grid point onto sigma = 0
-        assert ctx.grid is not None
-        state: Any = None
-        n = ctx.grid.numel() - 1
-        for i in range(n):
-            ctx.score.step = i
-            x, _, state = self.step(ctx, x, i, state)
-            ctx.after_step(i, ctx.t(i + 1, x), x, x)
-        ctx.score.step = n
-        g = ctx.grid[n:].to(torch.float64).cpu()
-        s, a = float(ctx.sde.sigma(g)), float(ctx.sde.alpha(g))
-        x0, _, _ = self.update(ctx, x / a, n, (float(g[0]), s), 0.0, state)
-        ctx.info["x_mean"] = x0
-        ctx.after_step(n, ctx.t(n, x), x0, x0)
-        return x0
+        return Step(y_next, state=hist, direction=d)

@@ -34,14 +34,14 @@ Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_h
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._util import check_float, closest
 from ..registry import SOLVERS
-from .base import SolveContext, Solver, check_positive_float
+from .base import SolveContext, Solver
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "check_method", "check_tolerances"]
 
@@ -75,14 +75,13 @@ def check_method(method: Any, *, argument: str = "method") -> str:
     valid = _torchdiffeq_methods()
     if isinstance(method, str) and method in valid:
         return method
-    close = difflib.get_close_matches(str(method), valid, n=2, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = closest(method, valid, n=2)
     raise ValueError(f"unknown torchdiffeq {argument}={method!r}.{hint} Valid methods: {', '.join(valid)}")
 
 
 def check_tolerances(rtol: Any, atol: Any) -> tuple[float, float]:
     """``rtol`` and ``atol`` as finite floats > 0 (named in the error otherwise)."""
-    return check_positive_float(rtol, "rtol"), check_positive_float(atol, "atol")
+    return check_float(rtol, "rtol"), check_float(atol, "atol")
 
 
 class _Drift:
@@ -140,7 +139,7 @@ class ProbabilityFlowODE(Solver):
     """
 
     stochastic = False
-    denoise_default = True
+    default_final = "tweedie"
     default_grid = "quadratic"
     default_steps = 100
     reference = (

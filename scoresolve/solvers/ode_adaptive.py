@@ -239,7 +239,7 @@ class PerSampleAdaptiveODE(Solver):
 
     adaptive = True
     stochastic = False
-    denoise_default = True
+    default_final = "tweedie"
     reference = (
         "Song et al. 2021, arXiv:2011.13456 (probability flow); Dormand & Prince 1980; Bogacki & Shampine 1989; "
         "Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4 (step-size control)"

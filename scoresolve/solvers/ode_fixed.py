@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..registry import SOLVERS
 from ..sde import SDE
-from .base import GridSolver, SolveContext
+from .base import GridSolver, Interval, SolveContext, Step
 
 __all__ = [
     "ButcherTableau",
@@ -182,19 +182,20 @@ class _FixedStepPF(GridSolver):
 
     tableau: ClassVar[ButcherTableau]
     stochastic = False
-    denoise_default = True
+    default_final = "tweedie"
     default_grid = "quadratic"
     default_steps = 100
     reference = "Song et al. 2021, Score-Based Generative Modeling through SDEs, arXiv:2011.13456 (eq. 13)"
 
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
+    def step(self, ctx: SolveContext, x: Tensor, iv: Interval, state: Any) -> Step:
         assert ctx.grid is not None
+        i = iv.i
         g = ctx.grid.to(device=x.device)
         b = x.shape[0]
         t = g[i].expand(b)
         h = (g[i + 1] - g[i]).expand(b)
         (x_next,) = rk_step(pf_vector_field(ctx), t, (x,), h, self.tableau)
-        return x_next, x_next, state
+        return Step(x_next, x_next, state)
 
 
 @SOLVERS.register("ode_euler", description="probability-flow ODE, explicit Euler on a grid (order 1, 1 NFE/step)")

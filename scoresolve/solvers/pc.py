@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._util import check_float, check_int
 from ..registry import CORRECTORS, PREDICTORS, SOLVERS
-from .base import GridSolver, SolveContext, check_nonneg_float
+from .base import GridSolver, Interval, SolveContext, Step
 from .correctors import Corrector
 from .predictors import Predictor
 
@@ -49,9 +50,8 @@ class PredictorCorrector(GridSolver):
         corr = CORRECTORS.get(corrector, argument="corrector")
         self.predictor: Predictor = pred() if isinstance(pred, type) else pred
         self.corrector: Corrector = corr() if isinstance(corr, type) else corr
-        self.snr = check_nonneg_float(snr, "snr")
-        if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
-            raise ValueError(f"n_corrector_steps must be an integer >= 0, got {n_corrector_steps!r}")
+        self.snr = check_float(snr, "snr", positive=False)
+        check_int(n_corrector_steps, "n_corrector_steps", min=0)
         self.n_corrector_steps = n_corrector_steps
         if self.predictor.nfe == 0 and (not self.corrector.uses_score or n_corrector_steps == 0):
             raise ValueError("predictor='none' with no corrector steps would never call the model")
@@ -60,11 +60,11 @@ class PredictorCorrector(GridSolver):
     def nfe_per_step(self) -> int:  # type: ignore[override]
         return self.predictor.nfe + (self.n_corrector_steps if self.corrector.uses_score else 0)
 
-    def step(self, ctx: SolveContext, x, i: int, state: Any):
-        t, t_next = ctx.t(i, x), ctx.t(i + 1, x)
+    def step(self, ctx: SolveContext, x, iv: Interval, state: Any) -> Step:
+        t, t_next = ctx.t(iv.i, x), ctx.t(iv.i + 1, x)
         x, x_mean = self.predictor(ctx.score, ctx.sde, x, t, t_next, ctx.noise)
         if self.n_corrector_steps:
             x, x_mean_c = self.corrector(ctx.score, ctx.sde, x, t_next, t, ctx.noise, self.snr, self.n_corrector_steps)
             if self.corrector.uses_score:
                 x_mean = x_mean_c
-        return x, x_mean, state
+        return Step(x, x_mean, state)

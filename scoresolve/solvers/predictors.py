@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from ..models import score_to_x0
+from ..noise import NoiseSource
 from ..registry import PREDICTORS
 from ..sde import SDE
-from .base import CountedScore, NoiseSource
+from .base import CountedScore
 
 __all__ = ["Predictor", "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "NonePredictor"]
 

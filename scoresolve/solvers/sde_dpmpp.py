@@ -31,18 +31,11 @@ The solvers replace :math:`D` by the polynomial through the last ``order`` data 
 Each step costs one score evaluation; the noise comes from the run's noise source
 (``ctx.noise``), so a generator or per-sample seeds make the run reproducible.
 
-Budget: ``steps=K`` spends exactly ``K`` evaluations (``denoise_default`` is off: the last step is
-the solver's). ``final=`` chooses how the run ends:
-
-* ``"denoise"`` (default): ``K - 1`` SDE steps on a grid of ``K - 1`` intervals from ``T`` to
-  ``eps``, then Tweedie's :math:`D(x_\epsilon, \epsilon)` with the ``K``-th evaluation (needs
-  ``K >= 2``). Best measured: the noise :math:`\sigma_\epsilon` left at ``eps`` costs exact
-  samples about 1 nat of mean :math:`\log p_0` on the digits mixture, and this removes it.
-* ``"sigma_min"``: ``K`` SDE steps ending at ``eps`` (samples keep the noise :math:`\sigma_\epsilon`).
-* ``"zero"``: k-diffusion's grid ending in 0: ``K - 1`` SDE steps on the first ``K - 1`` of ``K``
-  grid intervals, then the ``K``-th evaluation jumps from :math:`t_{K-1}` to :math:`\sigma = 0`
-  with Tweedie (``eps`` only places the grid). Works for ``K = 1`` (one Tweedie jump from ``T``);
-  over-concentrates the samples (Tweedie at :math:`t_{K-1} > \epsilon`).
+Budget: ``nfe=K`` spends exactly ``K`` evaluations. The run ends with :func:`scoresolve.sample`'s
+``final=`` (default ``"tweedie"``: ``K - 1`` SDE steps from ``T`` to ``eps``, then Tweedie's
+:math:`D(x_\epsilon, \epsilon)` with the ``K``-th evaluation; the noise :math:`\sigma_\epsilon` left at
+``eps`` costs exact samples about 1 nat of mean :math:`\log p_0` on the digits mixture, and this removes
+it; ``"none"``: ``K`` SDE steps ending at ``eps``).
 
 Orders: with additive noise the strong order is 1 whatever the multistep order (the history only
 reduces the drift error, i.e. the deterministic and weak error); with ``eta=0`` the 2M/3M
@@ -56,32 +49,16 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
+from .._util import check_float, check_int
 from ..registry import SOLVERS
-from .base import GridSolver, SolveContext, check_nonneg_float
+from .base import GridSolver, Interval, SolveContext, Step
+from .coefficients import phi_integrals
 
-__all__ = ["SDEDPMSolverPP", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M", "phi_integrals"]
+__all__ = ["SDEDPMSolverPP", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M"]
 
 _SOLVER_TYPES = ("heun", "midpoint")
-_FINALS = ("denoise", "sigma_min", "zero")
-
-
-def phi_integrals(h: float, eta: float) -> tuple[float, float, float]:
-    r"""The weights :math:`I_k = \int_0^h (1+\eta) e^{-(1+\eta)(h-u)} u^k\,du`, ``k = 0, 1, 2``,
-    computed without cancellation for small :math:`a = (1+\eta)h` (float64)."""
-    c = 1.0 + eta
-    a = c * h
-    i0 = -math.expm1(-a)  # 1 - e^{-a}
-    if a < 1e-3:
-        # Taylor series of the two closed forms below (which cancel badly for small a)
-        i1 = h * (a / 2 - a * a / 6 + a**3 / 24 - a**4 / 120)
-        i2 = h * h * (a / 3 - a * a / 12 + a**3 / 60 - a**4 / 360)
-    else:
-        i1 = h * (1.0 - i0 / a)
-        i2 = h * h * (1.0 - 2.0 / a + 2.0 * i0 / (a * a))
-    return i0, i1, i2
 
 
 class SDEDPMSolverPP(GridSolver):
@@ -100,9 +77,6 @@ class SDEDPMSolverPP(GridSolver):
             integral of the linear interpolant); only affects the 2M term. Both have order 2 with
             ``eta=0``; with noise ``"heun"`` amplifies the noise in :math:`D_0 - D_1` more and
             measured much worse on the digits mixture (4.8× vs 1.9× the floor at 15 NFE).
-        final: ``"denoise"`` (Tweedie at ``eps`` with the last evaluation), ``"sigma_min"`` (end at
-            ``eps``, no denoising) or ``"zero"`` (Tweedie jump from the last grid point but one);
-            in every case ``steps=K`` spends ``K`` evaluations (module docstring).
         lower_order_final: use first order for the last step when the grid has fewer than 15
             steps (diffusers' stabilisation for few steps).
         variant: ``"exact"`` (default: the quadratic's exact integral) or ``"published"`` (half the
@@ -118,7 +92,7 @@ class SDEDPMSolverPP(GridSolver):
         "arXiv:2211.01095"
     )
     default_grid: ClassVar[str] = "log_snr"
-    denoise_default: ClassVar[bool] = False
+    budgeted: ClassVar[bool] = True
     multistep_order: ClassVar[int] = 1
 
     def __init__(
@@ -126,21 +100,16 @@ class SDEDPMSolverPP(GridSolver):
         order: int | None = None,
         eta: float = 1.0,
         solver_type: str = "midpoint",
-        final: str = "denoise",
         lower_order_final: bool = False,
         variant: str = "exact",
     ) -> None:
         k = type(self).multistep_order if order is None else order
-        if isinstance(k, bool) or not isinstance(k, int) or k not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        check_int(k, "order", max=3)
         self.k = k
-        self.eta = check_nonneg_float(eta, "eta")
+        self.eta = check_float(eta, "eta", positive=False)
         if solver_type not in _SOLVER_TYPES:
             raise ValueError(f"solver_type must be one of {_SOLVER_TYPES}, got {solver_type!r}")
-        if final not in _FINALS:
-            raise ValueError(f"final must be one of {_FINALS}, got {final!r}")
         self.solver_type = solver_type
-        self.final = final
         self.lower_order_final = bool(lower_order_final)
         if variant not in ("exact", "published"):
             raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
@@ -154,38 +123,11 @@ class SDEDPMSolverPP(GridSolver):
         sig = float(ctx.sde.marginal_std(t64))
         return (x + (sig * sig) * s) / a
 
-    def steps_to_grid(self, steps: int) -> int:
-        """``final="denoise"``: ``K - 1`` grid steps plus the final Tweedie evaluation at ``eps``;
-        otherwise ``K`` grid steps (one evaluation each)."""
-        if self.final == "denoise":
-            if steps < 2:
-                raise ValueError(
-                    f"steps={steps} is too small for final='denoise' (one SDE step and the final denoising "
-                    "need 2 evaluations); pass final='zero' (one Tweedie jump from T) or final='sigma_min'"
-                )
-            return steps - 1
-        return steps
-
-    def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
+    def step(self, ctx: SolveContext, x: Tensor, iv: Interval, state: Any) -> Step:
         assert ctx.grid is not None
-        x = super().solve(ctx, x)
-        if self.final == "denoise":
-            n = ctx.grid.numel() - 1
-            ctx.score.step = n
-            x = self._data_pred(ctx, x, n)
-            ctx.info["x_mean"] = x
-            ctx.after_step(n, ctx.t(n, x), x, x)
-        elif self.final == "zero":
-            ctx.info["times"] = torch.cat([ctx.grid[:-1], ctx.grid.new_zeros(1)])
-        return x
-
-    def step(self, ctx: SolveContext, x: Tensor, i: int, state: Any) -> tuple[Tensor, Tensor, Any]:
-        assert ctx.grid is not None
-        n = ctx.grid.numel() - 1
+        i, n = iv.i, iv.n
         d0 = self._data_pred(ctx, x, i)
-        last = i == n - 1
-        if last and self.final == "zero":
-            return d0, d0, None
+        last = iv.last
         sde = ctx.sde
         ts = ctx.grid[i : i + 2]
         lam = sde.log_snr(ts)
@@ -222,7 +164,7 @@ class SDEDPMSolverPP(GridSolver):
         else:
             x_next = x_mean
         new_state = [(d0, h)] + hist[: self.k - 2] if self.k >= 2 else None
-        return x_next, x_mean, new_state
+        return Step(x_next, x_mean, new_state)
 
 
 @SOLVERS.register(
@@ -231,7 +173,7 @@ class SDEDPMSolverPP(GridSolver):
 class SDEDPMSolverPP2M(SDEDPMSolverPP):
     r"""SDE-DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095): the second-order multistep
     exponential integrator of the reverse SDE in data prediction; one evaluation per step,
-    ``steps=K`` → ``K`` evaluations. See :class:`SDEDPMSolverPP`."""
+    ``nfe=K`` → ``K`` evaluations. See :class:`SDEDPMSolverPP`."""
 
     multistep_order = 2
 

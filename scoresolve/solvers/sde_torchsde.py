@@ -25,16 +25,17 @@ identical call from it, so ``euler`` with ``steps=K`` spends exactly K evaluatio
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._util import closest
 from ..registry import SOLVERS
 from ..sde import SDE
 from .base import SolveContext, Solver
+from .ode import check_tolerances
 
 __all__ = ["TorchsdeReverseSDE", "METHODS"]
 
@@ -127,7 +128,7 @@ class TorchsdeReverseSDE(Solver):
     """
 
     stochastic = True
-    denoise_default = True
+    default_final = "tweedie"
     default_grid = "uniform"
     reference = "Song et al. 2021, arXiv:2011.13456 (reverse SDE); Li et al. 2020, arXiv:2001.01328 (torchsde)"
 
@@ -140,11 +141,8 @@ class TorchsdeReverseSDE(Solver):
         options: dict[str, Any] | None = None,
     ) -> None:
         if method not in METHODS:
-            close = difflib.get_close_matches(str(method), list(METHODS), n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = closest(method, list(METHODS))
             raise ValueError(f"unknown torchsde method={method!r}.{hint} Valid: {', '.join(METHODS)}")
-        from .ode import check_tolerances
-
         self.method = method
         self.rtol, self.atol = check_tolerances(rtol, atol)
         self.adaptive = bool(adaptive)  # type: ignore[misc]

@@ -1,0 +1,70 @@
+"""Python calls and file jumps before the first model evaluation of one ``ss.sample`` call.
+
+    python benchmarks/setup_calls.py                 # solver="auto", a 10-evaluation budget
+    python benchmarks/setup_calls.py --solver pc --steps 1000
+
+Counts, with ``sys.setprofile``, the Python-level calls made inside ``scoresolve`` from entering
+``ss.sample`` until the score model is first called, the number of times consecutive calls change
+file ("jumps") and the distinct files visited. Calibration is off (``calibrate=False``) so the count
+is the sampler's own setup, not the calibration's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import warnings
+
+import torch
+
+import scoresolve as ss
+from scoresolve import analytic
+
+
+class _Stop(Exception):
+    pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--solver", default="auto")
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    sde = ss.VPSDE()
+    mix = analytic.grid2d()
+    calls: list[str] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise _Stop
+
+    def prof(frame, event, arg):  # noqa: ANN001
+        if event == "call" and "scoresolve" in frame.f_code.co_filename:
+            calls.append(frame.f_code.co_filename)
+
+    kw: dict = {"calibrate": False} if args.solver == "auto" else {}
+    budget = "nfe" if args.solver == "auto" and "nfe" in inspect.signature(ss.sample).parameters else "steps"
+    kw[budget] = args.steps
+    x_T = torch.randn(4, 2)
+    del mix
+    sys.setprofile(prof)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ss.sample(model, sde, solver=args.solver, x_T=x_T, progress=False, **kw)
+    except _Stop:
+        pass
+    finally:
+        sys.setprofile(None)
+    for label, seq in (("", calls), (" (without the SDE's own methods, sde.py)", [c for c in calls
+                                                                                  if not c.endswith("/sde.py")])):
+        jumps = sum(a != b for a, b in zip(seq, seq[1:], strict=False))
+        files = sorted({c.split("scoresolve/", 1)[-1] for c in seq})
+        print(f"solver={args.solver} {budget}={args.steps}{label}: {len(seq)} calls, {jumps} file jumps, "
+              f"{len(files)} files before the first model evaluation")
+    print("  files: " + ", ".join(sorted({c.split("scoresolve/", 1)[-1] for c in calls})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
