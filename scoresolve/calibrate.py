@@ -1,7 +1,7 @@
 r"""Time grids calibrated for a given model, solver and evaluation budget, and their cache.
 
-The few-step frontier is set as much by *where* the evaluations go as by the solver (ANCHORS.md:
-GITS, LD3, DMN, AYS). :func:`calibrate_grid` chooses the interior noise levels of a budgeted solver's
+The few-step frontier is set as much by *where* the evaluations go as by the solver (GITS,
+LD3, DMN, AYS). :func:`calibrate_grid` chooses the interior noise levels of a budgeted solver's
 grid to minimise **that solver's own endpoint error** against a fine teacher solution of the
 probability-flow ODE, on a small calibration batch:
 
@@ -614,7 +614,7 @@ def gits_grid(
     states, :math:`c_{ij} = \mathrm{mean}\,\|y_i + (\tilde\sigma_j-\tilde\sigma_i)\hat\varepsilon_i -
     y_j\|^2`, and dynamic programming for the ``steps``-jump path from ``T`` to ``eps`` of least total
     cost. Returns ``(grid, info)`` with the cost in evaluations and seconds. The grid is chosen for
-    Euler jumps; for multistep solvers :func:`calibrate_grid` is better (ANCHORS.md)."""
+    Euler jumps; for multistep solvers :func:`calibrate_grid` is better."""
     start = time.perf_counter()
     if shape is None:
         if isinstance(model, ScoreModel) and model.sample_shape is not None:

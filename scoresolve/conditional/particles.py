@@ -27,7 +27,7 @@ by Tweedie's formula (one score evaluation) and its observed entries are set to 
 
 Each output has its **own** system (outputs are i.i.d.; nothing couples different rows of ``y``), and the
 ``n`` systems run batched as one ``(n·K, *shape)`` tensor. As ``K → ∞`` and the step size → 0 the output
-law converges to the exact conditional of the model; the error is dominated by ``K`` (ANCHORS.md: on a
+law converges to the exact conditional of the model; the error is dominated by ``K`` (published: on a
 16-D mixture with 8 of 16 observed, 98 → 12 → 1.4 → 1.2× the Fréchet floor at K = 4/16/64/256, and 200
 steps as good as 1000; measured here with this implementation, n = 1000, 200 steps, K = 128: 0.7–0.9×
 the floor in three of four VE/VP × 1/8-observed cases, see docs/conditional.md). A small fraction of

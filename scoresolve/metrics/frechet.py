@@ -55,7 +55,7 @@ def frechet_floor(
 ) -> tuple[float, float]:
     """Mean and standard error of the FD that ``draws`` independent exact samples of size ``n``
     reach against the exact moments (estimate floors from ≥ 50 draws: a handful is biased low
-    by the noise of the minimum-like statistic, see ANCHORS.md).
+    by the noise of the minimum-like statistic).
 
     ``sampler(n, generator)`` must return ``n`` exact samples.
     """

@@ -1,7 +1,7 @@
 """The pieces every solver shares: the counted score, the solve context and the :class:`Solver` base
 classes (the noise source is :mod:`scoresolve.noise`).
 
-Layers (see DESIGN.md): the SDE says *what* is integrated, a solver takes *one step*, a grid or a
+Layers: the SDE says *what* is integrated, a solver takes *one step*, a grid or a
 controller says *where* the steps go, the noise source supplies randomness, and
 :func:`scoresolve.sample` runs the loop.
 """

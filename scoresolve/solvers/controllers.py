@@ -26,8 +26,7 @@ scale (Gotta Go Fast measures its error in units of the marginal noise std :math
 ``hold=`` in :meth:`Controller.propose` caps the factor at 1 for the rows just rejected (Hairer et
 al., II.4: no step growth right after a rejection).
 
-Three norms, a trade-off measured on the digits mixture (see docs/stochastic_samplers.md and
-ANCHORS.md):
+Three norms, a trade-off measured on the digits mixture (see docs/stochastic_samplers.md):
 
 * ``"per_sample"``: each sample has its own step size (:math:`r_b`). No coupling between samples,
   but a batched loop runs until the slowest sample is done: 1.6–1.9× more model calls at equal
