@@ -93,7 +93,7 @@ def calibration_check(
     if tuple(m.shape) != shp:
         raise ValueError(f"mask must have the sample shape {shp}, got {tuple(m.shape)}")
     opts = {"solver": "pc", "predictor": "ancestral_sampling", "corrector": "none", "grid": "log_snr",
-            "steps": inpaint_options.get("steps") or 200}
+            "final": "tweedie", "steps": inpaint_options.get("steps") or 200}
     opts.update(sampler or {})
     ab = sample(model, sde, shape=(2 * n, *shp), generator=generator, progress=False, **opts)
     assert isinstance(ab, Tensor)
