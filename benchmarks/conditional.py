@@ -60,10 +60,10 @@ def configs(quick: bool) -> list[dict]:
             {"method": "smc", "steps": 30, "particles": 16, "grid": "log_snr"},
             {"method": "smc", "steps": 30, "particles": 16, "grid": "quadratic"},
         ]
-    smc = [(16, 60), (32, 60), (64, 30), (64, 50)]
+    smc = {"log_snr": [(16, 60), (32, 60), (64, 50)], "quadratic": [(16, 60), (32, 60), (64, 30)]}
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
-        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g in ("log_snr", "quadratic") for k, st in smc),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in smc.items() for k, st in ks),
     ]
 
 
