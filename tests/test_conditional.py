@@ -425,6 +425,16 @@ def test_linear_and_colorize_bad_input():
 
 
 # --- the 16-D acceptance (slow) ----------------------------------------------------------------
+def _problem_16d(sde_name: str, n_obs: int, obs_seed: int, n: int = 1000):
+    """The benchmark's 16-D mixture, SDE, mask of the first n_obs coordinates, observation and n rows of it."""
+    gm = anisotropic(16, 8, seed=0)
+    sde = ss.VPSDE() if sde_name == "vp" else ss.VESDE()
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[:n_obs] = True
+    y0 = gm.sample(1, gen(obs_seed))[0]
+    return gm, sde, mask, y0, y0.expand(n, 16).clone()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sde_name,n_obs,obs_seed",
@@ -434,12 +444,7 @@ def test_acceptance_16d(sde_name, n_obs, obs_seed):
     """16-D anisotropic 8-component mixture, n = 1000 outputs, K = 128 particles, 200 steps
     (the benchmark's configuration and seed; measured 0.69x / 1.60x / 1.15x / 0.78x the floor before
     the observation path's end was pinned at alpha * y)."""
-    gm = anisotropic(16, 8, seed=0)
-    sde = ss.VPSDE() if sde_name == "vp" else ss.VESDE()
-    mask = torch.zeros(16, dtype=torch.bool)
-    mask[:n_obs] = True
-    y0 = gm.sample(1, gen(obs_seed))[0]
-    y = y0.expand(1000, 16).clone()
+    gm, sde, mask, y0, y = _problem_16d(sde_name, n_obs, obs_seed)
     x = inpaint(gm.score_model(sde), sde, y, mask, steps=200, particles=128, generator=gen(1000))
     assert torch.equal(x[:, mask], y[:, mask])
     check_posterior(gm, mask, y0, x, fd_factor=2.0, tv_tol=0.05)
@@ -451,12 +456,7 @@ def test_budget_16d_ve_one_observed():
     """Issue #22's budget bar where it is met: VE, 1 of 16 observed, <= 1,000 score evaluations per output
     (K = 16, 60 steps: 961), mean FD / floor <= 2 over 5 seeds and mode TV <= 0.05 on each
     (measured 0.59 / 1.30 / 0.98 / 0.52 / 0.75, TV <= 0.024; ``benchmarks/conditional.py``)."""
-    gm = anisotropic(16, 8, seed=0)
-    sde = ss.VESDE()
-    mask = torch.zeros(16, dtype=torch.bool)
-    mask[:1] = True
-    y0 = gm.sample(1, gen(11))[0]
-    y = y0.expand(1000, 16).clone()
+    gm, sde, mask, y0, y = _problem_16d("ve", 1, 11)
     ratios = []
     for seed in range(1000, 1005):
         res = inpaint(gm.score_model(sde), sde, y, mask, steps=60, particles=16, generator=gen(seed),
