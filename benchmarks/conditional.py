@@ -60,7 +60,7 @@ def configs(quick: bool) -> list[dict]:
             {"method": "smc", "steps": 30, "particles": 16, "grid": "log_snr"},
             {"method": "smc", "steps": 30, "particles": 16, "grid": "quadratic"},
         ]
-    smc = {"log_snr": [(16, 60), (32, 60), (64, 50)], "quadratic": [(16, 60), (32, 60), (64, 30)]}
+    smc = {"log_snr": [(16, 60), (32, 60)], "quadratic": [(32, 60), (64, 30)]}
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
         *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in smc.items() for k, st in ks),

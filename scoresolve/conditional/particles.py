@@ -34,7 +34,9 @@ the floor in three of four VE/VP × 1/8-observed cases, see docs/conditional.md)
 systems can lose the posterior mode altogether (all particles in a component of ~zero posterior weight);
 those dominate the Fréchet distance when they occur. Per-step ESS is no health check; the per-system
 log-normalising-constant estimates (``info["log_z"]``) are: lost systems sit far below the others that
-share ``y``.
+share ``y``. Because each coordinate enters the path pinned at :math:`\alpha y` (see
+:meth:`Observation.path`), :math:`\log p(y) = \log p(\text{path}) - \log q(\text{path} \mid y)` exactly, and
+``info["log_z"]`` is the filter's estimate of the log evidence :math:`\log p(y)`.
 
 Noisy coordinates (``Observation.nu > 0``) enter the path at the time :math:`t^*` where they are an exact
 observation of the diffused state and are free below it (see :mod:`scoresolve.conditional._common`).

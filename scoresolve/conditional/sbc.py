@@ -3,16 +3,16 @@ r"""Simulation-based calibration of a conditional sampler on a model with no clo
 If ``x ~ p`` (the model's own unconditional law) and ``x'_m ~ p(x_m | x_o)`` is drawn by an exact
 conditional sampler, then the pair ``(x_o, x'_m)`` is again distributed as ``p``. So the joint
 (observed, inpainted) set must be as close to a fresh unconditional set as another unconditional
-set is. :func:`calibration_check` draws three unconditional sets ``A``, ``B`` (reference) from the
+set is. :func:`calibration_check` draws two unconditional sets ``A`` and ``B`` (reference) from the
 model's sampler, inpaints the unobserved part of ``A`` and reports
 
 .. math:: \text{ratio} = \mathrm{FD}\big(f(A_o, A'_m),\ f(B)\big) \,/\, \mathrm{FD}\big(f(A),\ f(B)\big)
 
 in a feature space ``f`` (pixels by default; the bundled classifiers' features for digits/MNIST).
 An exact sampler gives a ratio near 1 (its scatter shrinks with ``n``); a biased one (e.g. the
-replacement method) a ratio well above. The same-``A`` denominator pairs the two distances, so the
-ratio's noise is that of the inpainting alone (the floor and the check share ``A_o`` and ``B``).
-Cost: ``2n`` unconditional samples plus the inpainting of ``n``. (Talts et al. 2018, arXiv:1804.06788,
+replacement method) a ratio well above; both distances are estimates, so one ratio scatters
+(judge it over seeds or at large ``n``). Cost: ``2n`` unconditional samples plus the inpainting
+of ``n``. (Talts et al. 2018, arXiv:1804.06788,
 use ranks of scalar statistics; this is the multivariate, distance-based variant.)
 """
 
@@ -43,6 +43,7 @@ class CalibrationCheck:
         ratio: ``fd / floor`` (about 1 for an exact conditional sampler).
         n: samples per set.
         score_evals_per_output: single-sample score evaluations of the inpainting, per output.
+        score_evals: all single-sample score evaluations of the check (the two unconditional sets included).
         samples: the ``(n, *shape)`` joint (observed, inpainted) samples.
     """
 
@@ -51,6 +52,7 @@ class CalibrationCheck:
     ratio: float
     n: int
     score_evals_per_output: float
+    score_evals: int
     samples: Tensor
 
 
@@ -95,9 +97,10 @@ def calibration_check(
     opts = {"solver": "pc", "predictor": "ancestral_sampling", "corrector": "none", "grid": "log_snr",
             "final": "tweedie", "steps": inpaint_options.get("steps") or 200}
     opts.update(sampler or {})
-    ab = sample(model, sde, shape=(2 * n, *shp), generator=generator, progress=False, **opts)
-    assert isinstance(ab, Tensor)
-    a, b = ab[:n], ab[n:]
+    uncond = sample(model, sde, shape=(2 * n, *shp), generator=generator, progress=False, return_result=True,
+                    **opts)
+    assert isinstance(uncond, SampleResult)
+    a, b = uncond.samples[:n], uncond.samples[n:]
     res = inpaint(model, sde, a, m, generator=generator, return_result=True, **inpaint_options)
     assert isinstance(res, SampleResult)
     fa, fb, fc = (_features(features, v) for v in (a, b, res.samples))
@@ -106,4 +109,4 @@ def calibration_check(
     fd = frechet_distance(*gaussian_moments(fc), mb, cb)
     rows = res.info.get("score_rows", res.nfe * n)
     return CalibrationCheck(fd=fd, floor=floor, ratio=fd / floor, n=n, score_evals_per_output=rows / n,
-                            samples=res.samples)
+                            score_evals=int(rows + uncond.nfe * 2 * n), samples=res.samples)
