@@ -107,7 +107,7 @@ def calibration_rows(quick: bool, n_digits: int, n_mnist: int) -> list[dict]:
     from scoresolve.metrics.fid import classifier_features
 
     rows = []
-    plan = [("digits", n_digits, 8, 50), ("mnist", n_mnist, 4, 25)]
+    plan = [("digits", n_digits, 32, 25), ("mnist", n_mnist, 4, 25)]
     for name, n, k, steps in plan:
         model = load(name)
         mask = torch.zeros(model.sample_shape, dtype=torch.bool)
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--cases", default="ve:1,vp:8", help="SDE:observed pairs (observed of 16)")
     ap.add_argument("--no-calibration", action="store_true", help="skip the calibration check on the networks")
     ap.add_argument("--calibration-only", action="store_true", help="only the calibration check")
-    ap.add_argument("--n-digits", type=int, default=500, help="calibration check: samples per set, digits")
+    ap.add_argument("--n-digits", type=int, default=300, help="calibration check: samples per set, digits")
     ap.add_argument("--n-mnist", type=int, default=200, help="calibration check: samples per set, MNIST")
     ap.add_argument("--log-evidence-steps", action="store_true",
                     help="only: the log-evidence error against steps and particles on a 2-D Gaussian")
