@@ -122,7 +122,7 @@ def calibration_rows(quick: bool, n_digits: int, n_mnist: int) -> list[dict]:
                                   generator=torch.Generator().manual_seed(0), method=method, steps=steps, **opts)
             row = {"model": name, "method": method, "particles": k if method == "smc" else 1, "steps": steps,
                    "n": r.n, "fd": r.fd, "floor": r.floor, "ratio": r.ratio,
-                   "score_evals_per_output": r.score_evals_per_output,
+                   "score_evals_per_output": r.score_evals_per_output, "score_evals_total": r.score_evals,
                    "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
             rows.append(row)
             print(f"calibration {name:6s} {method:7s} K={row['particles']:3d} {steps} steps n={r.n}: FD {r.fd:.4g} "
