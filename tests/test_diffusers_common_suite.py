@@ -47,7 +47,7 @@ CASES = {
 }
 
 
-def _case(solver: str, options: dict | None) -> type:
+def _case(base: type, solver: str, options: dict | None) -> type:
     def get_scheduler_config(self, **kwargs):
         config = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                   "solver": solver}
@@ -89,7 +89,7 @@ def _case(solver: str, options: dict | None) -> type:
             self.check_over_forward(num_inference_steps=n)
 
     name = f"TestDiffusersCommon_{solver}"
-    return type(name, (_COMMON,), {
+    return type(name, (base,), {
         "scheduler_classes": (ScoresolveScheduler,),
         "forward_default_kwargs": (("num_inference_steps", 25),),
         "get_scheduler_config": get_scheduler_config,
@@ -101,6 +101,6 @@ def _case(solver: str, options: dict | None) -> type:
 
 
 for _solver, _options in CASES.items():
-    _cls = _case(_solver, _options)
+    _cls = _case(_COMMON, _solver, _options)
     globals()[_cls.__name__] = _cls
 del _cls, _COMMON  # pytest collects every TestCase subclass in the module's namespace, whatever its name

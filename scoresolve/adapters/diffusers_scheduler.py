@@ -59,28 +59,10 @@ class _Abandoned(BaseException):
     solver's error handling catches it)."""
 
 
-def _final_options(solver: str, final: str) -> dict[str, Any]:
-    """The keywords of :func:`scoresolve.sample` that make ``solver`` end as ``final`` says."""
-    if "final" in inspect.signature(sample).parameters:
-        return {"final": final}
-    params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
-    if "last_step" in params:
-        return {"last_step": final}
-    return {"denoise": final != "none"}
-
-
 def _no_calibration(solver: str) -> dict[str, Any]:
-    """Options that keep a solver from calibrating against the model during a run (and from the Gaussian first
-    step whose moments calibration would estimate)."""
-    if "calibrate" in inspect.signature(sample).parameters:  # an argument of sample(), on by default for auto
-        return {"calibrate": False} if solver == "auto" else {}
-    params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
-    out: dict[str, Any] = {}
-    if "calibrate" in params:
-        out["calibrate"] = False
-        if "gaussian_prior" in params:
-            out["gaussian_prior"] = None
-    return out
+    """``auto`` calibrates its grid against the model by default; a run inside a pipeline cannot (it sees one
+    evaluation at a time), so it runs on the grid it is given."""
+    return {"calibrate": False} if solver == "auto" else {}
 
 
 class _Run:
@@ -312,7 +294,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 kwargs = {"grid": self.sde.t_from_sigma(torch.tensor(calibrated, dtype=torch.float64))}
                 kwargs["grid"][0] = min(float(kwargs["grid"][0]), self.sde.T)
             else:
-                if _no_calibration(cfg.solver) and cfg.solver == "auto":
+                if cfg.solver == "auto":
                     warnings.warn(
                         f"solver 'auto' has no grid calibrated for {steps} steps: call scheduler.calibrate(pipe, "
                         f"{steps}) first; running its uncalibrated grid",
@@ -423,7 +405,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             "solver": cfg.solver,
             **_no_calibration(cfg.solver),
             **(cfg.solver_options or {}),
-            **_final_options(cfg.solver, final),
+            "final": final,
         }
 
     def calibrate(
