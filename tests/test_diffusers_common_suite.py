@@ -1,7 +1,8 @@
 """diffusers' own ``SchedulerCommonTest`` against ``ScoresolveScheduler``, given a diffusers source checkout.
 
 The suite (``tests/schedulers/test_schedulers.py`` in the diffusers repository) is not in the pip package, so it
-runs only when ``SCORESOLVE_DIFFUSERS_SRC`` names a checkout whose version matches the installed diffusers::
+runs only when ``SCORESOLVE_DIFFUSERS_SRC`` names a diffusers source tree (a checkout at the installed version;
+only its ``tests/`` folder is read)::
 
     SCORESOLVE_DIFFUSERS_SRC=~/src/diffusers python -m pytest -q tests/test_diffusers_common_suite.py
 
