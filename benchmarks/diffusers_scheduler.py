@@ -19,6 +19,7 @@ Usage::
     python benchmarks/diffusers_scheduler.py                 # n = 2000, 10 calls, both parts
     python benchmarks/diffusers_scheduler.py --share-grid    # one calibration: ss.sample's grid, exported
     python benchmarks/diffusers_scheduler.py --part final    # the last-step comparison only (no calibration)
+    python benchmarks/diffusers_scheduler.py --part auto --uncalibrated   # both sides on auto's default grid
 """
 
 from __future__ import annotations
@@ -83,24 +84,29 @@ def _auto_rows(args, model, fid, floor: float, rows: list, log) -> float:
     """``ss.sample(solver="auto")`` (unclamped and clamped) and the pipeline with the scheduler's ``auto``."""
     from scoresolve.adapters.diffusers import ScoresolveScheduler
 
-    log("ss.sample(solver='auto') (calibrates its grid first)")
+    tag = ", calibrate=False" if args.uncalibrated else ""
+    log(f"ss.sample(solver='auto'{tag})")
     start, cpu = time.perf_counter(), time.process_time()
     ref = ss.sample(model, solver="auto", nfe=args.steps, batch_size=args.n, return_result=True,
-                    generator=torch.Generator().manual_seed(args.seed))
-    for name, x in (("ss.sample(solver='auto')", ref.samples),
-                    ("ss.sample(solver='auto'), clamped", ref.samples.clamp(-1, 1))):
+                    generator=torch.Generator().manual_seed(args.seed),
+                    calibrate=False if args.uncalibrated else (args.cache or True))
+    for name, x in ((f"ss.sample(solver='auto'{tag})", ref.samples),
+                    (f"ss.sample(solver='auto'{tag}), clamped", ref.samples.clamp(-1, 1))):
         rows.append(_row(name, ref.nfe, fid.fid(x), floor, start, cpu))
     log(f"reference FID {rows[-1]['fid']:.4g} (clamped); the pipeline: calibrate, then sample")
     pipe = digits_pipeline(model)
     pipe.scheduler = ScoresolveScheduler.from_scheduler(pipe.scheduler, solver="auto")
     start, cpu = time.perf_counter(), time.process_time()
-    if args.share_grid:
+    if args.uncalibrated:
+        pass  # auto's uncalibrated grid (the scheduler warns), as ss.sample(calibrate=False) runs
+    elif args.share_grid:
         pipe.scheduler.register_to_config(calibrated_sigmas={str(args.steps): ss.grids.export(ref, model.sde,
                                                                                               final_zero=False)})
     else:
         pipe.scheduler.calibrate(pipe, args.steps, generator=torch.Generator().manual_seed(args.seed + 7))
     f = _pipeline_fid(pipe, args, fid)
-    rows.append(_row("DDPMPipeline + ScoresolveScheduler(solver='auto')", pipe.scheduler.nfe, f, floor, start, cpu))
+    rows.append(_row(f"DDPMPipeline + ScoresolveScheduler(solver='auto'){' uncalibrated' if tag else ''}",
+                     pipe.scheduler.nfe, f, floor, start, cpu))
     return f / rows[-2]["fid"] - 1
 
 
@@ -145,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--share-grid", action="store_true",
                     help="give the scheduler ss.sample's calibrated grid (ss.grids.export) instead of calibrating "
                     "it again through the pipeline (half the cost)")
+    ap.add_argument("--cache", default=None,
+                    help="a calibration cache file for ss.sample's auto (kept across runs; default: in memory)")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="auto without calibration on both sides (its default grid): the pipeline route alone")
     ap.add_argument("--part", choices=("all", "auto", "final"), default="all",
                     help="auto: the scheduler's auto vs ss.sample; final: our last step vs diffusers' (default all)")
     args = ap.parse_args(argv)
