@@ -125,10 +125,10 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         calibrated_sigmas: grids calibrated for the model by :meth:`calibrate`, by budget (``{"10": [...]}``);
             ``set_timesteps(n)`` uses the one for ``n``. Saved with the config.
 
-    Solvers that calibrate their grid against the model (``auto``, ``calibrate=``) cannot do so inside a
-    pipeline, which shows the scheduler one evaluation at a time: the scheduler runs them with
-    ``calibrate=False`` (and no estimated Gaussian first step) on the calibrated grid :meth:`calibrate` stored,
-    or, without one, on their uncalibrated default grid (with a warning).
+    A solver cannot calibrate its grid against the model inside a pipeline, which shows the scheduler one
+    evaluation at a time: :meth:`calibrate` does it outside and stores the grid. ``auto`` runs the row of its
+    table for the budget without the Gaussian first step (no moments to estimate them from), on that grid or,
+    without one, on the row's uncalibrated default grid (with a warning).
 
     Cost: ``len(timesteps)`` network calls, one per ``step`` (``nfe``); :meth:`set_timesteps` runs the solver
     once on a scalar with a zero model (twice with ``num_inference_steps``) to learn its evaluation times.
