@@ -97,6 +97,7 @@ from .._util import check_int
 from ..noise import brownian_increment
 from ..registry import SOLVERS
 from ..sde import SDE
+from .adaptive import Proposal, run_adaptive
 from .base import SolveContext, Solver
 from .controllers import Controller
 
@@ -255,110 +256,68 @@ class GottaGoFast(Solver):
         f64 = torch.float64
         in_lam = self.variable == "log_snr"
         t = torch.full((b,), T, device=dev, dtype=f64)
-        lam_end = sde.log_snr(torch.full((b,), t_end, device=dev, dtype=f64))
-        # the step size h lives in the controlled variable: t, or λ (increasing along the solve)
+        # the position and step live in the controlled variable: λ (increasing along the solve) or t (decreasing)
         h0_t = min(self.h_init, T - t_end)
         if in_lam:
-            h = sde.log_snr(torch.full((b,), T - h0_t, device=dev, dtype=f64)) - sde.log_snr(t)
+            pos, end = sde.log_snr(t), float(sde.log_snr(torch.full((1,), t_end, device=dev, dtype=f64))[0])
+            h = sde.log_snr(torch.full((b,), T - h0_t, device=dev, dtype=f64)) - pos
         else:
-            h = torch.full((b,), h0_t, device=dev, dtype=f64)
+            pos, end = t, t_end
+            h = torch.full((b,), -h0_t, device=dev, dtype=f64)
         x = x.clone()
-        x_prev = x.clone()  # the paper's x'_prev, initialised with x
-        pieces: list[tuple[Tensor, Tensor]] = []
-        nfe_rows = torch.zeros(b, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        rejected = torch.zeros(b, dtype=torch.bool, device=dev)  # last attempt of the row was rejected
+        y = (x, x.clone(), t.clone())  # the state, the paper's x'_prev (initialised with x), the time
+        run: dict = {"pieces": []}  # the Brownian path's known future increments (full batch)
         times = [T]
-        n_acc = n_rej = 0
-        per_sample = ctl.per_sample
-        it = 0
-        while True:
-            if per_sample:
-                if bool(done.all()):
-                    break
-            elif float(t[0]) <= t_end:
-                break
-            if it >= self.max_steps:
-                raise RuntimeError(
-                    f"gotta_go_fast: no convergence after max_steps={self.max_steps} attempted steps "
-                    f"(t = {float(t.max()):.4g}); loosen rtol/atol or raise max_steps"
-                )
-            ctx.score.step = it
+
+        def attempt(rows: Tensor, pr: Tensor, hr: Tensor, last: Tensor, yr: tuple[Tensor, ...]) -> Proposal:
+            xa, prev, ta = yr
             if in_lam:
-                remaining = lam_end - sde.log_snr(t)
+                t_inner = sde.t_from_log_snr(pr + hr).to(f64)
+                t_inner = torch.minimum(torch.maximum(t_inner, torch.full_like(ta, t_end)), ta)
             else:
-                remaining = t - t_end
-            h_eff = torch.minimum(h, remaining)
-            if float(h_eff[~done].min() if per_sample else h_eff.min()) <= 1e-14:
-                raise RuntimeError(
-                    "gotta_go_fast: the step size underflowed; the score may be non-finite or rtol/atol too tight"
-                )
-            last = h_eff >= remaining * (1 - 1e-12)
-            if in_lam:
-                t_inner = sde.t_from_log_snr(sde.log_snr(t) + h_eff).to(f64)
-                t_inner = torch.minimum(torch.maximum(t_inner, torch.full_like(t, t_end)), t)
-                t_next = torch.where(last, torch.full_like(t, t_end), t_inner)
-            else:
-                t_next = torch.where(last, torch.full_like(t, t_end), t - h_eff)
-            dt = torch.where(done, torch.zeros_like(t), t - t_next)  # Brownian increment's time span
+                t_inner = pr + hr
+            tna = torch.where(last, torch.full_like(ta, t_end), t_inner)
+            dt = torch.zeros(b, device=dev, dtype=f64)  # the Brownian increment's time span (0: finished rows)
+            dt[rows] = ta - tna
             xi_b = ctx.noise.randn_like(x)
             xi_f = ctx.noise.randn_like(x)
-            w, left = brownian_increment(pieces, dt, xi_b, xi_f)
-            if per_sample:
-                idx = (~done).nonzero().squeeze(1)
-                xa, ta, tna, ha, wa = x[idx], t[idx], t_next[idx], h_eff[idx], w[idx]
-                prev, hold = x_prev[idx], rejected[idx]
-            else:
-                idx = None
-                xa, ta, tna, ha, wa, prev, hold = x, t, t_next, h_eff, w, x_prev, rejected
-            x_em, x_ext = self._attempt(ctx, xa, ta, tna, wa)
+            w, run["left"] = brownian_increment(run["pieces"], dt, xi_b, xi_f)
+            run["dt"], run["w"] = dt, w
+            x_em, x_ext = self._attempt(ctx, xa, ta, tna, w[rows])
             err = x_em - x_ext
             if self.tolerance == "noise":
                 # the marginal noise level σ_t at the step's end, per sample (see the module docstring)
                 ratio = ctl.ratio(err, prev, x_em, scale=_bc(sde.marginal_std(tna), x_em))
             else:
                 ratio = ctl.ratio(err, prev, x_em)
-            accept, h_new = ctl.propose(ratio, ha, self.error_order, hold=hold if self.hold_after_reject else None)
-            acc_b = SDE.bcast(accept, xa)
-            x_new = torch.where(acc_b, x_ext, xa)
-            xp_new = torch.where(acc_b, x_em, prev)
-            t_new = torch.where(accept, tna, ta)
-            if idx is not None:
-                x[idx], x_prev[idx], t[idx], h[idx] = x_new, xp_new, t_new, h_new
-                rejected[idx] = ~accept
-                nfe_rows[idx] += 2
-                acc_full = torch.zeros(b, dtype=torch.bool, device=dev)
-                acc_full[idx] = accept
-                done = t <= t_end
-            else:
-                x, x_prev, t, h = x_new, xp_new, t_new, h_new
-                rejected = ~accept
-                nfe_rows += 2
-                acc_full = accept
+            return Proposal((x_ext, x_em, tna), ratio, at=sde.log_snr(tna) if in_lam else tna)
+
+        def after(it: int, rows: Tensor, accept: Tensor, yy: tuple[Tensor, ...]) -> None:
             # Brownian path: accepted rows consume [0, dt]; rejected rows keep it as known increment
-            keep = ~acc_full
+            keep = torch.ones(b, dtype=torch.bool, device=dev)
+            keep[rows] = ~accept
+            dt, w = run["dt"], run["w"]
             first = (torch.where(keep, dt, torch.zeros_like(dt)), torch.where(SDE.bcast(keep, w), w, 0.0))
-            pieces = [p for p in [first, *left] if bool((p[0] > 0).any())]
-            if per_sample:
-                n_acc_it = int(accept.sum())
-                n_acc += n_acc_it
-                n_rej += int(accept.numel()) - n_acc_it
-            elif bool(accept[0]):
-                n_acc += 1
-                times.append(float(t[0]))
-            else:
-                n_rej += 1
-            ctx.after_step(it, t.to(x.dtype), x, x)
-            it += 1
+            run["pieces"] = [p for p in [first, *run["left"]] if bool((p[0] > 0).any())]
+            if not ctl.per_sample and bool(accept[0]):
+                times.append(float(yy[2][0]))
+            ctx.after_step(it, yy[2].to(x.dtype), yy[0], yy[0])
+
+        res = run_adaptive(
+            attempt, y, pos, end, h, controller=ctl, error_order=self.error_order, nfe_per_attempt=2,
+            max_steps=self.max_steps, hold_after_reject=self.hold_after_reject, score=ctx.score, after=after,
+            name="gotta_go_fast",
+        )
         # info: nfe_per_sample ((B,) evaluations each sample took part in, final denoising excluded),
         # row_evaluations (their sum), accepted/rejected steps (per row for per_sample, per batch
         # otherwise), attempted_steps (loop iterations, 2 model calls each), times (batch norms)
+        one = slice(None) if ctl.per_sample else slice(0, 1)
         ctx.info["x_mean"] = x
-        ctx.info["nfe_per_sample"] = nfe_rows
-        ctx.info["row_evaluations"] = int(nfe_rows.sum())
-        ctx.info["accepted_steps"] = n_acc
-        ctx.info["rejected_steps"] = n_rej
-        ctx.info["attempted_steps"] = it
-        if not per_sample:
+        ctx.info["nfe_per_sample"] = res.nfe_per_sample
+        ctx.info["row_evaluations"] = res.info["row_evals"]
+        ctx.info["accepted_steps"] = int(res.accepted[one].sum())
+        ctx.info["rejected_steps"] = int(res.rejected[one].sum())
+        ctx.info["attempted_steps"] = res.info["attempts"]
+        if not ctl.per_sample:
             ctx.info["times"] = torch.tensor(times, dtype=f64)
         return x
