@@ -149,7 +149,8 @@ def cases() -> dict[str, Any]:
             add(f"ode_adaptive/{key}", lambda m=model, s=sde, o=opts: _adaptive(m, s, "ode_adaptive", rtol=1e-4,
                                                                               atol=1e-4, **o))
         for key, opts in (("paper", {"tolerance": "state", "variable": "t", "hold_after_reject": False}),
-                          ("batch_rms", {"norm": "batch_rms"}), ("batch_max_t", {"norm": "batch_max", "variable": "t"})):
+                          ("batch_rms", {"norm": "batch_rms"}),
+                          ("batch_max_t", {"norm": "batch_max", "variable": "t"})):
             add(f"gotta_go_fast/{key}", lambda m=model, s=sde, o=opts: _adaptive(m, s, "gotta_go_fast", **o))
         add("likelihood/bosh3_per_sample", lambda m=model, s=sde: _likelihood(m, s))
         add("ode", lambda m=model, s=sde: _run(m, s, "ode", rtol=1e-5, atol=1e-5))
