@@ -13,6 +13,7 @@ from torchdiffeq import odeint
 import scoresolve as ss
 from scoresolve.registry import SOLVERS
 from scoresolve.solvers.base import GridSolver, Solver
+from scoresolve.solvers.loop import cost
 
 EPS = 1e-3
 #: VP, and the rectified-flow interpolant with SD3's shift 3 (there the mixture's exact velocity is the model)
@@ -67,3 +68,32 @@ def deterministic_fixed_grid(cls: type[Solver]) -> bool:
 def variants(names: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """Every ``(name, options)`` of the solvers named, one per declared variant."""
     return [(n, dict(o)) for n in names for o in SOLVERS.get(n).variants()]
+
+
+def intervals(solver: Solver, n: int, final: str = "none") -> dict[str, int]:
+    """``sample``'s keyword for ``n`` grid intervals: ``steps=n``, or the budget ``nfe=`` that plans ``n`` for a
+    budgeted solver (whose ``steps=`` alone warns)."""
+    return {"nfe": cost(solver, n, final, False)} if getattr(solver, "budgeted", False) else {"steps": n}
+
+
+def stochastic(cls: type[Solver]) -> bool:
+    return bool(cls.stochastic)
+
+
+@functools.cache
+def gaussian(eps: float = EPS) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """A correlated 2-D Gaussian under VP, and the exact mean and covariance of the marginal at ``eps``."""
+    sde = ss.VPSDE()
+    mean = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    gm = ss.analytic.GaussianMixture(torch.ones(1), mean[None], cov[None])
+    t = torch.tensor(eps, dtype=torch.float64)
+    a, s = float(sde.alpha(t)), float(sde.marginal_std(t))
+    return gm.score_model(sde), sde, a * mean, a * a * cov + s * s * torch.eye(2, dtype=torch.float64)
+
+
+def moment_error(x: torch.Tensor, eps: float = EPS) -> float:
+    """|mean - exact| + ||covariance - exact||_F of samples at ``eps`` of :func:`gaussian`."""
+    _, _, mean, cov = gaussian(eps)
+    x = x.double()
+    return float((x.mean(0) - mean).norm() + (torch.cov(x.T) - cov).norm())

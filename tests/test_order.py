@@ -14,11 +14,20 @@ from __future__ import annotations
 import math
 
 import pytest
-from reference import EPS, PROCESSES, deterministic_fixed_grid, model, problem, reference, registered, variants
+from reference import (
+    EPS,
+    PROCESSES,
+    deterministic_fixed_grid,
+    intervals,
+    model,
+    problem,
+    reference,
+    registered,
+    variants,
+)
 
 import scoresolve as ss
 from scoresolve.sampling import resolve_solver
-from scoresolve.solvers.loop import cost
 
 
 def steps_for(solver) -> list[int]:
@@ -34,9 +43,8 @@ def empirical_order(name: str, opts: dict, process: str) -> tuple[float, list[fl
     solver = resolve_solver(name, dict(opts))
     errs = []
     for n in steps_for(solver):
-        budget = {"nfe": cost(solver, n, "none", False)} if solver.budgeted else {"steps": n}
         res = ss.sample(model(process), sde, solver=solver, x_T=x_T, grid="log_snr", eps=EPS, final="none",
-                        return_result=True, **budget)
+                        return_result=True, **intervals(solver, n))
         assert res.grid.numel() - 1 == n
         errs.append((res.samples - reference(process)).pow(2).mean().sqrt().item())
     return math.log2(errs[-2] / errs[-1]), errs
@@ -51,3 +59,22 @@ def test_empirical_order_matches_declared(name, opts, process):
     declared = resolve_solver(name, dict(opts)).order
     slope, errs = empirical_order(name, opts, process)
     assert abs(slope - declared) <= 0.3, f"{name}{opts}: errors {errs}, slope {slope:.2f}, declared {declared}"
+
+
+ADAPTIVE = [(n, o) for n, o in variants(registered(lambda c: c.adaptive and not c.stochastic))]
+
+
+@pytest.mark.parametrize("name,opts", ADAPTIVE, ids=[f"{n}-{o}" for n, o in ADAPTIVE])
+def test_adaptive_error_falls_at_least_at_the_declared_order(name, opts):
+    """A deterministic adaptive solver: between tolerances 1e-5 and 1e-7 the error against the reference falls at
+    least like NFE^-order (per-sample controllers place steps well and often do better)."""
+    gm, sde, x_T = problem("vp")
+    order = resolve_solver(name, dict(opts)).order
+    pts = []
+    for tol in (1e-5, 1e-7):
+        r = ss.sample(model("vp"), sde, solver=name, x_T=x_T, eps=EPS, final="none", rtol=tol, atol=tol,
+                      return_result=True, **opts)
+        nfe = float(r.info["nfe_per_sample"].double().mean()) if "nfe_per_sample" in r.info else float(r.nfe)
+        pts.append((nfe, (r.samples - reference("vp")).pow(2).mean().sqrt().item()))
+    slope = math.log(pts[0][1] / pts[1][1]) / math.log(pts[1][0] / pts[0][0])
+    assert slope >= order - 0.3, f"{name}{opts}: (NFE, error) {pts}, slope {slope:.2f}, declared {order}"

@@ -42,5 +42,8 @@ __all__ = [
     "BUNDLED",
 ]
 
-# ScoreModel.from_pretrained / save_pretrained / push_to_hub are these functions (scoresolve.models sits below io)
-_PERSISTENCE.update(load=load, recover=recover, save_pretrained=save_pretrained, push_to_hub=push_to_hub)
+# ScoreModel.from_pretrained / save_pretrained / push_to_hub are these functions (scoresolve.models sits below io);
+# the first import registers them (a second import of this package, in a fresh module table, changes nothing)
+_FUNCTIONS = {"load": load, "recover": recover, "save_pretrained": save_pretrained, "push_to_hub": push_to_hub}
+for _name, _fn in _FUNCTIONS.items():
+    _PERSISTENCE.setdefault(_name, _fn)

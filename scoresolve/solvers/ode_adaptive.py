@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -219,6 +220,10 @@ class PerSampleAdaptiveODE(Solver):
         self.first_step, self.max_steps = first_step, int(max_steps)
         self.order = float(TABLEAUS[pair].order)  # type: ignore[misc]
         self.nfe_per_step = TABLEAUS[pair].stages - 1  # type: ignore[misc]
+
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return tuple({"pair": p} for p in PAIRS)
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         sde = ctx.sde
