@@ -78,7 +78,9 @@ def _targets(node: ast.AST, mod: str, is_pkg: bool, modules: set[str]) -> list[s
     return out
 
 
-def main() -> int:
+def analyse() -> dict[str, list]:
+    """``circles`` (module level), ``hidden_circles`` (function-local imports counted), ``local`` and
+    ``optional_local`` (function-local imports, as ``module:line -> target``)."""
     files = sorted(ROOT.rglob("*.py"))
     modules = {_module(f) for f in files}
     graph: dict[str, set[str]] = {m: set() for m in modules}
@@ -106,8 +108,13 @@ def main() -> int:
                     elif tg:
                         local.append(f"{mod}:{node.lineno} -> {tg[0]}")
                         full[mod].update(t for t in _with_packages(tg, mod) if t != mod and not mod.startswith(t + "."))
-    static = _circles(graph)
-    hidden = _circles(full)
+    return {"circles": _circles(graph), "hidden_circles": _circles(full), "local": local,
+            "optional_local": optional_local}
+
+
+def main() -> int:
+    r = analyse()
+    static, hidden, local, optional_local = r["circles"], r["hidden_circles"], r["local"], r["optional_local"]
     print(f"{len(static)} import circle(s) among module-level imports")
     for c in static:
         print("  " + " <-> ".join(c))
