@@ -1,87 +1,15 @@
-r"""Gotta Go Fast: an adaptive solver of the reverse SDE (Jolicoeur-Martineau, Li, Piché-Taillefer,
-Kachman, Mitliagkas 2021, "Gotta Go Fast When Generating Data with Score-Based Models",
-arXiv:2105.14080, Algorithm 1), with a tolerance in the model's noise scale and step sizes in log-SNR.
+r"""Gotta Go Fast: an adaptive solver of the reverse SDE (Jolicoeur-Martineau et al. 2021, arXiv:2105.14080,
+Algorithm 1), an ``attempt`` on the per-sample loop of :mod:`scoresolve.solvers.adaptive`.
 
-One step from :math:`t` to :math:`t - h` with a Brownian increment :math:`W` (variance :math:`h`),
-reverse drift :math:`b(x, t) = f(x, t) - g(t)^2 s(x, t)`:
-
-.. math::
-    x'        &= x - h\, b(x, t) + g(t)\, W                     &\text{(Euler–Maruyama)}\\
-    \tilde x  &= x - h\, b(x', t-h) + g(t-h)\, W                &\\
-    x''       &= \tfrac12 (x' + \tilde x)                        &\text{(stochastic improved Euler)}
-
-The same :math:`W` in both stages (the paper's rule). The error estimate :math:`x' - x''` is measured
-as an RMS over the entries of :math:`(x' - x'')/\delta`; a step is accepted when that ratio
-:math:`E \le 1`, and then the *higher-order* solution :math:`x''` is kept (extrapolation). The
-next step is :math:`h \leftarrow \theta h E^{-r}` (:math:`\theta = 0.9`, :math:`r = 0.9` as the
-paper; :math:`r = 1/(q+1)` in :class:`~scoresolve.solvers.controllers.Controller`'s terms), the
-factor clipped to ``[min_factor, max_factor]``, and never above the distance to :math:`\epsilon`.
-
-Two score evaluations per attempted step. Strong order 1 (the SDEs here have additive noise, where
-the stochastic improved Euler method has strong order 1).
-
-**Tolerance** (``tolerance=``):
-
-* ``"noise"`` (default): :math:`\delta = \mathrm{atol} + \mathrm{rtol}\,\sigma_{t-h}`, with
-  :math:`\sigma_t` the SDE's marginal noise std (``sde.marginal_std``) at the step's end. Why: an
-  error :math:`e` made at time :math:`t` in a direction of data variance :math:`v` is contracted by
-  the rest of the reverse SDE to :math:`e\,(v + \sigma_0^2)/(v + \sigma_t^2)` (with
-  :math:`\alpha \approx 1`), i.e. relative to that direction's final spread :math:`\sqrt v` it
-  weighs :math:`e\sqrt v/(v + \sigma_t^2) \le e/(2\sigma_t)`, the worst case at :math:`v =
-  \sigma_t^2`. Measuring the error in units of :math:`\sigma_t` bounds its effect on every direction
-  of the data, the thin ones included. Defaults ``rtol = 1``, ``atol = 0.0078`` (the paper's 8-bit
-  level for data in ``[-1, 1]``, a floor once :math:`\sigma_t` is below it).
-* ``"state"``: the paper's :math:`\delta = \mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)`,
-  :math:`x'_{prev}` the Euler–Maruyama proposal of the last accepted step (the paper takes
-  :math:`\max(\mathrm{atol}, \cdot)` where we add, at most a factor 2 apart). Defaults: the paper's
-  ``rtol = 0.05``, ``atol = 0.0078`` for images in ``[-1, 1]`` (the paper's VP runs; 0.0039 for its
-  VE runs on ``[0, 1]`` data). The relative part follows the pixel's *magnitude*: a background pixel
-  at −1 with data std 0.03 gets a tolerance of ``rtol``, so near :math:`\epsilon` the error estimate
-  does not see the stiff thin directions (:math:`\partial b/\partial x \approx g^2/(v + \sigma_t^2)`,
-  ~100 at :math:`\epsilon` for :math:`v = 10^{-3}`) and the last steps jump too far.
-
-**Step-size variable** (``variable=``): ``"log_snr"`` (default) controls the step in
-:math:`\lambda = \log(\alpha_t/\sigma_t)` (``sde.log_snr``; the step in ``t`` follows from
-``sde.t_from_log_snr``), ``"t"`` in ``t`` as the paper. The stiffness grows like :math:`1/\sigma_t^2`
-towards :math:`\epsilon`, so in ``t`` good steps shrink geometrically and the integral controller,
-which predicts the next step from the last, overshoots again and again (a rejected attempt every
-other step below :math:`t \approx 0.3` on the digits mixture); in :math:`\lambda` good steps are
-nearly constant. ``h_init`` stays the paper's first step in ``t`` (0.01), converted to :math:`\lambda`.
-
-**After a rejection** (``hold_after_reject=True``) the next accepted step may shrink but not grow
-(Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4): the rejection showed the error model is
-optimistic there.
-
-Measured on the 64-D digits mixture under VP (exact score, n = 2000, three noise seeds, FD over the
-floor of exact samples; ``benchmarks/stochastic.py``; see docs/stochastic_samplers.md): the
-defaults take 33–37 evaluations at ≤ 1.6× the floor; the paper's rule (``tolerance="state",
-variable="t", hold_after_reject=False``) needs 51 for 2× and falls off a cliff below (5× at 45).
-
-Step-size control (:class:`~scoresolve.solvers.controllers.Controller`, ``norm=``):
-
-* ``"batch_rms"`` (default without ``seeds=``): one step size for the batch from the RMS over all its
-  entries. Cheapest, but samples are coupled through the shared step sizes. With ``seeds=`` (which
-  promises that a sample depends only on its seed) the default is ``"per_sample"``, and an explicit
-  batch norm is refused.
-* ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; more model
-  calls.
-* ``"per_sample"``: each sample has its own time and step size (as the paper's released code);
-  finished samples are masked out of the model calls, so a call may hold fewer rows. No coupling: a
-  sample depends only on its own noise (with ``seeds=``, on its seed). The loop runs until the
-  slowest sample is done, so it makes more model calls than ``batch_rms`` at equal quality.
-  ``SampleResult.info["nfe_per_sample"]`` gives the evaluations each sample took part in,
-  ``info["row_evaluations"]`` their sum.
-
-Noise: the Brownian path is sampled consistently across rejections. An increment drawn for a
-rejected step is never thrown away: the retried, shorter step takes its part of it from the Brownian
-bridge, :math:`W_{h'} \mid W_h \sim N(\tfrac{h'}{h} W_h, \tfrac{h'(h-h')}{h})`, and the rest is kept
-for the following steps. Redrawing fresh noise after a rejection (the paper's Algorithm 1) would
-favour small increments, a bias. All noise comes from the run's noise source (two normal draws per
-attempted step, for every row, so per-sample seeds give batch-independent samples).
-
-Ends at ``eps``; like the paper's samplers it is followed by the Tweedie denoising step by default
-(``default_final="tweedie"``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
-adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \approx 1`).
+One attempt from :math:`t` to :math:`t - h` with a Brownian increment :math:`W`, reverse drift
+:math:`b = f - g^2 s`: :math:`x' = x - h\,b(x, t) + g(t)W` (Euler–Maruyama), :math:`\tilde x = x - h\,b(x', t-h)
++ g(t-h)W`, :math:`x'' = (x' + \tilde x)/2` (stochastic improved Euler), kept when the error :math:`x' - x''`
+normed by the tolerance is :math:`\le 1`; :math:`h \leftarrow \theta h E^{-r}` (:math:`\theta = 0.9, r = 0.9`).
+Strong order 1 (additive noise), 2 evaluations per attempt, plus the final Tweedie step by default.
+Tolerance ``"noise"`` (default: :math:`\mathrm{atol} + \mathrm{rtol}\,\sigma_{t-h}`) or the paper's ``"state"``;
+step sizes in log-SNR (default) or ``t``; no growth after a rejection (Hairer et al., *Solving ODEs I*, II.4). A
+rejected attempt's increment is kept and split by the Brownian bridge (:func:`scoresolve.noise.brownian_increment`),
+never redrawn. Why these defaults, and what they buy: docs/stochastic_samplers.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,14 @@
-r"""Per-sample adaptive Runge–Kutta for the probability-flow ODE (Song et al. 2021, arXiv:2011.13456,
-eq. 13): every sample has its own time, step size and accept/reject decision.
-
-torchdiffeq (and the paper's RK45) measure the error as one RMS over the whole batch, so all samples
-share one step size: a hard sample drags every other sample's NFE up, and a sample's result depends
-on its batch neighbours. Here the embedded pair's error estimate is normed **per sample**
-(:func:`scoresolve.solvers.controllers.error_norm`) and the controller
-(:class:`~scoresolve.solvers.controllers.Controller`, Hairer et al., *Solving ODEs I*, II.4) accepts,
-rejects and resizes each sample's step on its own:
+r"""Per-sample adaptive Runge–Kutta for the probability-flow ODE (Song et al. 2021, arXiv:2011.13456, eq. 13),
+an embedded FSAL pair as the ``attempt`` of the per-sample loop (:mod:`scoresolve.solvers.adaptive`):
 
 .. math::  y^{(b)}_{n+1} = y^{(b)}_n + h_b \sum_j b_j k^{(b)}_j,\qquad
-           e^{(b)} = h_b \sum_j (b_j - \hat b_j) k^{(b)}_j,\qquad
-           h_b \leftarrow h_b \cdot \mathrm{clip}\big(0.9\, r_b^{-1/(q+1)}, 0.2, 10\big).
+           e^{(b)} = h_b \sum_j (b_j - \hat b_j) k^{(b)}_j,
 
-Each iteration evaluates the model once per stage on the rows that are **not finished** (the rows are
-gathered, so finished samples cost nothing; each call sees the sample's own time as a ``(B,)``
-tensor). A sample's trajectory depends only on its own start value: results do not depend on the
-batch composition (up to the floating-point reduction order of the model itself).
-
-Costs reported: ``nfe`` (model calls — what a batched GPU run pays, since the loop runs until the
-slowest sample is done) and ``info["nfe_per_sample"]`` (evaluations each sample received — its cost
-if run alone); ``info["row_evals"]`` is their sum.
-
-Pairs: ``dopri5`` (Dormand & Prince 1980, order 5(4), 7 stages FSAL: 6 NFE per attempt) and
-``bosh3`` (Bogacki & Shampine 1989, order 3(2), 4 stages FSAL: 3 NFE per attempt).
+each sample's error normed on its own (:func:`scoresolve.solvers.controllers.error_norm`), so a sample's steps
+and result do not depend on its batch (torchdiffeq norms the whole batch at once). Pairs: ``dopri5`` (Dormand &
+Prince 1980, order 5(4), 6 evaluations per attempt) and ``bosh3`` (Bogacki & Shampine 1989, order 3(2), 3 per
+attempt). ``nfe`` counts model calls; ``info["nfe_per_sample"]`` each sample's evaluations. Measurements:
+docs/ode.md.
 """
 
 from __future__ import annotations
