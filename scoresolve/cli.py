@@ -222,8 +222,6 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-
-
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -284,7 +282,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample_sharded(args: argparse.Namespace) -> int:
     """``scoresolve sample --shard-dir``: resumable shards, across processes under torchrun."""
-
     rank, world = ssd.init()
     npz, png = (None, None)
     if rank == 0:
@@ -353,7 +350,6 @@ def check_device(device: str | None) -> None:
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-
     if args.threads:
         torch.set_num_threads(args.threads)
     check_device(args.device)
