@@ -48,7 +48,14 @@ from ..models import ScoreModel
 from ..recipes import auto_recipe
 from ..registry import SOLVERS
 from ..sampling import SampleResult, sample
-from .diffusers import _PREDICTION_TYPES, DiscreteTimeMap, _clipped, budget_kwargs, vp_sde_for_alphas_cumprod
+from .diffusers import (
+    _PREDICTION_TYPES,
+    DiscreteTimeMap,
+    _clipped,
+    budget_kwargs,
+    from_diffusers,
+    vp_sde_for_alphas_cumprod,
+)
 
 __all__ = ["ScoresolveScheduler"]
 
@@ -429,8 +436,6 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         :func:`~scoresolve.adapters.diffusers.from_diffusers` calls it (``model_options`` are its options, e.g.
         ``class_labels=``; ``sample_shape`` when the network's config does not give it). Returns the sigmas.
         Cost: the calibration's (``ss.sample``'s ``info["calibration"]``), thousands of calls at small batches."""
-        from .diffusers import from_diffusers
-
         cfg = self.config
         r = float(cfg.clip_sample_range)
         model = from_diffusers(pipeline_or_unet, scheduler=self, sde=self.sde, timestep_mode=cfg.timestep_mode,
