@@ -53,32 +53,46 @@ Methods:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ._util import check_int, closest
-from .models import ScoreModel, resolve_model
-from .progress import Progress, ticking
-from .sde import SDE
-from .solvers.base import CountedScore
-from .solvers.coefficients import lagrange_integral_weights
-from .solvers.grids import check_grid, make_grid
-from .solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, check_tolerances
-from .solvers.ode_fixed import TABLEAUS, rk_step
+from .._util import check_int, closest
+from ..models import ScoreModel, resolve_model
+from ..progress import Progress, ticking
+from ..sde import SDE
+from ..solvers.base import CountedScore
+from ..solvers.grids import check_grid, make_grid
+from ..solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, check_tolerances
+from .budget import budget_logp
+from .field import ADAMS_ORDER, Field, State, integrate_on_grid
+from .local import preconditioned_fixed_step, refit_adams
 
-__all__ = ["likelihood", "LikelihoodResult", "likelihood_grid", "bpd_offset", "FIXED_STEP_METHODS"]
-
-State = tuple[Tensor, ...]
+__all__ = [
+    "likelihood",
+    "LikelihoodResult",
+    "likelihood_grid",
+    "bpd_offset",
+    "FIXED_STEP_METHODS",
+    "ADAMS_ORDER",
+    "LikelihoodAccuracyWarning",
+    "LikelihoodAccuracyError",
+    "integrate_on_grid",
+]
 
 #: our fixed-step methods: name → score evaluations per step.
 FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "heun": 2, "rk4": 4, "adams": 1}
-#: order of the ``"adams"`` predictor (Adams–Bashforth; the Adams–Moulton corrector has one more),
-#: ramping up from 1 over the first steps
-ADAMS_ORDER = 3
+#: the default with ``steps=K``: K evaluations in log-SNR time, with an error estimate (:mod:`.budget`)
+BUDGET = "budget"
+#: the exact trace costs D vector-Jacobian products per evaluation: the default up to this D
+EXACT_TRACE_MAX_DIM = 64
+#: Hutchinson probes per sample by default: with steps= (the budget method), and otherwise
+DEFAULT_PROBES = {BUDGET: 4, None: 1}
 _PER_SAMPLE = {"adaptive": "dopri5", "dopri5_per_sample": "dopri5", "bosh3_per_sample": "bosh3"}
 DEFAULT_GRID = "quadratic"
 DEFAULT_RHO = 3.0
@@ -100,6 +114,10 @@ class LikelihoodResult:
         offset: the bits/dim offset added (0 for continuous data).
         x: the point the density was evaluated at (the dequantized input).
         info: extras (method, trace, probes, grid, ...).
+        error_bpd: estimated solver error of ``bpd`` per sample (the budget method's embedded estimate;
+            ``None`` for the other methods, whose error is set by ``rtol`` or ``steps``).
+        trace_se_bpd: Monte-Carlo standard error of ``bpd`` from the Hutchinson probes (their spread
+            over :math:`\\sqrt P`; 0 for the exact trace, NaN with a single probe).
     """
 
     nll: Tensor
@@ -112,7 +130,9 @@ class LikelihoodResult:
     eps: float
     offset: float
     x: Tensor
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = dc_field(default_factory=dict)
+    error_bpd: Tensor | None = None
+    trace_se_bpd: Tensor | None = None
 
     @property
     def logp(self) -> Tensor:
@@ -168,6 +188,14 @@ def likelihood_grid(sde: SDE, steps: int, eps: float, grid: str | Sequence[float
     return g.flip(0)
 
 
+class LikelihoodAccuracyWarning(UserWarning):
+    """The estimated solver error of a likelihood exceeds ``tol``."""
+
+
+class LikelihoodAccuracyError(RuntimeError):
+    """The estimated solver error of a likelihood exceeds ``tol`` and ``strict=True``."""
+
+
 def _dequantize(x: Tensor, data_range: tuple[float, float], bits: int, generator: torch.Generator | None) -> Tensor:
     a, b = data_range
     levels = 2**bits
@@ -184,289 +212,18 @@ def _dequantize(x: Tensor, data_range: tuple[float, float], bits: int, generator
     return (a + (b - a) * (k.to(torch.float64).cpu() + noise) / levels).to(device=x.device, dtype=x.dtype)
 
 
-class _Field:
-    """The augmented vector field ``(x, Δ) ↦ (F(x, t), ∇·F(x, t))`` with the exact or estimated trace."""
-
-    def __init__(
-        self,
-        score: CountedScore,
-        sde: SDE,
-        trace: str,
-        probes: Tensor | None,
-        t_lo: float,
-        t_hi: float,
-        chunk: int,
-    ) -> None:
-        self.score, self.sde, self.trace, self.probes = score, sde, trace, probes
-        self.t_lo, self.t_hi = t_lo, t_hi
-        self.chunk = chunk
-        self.clamped = 0
-        self.first: tuple[Tensor, Tensor] | None = None
-
-    def __call__(self, t: Tensor, y: State, rows: Tensor | None = None) -> State:
-        x = y[0]
-        b = x.shape[0]
-        if t.ndim == 0:
-            t = t.expand(b)
-        t = t.to(dtype=x.dtype)
-        if self.first is not None:  # the evaluation made to build the preconditioner, reused once
-            s, tr = self.first
-            self.first = None
-            return self._finish(x, t, s, tr)
-        if bool(((t < self.t_lo) | (t > self.t_hi)).any()):
-            self.clamped += 1
-            t = t.clamp(self.t_lo, self.t_hi)
-        d = x[0].numel()
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s = self.score(xg, t)
-            if self.trace == "exact":
-                tr = self._exact_trace(s, xg, d)
-            else:
-                assert self.probes is not None
-                v = self.probes if rows is None else self.probes.index_select(1, rows)
-                (jv,) = torch.autograd.grad(s, xg, grad_outputs=v, is_grads_batched=True)
-                tr = (jv * v).reshape(v.shape[0], b, -1).sum(-1).mean(0)
-        return self._finish(x, t, s.detach(), tr.detach())
-
-    def _finish(self, x: Tensor, t: Tensor, s: Tensor, tr: Tensor) -> State:
-        b, d = x.shape[0], x[0].numel()
-        g2 = self.sde.diffusion(t) ** 2
-        dx = self.sde.pf_drift(x, t, s)
-        div = d * self.sde.drift_coef(t) - 0.5 * g2 * tr
-        if not bool(torch.isfinite(div).all()):
-            bad = ~torch.isfinite(div)
-            raise FloatingPointError(
-                f"the divergence of the probability-flow drift is NaN/inf at t={float(t[bad][0]):.6g} "
-                f"for {int(bad.sum())} of {b} samples"
-            )
-        return dx, div
-
-    def score_and_jacobian(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """One counted evaluation: the score and its full Jacobian ``(B, D, D)`` (``J[b, i, j] = ds_i/dx_j``)."""
-        b, d = x.shape[0], x[0].numel()
-        t = t.to(dtype=x.dtype)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s = self.score(xg, t)
-            eye = torch.eye(d, device=x.device, dtype=x.dtype)
-            rows = []
-            for start in range(0, d, self.chunk):
-                stop = min(d, start + self.chunk)
-                go = eye[start:stop, None, :].expand(stop - start, b, d).reshape(stop - start, *s.shape)
-                (jr,) = torch.autograd.grad(s, xg, grad_outputs=go, is_grads_batched=True, retain_graph=True)
-                rows.append(jr.reshape(stop - start, b, d))
-        return s.detach(), torch.cat(rows, 0).permute(1, 0, 2)
-
-    def _exact_trace(self, s: Tensor, xg: Tensor, d: int) -> Tensor:
-        b = s.shape[0]
-        eye = torch.eye(d, device=s.device, dtype=s.dtype)
-        total = torch.zeros(b, device=s.device, dtype=s.dtype)
-        for start in range(0, d, self.chunk):
-            stop = min(d, start + self.chunk)
-            go = eye[start:stop, None, :].expand(stop - start, b, d).reshape(stop - start, *s.shape)
-            (jac_rows,) = torch.autograd.grad(s, xg, grad_outputs=go, is_grads_batched=True, retain_graph=True)
-            jr = jac_rows.reshape(stop - start, b, d)
-            idx = torch.arange(start, stop, device=s.device)
-            total = total + jr[torch.arange(stop - start, device=s.device), :, idx].sum(0)
-        return total
-
-
-def integrate_on_grid(
-    f: Callable[[Tensor, State], State], times: Tensor, y: State, method: str, counted: CountedScore
-) -> State:
-    r"""Integrate ``dy/dt = f(t, y)`` over the increasing grid ``times`` with a fixed-step method:
-    one Runge–Kutta step per interval (``euler``/``heun``/``rk4``, 1/2/4 evaluations), or
-    ``"adams"``: variable-step Adams predictor–corrector in PEC mode — Adams–Bashforth of order
-    :data:`ADAMS_ORDER` predicts, one evaluation at the predicted point, Adams–Moulton of one order
-    more corrects (orders ramp up over the first steps; Hairer, Nørsett & Wanner, *Solving ODEs I*,
-    III.1 and III.5) — **one evaluation per interval**, the last interval predictor-only, so ``steps``
-    intervals cost exactly ``steps`` evaluations."""
-    b = y[0].shape[0]
-    g = times.to(y[0].device)
-    n = times.numel() - 1
-    if method != "adams":
-        tab = TABLEAUS[method]
-        for i in range(n):
-            counted.step = i
-            y = rk_step(f, g[i].expand(b), y, (g[i + 1] - g[i]).expand(b), tab)
-        return y
-    tt = [float(v) for v in times]
-    counted.step = 0
-    hist: list[State] = [f(g[0].expand(b), y)]
-    for i in range(n):
-        k = min(ADAMS_ORDER, len(hist))
-        w = lagrange_integral_weights([tt[i - j] for j in range(k)], tt[i], tt[i + 1])
-        y1 = _adams_update(y, w, hist)
-        if i < n - 1:
-            counted.step = i + 1
-            hist.insert(0, f(g[i + 1].expand(b), y1))
-            del hist[ADAMS_ORDER + 1 :]
-            k = min(ADAMS_ORDER + 1, len(hist))
-            w = lagrange_integral_weights([tt[i + 1 - j] for j in range(k)], tt[i], tt[i + 1])
-            y1 = _adams_update(y, w, hist)
-        y = y1
-    return y
-
-
-def _adams_update(y: State, w: Sequence[float], derivs: Sequence[State]) -> State:
-    """``y + sum_j w_j f_j`` component by component (``derivs`` newest first, as many as ``w``)."""
-    return tuple(yc + sum(wj * fj[c] for wj, fj in zip(w, derivs[: len(w)], strict=True)) for c, yc in enumerate(y))
-
-
-class _LocalFrame:
-    r"""Locally Gaussian coordinates of a batch, read off one evaluation: the score :math:`s` and its
-    Jacobian :math:`J` at :math:`(x, t_0)`.
-
-    If the data were locally Gaussian, :math:`N(\mu, \Sigma)`, then :math:`-J^{-1} = \alpha^2\Sigma +
-    \sigma^2 I =: V` and :math:`\alpha\mu = x + V s`; with :math:`\Sigma = U\,\mathrm{diag}(\lambda)\,U^\top`
-    (from the symmetric part of :math:`J`; :math:`\lambda` clipped to ``[1e-12, LAMBDA_MAX]``, which
-    also covers non-log-concave directions) every trajectory of that Gaussian's probability flow is
-    :math:`x_t = \alpha_t\mu + U\,\mathrm{diag}(v_t)^{1/2} y` with :math:`v_t = \alpha_t^2\lambda + \sigma_t^2`
-    and **constant** :math:`y`. In :math:`y` the probability-flow ODE and its divergence read
-
-    .. math:: \dot y = \mathrm{diag}(v)^{-1/2} U^\top (F(x, t) - F_G(x, t)), \qquad
-              \nabla\cdot F = \tfrac12 \textstyle\sum_i \dot{\ln v_i} + (\nabla\cdot F - \nabla\cdot F_G),
-
-    with :math:`F_G(x, t) = h\alpha\mu + U\,\mathrm{diag}(\tfrac12\dot{\ln v})\,U^\top(x - \alpha\mu)` the
-    Gaussian's drift and :math:`\dot{\ln v} = 2h + g^2/v` (the variance ODE of a linear SDE): only the
-    non-Gaussian residual is left to the numerical steps, and the Gaussian part of the log-density,
-    :math:`\tfrac12\sum_i \ln(v_{i}(t_1)/v_{i}(t_0))`, is exact. The change of variables is exact for any
-    :math:`\mu, U, \lambda`: a poor fit costs accuracy, never correctness. Per sample: no coupling.
-    """
-
-    LAMBDA_MAX = 1e4
-
-    def __init__(self, sde: SDE, x: Tensor, t0: Tensor, s: Tensor, jac: Tensor) -> None:
-        b, d = x.shape[0], x[0].numel()
-        self.sde, self.b, self.d = sde, b, d
-        a0, sg0 = sde.alpha(t0), sde.marginal_std(t0)
-        ev, self.U = torch.linalg.eigh(-0.5 * (jac + jac.transpose(1, 2)))
-        vv = 1.0 / ev.clamp_min(1e-12)
-        self.lam = ((vv - sg0[:, None] ** 2) / a0[:, None] ** 2).clamp(1e-12, self.LAMBDA_MAX)
-        v0 = self.v(t0)
-        self.mu = (x.reshape(b, d) + self._rot(self._rot_t(s.reshape(b, d)) * v0)) / a0[:, None]
-
-    def _rot(self, z: Tensor) -> Tensor:
-        return torch.einsum("bij,bj->bi", self.U, z)
-
-    def _rot_t(self, z: Tensor) -> Tensor:
-        return torch.einsum("bji,bj->bi", self.U, z)
-
-    def v(self, t: Tensor) -> Tensor:
-        return self.sde.alpha(t)[:, None] ** 2 * self.lam + self.sde.marginal_std(t)[:, None] ** 2
-
-    def to_y(self, t: Tensor, x: Tensor) -> Tensor:
-        return self._rot_t(x.reshape(self.b, self.d) - self.sde.alpha(t)[:, None] * self.mu) / self.v(t).sqrt()
-
-    def to_x(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sde.alpha(t)[:, None] * self.mu + self._rot(self.v(t).sqrt() * y)
-
-    def gaussian_logdet(self, t0: Tensor, t1: Tensor) -> Tensor:
-        r""":math:`\int_{t_0}^{t_1}\nabla\cdot F_G\,dt` (independent of the path)."""
-        return 0.5 * (torch.log(self.v(t1)) - torch.log(self.v(t0))).sum(1)
-
-    def residual(self, t: Tensor, x: Tensor, dx: Tensor, div: Tensor) -> State:
-        """``(dy/dt, div F - div F_G)`` at ``(x, t)`` from the field's values ``dx = F``, ``div``."""
-        a, h, g2 = self.sde.alpha(t), self.sde.drift_coef(t), self.sde.diffusion(t) ** 2
-        v = self.v(t)
-        dlnv = 2 * h[:, None] + g2[:, None] / v
-        dev = x.reshape(self.b, self.d) - a[:, None] * self.mu
-        fg = (h * a)[:, None] * self.mu + self._rot(0.5 * dlnv * self._rot_t(dev))
-        return self._rot_t(dx.reshape(self.b, self.d) - fg) / v.sqrt(), div - 0.5 * dlnv.sum(1)
-
-
-def _preconditioned_fixed_step(
-    fld: _Field, sde: SDE, x: Tensor, times: Tensor, method: str, counted: CountedScore
-) -> tuple[State, Tensor]:
-    r"""Fixed-step Runge–Kutta for the likelihood ODE in the locally Gaussian coordinates
-    (:class:`_LocalFrame`) of the start :math:`(x, \epsilon)`. The first Runge–Kutta stage reuses
-    the evaluation that gave the frame; :math:`\log p_\epsilon(x) = \log p_T(x_T) + r_T + \tfrac12\sum_i
-    \ln(v_{i,T}/v_{i,\epsilon})`. Returns ``((x_T, r_T), log-det term)``."""
-    b = x.shape[0]
-    g = times.to(x.device)
-    t0 = g[0].expand(b).to(x.dtype)
-    counted.step = 0
-    s0, jac = fld.score_and_jacobian(t0, x)
-    fld.first = (s0, jac.diagonal(dim1=1, dim2=2).sum(1))
-    frame = _LocalFrame(sde, x, t0, s0, jac)
-
-    def f(t: Tensor, yy: State) -> State:
-        xt = frame.to_x(t, yy[0]).reshape(x.shape)
-        return frame.residual(t, xt, *fld(t, (xt, yy[1])))
-
-    y: State = (frame.to_y(t0, x), torch.zeros(b, device=x.device, dtype=x.dtype))
-    y = integrate_on_grid(f, times, y, method, counted)
-    tT = g[-1].expand(b).to(x.dtype)
-    return (frame.to_x(tT, y[0]).reshape(x.shape), y[1]), frame.gaussian_logdet(t0, tT)
-
-
-def _refit_adams(fld: _Field, sde: SDE, x: Tensor, times: Tensor, counted: CountedScore) -> tuple[State, Tensor]:
-    r"""``method="adams"`` with ``precondition="local"``: Adams predictor–corrector in locally
-    Gaussian coordinates **re-fitted at every evaluation** (:class:`_LocalFrame`; the exact trace
-    computes the full Jacobian anyway, so a new frame costs no evaluation).
-
-    Step :math:`t_n \to t_{n+1}` in the frame fitted at the last evaluation: the residual field
-    (zero at the fit point) is extrapolated from the stored evaluations by Adams–Bashforth of order
-    :data:`ADAMS_ORDER` (P), evaluated once at the predicted point (E, which also gives the next
-    frame), and the step is redone with Adams–Moulton of order ``ADAMS_ORDER + 1`` (C): one
-    evaluation per step, PEC mode (Hairer, Nørsett & Wanner, *Solving ODEs I*, III.1). The last step
-    is predictor-only, so ``steps`` intervals cost exactly ``steps`` evaluations. Exact for Gaussian
-    data; the stored evaluations are re-expressed in each new frame, so the frames never couple samples.
-    Returns ``((x_T, r_T), 0)`` with the Gaussian log-determinants already in ``r_T``.
-    """
-    b = x.shape[0]
-    tt = [float(v) for v in times]
-
-    def tv(v: float) -> Tensor:
-        return torch.full((b,), v, device=x.device, dtype=x.dtype)
-
-    def evaluate(i: int, xi: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], _LocalFrame]:
-        counted.step = i
-        t = tv(tt[i])
-        s, jac = fld.score_and_jacobian(t, xi)
-        dx, div = fld._finish(xi, t, s, jac.diagonal(dim1=1, dim2=2).sum(1))
-        return (t, xi, dx, div), _LocalFrame(sde, xi, t, s, jac)
-
-    record, frame = evaluate(0, x)
-    hist = [record]
-    xn = x
-    r = torch.zeros(b, device=x.device, dtype=x.dtype)
-    n_int = len(tt) - 1
-    for n in range(n_int):
-        t0, t1 = tv(tt[n]), tv(tt[n + 1])
-        y0, r0 = frame.to_y(t0, xn), torch.zeros_like(r)
-        k = min(ADAMS_ORDER, len(hist))
-        res = [frame.residual(*h) for h in hist[:k]]
-        w = lagrange_integral_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
-        y1, dr = _adams_update((y0, r0), w, res)
-        new_frame = frame
-        if n < n_int - 1:  # E and C; the last step is predictor-only (no evaluation at T)
-            record, new_frame = evaluate(n + 1, frame.to_x(t1, y1).reshape(x.shape))
-            hist.insert(0, record)
-            del hist[ADAMS_ORDER + 1 :]
-            k = min(ADAMS_ORDER + 1, len(hist))
-            res = [frame.residual(*h) for h in hist[:k]]
-            w = lagrange_integral_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
-            y1, dr = _adams_update((y0, r0), w, res)
-        r = r + dr + frame.gaussian_logdet(t0, t1)
-        xn = frame.to_x(t1, y1).reshape(x.shape)
-        frame = new_frame
-    return (xn, r), torch.zeros_like(r)
-
-
 def likelihood(
     model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
     sde: SDE | None = None,
     x: Tensor | None = None,
     *,
-    method: str = "dopri5",
+    method: str | None = None,
     steps: int | None = None,
     grid: str | Sequence[float] | Tensor | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    trace: Literal["exact", "hutchinson"] = "hutchinson",
-    probes: int = 1,
+    trace: Literal["exact", "hutchinson"] | None = None,
+    probes: int | None = None,
     noise: Literal["rademacher", "gaussian"] = "rademacher",
     generator: torch.Generator | None = None,
     eps: float = 1e-5,
@@ -478,6 +235,8 @@ def likelihood(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     precondition: Literal["none", "local"] = "none",
     progress: bool | None = None,
+    tol: float = 0.01,
+    strict: bool = False,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood and bits/dim of ``x`` under the score model, through the
     probability-flow ODE (see the module docstring for the math).
@@ -485,19 +244,23 @@ def likelihood(
     Args:
         model: a score callable ``score(x, t)`` or a :class:`~scoresolve.ScoreModel` (which may
             supply ``sde`` and ``data_range``).
-        sde: the forward SDE (default: the model's).
+        sde: the forward SDE (default: the model's); ``likelihood(model, x, ...)`` also works.
         x: data, ``(B, *dims)``.
-        method: ``"dopri5"`` (default, the paper's RK45 analogue) or another adaptive torchdiffeq
-            method; ``"euler"`` / ``"heun"`` / ``"rk4"`` (our fixed-step Runge–Kutta, with ``steps``);
+        method: default ``"budget"`` when ``steps`` is given (``steps`` evaluations in log-SNR time
+            with an error estimate, :mod:`scoresolve.likelihood.budget`), else ``"dopri5"`` (the
+            paper's RK45 analogue); another adaptive torchdiffeq method; ``"euler"`` / ``"heun"`` /
+            ``"rk4"`` (our fixed-step Runge–Kutta, with ``steps``);
             ``"adams"`` (Adams PEC, one evaluation per step: the few-evaluation choice);
             ``"adaptive"`` / ``"dopri5_per_sample"`` / ``"bosh3_per_sample"`` (per-sample steps).
-        steps: grid steps of a fixed-step method (NFE = steps × 1/2/4 for euler/heun/rk4, = steps
-            for adams).
+        steps: score evaluations of the budget method (>= 2); grid steps of a fixed-step method
+            (NFE = steps × 1/2/4 for euler/heun/rk4, = steps for adams).
         grid: grid of a fixed-step method: a name (``"quadratic"`` default, ``"karras"``,
             ``"log_snr"``, ``"uniform"``, ``"power"``) or explicit times from ``eps`` to ``T``.
         rtol, atol: tolerances of the adaptive methods (> 0; 1e-5 as in the paper).
-        trace: ``"exact"`` (D vector–Jacobian products per evaluation; small D) or ``"hutchinson"``.
-        probes: Hutchinson probes per sample (averaged; fixed along the ODE).
+        trace: ``"exact"`` (D vector–Jacobian products per evaluation; the default for
+            D <= 64) or ``"hutchinson"`` (the default above).
+        probes: Hutchinson probes per sample (averaged; fixed along the ODE; their spread gives
+            ``trace_se_bpd``); default 4 for the budget method, 1 otherwise.
         noise: probe distribution, ``"rademacher"`` (default, lower variance) or ``"gaussian"``.
         generator: fixes the probes and the dequantization noise.
         eps: start time of the ODE (1e-5, the paper's likelihood setting).
@@ -518,16 +281,22 @@ def likelihood(
             evaluation): fitted once at the start for Runge–Kutta (:func:`_preconditioned_fixed_step`),
             re-fitted at every evaluation for ``"adams"`` (:func:`_refit_adams`). ``"none"`` (default).
         progress: a tqdm bar over the score evaluations (:mod:`scoresolve.progress`).
+        tol: bits/dim; where ``error_bpd`` exceeds it the result warns
+            (:class:`LikelihoodAccuracyWarning`, naming the remedy: more steps or the adaptive method).
+        strict: raise :class:`LikelihoodAccuracyError` instead of warning.
 
     Returns:
         :class:`LikelihoodResult`.
 
+    Dequantized 8-bit data can only give bits/dim >= 0; a negative value raises ``ValueError``.
+
     Example::
 
-        res = ss.likelihood(model, ss.VPSDE(), x, method="adams", steps=20, grid="power",
-                            grid_options={"rho": 1.5}, trace="exact", precondition="local")
-        res.bpd.mean()
+        res = ss.likelihood(model, x, steps=20, dequantize="uniform")   # the budget method
+        res.bpd.mean(), res.error_bpd.max(), res.trace_se_bpd.mean()
     """
+    if isinstance(sde, Tensor) and x is None:
+        sde, x = None, sde
     score_fn, sde = resolve_model(model, sde)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor of data (B, *dims), got {type(x).__name__}")
@@ -537,11 +306,20 @@ def likelihood(
         raise ValueError(f"x must have shape (B, *dims) with B >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf")
+    if method is None:
+        method = BUDGET if steps is not None else "dopri5"
+    d = x[0].numel()
+    if trace is None:
+        trace = "exact" if d <= EXACT_TRACE_MAX_DIM else "hutchinson"
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
     if noise not in ("rademacher", "gaussian"):
         raise ValueError(f"noise must be 'rademacher' or 'gaussian', got {noise!r}")
+    if probes is None:
+        probes = DEFAULT_PROBES[BUDGET if method == BUDGET else None]
     check_int(probes, "probes")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a finite number of bits/dim > 0, got {tol!r}")
     eps = float(eps)
     if not (math.isfinite(eps) and 0 < eps < sde.T):
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
@@ -571,13 +349,19 @@ def likelihood(
     # --- method -------------------------------------------------------------------------------
     fixed = method in FIXED_STEP_METHODS or method in FIXED_METHODS
     per_sample = method in _PER_SAMPLE
-    if method in FIXED_STEP_METHODS and method in FIXED_METHODS:
-        pass  # ours take precedence for euler / rk4 (torchdiffeq's rk4 is the 3/8 rule)
-    if not (fixed or per_sample or method in ADAPTIVE_METHODS):
-        valid = sorted(set(FIXED_STEP_METHODS) | set(_PER_SAMPLE) | set(ADAPTIVE_METHODS) | set(FIXED_METHODS))
+    if not (fixed or per_sample or method == BUDGET or method in ADAPTIVE_METHODS):
+        valid = sorted(
+            set(FIXED_STEP_METHODS) | set(_PER_SAMPLE) | set(ADAPTIVE_METHODS) | set(FIXED_METHODS) | {BUDGET}
+        )
         hint = closest(method, valid, n=2)
         raise ValueError(f"unknown likelihood method={method!r}.{hint} Valid: {', '.join(valid)}")
-    if fixed:
+    if method == BUDGET:
+        if steps is None:
+            raise ValueError("method='budget' takes steps= (score evaluations, e.g. steps=20)")
+        check_int(steps, "steps", min=2)
+        if grid is not None or grid_options:
+            raise ValueError("method='budget' builds its own grid (uniform in log-SNR): pass steps= only, not grid=")
+    elif fixed:
         if steps is None and grid is None:
             raise ValueError(f"method={method!r} is fixed-step: pass steps= (e.g. steps=5 for rk4 = 20 evaluations)")
         if steps is not None:
@@ -608,12 +392,14 @@ def likelihood(
 
     bar = Progress(None, f"likelihood of {x.shape[0]} samples ({method})", unit="eval", progress=progress)
     counted = CountedScore(ticking(score_fn, bar))
-    d = x[0].numel()
     chunk = max(1, min(d, (1 << 24) // max(1, x.shape[0] * d)))
-    fld = _Field(counted, sde, trace, pr, eps, float(sde.T), chunk)
+    fld = Field(counted, sde, trace, pr, eps, float(sde.T), chunk)
     b = x.shape[0]
-    y0: State = (x.detach(), torch.zeros(b, device=x.device, dtype=x.dtype))
     info: dict[str, Any] = {"method": method, "trace": trace, "probes": probes if trace == "hutchinson" else 0}
+    fld.per_probe = precondition != "local"
+    n_cols = probes if trace == "hutchinson" and fld.per_probe else 1
+    y0: State = (x.detach(), torch.zeros(b, n_cols, device=x.device, dtype=x.dtype))
+    error: Tensor | None = None
 
     if precondition not in ("none", "local"):
         raise ValueError(f"precondition must be 'none' or 'local', got {precondition!r}")
@@ -623,13 +409,18 @@ def likelihood(
             "score's full Jacobian at the start"
         )
     lp_jac: Tensor | None = None
-    if precondition == "local" and method == "adams":
-        y, lp_jac = _refit_adams(fld, sde, x, times, counted)
+    if method == BUDGET:
+        sol = budget_logp(fld, sde, x.detach(), steps, eps)
+        y, error = (sol.z, sol.delta), sol.error
+        nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
+        info["log_snr"] = sol.lam
+    elif precondition == "local" and method == "adams":
+        y, lp_jac = refit_adams(fld, sde, x, times, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
         info["precondition"] = "local (re-fitted at every evaluation)"
     elif precondition == "local":
-        y, lp_jac = _preconditioned_fixed_step(fld, sde, x, times, method, counted)
+        y, lp_jac = preconditioned_fixed_step(fld, sde, x, times, method, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
         info["precondition"] = "local"
@@ -677,13 +468,32 @@ def likelihood(
     info["clamped_evals"] = fld.clamped
 
     z, delta = y[0].detach(), y[1].detach()
+    if delta.ndim == 2:  # one column per probe
+        n_p = delta.shape[1]
+        se = delta.std(1) / math.sqrt(n_p) if n_p > 1 else torch.full_like(delta[:, 0], math.nan)
+        delta = delta.mean(1)
+    else:
+        se = torch.zeros_like(delta)
+    if trace == "exact":
+        se = torch.zeros_like(delta)
     if lp_jac is not None:
         delta = delta + lp_jac
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z).to(z.dtype).reshape(z.shape[0])
     logp = prior + delta
     nll = -logp
     offset = bpd_offset(rng, bits) if rng is not None else 0.0
-    bpd = nll / (d * math.log(2)) + offset
+    bits_per_nat = 1 / (d * math.log(2))
+    bpd = nll * bits_per_nat + offset
+    error_bpd = None if error is None else error * bits_per_nat
+    if dequantize == "uniform" and bool((bpd < 0).any()):
+        bad = int((bpd < 0).sum())
+        raise ValueError(
+            f"{bad} of {b} samples got negative bits/dim (min {float(bpd.min()):.3g}) on dequantized {bits}-bit data, "
+            f"which no correct estimate gives: the solver is off (use more steps or method='adaptive'), or the "
+            f"model/SDE pair is wrong"
+        )
+    if error_bpd is not None:
+        _check_error(error_bpd, tol, strict, method, steps)
     return LikelihoodResult(
         nll=nll,
         bpd=bpd,
@@ -696,4 +506,21 @@ def likelihood(
         offset=offset,
         x=x,
         info=info,
+        error_bpd=error_bpd,
+        trace_se_bpd=se * bits_per_nat,
     )
+
+
+def _check_error(error_bpd: Tensor, tol: float, strict: bool, method: str, steps: int | None) -> None:
+    over = error_bpd > tol
+    if not bool(over.any()):
+        return
+    more = f"steps={2 * steps}" if steps else "more steps"
+    msg = (
+        f"likelihood(method={method!r}, steps={steps}): the estimated solver error exceeds tol={tol:g} bits/dim on "
+        f"{int(over.sum())} of {error_bpd.numel()} samples (up to {float(error_bpd.max()):.3g}); use {more}, or "
+        f"method='adaptive' (per-sample dopri5 at rtol=atol=1e-5)"
+    )
+    if strict:
+        raise LikelihoodAccuracyError(msg)
+    warnings.warn(msg, LikelihoodAccuracyWarning, stacklevel=3)
