@@ -429,7 +429,7 @@ def likelihood(
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
     elif per_sample:
-        from .solvers.ode_adaptive import integrate_adaptive
+        from ..solvers.ode_adaptive import integrate_adaptive
 
         opts = dict(options or {})
         res = integrate_adaptive(
