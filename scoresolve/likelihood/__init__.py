@@ -1,53 +1,16 @@
-r"""Exact likelihood of a score model through the probability-flow ODE (Song et al. 2021,
-arXiv:2011.13456, Sec. 4.3 and App. D.2).
+r"""Per-sample likelihood of a score model through the probability-flow ODE (Song et al. 2021,
+arXiv:2011.13456, Sec. 4.3): :math:`\log p_\epsilon(x) = \log p_T(x_T) + \int_\epsilon^T \nabla\cdot F\,dt`
+(instantaneous change of variables, arXiv:1806.07366), :math:`\nabla\cdot F = D h(t) - \tfrac12 g^2
+\mathrm{tr}\nabla s`, the trace exact (D vector–Jacobian products) or Hutchinson–Skilling (fixed probes).
 
-The probability-flow ODE :math:`dx/dt = F(x, t) = f(x, t) - \tfrac12 g(t)^2 s_\theta(x, t)` transports
-the model's marginal :math:`p_\epsilon` to the prior :math:`p_T`; by the instantaneous change of
-variables (Chen et al. 2018, arXiv:1806.07366)
+Bits/dim: :math:`\mathrm{bpd} = -\log p/(D\ln 2) + \text{bits} - \log_2(b - a)` for data on ``data_range``
+``(a, b)`` (+7 on [-1, 1]); ``dequantize="uniform"`` evaluates at uniformly dequantized 8-bit data.
 
-.. math::  \log p_\epsilon(x) = \log p_T(x_T) + \int_\epsilon^T \nabla\cdot F(x_t, t)\,dt,\qquad
-           \nabla\cdot F = D\,h(t) - \tfrac12 g(t)^2\,\mathrm{tr}\,\nabla_x s_\theta(x_t, t),
-
-integrated forward from :math:`x_\epsilon = x` to :math:`T` together with :math:`x_t` (the SDEs here
-have linear drift :math:`f = h(t)x`, whose divergence is :math:`D h(t)`). The trace is computed
-
-- exactly (``trace="exact"``): :math:`D` vector–Jacobian products batched into one autograd call
-  (``is_grads_batched``), for small :math:`D`;
-- or by the Hutchinson–Skilling estimator (``trace="hutchinson"``, Hutchinson 1989, Skilling 1989):
-  :math:`\mathrm{tr} A \approx \frac1P\sum_p v_p^\top A v_p` with :math:`P` probes ``v`` (Rademacher
-  :math:`\pm1` or Gaussian) drawn **once** from ``generator`` and held fixed along the ODE, as the
-  paper does; the estimate of :math:`\log p_\epsilon` is unbiased for any fixed-step solver (for an
-  adaptive one the step sizes depend weakly on the probes).
-
-Bits per dimension. With data scaled from :math:`2^{\text{bits}}`-level integers to ``data_range``
-:math:`[a, b]`, a bin has width :math:`(b - a)/2^{\text{bits}}`, so
-
-.. math:: \mathrm{bpd} = \frac{-\log p_\epsilon(x)}{D\ln 2} + \text{bits} - \log_2(b - a),
-
-i.e. ``+7`` for 8-bit data on ``[-1, 1]`` and ``+8`` on ``[0, 1]`` (the paper's offset; score_sde
-``likelihood.py``). It is an upper bound on the discrete bits/dim of 8-bit data only on
-*dequantized* inputs: ``dequantize="uniform"`` recovers the integers :math:`k` from ``x`` and
-evaluates at :math:`a + (b - a)(k + u)/2^{\text{bits}}`, :math:`u \sim U[0, 1)^D` (from
-``generator``). Without dequantization (score_sde issue #24) the bpd of discrete data can come out
-negative. ``data_range=None`` reports continuous bits/dim :math:`-\log p/(D\ln 2)` with no offset.
-
-``nll`` is :math:`-\log p_\epsilon(x)` in nats, the model's density at the start time :math:`\epsilon`
-(paper: :math:`\epsilon = 10^{-5}`), which differs from the data density :math:`p_0` by the
-smoothing :math:`N(0, \sigma_\epsilon^2)`; compare against :math:`\log p_\epsilon` to see solver error.
-
-Methods:
-
-- ``"dopri5"`` (default) or any adaptive torchdiffeq method, at ``rtol``/``atol`` (the paper's RK45
-  at 1e-5); the batch shares one step size;
-- ``"euler"``, ``"heun"``, ``"rk4"``: our fixed-step Runge–Kutta on a time grid (``steps=`` and
-  ``grid=``; default ``"quadratic"``; ``"karras"`` suits VE better, see :func:`likelihood_grid` and
-  docs/likelihood.md);
-- ``"adams"``: Adams predictor–corrector (AB3/AM4, PEC), one evaluation per interval — "likelihood on
-  a budget": with ``precondition="local"`` (exact trace) it re-fits each sample's local Gaussian at
-  every evaluation (:func:`_refit_adams`); ``steps=20, grid="power"`` (ρ = 1.5) is the recommended
-  20-evaluation setting (docs/likelihood.md);
-- ``"adaptive"`` (alias ``"dopri5_per_sample"``) / ``"bosh3_per_sample"``: the per-sample adaptive
-  pairs of :mod:`scoresolve.solvers.ode_adaptive` (own step size per sample).
+Methods: ``"budget"`` (``steps=K`` evaluations in log-SNR time with an error estimate, :mod:`.budget`;
+the default when ``steps`` is given), ``"dopri5"`` and the other adaptive torchdiffeq methods (the
+default otherwise), ``"euler"``/``"heun"``/``"rk4"``/``"adams"`` on a time grid (:mod:`.field`), the
+per-sample adaptive pairs, and locally Gaussian coordinates for small D (:mod:`.local`). The math and
+the measured accuracy are in docs/likelihood.md.
 """
 
 from __future__ import annotations
@@ -278,8 +241,8 @@ def likelihood(
             separate the prior mismatch :math:`p_T \neq` prior from solver error.
         precondition: ``"local"`` (fixed-step methods with the exact trace): integrate in the
             coordinates of each sample's local Gaussian, read off the score's Jacobian (no extra
-            evaluation): fitted once at the start for Runge–Kutta (:func:`_preconditioned_fixed_step`),
-            re-fitted at every evaluation for ``"adams"`` (:func:`_refit_adams`). ``"none"`` (default).
+            evaluation): fitted once at the start for Runge–Kutta (:func:`.local.preconditioned_fixed_step`),
+            re-fitted at every evaluation for ``"adams"`` (:func:`.local.refit_adams`). ``"none"`` (default).
         progress: a tqdm bar over the score evaluations (:mod:`scoresolve.progress`).
         tol: bits/dim; where ``error_bpd`` exceeds it the result warns
             (:class:`LikelihoodAccuracyWarning`, naming the remedy: more steps or the adaptive method).
