@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         ("err_solver", "solver err (exact p_T)"),
         ("err_eps", "vs log p_eps"),
         ("err_p0", "vs log p0"),
-        ("bracket", "|err| <= estimate"),
+        ("bracket", "bracketed (err <= estimate)"),
         ("seconds", "s"),
     ]
     md = (
@@ -359,7 +359,7 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     }
     write_json(out / "results.json", {"meta": meta, "rows": rows})
     cols = [("network", "network"), ("n", "digits"), ("label", "method"), ("nfe", "NFE"), ("bpd", "bits/dim"),
-            ("bias", "bias vs ref"), ("bias_sd", "sd of error"), ("bracket", "|err| <= estimate"),
+            ("bias", "bias vs ref"), ("bias_sd", "sd of error"), ("bracket", "bracketed (err <= estimate)"),
             ("est_mean", "mean estimate"), ("probe_se", "probes' SE"), ("wall_s_per_digit", "wall s/digit"),
             ("cpu_s_per_digit", "CPU s/digit")]
     md = markdown_table(rows, cols) + f"\nCommand: `{meta['command']}` ({meta['load_note']}).\n"
