@@ -531,11 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--n", type=int, default=None, help="use the first N samples (analytic: draw N, default 64)")
     pl.add_argument("--seed", type=int, default=0, help="seed for exact samples and the trace estimator's noise")
     pl.add_argument("--method", default=None,
-                    help="ODE method: a torchdiffeq method (dopri5, rk4, ...) or a fixed-step one (default dopri5)")
+                    help="ODE method: budget, dopri5, rk4, adams, ... (default: budget with --steps, else dopri5)")
     pl.add_argument("--trace", choices=("exact", "hutchinson"), default=None,
                     help="divergence: exact (D backward passes; small D) or the Hutchinson-Skilling estimator "
-                    "(default hutchinson)")
-    pl.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method")
+                    "(default: exact for D <= 64, else hutchinson)")
+    pl.add_argument("--steps", type=int, default=None,
+                    help="score evaluations of the budget method, or steps of a fixed-step one")
     pl.add_argument("--rtol", type=float, default=None, help="relative tolerance of adaptive methods (default 1e-5)")
     pl.add_argument("--atol", type=float, default=None, help="absolute tolerance of adaptive methods (default 1e-5)")
     pl.add_argument("--npz", default=None, help="write per-sample NLL (and bits/dim) here")

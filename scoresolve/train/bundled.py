@@ -96,7 +96,8 @@ def evaluate(
         gq = torch.Generator().manual_seed(seed + 1)
         xt = test if bpd_n is None else test[:bpd_n]
         xd = xt + torch.rand(xt.shape, generator=gq) / 8.0
-        r = likelihood(model, model.sde, xd, rtol=bpd_rtol, atol=bpd_rtol, generator=gq, data_range=None)
+        r = likelihood(model, model.sde, xd, rtol=bpd_rtol, atol=bpd_rtol, generator=gq, data_range=None,
+                       trace="hutchinson")
         nll = r.nll.double()
         out["test_nll_nats"] = float(nll.mean())
         out["test_bpd"] = float(nll.mean() / (64 * math.log(2)) + 3.0)
