@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,20 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchError(ValueError):
+    """Bad input to a benchmark (printed as ``error: ...`` with exit status 2)."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Run a benchmark's ``main(argv)``: a :class:`BenchError` prints one line on stderr and gives status 2."""
+    try:
+        main(argv)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def prepare_out_dir(out: str | os.PathLike[str] | None, name: str) -> Path:

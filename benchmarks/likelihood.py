@@ -15,7 +15,16 @@ with and without the local-Gaussian preconditioning. A Hutchinson section measur
 standard error of one probe and the probes x evaluations for a dataset-level 0.001 bits/dim on 10k
 samples.
 
+Trained networks (``--networks``): the bundled digits network (held-out 8x8 digits, dequantized
+``x + u/8``, bits/dim with the 17-level offset +3) and the bundled 28x28 MNIST network (the last 2,000
+MNIST test images are held out; ``--mnist`` names the idx file or its folder; dequantized 8-bit, +7).
+Reference: dopri5 at rtol = atol = 1e-6. Every method shares the dequantization and the Hutchinson
+probes with the reference (common probes), so the bias is the solver's alone; the probes' own
+Monte-Carlo standard error is reported beside it. Rows: the budget method at K evaluations
+(``likelihood(model, x, steps=K)``) and dopri5 at rtol 1e-5 / 1e-4 / 1e-3.
+
     python benchmarks/likelihood.py [--quick] [--out bench_out/likelihood]
+    python benchmarks/likelihood.py --networks --mnist PATH [--n-mnist 200] [--n-digits 64]
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +91,9 @@ def configs(quick: bool) -> list[dict[str, Any]]:
                         "precondition": pc,
                     }
                 )
+    # the default with steps=K: K evaluations in log-SNR time, with an error estimate
+    for k in [8, 20] if quick else [8, 12, 16, 20, 30, 40]:
+        out.append({"label": f"budget K={k} (steps={k} default)", "steps": k})
     # Adams PEC in re-fitted local coordinates: one evaluation per step
     for steps, grid, go in [(20, "power", {"rho": 1.5}), (20, "quadratic", {}), (20, "karras", {}), (40, "karras", {})]:
         if quick and steps == 40:
@@ -121,8 +134,11 @@ def run_problem(name: str, prob: dict[str, Any], n: int, quick: bool) -> list[di
         if name != "digits_vp" and isinstance(kw.get("grid"), list):
             continue
         t0 = time.perf_counter()
-        a = likelihood(model, sde, x, trace="exact", eps=eps, prior_logp=exact_pT, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = likelihood(model, sde, x, trace="exact", eps=eps, prior_logp=exact_pT, **kw)
         secs = time.perf_counter() - t0
+        err = (a.logp - lp_eps).abs() / (d * LN2)
         logp_prior = a.logp - a.prior_logp + sde.prior_logp(a.z)  # the same run, with the SDE's prior at T
         rows.append(
             {
@@ -132,6 +148,7 @@ def run_problem(name: str, prob: dict[str, Any], n: int, quick: bool) -> list[di
                 "err_solver": bpd_err(a.logp, lp_eps, d),
                 "err_eps": bpd_err(logp_prior, lp_eps, d),
                 "err_p0": bpd_err(logp_prior, lp_0, d),
+                "bracket": None if a.error_bpd is None else float((err <= a.error_bpd).float().mean()),
                 "seconds": round(secs, 2),
             }
         )
@@ -181,13 +198,81 @@ def hutchinson(n: int, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def network_data(name: str, n: int, mnist_path: str | None) -> tuple[Any, torch.Tensor, dict[str, Any], float]:
+    """(model, data, likelihood options, bits/dim added to the continuous value)."""
+    import scoresolve.io as sio
+    from scoresolve.train.data import digits, mnist
+
+    if name == "digits":
+        x = digits("test")[:n].to(torch.float32)
+        x = x + torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) / 8  # 17 levels, bins 1/8 wide
+        return sio.load("digits"), x, {"data_range": None}, 3.0
+    if mnist_path is None:
+        raise SystemExit("--networks needs --mnist PATH (the MNIST t10k idx file or its folder) for the mnist rows")
+    x = mnist(mnist_path, "test")[:n].to(torch.float32)
+    return sio.load("mnist"), x, {"dequantize": "uniform"}, 0.0
+
+
+def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[float], mnist_path: str | None,
+                 batch: int) -> list[dict[str, Any]]:
+    model, x, opts, add = network_data(name, n, mnist_path)
+
+    def run(**kw: Any) -> dict[str, Any]:
+        outs, wall, cpu, nfe = [], 0.0, 0.0, 0
+        for i in range(0, n, batch):
+            g = torch.Generator().manual_seed(1000 + i)  # the same dequantization and probes for every method
+            w0, c0 = time.perf_counter(), time.process_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = likelihood(model, x[i : i + batch], trace="hutchinson", probes=probes, generator=g, **opts, **kw)
+            wall += time.perf_counter() - w0
+            cpu += time.process_time() - c0
+            nfe = max(nfe, r.nfe)
+            outs.append(r)
+        cat = lambda k: torch.cat([getattr(r, k) for r in outs])  # noqa: E731
+        est = torch.cat([r.error_bpd for r in outs]) if outs[0].error_bpd is not None else None
+        return {"bpd": cat("bpd") + add, "se": cat("trace_se_bpd"), "est": est, "nfe": nfe,
+                "wall": wall / n, "cpu": cpu / n}
+
+    ref = run(rtol=1e-6, atol=1e-6)
+    rows = []
+    se_data = float(ref["bpd"].std() / math.sqrt(n))
+    print(f"{name}: reference dopri5 1e-6: {float(ref['bpd'].mean()):.4f} bits/dim (SE over digits {se_data:.4f}; "
+          f"probes' SE per digit {float(ref['se'].mean()):.4f}), NFE {ref['nfe']}", flush=True)
+    cfgs = [(f"budget K={k}", {"steps": k}) for k in ks]
+    cfgs += [(f"dopri5 rtol={t:g}", {"rtol": t, "atol": t}) for t in rtols]
+    for label, kw in [("reference dopri5 rtol=1e-6", None), *cfgs]:
+        r = ref if kw is None else run(**kw)
+        e = r["bpd"] - ref["bpd"]
+        row = {
+            "network": name, "n": n, "probes": probes, "label": label, "nfe": r["nfe"],
+            "vjp_per_digit": r["nfe"] * probes, "bpd": float(r["bpd"].mean()), "bias": float(e.mean()),
+            "bias_sd": float(e.std()), "mean_abs_err": float(e.abs().mean()),
+            "bracket": None if r["est"] is None else float((e.abs() <= r["est"]).float().mean()),
+            "est_mean": None if r["est"] is None else float(r["est"].mean()),
+            "probe_se": float(r["se"].mean()), "wall_s_per_digit": r["wall"], "cpu_s_per_digit": r["cpu"],
+        }
+        rows.append(row)
+        print(f"{name:6s} {label:28s} NFE {row['nfe']:4d} bpd {row['bpd']:.4f} bias {row['bias']:+.4f} "
+              f"(sd {row['bias_sd']:.4f}) bracket {row['bracket']} est {row['est_mean']} "
+              f"wall {row['wall_s_per_digit']:.3f} s/digit cpu {row['cpu_s_per_digit']:.3f}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples and configurations")
     ap.add_argument("--n", type=int, default=None, help="samples per problem (default 64, quick 8)")
     ap.add_argument("--out", default=None, help="output folder (default bench_out/likelihood)")
     ap.add_argument("--only", default=None, help="run only configurations whose label contains this text")
+    ap.add_argument("--networks", action="store_true", help="the trained-network rows only (bundled digits, MNIST)")
+    ap.add_argument("--mnist", default=None, help="MNIST t10k images (idx, .gz) or their folder, for --networks")
+    ap.add_argument("--n-mnist", type=int, default=200, help="held-out MNIST digits (default 200, quick 8)")
+    ap.add_argument("--n-digits", type=int, default=64, help="held-out 8x8 digits (default 64, quick 8)")
+    ap.add_argument("--probes", type=int, default=1, help="Hutchinson probes, common to every method (default 1)")
     args = ap.parse_args(argv)
+    if args.networks:
+        return networks_main(args, argv)
     global ONLY
     ONLY = args.only
     torch.set_num_threads(1)
@@ -212,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         ("err_solver", "solver err (exact p_T)"),
         ("err_eps", "vs log p_eps"),
         ("err_p0", "vs log p0"),
+        ("bracket", "bracketed (err <= estimate)"),
         ("seconds", "s"),
     ]
     md = (
@@ -251,6 +337,42 @@ def main(argv: list[str] | None = None) -> int:
             hline=1e-3,
             hline_label="0.001 bpd",
         )
+    print(f"wrote {out}/results.json, results.md")
+    return 0
+
+
+def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    torch.set_num_threads(1)
+    out = prepare_out_dir(args.out, "likelihood_networks")
+    ks = [8, 16] if args.quick else [8, 12, 16, 20, 30, 40]
+    rtols = [1e-3] if args.quick else [1e-5, 1e-3]
+    rows: list[dict[str, Any]] = []
+    nd, nm = (8, 8) if args.quick else (args.n_digits, args.n_mnist)
+    rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64)
+    if args.mnist is not None or not args.quick:
+        rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25)
+    meta = {
+        "machine": machine_info(),
+        "versions": versions(),
+        "command": " ".join(["python", "benchmarks/likelihood.py", *(argv if argv is not None else sys.argv[1:])]),
+        "load_note": "wall times on a shared 2-core machine under load: compare the CPU column",
+    }
+    write_json(out / "results.json", {"meta": meta, "rows": rows})
+    cols = [("network", "network"), ("n", "digits"), ("label", "method"), ("nfe", "NFE"), ("bpd", "bits/dim"),
+            ("bias", "bias vs ref"), ("bias_sd", "sd of error"), ("bracket", "bracketed (err <= estimate)"),
+            ("est_mean", "mean estimate"), ("probe_se", "probes' SE"), ("wall_s_per_digit", "wall s/digit"),
+            ("cpu_s_per_digit", "CPU s/digit")]
+    md = markdown_table(rows, cols) + f"\nCommand: `{meta['command']}` ({meta['load_note']}).\n"
+    write_text(out / "results.md", md)
+    for net in sorted({r["network"] for r in rows}):
+        series = {
+            "budget (steps=K)": [(r["nfe"], abs(r["bias"]) + 1e-5) for r in rows
+                                 if r["network"] == net and r["label"].startswith("budget")],
+            "dopri5 (rtol sweep)": [(r["nfe"], abs(r["bias"]) + 1e-5) for r in rows
+                                    if r["network"] == net and r["label"].startswith("dopri5")],
+        }
+        plot_metric_vs_nfe(out / f"{net}.png", series, ylabel="|mean bias| vs dopri5 1e-6 (bits/dim)",
+                           title=f"likelihood on the bundled {net} network", hline=0.01, hline_label="0.01 bpd")
     print(f"wrote {out}/results.json, results.md")
     return 0
 

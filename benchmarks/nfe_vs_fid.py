@@ -61,10 +61,12 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    BenchError,
     machine_info,
     markdown_table,
     plot_metric_vs_nfe,
     prepare_out_dir,
+    run_cli,
     versions,
     write_json,
     write_text,
@@ -90,10 +92,6 @@ FLOOR_DRAWS = 50
 SDES: dict[str, Callable[[], ss.SDE]] = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE,
                                          "flow": ss.RectifiedFlow}
 BUILTIN_MODELS = ("analytic", "bundled")
-
-
-class BenchError(ValueError):
-    """Bad input to the benchmark (printed as ``error: ...`` with exit status 2)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -939,14 +937,5 @@ def _split_specs(s: str) -> list[str]:
     return out
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    try:
-        main(argv)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

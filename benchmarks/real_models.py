@@ -62,17 +62,18 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    BenchError,
     machine_info,
     markdown_table,
     plot_metric_vs_nfe,
     prepare_out_dir,
+    run_cli,
     versions,
     write_json,
     write_text,
 )
 from nfe_vs_fid import (  # noqa: E402
     KDIFF_STOCHASTIC,
-    BenchError,
     Problem,
     _parse_ints,
     _sample_ours,
@@ -497,14 +498,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {"summary": summary, "rows": rows, "files": files, "config": config, "teachers": refs}
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    try:
-        main(argv)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

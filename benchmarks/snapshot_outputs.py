@@ -65,6 +65,24 @@ def _run(model: Any, sde: Any, solver: str, **kw: Any) -> torch.Tensor:
     return torch.cat([r.samples.reshape(-1), torch.tensor([float(r.nfe)], dtype=torch.float64)])
 
 
+def _adaptive(model: Any, sde: Any, solver: str, **kw: Any) -> torch.Tensor:
+    """An adaptive solver from a generator (no seeds, so the batch norms are allowed), with its per-sample counts."""
+    x_T = _x_T(sde, model.sample_shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = ss.sample(model, sde, solver=solver, x_T=x_T, generator=torch.Generator().manual_seed(3),
+                      return_result=True, progress=False, **kw)
+    per = r.info.get("nfe_per_sample")
+    extra = [] if per is None else [torch.as_tensor(per, dtype=torch.float64).reshape(-1)]
+    return torch.cat([r.samples.reshape(-1), torch.tensor([float(r.nfe)], dtype=torch.float64), *extra])
+
+
+def _likelihood(model: Any, sde: Any) -> torch.Tensor:
+    x = _x_T(sde, model.sample_shape[0]) / sde.prior_std
+    r = ss.likelihood(model, sde, x, method="bosh3_per_sample", rtol=1e-4, atol=1e-4, trace="exact")
+    return torch.cat([r.nll.reshape(-1), torch.as_tensor(r.nfe_per_sample, dtype=torch.float64).reshape(-1)])
+
+
 def cases() -> dict[str, Any]:
     """``{key: thunk}``: one entry per configuration."""
     budgeted = {
@@ -124,6 +142,17 @@ def cases() -> dict[str, Any]:
         add("ode_adaptive_bosh3", lambda m=model, s=sde: _run(m, s, "ode_adaptive", pair="bosh3", rtol=1e-3,
                                                              atol=1e-3))
         add("gotta_go_fast", lambda m=model, s=sde: _run(m, s, "gotta_go_fast", rtol=0.05))
+        # the per-sample adaptive loop's other paths: step variable, batch norms, given first step, the paper's
+        # Gotta Go Fast rule, and the likelihood's forward use of it
+        for key, opts in (("t", {"variable": "t"}), ("batch_rms", {"norm": "batch_rms"}),
+                          ("first_step", {"first_step": 0.05})):
+            add(f"ode_adaptive/{key}", lambda m=model, s=sde, o=opts: _adaptive(m, s, "ode_adaptive", rtol=1e-4,
+                                                                              atol=1e-4, **o))
+        for key, opts in (("paper", {"tolerance": "state", "variable": "t", "hold_after_reject": False}),
+                          ("batch_rms", {"norm": "batch_rms"}),
+                          ("batch_max_t", {"norm": "batch_max", "variable": "t"})):
+            add(f"gotta_go_fast/{key}", lambda m=model, s=sde, o=opts: _adaptive(m, s, "gotta_go_fast", **o))
+        add("likelihood/bosh3_per_sample", lambda m=model, s=sde: _likelihood(m, s))
         add("ode", lambda m=model, s=sde: _run(m, s, "ode", rtol=1e-5, atol=1e-5))
         add("sde_torchsde", lambda m=model, s=sde: _run(m, s, "sde", steps=10))
         # auto: uncalibrated, and calibrated at small budgets (one model only, to keep the run short)

@@ -8,13 +8,20 @@
 2. ``on_page_content`` (a MkDocs hook): every formula (pymdownx.arithmatex's ``\\(..\\)`` / ``\\[..\\]`` output) is
    rendered to MathML at build time with ``latex2mathml``, which browsers display natively: the site loads no
    script and no stylesheet from anywhere, so it renders offline.
+3. ``on_page_markdown`` (a MkDocs hook): the tables between ``<!-- NAME: generated ... -->`` and
+   ``<!-- end of NAME -->`` markers (the solver and alias tables of ``docs/solvers.md``) are made from the
+   registry at build time. ``python docs/hooks.py`` rewrites them in the source files, ``--check`` only
+   says whether they are stale (``tests/test_docs.py`` fails when they are).
 """
 
 from __future__ import annotations
 
 import html
+import importlib
 import logging
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 try:
@@ -23,6 +30,37 @@ except ImportError:  # pragma: no cover - only the MkDocs hook is used
     griffe = None
 
 log = logging.getLogger("mkdocs.hooks.scoresolve")
+
+DOCS = Path(__file__).resolve().parent
+#: generated tables: marker name -> the function that makes the Markdown (importing scoresolve on first use)
+GENERATED: dict[str, tuple[str, str]] = {
+    "solver table": ("scoresolve.cli", "solver_markdown"),
+    "alias table": ("scoresolve.aliases", "markdown"),
+}
+_GENERATED_BLOCK = re.compile(
+    r"(<!-- (?P<name>[a-z ]+): generated [^>]*-->\n)(?P<body>.*?)(<!-- end of (?P=name) -->)", re.S
+)
+
+
+def render_generated(text: str) -> str:
+    """``text`` with every generated table between its markers made afresh."""
+
+    def fill(m: re.Match[str]) -> str:
+        if m.group("name") not in GENERATED:
+            return m.group(0)
+        module, fn = GENERATED[m.group("name")]
+        return m.group(1) + getattr(importlib.import_module(module), fn)() + m.group(4)
+
+    return _GENERATED_BLOCK.sub(fill, text)
+
+
+def stale_pages() -> list[Path]:
+    """The pages under ``docs/`` whose generated tables differ from what the registry makes now."""
+    return [p for p in sorted(DOCS.rglob("*.md")) if render_generated(t := p.read_text(encoding="utf-8")) != t]
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    return render_generated(markdown)
 
 _ROLE = re.compile(r":(func|class|meth|mod|attr|data|exc|obj):`~?([^`]+)`")
 _MATH_ROLE = re.compile(r":math:`([^`]*)`")
@@ -137,3 +175,13 @@ def _mathml(m: re.Match[str]) -> str:
 
 def on_page_content(html_text: str, **kwargs: Any) -> str:
     return _ARITH.sub(_mathml, html_text)
+
+
+if __name__ == "__main__":
+    stale = stale_pages()
+    if "--check" in sys.argv[1:]:
+        print("\n".join(f"stale: {p.relative_to(DOCS.parent)}" for p in stale) or "generated tables up to date")
+        sys.exit(1 if stale else 0)
+    for p in stale:
+        p.write_text(render_generated(p.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"rewrote {p.relative_to(DOCS.parent)}")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import analytic, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
+from . import analytic, grid_io, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
+from . import io as io  # registers ScoreModel's file and Hub functions (from_pretrained, save_pretrained, ...)
 from .likelihood import LikelihoodResult, likelihood  # eager: `ss.likelihood` must stay the function
 from .models import ScoreModel, from_denoiser, from_eps, from_v, from_velocity, from_x0
 from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
@@ -44,8 +45,6 @@ class _Grids:
 
     def __getattr__(self, name: str) -> Any:
         if name in ("export", "import_"):
-            from . import grid_io
-
             return getattr(grid_io, name)
         raise AttributeError(f"ss.grids has no attribute {name!r}; it has export and import_")
 

@@ -39,18 +39,18 @@ def check_int(value: Any, name: str, *, min: int = 1, max: int | None = None) ->
     return int(value)
 
 
-def check_float(value: Any, name: str, *, positive: bool = True) -> float:
-    """Validate a finite number ``> 0`` (``positive``) or ``>= 0``, naming it in the error (TypeError for a
-    non-number)."""
-    bound = "> 0" if positive else ">= 0"
+def check_float(value: Any, name: str, *, positive: bool | None = True) -> float:
+    """Validate a finite number ``> 0`` (``positive=True``), ``>= 0`` (``False``) or of either sign (``None``),
+    naming it in the error (TypeError for a non-number)."""
+    bound = {True: " > 0", False: " >= 0", None: ""}[positive]
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
+        raise TypeError(f"{name} must be a finite number{bound}, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number {bound}, got {value!r}") from None
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise TypeError(f"{name} must be a finite number{bound}, got {value!r}") from None
+    if not math.isfinite(v) or (positive is True and v <= 0) or (positive is False and v < 0):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return v
 
 

@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import solvers as _solvers  # noqa: F401  (registers the solvers the aliases name)
 from .registry import SOLVERS, UnknownNameError
 
 __all__ = [

@@ -27,7 +27,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import scoresolve as ss
+from scoresolve import __version__
+from scoresolve import distributed as ssd
+from scoresolve import io as ssio
+
+from ._cli_help import HelpFormatter
 from ._util import atomic_write
+from .aliases import describe
+from .io.image import save_grid
+from .likelihood import likelihood as like
+from .progress import Progress
+from .registry import SOLVERS
+from .train.__main__ import main as train_main
 
 __all__ = ["main", "build_parser", "resolve_model", "write_png_grid", "solver_table", "solver_markdown"]
 
@@ -39,29 +53,12 @@ class CLIError(Exception):
     """A user error: printed as ``scoresolve: error: ...`` with exit status 2."""
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Appends ``(default: X)`` to an option's help once, and only when the help does not already say what the
-    default is and there is one to show (not ``None`` / ``False``)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            "default" in text.lower()
-            or action.default in (None, False, argparse.SUPPRESS)
-            or not action.option_strings
-        ):
-            return text
-        return text + " (default: %(default)s)"
-
-
 # ------------------------------------------------------------------------------------------------
 # helpers shared by the commands
 # ------------------------------------------------------------------------------------------------
 
 
 def make_sde(name: str) -> Any:
-    import scoresolve as ss
-
     table = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE, "flow": ss.RectifiedFlow}
     if name not in table:
         raise CLIError(f"unknown --sde {name!r}; expected one of {', '.join(table)}")
@@ -75,8 +72,6 @@ def resolve_model(spec: str, sde_name: str | None = None, device: str | None = N
     ``sde_name`` (default VP); anything else goes to :func:`scoresolve.io.load` and uses the model's
     own SDE unless ``sde_name`` is given.
     """
-    import scoresolve as ss
-
     if spec == "analytic" or spec.startswith("analytic:"):
         which = spec.partition(":")[2] or "digits"
         if which not in ANALYTIC:
@@ -84,10 +79,6 @@ def resolve_model(spec: str, sde_name: str | None = None, device: str | None = N
         mix = getattr(ss.analytic, which)()
         sde = make_sde(sde_name or "vp")
         return mix.score_model(sde), sde, mix
-    try:
-        from scoresolve import io as ssio
-    except ImportError as e:  # pragma: no cover - io ships with scoresolve
-        raise CLIError(f"loading --model {spec!r} needs scoresolve.io ({e})") from e
     try:
         model = ssio.load(spec, device=device)
     except FileNotFoundError as e:
@@ -121,8 +112,6 @@ def write_png_grid(
 ) -> Path:
     """Tile image samples ``(N, C, H, W)`` (C = 1 or 3) into one PNG with grey gutters
     (:func:`scoresolve.io.image.save_grid`: ``data_range`` maps to black..white; Pillow or zlib)."""
-    from .io.image import save_grid
-
     try:
         return save_grid(samples, path, nrow=nrow, pad=pad, data_range=data_range, scale=scale)
     except ValueError as e:
@@ -140,8 +129,6 @@ def _save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
 
 def solver_table() -> list[dict[str, Any]]:
     """Every registered solver with its declarations (order, NFE per step, stochastic, adaptive, grid)."""
-    from scoresolve.registry import SOLVERS
-
     rows = []
     for name, desc in SOLVERS.describe().items():
         cls = SOLVERS.get(name)
@@ -189,8 +176,6 @@ def solver_markdown() -> str:
 
 def cmd_solvers(args: argparse.Namespace) -> int:
     if args.aliases:
-        from scoresolve.aliases import describe
-
         for name, line in describe().items():
             print(f"{name:<34} {line}")
         return 0
@@ -237,11 +222,6 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    import scoresolve as ss
-    from scoresolve.progress import Progress
-
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -302,10 +282,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample_sharded(args: argparse.Namespace) -> int:
     """``scoresolve sample --shard-dir``: resumable shards, across processes under torchrun."""
-    import torch
-
-    from scoresolve import distributed as ssd
-
     rank, world = ssd.init()
     npz, png = (None, None)
     if rank == 0:
@@ -364,7 +340,6 @@ def check_device(device: str | None) -> None:
     """Refuse a ``--device`` that torch does not know or that is not available here (one line, exit 2)."""
     if device is None:
         return
-    import torch
 
     try:
         dev = torch.device(device)
@@ -375,8 +350,6 @@ def check_device(device: str | None) -> None:
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     check_device(args.device)
@@ -391,10 +364,6 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         )
     else:
         raise CLIError("--data is required for a trained model (a .npy/.npz of samples, e.g. from scoresolve sample)")
-    try:
-        from scoresolve.likelihood import likelihood as like
-    except ImportError as e:
-        raise CLIError(f"likelihood is not available in this version ({e})") from e
     opts = parse_options(args.option)
     kwargs: dict[str, Any] = dict(opts)
     for key in ("method", "trace", "steps", "rtol", "atol"):
@@ -492,8 +461,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scoresolve import __version__
-
     parser = argparse.ArgumentParser(
         prog="scoresolve",
         description="Sample, evaluate likelihoods of, and benchmark score-based diffusion models.",
@@ -564,11 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--n", type=int, default=None, help="use the first N samples (analytic: draw N, default 64)")
     pl.add_argument("--seed", type=int, default=0, help="seed for exact samples and the trace estimator's noise")
     pl.add_argument("--method", default=None,
-                    help="ODE method: a torchdiffeq method (dopri5, rk4, ...) or a fixed-step one (default dopri5)")
+                    help="ODE method: budget, dopri5, rk4, adams, ... (default: budget with --steps, else dopri5)")
     pl.add_argument("--trace", choices=("exact", "hutchinson"), default=None,
                     help="divergence: exact (D backward passes; small D) or the Hutchinson-Skilling estimator "
-                    "(default hutchinson)")
-    pl.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method")
+                    "(default: exact for D <= 64, else hutchinson)")
+    pl.add_argument("--steps", type=int, default=None,
+                    help="score evaluations of the budget method, or steps of a fixed-step one")
     pl.add_argument("--rtol", type=float, default=None, help="relative tolerance of adaptive methods (default 1e-5)")
     pl.add_argument("--atol", type=float, default=None, help="absolute tolerance of adaptive methods (default 1e-5)")
     pl.add_argument("--npz", default=None, help="write per-sample NLL (and bits/dim) here")
@@ -590,8 +558,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoresolve`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # its own parser: python -m scoresolve.train
-        from scoresolve.train.__main__ import main as train_main
-
         train_main(argv[1:], prog="scoresolve train")
         return 0
     parser = build_parser()

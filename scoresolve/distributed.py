@@ -51,7 +51,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import __version__
 from ._util import atomic_write, check_int, to_json
+from .io.checkpoint import CheckpointError, sweep_temporaries, update_digest
+from .models import ScoreModel
+from .progress import Progress
+from .sampling import sample
+from .sde import SDE
 
 __all__ = [
     "init",
@@ -163,8 +169,6 @@ def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
     strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
     qualified names of the functions met record the conversion. Returns how many tensors (weights) it
     found."""
-    from .sde import SDE
-
     if depth > 6 or id(obj) in seen:
         return 0
     seen.add(id(obj))
@@ -179,8 +183,6 @@ def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
             n += _walk_content(v, h, seen, depth + 1)
         return n
     if isinstance(obj, Tensor):
-        from .io.checkpoint import update_digest
-
         update_digest(h, obj)
         return 1
     if isinstance(obj, SDE):
@@ -233,8 +235,6 @@ def model_fingerprint(model: Any) -> str:
     fingerprint ends in ``/no-weights`` and :func:`sample_distributed` refuses to resume such a run
     without an explicit ``model_id=``.
     """
-    from .models import ScoreModel
-
     net = model.fn if isinstance(model, ScoreModel) else model
     parts = [type(net).__name__]
     if isinstance(model, ScoreModel):
@@ -266,8 +266,6 @@ class DistributedResult:
 
 def _shard_digest(samples: Tensor, seeds: Tensor, config_json: str, shard: str) -> str:
     """SHA-256 of a shard's samples, seeds, configuration and index (stored in its metadata)."""
-    from .io.checkpoint import update_digest
-
     h = hashlib.sha256()
     for t in (samples, seeds):
         update_digest(h, t)
@@ -289,8 +287,6 @@ def _write_shard(path: Path, samples: Tensor, seeds: Tensor, config_json: str, s
 def _read_shard(path: Path) -> tuple[Tensor, Tensor, dict[str, str]] | None:
     """The shard's tensors and metadata, or ``None`` if it cannot be read (then it is redone)."""
     from safetensors import safe_open
-
-    from .io.checkpoint import sweep_temporaries
 
     sweep_temporaries(path)
     try:
@@ -382,10 +378,6 @@ def sample_distributed(
         ShardConfigError: ``out_dir`` belongs to a run with a different configuration (another
             model's weights included), or resuming a plain callable without ``model_id=``.
     """
-    from . import __version__
-    from .progress import Progress
-    from .sampling import sample
-
     rank, world = rank_and_world()
     check_int(n, "n")
     if world > n:
@@ -483,8 +475,6 @@ def merge_shards(out_dir: str | os.PathLike[str], write: bool = True) -> tuple[T
         CheckpointError: a shard whose content does not match the SHA-256 in its metadata (a flipped
             byte, a truncated write that still parses, or a forged shard), naming the shard.
     """
-    from .io.checkpoint import CheckpointError
-
     out = Path(out_dir)
     cfg_path = out / CONFIG_NAME
     if not cfg_path.exists():

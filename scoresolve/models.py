@@ -53,6 +53,11 @@ __all__ = [
 Parameterization = Literal["score", "eps", "x0", "v", "denoiser", "velocity"]
 _PARAMETERIZATIONS = ("score", "eps", "x0", "v", "denoiser", "velocity")
 
+#: the file and Hub functions behind :meth:`ScoreModel.from_pretrained`, ``save_pretrained`` and ``push_to_hub``
+#: (``load``, ``recover``, ``save_pretrained``, ``push_to_hub``). :mod:`scoresolve.io` builds on this module and
+#: registers them here when it is imported (``import scoresolve`` does).
+_PERSISTENCE: dict[str, Callable[..., Any]] = {}
+
 
 class ScoreModel:
     """A score function with the metadata a sampler needs.
@@ -140,24 +145,17 @@ class ScoreModel:
         ``"org/name"`` (through huggingface_hub's cache; offline with ``HF_HUB_OFFLINE=1``). Safetensors only,
         never pickle; older scoresolve files load too. Keyword arguments as for :func:`scoresolve.io.load`
         (``device``, ``dtype``, ``revision``, ``local_files_only``, ``cache_dir``, ``use_ema``)."""
-        from .io import load
-        from .io.hub import recover
-
-        recover(source)  # a save to this folder that was killed: put the complete folder back first (no-op else)
-        return load(source, **kwargs)
+        _PERSISTENCE["recover"](source)  # a save to this folder that was killed: put the complete folder back first
+        return _PERSISTENCE["load"](source, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Write ``directory/{config.json, model.safetensors, README.md}``, replacing the folder as a whole
         (:func:`scoresolve.io.hub.save_pretrained`; keyword arguments as for :func:`scoresolve.io.save`)."""
-        from .io.hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
+        return _PERSISTENCE["save_pretrained"](self, directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload to the Hugging Face Hub (network and a token needed); see :func:`scoresolve.io.hub.push_to_hub`."""
-        from .io.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return _PERSISTENCE["push_to_hub"](self, repo_id, **kwargs)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The wrapped network's own output at ``(x, t)`` (no conversion)."""

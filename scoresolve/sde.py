@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ._util import check_float
+
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "RectifiedFlow", "resolution_shift"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -255,18 +257,6 @@ def _check_N(N: Any) -> int:
     return N
 
 
-def _check_finite(name: str, v: Any) -> float:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be a finite number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a finite number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return f
-
-
 class VESDE(SDE):
     r"""Variance-exploding SDE (SMLD/NCSN in continuous time).
 
@@ -281,7 +271,8 @@ class VESDE(SDE):
     default_eps = 1e-5
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
-        sigma_min, sigma_max = _check_finite("sigma_min", sigma_min), _check_finite("sigma_max", sigma_max)
+        sigma_min = check_float(sigma_min, "sigma_min", positive=None)
+        sigma_max = check_float(sigma_max, "sigma_max", positive=None)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
         self.sigma_min, self.sigma_max, self.N = sigma_min, sigma_max, _check_N(N)
@@ -312,7 +303,8 @@ class _BetaLinear(SDE):
     default_eps = 1e-3
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
-        beta_min, beta_max = _check_finite("beta_min", beta_min), _check_finite("beta_max", beta_max)
+        beta_min = check_float(beta_min, "beta_min", positive=None)
+        beta_max = check_float(beta_max, "beta_max", positive=None)
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got {beta_min=}, {beta_max=}")
         self.beta_min, self.beta_max, self.N = beta_min, beta_max, _check_N(N)

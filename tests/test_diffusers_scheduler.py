@@ -346,6 +346,25 @@ def test_calibrate_then_the_scheduler_runs_the_calibrated_grid():
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)  # the pipeline passes float32 timesteps
 
 
+def test_auto_runs_its_recipe_on_a_calibrated_grid_and_on_custom_sigmas():
+    """``auto`` in a pipeline cannot calibrate: on the grid ``calibrate`` stored (here a hand-made one), or on
+    ``sigmas=``, it runs the row of its table for the budget (10: UniPC bh2, step to 0), exactly what
+    ``ss.sample`` draws with that solver on that grid from the same noise."""
+    sig = [150.0, 40.0, 12.0, 4.0, 1.5, 0.6, 0.25, 0.1, 0.04, 0.015]
+    sched = ScoresolveScheduler(solver="auto", calibrated_sigmas={"10": sig})
+    eps = _mixture_eps(sched.alphas_cumprod)
+    model = ss.from_diffusers(lambda x_, ts: eps(x_, ts[0]).to(x_.dtype), scheduler=sched, sde=sched.sde)
+    for plan in ({"num_inference_steps": 10}, {"sigmas": [*sig, 0.0]}):
+        sched.set_timesteps(**plan)
+        assert len(sched.timesteps) == 10
+        torch.testing.assert_close(sched.sigmas[:-1], torch.tensor(sig, dtype=torch.float64))
+        x = _loop(sched, eps, _x_T(1))
+        assert sched.result.nfe == 10
+        ref = ss.sample(model, solver="unipc", order=2, variant="bh2", grid=sched.result.grid, x_T=_x_T(1),
+                        final="zero")
+        torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("solver,opts", CONTRACT_SOLVERS)
 def test_any_number_of_steps_from_one(solver, opts):
     sched = ScoresolveScheduler(solver=solver, solver_options=opts)

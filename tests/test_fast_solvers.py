@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import registered
 
 import scoresolve as ss
 from scoresolve.sampling import resolve_solver
@@ -74,7 +75,11 @@ def test_heun_budget(sde_name):
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "ipndm", "unipc", "dpm_solver", "heun_edm", "auto"])
+#: the deterministic solvers that take an evaluation budget (``budgeted``), from the registry
+BUDGETED = registered(lambda c: getattr(c, "budgeted", False) and not c.stochastic)
+
+
+@pytest.mark.parametrize("name", [*BUDGETED, "auto"])
 def test_no_nan_at_large_budgets(name):
     gm, sde, score = _problem("vp")
     for k in (999, 1000):
@@ -85,7 +90,7 @@ def test_no_nan_at_large_budgets(name):
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "ipndm", "unipc", "heun_edm"])
+@pytest.mark.parametrize("name", BUDGETED)
 def test_low_precision_model_outputs(name, half):
     gm = ss.analytic.anisotropic(dim=4, n_components=3, seed=1)
     for sde in (ss.VPSDE(), ss.VESDE(sigma_min=0.01, sigma_max=50.0)):

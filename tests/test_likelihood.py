@@ -96,9 +96,10 @@ def test_hutchinson_is_unbiased():
         z = (mean - exact.nll) / se
         assert bool((z.abs() <= 3).all()), f"{noise}: z-scores {z.tolist()}"
     # probes come from the generator: same seed, same result; another seed, another result
-    a = likelihood(model, sde, x, method="rk4", steps=4, generator=torch.Generator().manual_seed(5))
-    b = likelihood(model, sde, x, method="rk4", steps=4, generator=torch.Generator().manual_seed(5))
-    c = likelihood(model, sde, x, method="rk4", steps=4, generator=torch.Generator().manual_seed(6))
+    kw = dict(method="rk4", steps=4, trace="hutchinson")
+    a = likelihood(model, sde, x, **kw, generator=torch.Generator().manual_seed(5))
+    b = likelihood(model, sde, x, **kw, generator=torch.Generator().manual_seed(5))
+    c = likelihood(model, sde, x, **kw, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(a.nll, b.nll, rtol=0, atol=0)
     assert not torch.allclose(a.nll, c.nll)
 

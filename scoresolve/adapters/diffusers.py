@@ -53,7 +53,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..aliases import resolve
 from ..models import ScoreModel
+from ..registry import SOLVERS
+from ..sampling import SampleResult, sample
 from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, resolution_shift
 
 # also ``ScoresolveScheduler`` (module __getattr__ below: its module subclasses diffusers' classes)
@@ -490,9 +493,6 @@ def budget_kwargs(solver: Any, n: int) -> dict[str, int]:
     """The keyword of :func:`scoresolve.sample` for ``n`` steps of a pipeline or scheduler: the evaluation budget
     ``nfe=`` for a solver that takes one (``auto`` and the few-step solvers, by name, alias or instance), else
     ``steps=`` (grid intervals)."""
-    from ..aliases import resolve
-    from ..registry import SOLVERS
-
     if isinstance(solver, str):
         solver = resolve(solver)[0]
         budgeted = solver == "auto" or bool(getattr(SOLVERS.get(solver, argument="solver"), "budgeted", False))
@@ -567,8 +567,6 @@ def sample_pipeline(
             :func:`scoresolve.sample` (``return_result=True``: the :class:`~scoresolve.SampleResult`, with the
             post-processed images in ``info["images"]``; ``snr=``, ``grid=``, ...).
     """
-    from ..sampling import SampleResult, sample
-
     model_options = {k: kwargs.pop(k) for k in _MODEL_OPTIONS if k in kwargs}
     if clip_x0 is None:
         sched = model_options.get("scheduler", getattr(pipeline, "scheduler", None))

@@ -45,9 +45,17 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from torch import Tensor
 
 from ..models import ScoreModel
+from ..recipes import auto_recipe
 from ..registry import SOLVERS
 from ..sampling import SampleResult, sample
-from .diffusers import _PREDICTION_TYPES, DiscreteTimeMap, _clipped, budget_kwargs, vp_sde_for_alphas_cumprod
+from .diffusers import (
+    _PREDICTION_TYPES,
+    DiscreteTimeMap,
+    _clipped,
+    budget_kwargs,
+    from_diffusers,
+    vp_sde_for_alphas_cumprod,
+)
 
 __all__ = ["ScoresolveScheduler"]
 
@@ -57,30 +65,6 @@ FINALS = ("zero", "tweedie", "none")
 class _Abandoned(BaseException):
     """Raised inside a worker's score function to end a run nobody waits for (not an ``Exception``, so no
     solver's error handling catches it)."""
-
-
-def _final_options(solver: str, final: str) -> dict[str, Any]:
-    """The keywords of :func:`scoresolve.sample` that make ``solver`` end as ``final`` says."""
-    if "final" in inspect.signature(sample).parameters:
-        return {"final": final}
-    params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
-    if "last_step" in params:
-        return {"last_step": final}
-    return {"denoise": final != "none"}
-
-
-def _no_calibration(solver: str) -> dict[str, Any]:
-    """Options that keep a solver from calibrating against the model during a run (and from the Gaussian first
-    step whose moments calibration would estimate)."""
-    if "calibrate" in inspect.signature(sample).parameters:  # an argument of sample(), on by default for auto
-        return {"calibrate": False} if solver == "auto" else {}
-    params = inspect.signature(SOLVERS.get(solver, argument="solver").__init__).parameters
-    out: dict[str, Any] = {}
-    if "calibrate" in params:
-        out["calibrate"] = False
-        if "gaussian_prior" in params:
-            out["gaussian_prior"] = None
-    return out
 
 
 class _Run:
@@ -148,10 +132,10 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         calibrated_sigmas: grids calibrated for the model by :meth:`calibrate`, by budget (``{"10": [...]}``);
             ``set_timesteps(n)`` uses the one for ``n``. Saved with the config.
 
-    Solvers that calibrate their grid against the model (``auto``, ``calibrate=``) cannot do so inside a
-    pipeline, which shows the scheduler one evaluation at a time: the scheduler runs them with
-    ``calibrate=False`` (and no estimated Gaussian first step) on the calibrated grid :meth:`calibrate` stored,
-    or, without one, on their uncalibrated default grid (with a warning).
+    A solver cannot calibrate its grid against the model inside a pipeline, which shows the scheduler one
+    evaluation at a time: :meth:`calibrate` does it outside and stores the grid. ``auto`` runs the row of its
+    table for the budget without the Gaussian first step (no moments to estimate them from), on that grid or,
+    without one, on the row's uncalibrated default grid (with a warning).
 
     Cost: ``len(timesteps)`` network calls, one per ``step`` (``nfe``); :meth:`set_timesteps` runs the solver
     once on a scalar with a zero model (twice with ``num_inference_steps``) to learn its evaluation times.
@@ -233,7 +217,8 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         self._next = 0
         self._handed: Tensor | None = None
         self._final = final
-        self._dry_run(budget_kwargs(solver, 4), final)  # unknown or adaptive options fail here, not mid-pipeline
+        self._solver: Any = self._resolve(4)
+        self._dry_run(budget_kwargs(self._solver, 4), final)  # unknown or adaptive options fail here, not mid-pipeline
 
     # ------------------------------------------------------------------ construction
 
@@ -301,6 +286,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"sigmas exceed the schedule's largest noise level {s_max:.6g}: got {float(sig[0])}")
             grid[over] = self.sde.T
             kwargs = {"grid": grid}
+            self._solver = self._resolve(sig.numel() - (final == "none"))
         else:
             steps = int(num_inference_steps)  # type: ignore[arg-type]
             if steps < 1:
@@ -311,17 +297,20 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             elif calibrated is not None:
                 kwargs = {"grid": self.sde.t_from_sigma(torch.tensor(calibrated, dtype=torch.float64))}
                 kwargs["grid"][0] = min(float(kwargs["grid"][0]), self.sde.T)
+                self._solver = self._resolve(len(calibrated) - (final == "none"))
             else:
-                if _no_calibration(cfg.solver) and cfg.solver == "auto":
+                if cfg.solver == "auto":
                     warnings.warn(
                         f"solver 'auto' has no grid calibrated for {steps} steps: call scheduler.calibrate(pipe, "
                         f"{steps}) first; running its uncalibrated grid",
                         UserWarning,
                         stacklevel=2,
                     )
-                kwargs = budget_kwargs(cfg.solver, steps)
-                if cfg.grid is not None:
-                    kwargs["grid"] = cfg.grid
+                self._solver = self._resolve(steps)
+                kwargs = budget_kwargs(self._solver, steps)
+                grid_name = cfg.grid or (auto_recipe(steps, gaussian=False).grid if cfg.solver == "auto" else None)
+                if grid_name is not None:
+                    kwargs["grid"] = grid_name
                 kwargs["grid"] = self._dry_run(kwargs, final).grid  # the grid that steps/grid name give
         self._final = final
         if isinstance(kwargs.get("grid"), Tensor) and kwargs["grid"].numel() == 1 or (
@@ -417,14 +406,19 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             model = _clipped(model, (-r, r))
         return model
 
+    def _resolve(self, budget: int) -> Any:
+        """The solver a run uses: the configured one, or for ``auto`` the row of its table for ``budget``
+        evaluations without a Gaussian first step (:func:`scoresolve.recipes.auto_recipe`), as an instance.
+        ``auto`` inside a pipeline cannot calibrate (it sees one evaluation at a time) and a restart in mid-run
+        must continue with the same solver, so the row is chosen once per :meth:`set_timesteps`; its rows take
+        one evaluation per grid point, so ``budget`` is the grid's points (intervals with ``final="none"``)."""
+        if self.config.solver != "auto":
+            return self.config.solver
+        recipe = auto_recipe(budget, gaussian=False)
+        return recipe.solver(**recipe.options)
+
     def _solve_kwargs(self, final: str) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "solver": cfg.solver,
-            **_no_calibration(cfg.solver),
-            **(cfg.solver_options or {}),
-            **_final_options(cfg.solver, final),
-        }
+        return {"solver": self._solver, **(self.config.solver_options or {}), "final": final}
 
     def calibrate(
         self,
@@ -442,14 +436,13 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         :func:`~scoresolve.adapters.diffusers.from_diffusers` calls it (``model_options`` are its options, e.g.
         ``class_labels=``; ``sample_shape`` when the network's config does not give it). Returns the sigmas.
         Cost: the calibration's (``ss.sample``'s ``info["calibration"]``), thousands of calls at small batches."""
-        from .diffusers import from_diffusers
-
         cfg = self.config
         r = float(cfg.clip_sample_range)
         model = from_diffusers(pipeline_or_unet, scheduler=self, sde=self.sde, timestep_mode=cfg.timestep_mode,
                                clip_x0=bool(cfg.clip_sample), data_range=(-r, r), **model_options)
-        kwargs = self._solve_kwargs(self._final)
-        kwargs["calibrate"] = True
+        # by name (auto: its recipe's calibration), without the Gaussian first step a pipeline run cannot take
+        kwargs = {"solver": cfg.solver, **(cfg.solver_options or {}), "final": self._final, "calibrate": True,
+                  "gaussian_prior": None}
         shape = None if sample_shape is None else (1, *sample_shape)
         res = sample(model, model.sde, **budget_kwargs(cfg.solver, int(steps)), shape=shape,
                      batch_size=None if shape else 1,

@@ -39,8 +39,10 @@ from torch import Tensor
 from ..aliases import KDIFFUSION_SAMPLERS
 from ..aliases import resolve as resolve_alias
 from ..models import ScoreModel, from_denoiser
+from ..sampling import sample
 from ..sde import SDE, VESDE
 from ..solvers.base import Solver
+from ..solvers.exponential import DPMSolver
 
 __all__ = [
     "from_kdiffusion",
@@ -240,8 +242,6 @@ def sample_scoresolve(
     Returns:
         The final state, in ``x``'s dtype and device.
     """
-    from ..sampling import sample
-
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor (the starting state at sigmas[0])")
     if solver_options.pop("noise_sampler", None) is not None:
@@ -374,8 +374,6 @@ def sample_dpm_fast(
     ``n // 3 + 1`` singlestep DPM-Solver steps uniform in log-SNR (third order but the last), from ``sigma_max``
     to ``sigma_min`` without a final denoising; our ``dpm_solver(order=o, method="singlestep")`` on those
     levels. ``eta > 0`` (k-diffusion's ancestral variant) is not supported."""
-    from ..solvers.exponential import DPMSolver
-
     if eta:
         raise ValueError("sample_dpm_fast: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
     if noise_sampler is not None:
@@ -427,8 +425,6 @@ def sample_dpm_adaptive(
     gives dopri5 in ``t`` about k-diffusion's accuracy at their loose defaults (their error is measured on an
     exponential integrator in log-SNR); ``order``, ``h_init`` and the PID coefficients are ignored.
     ``eta > 0`` is not supported. ``return_info=True`` adds ``{"nfe": ...}``."""
-    from ..sampling import sample
-
     if eta:
         raise ValueError("sample_dpm_adaptive: eta > 0 is not supported (use an ancestral sampler)")
     if noise_sampler is not None:

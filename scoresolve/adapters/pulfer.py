@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..io.checkpoint import CheckpointError, torch_load_safe
 from ..models import ScoreModel
 from .diffusers import DiscreteTimeMap, vp_sde_for_alphas_cumprod
 
@@ -123,8 +124,6 @@ def load_pulfer_ddpm(
         CheckpointError: the file is not this network's state dict (names the missing/unexpected keys or
             the mismatched shapes), or it needs unsafe unpickling.
     """
-    from ..io.checkpoint import CheckpointError, torch_load_safe
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_pulfer_ddpm: no file at {os.fspath(path)!r}")
     state = torch_load_safe(path)

@@ -17,12 +17,11 @@ import torch
 from safetensors.torch import save_file
 
 from scoresolve._util import atomic_write
+from scoresolve.data import load_digits
 
 
 def fit(n_components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
     from sklearn.mixture import GaussianMixture
-
-    from . import load_digits
 
     x = load_digits()[0].reshape(-1, 64).numpy().astype(np.float64) / 8.0 - 1.0
     gm = GaussianMixture(

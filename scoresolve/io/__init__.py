@@ -10,14 +10,12 @@ is imported when a Hub id is actually loaded.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..models import _PERSISTENCE
 from .checkpoint import (
     BUNDLED,
     CheckpointError,
     architectures,
     atomic_write,
-    load,
     load_file,
     read_config,
     register_architecture,
@@ -25,7 +23,8 @@ from .checkpoint import (
     sde_from_config,
     torch_load_safe,
 )
-from .hub import save_pretrained  # the folder is replaced as a whole (see scoresolve.io.hub)
+from .hub import push_to_hub, recover, save_pretrained  # the folder is replaced as a whole (see scoresolve.io.hub)
+from .loading import load
 
 __all__ = [
     "load",
@@ -43,9 +42,8 @@ __all__ = [
     "BUNDLED",
 ]
 
-
-def push_to_hub(model: Any, repo_id: str, **kwargs: Any) -> str:
-    """Upload ``model`` to the Hub (see :func:`scoresolve.io.hub.push_to_hub`)."""
-    from .hub import push_to_hub as _push
-
-    return _push(model, repo_id, **kwargs)
+# ScoreModel.from_pretrained / save_pretrained / push_to_hub are these functions (scoresolve.models sits below io);
+# the first import registers them (a second import of this package, in a fresh module table, changes nothing)
+_FUNCTIONS = {"load": load, "recover": recover, "save_pretrained": save_pretrained, "push_to_hub": push_to_hub}
+for _name, _fn in _FUNCTIONS.items():
+    _PERSISTENCE.setdefault(_name, _fn)

@@ -37,6 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data import load_digits
+from ..data.mnist import mnist
+from .frechet import gaussian_moments
+
 __all__ = ["DigitsClassifier", "MNISTClassifier", "load_classifier", "digits_with_labels", "train_classifier",
            "WEIGHTS", "CLASSIFIERS"]
 
@@ -105,8 +109,6 @@ class ClassifierSpec:
 
 
 def _mnist_with_labels(split: str, path: str | Path | None) -> tuple[Tensor, Tensor]:
-    from ..train.data import mnist
-
     if path is None:
         raise ValueError("the MNIST classifier needs the MNIST data: pass the t10k-images-idx3-ubyte.gz path")
     return mnist(path, split, labels=True)
@@ -170,8 +172,6 @@ def classifier_metadata(path: str | Path | None = None, name: str = "digits") ->
 def digits_with_labels(split: str = "train") -> tuple[Tensor, Tensor]:
     """The shipped digits (:mod:`scoresolve.data`) as ``(N, 1, 8, 8)`` float32 in ``[-1, 1]`` and their labels, for
     ``split`` in ``train`` / ``test`` / ``all`` (the split of :func:`scoresolve.train.data.digits`)."""
-    from ..data import load_digits
-
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     images, y = load_digits()
@@ -239,8 +239,6 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
 
 def _reference_state(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """The held-out feature moments stored beside the weights (see :func:`reference_moments`)."""
-    from .frechet import gaussian_moments
-
     with torch.no_grad():
         mean, cov = gaussian_moments(net.features(x))
     return {f"{_REFERENCE}mean": mean, f"{_REFERENCE}cov": cov, f"{_REFERENCE}count": torch.tensor(x.shape[0])}

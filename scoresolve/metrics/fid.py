@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .classifier import classifier_metadata, digits_with_labels, load_classifier
 from .frechet import frechet_distance, gaussian_moments
 
 __all__ = ["DigitsFID", "classifier_fid", "classifier_features", "inception_fid", "INCEPTION_WEIGHTS_NAME"]
@@ -32,8 +33,6 @@ INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 @torch.no_grad()
 def classifier_features(x: Tensor, batch_size: int = 1024, classifier: Any = None) -> Tensor:
     """64-D digits-classifier features of ``(N, 1, 8, 8)`` images in ``[-1, 1]``, float64 ``(N, 64)``."""
-    from .classifier import load_classifier
-
     net = classifier or load_classifier()
     x = torch.as_tensor(x)
     if x.ndim == 2 and x.shape[1] == 64:
@@ -69,8 +68,6 @@ class DigitsFID:
     """
 
     def __init__(self, reference: str | Tensor = "test") -> None:
-        from .classifier import digits_with_labels, load_classifier
-
         self.classifier = load_classifier()
         if isinstance(reference, str):
             self.reference_name = f"digits/{reference}"
@@ -95,8 +92,6 @@ class DigitsFID:
     def floor(self, n: int, draws: int = 50, seed: int = 0) -> tuple[float, float]:
         """Mean and standard error of the FID of ``n`` real train-split digits (drawn with replacement)
         against the reference, over ``draws`` draws."""
-        from .classifier import digits_with_labels
-
         if self._pool is None:
             self._pool = self.features(digits_with_labels("train")[0])
         g = torch.Generator().manual_seed(seed)
@@ -109,8 +104,6 @@ class DigitsFID:
         return float(v.mean()), float(v.std() / draws**0.5)
 
     def describe(self) -> dict[str, Any]:
-        from .classifier import classifier_metadata
-
         meta = classifier_metadata()
         return {
             "feature_extractor": "bundled 8x8 digits classifier (64-D penultimate features)",

@@ -20,15 +20,16 @@ for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _m.startswith("_"):
         importlib.import_module(f"{__name__}.{_m}")
 
+# after every solver is registered: the aliases check their targets against the registry when imported
+from ..aliases import describe  # noqa: E402
+from ..registry import SOLVERS  # noqa: E402
+
 
 class _SolversModule(types.ModuleType):
     """``scoresolve.solvers`` is both this package and, called, the listing ``ss.solvers()``."""
 
     def __call__(self) -> dict[str, str]:
         """Registered solvers, then the familiar aliases (``scoresolve.aliases``): ``{name: one-line description}``."""
-        from ..aliases import describe
-        from ..registry import SOLVERS
-
         return {**SOLVERS.describe(), **describe()}
 
 

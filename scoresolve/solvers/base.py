@@ -236,6 +236,8 @@ class Solver:
         default_steps: grid intervals when neither ``steps=`` nor ``nfe=`` is given (``None``: the SDE's ``N``).
         default_final: how :func:`scoresolve.sample` ends the run by default (``"tweedie"``: one more
             evaluation, the posterior mean at ``eps``; ``"none"``; ``"zero"``).
+
+    :meth:`variants` lists the option sets that change the declared order (each is tested).
     """
 
     order: ClassVar[float] = 1.0
@@ -246,6 +248,12 @@ class Solver:
     default_grid: ClassVar[str] = "uniform"
     default_steps: ClassVar[int | None] = None
     default_final: ClassVar[str] = "tweedie"
+
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        """The option sets that change what the solver declares (its order): the tests check each one. The
+        default options alone by default."""
+        return ({},)
 
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         """Integrate from ``x`` at ``T`` to the final time and return the state there (whole-run solvers)."""

@@ -1,6 +1,7 @@
 """Coefficients of the multistep and exponential-integrator solvers, one copy each (float64 Python floats).
 
 - :func:`lagrange_integral_weights`: variable-step Adams weights :math:`\\int_a^b \\ell_j`;
+- :func:`exp_lagrange_weights`: exponential Adams weights :math:`\\int_a^b e^{-(u-a)}\\ell_j(u)\\,du`;
 - :func:`phi_integrals`: :math:`\\int_0^h (1+\\eta)e^{-(1+\\eta)(h-u)}u^k\\,du`, ``k = 0, 1, 2`` (SDE-DPM-Solver++);
 - :func:`unipc_b`: UniPC's :math:`\varphi_1`, :math:`b_k` and :math:`B(h)` (Zhao et al. 2023, arXiv:2302.04867).
 """
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["lagrange_integral_weights", "phi_integrals", "unipc_b"]
+__all__ = ["lagrange_integral_weights", "exp_lagrange_weights", "phi_integrals", "unipc_b"]
 
 
 def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[float]:
@@ -29,6 +31,26 @@ def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[fl
     rhs = torch.tensor([1.0 / (p + 1) for p in range(k)], dtype=torch.float64)  # ∫_0^1 v^p dv
     w = torch.linalg.solve(V, rhs)
     return (w * H).tolist()
+
+
+def exp_lagrange_weights(nodes: list[float], a: float, b: float, rate: float = -1.0) -> list[float]:
+    r"""Weights :math:`w_j = \int_a^b e^{r(u-a)}\ell_j(u)\,du` (``r = rate``) of the Lagrange basis through
+    ``nodes`` (the exponential integrators' :math:`\varphi`-weights for any nodes; ``b < a`` allowed).
+
+    Gauss–Legendre with 24 points: exact for the polynomial part, and to rounding for the
+    exponential over intervals :math:`|b - a| \lesssim 8`.
+    """
+    v, wq = np.polynomial.legendre.leggauss(24)
+    u = a + (b - a) * (v + 1) / 2
+    f = np.exp(rate * (u - a)) * wq * (b - a) / 2
+    out = []
+    for j, nj in enumerate(nodes):
+        ell = np.ones_like(u)
+        for i, ni in enumerate(nodes):
+            if i != j:
+                ell *= (u - ni) / (nj - ni)
+        out.append(float((f * ell).sum()))
+    return out
 
 
 def phi_integrals(h: float, eta: float) -> tuple[float, float, float]:

@@ -1,41 +1,19 @@
-r"""Step-size controllers: where an adaptive solver places its next step, separate from the solver.
+r"""Step-size controllers: whether an attempted step is accepted and how long the next one is, apart from the
+solver (the split of diffrax's ``AbstractStepSizeController``); the loop is :mod:`scoresolve.solvers.adaptive`.
 
-A solver takes one step and returns a candidate :math:`y_1` with an error estimate ``err`` (and its
-``error_order``); a controller decides whether to accept it and how long the next step is (the
-split of diffrax's ``AbstractStepSizeController``). Solvers never pick step sizes themselves.
-
-Error norm (Hairer, Nørsett & Wanner, *Solving ODEs I*, eq. II.4.11; the mixed tolerance of
-Jolicoeur-Martineau et al. 2021, arXiv:2105.14080, eq. 5, with their :math:`\max(|y_0|, |y_1|)` rule):
+Error ratio per sample :math:`b` over its :math:`D` entries (Hairer, Nørsett & Wanner, *Solving ODEs I*,
+eq. II.4.11; Jolicoeur-Martineau et al. 2021, arXiv:2105.14080, eq. 5), accepted when :math:`\le 1`:
 
 .. math::  r_b = \sqrt{\frac1D \sum_j \Big(\frac{e_{bj}}{\mathrm{atol} + \mathrm{rtol}\,
-           \max(|y_{0,bj}|, |y_{1,bj}|)}\Big)^2}
-
-per sample :math:`b` over its :math:`D` non-batch entries. A step is accepted when its ratio is
-:math:`\le 1`, and the next step is
-
-.. math::  h' = h \cdot \mathrm{clip}\big(\mathrm{safety}\cdot r^{-1/(q+1)},\ \mathrm{min\_factor},\
+           \max(|y_{0,bj}|, |y_{1,bj}|)}\Big)^2},\qquad
+           h' = h \cdot \mathrm{clip}\big(\mathrm{safety}\cdot r^{-1/(q+1)},\ \mathrm{min\_factor},\
            \mathrm{max\_factor}\big),
 
-with :math:`q` the order of the error estimate (the lower of the two embedded orders; for an SDE
-solver, where the error is dominated by the stochastic terms, the paper uses :math:`q = 1`,
-i.e. exponent :math:`-1/2`).
-
-Options for solvers that need them (defaults leave the rule above unchanged): ``scale=`` in
-:func:`error_norm` / :meth:`Controller.ratio` replaces :math:`\max(|y_0|, |y_1|)` by a given
-scale (Gotta Go Fast measures its error in units of the marginal noise std :math:`\sigma_t`), and
-``hold=`` in :meth:`Controller.propose` caps the factor at 1 for the rows just rejected (Hairer et
-al., II.4: no step growth right after a rejection).
-
-Three norms, a trade-off measured on the digits mixture (see docs/stochastic_samplers.md):
-
-* ``"per_sample"``: each sample has its own step size (:math:`r_b`). No coupling between samples,
-  but a batched loop runs until the slowest sample is done: 1.6–1.9× more model calls at equal
-  quality in our measurements.
-* ``"batch_rms"``: one step size for the batch from :math:`\sqrt{\mathrm{mean}_b\, r_b^2}` (equal to
-  the RMS over all entries of the batch, like torchdiffeq; Gotta Go Fast's released code is per sample). Cheapest, but
-  couples the samples: a sample's trajectory depends on its neighbours through the step sizes.
-* ``"batch_max"``: one step size from :math:`\max_b r_b`: every sample meets the tolerance, at
-  about 3× the model calls of ``batch_rms``.
+:math:`q` the order of the error estimate. ``scale=`` replaces :math:`\max(|y_0|, |y_1|)` (Gotta Go Fast: the
+noise std :math:`\sigma_t`); ``hold=`` caps the factor at 1 right after a rejection (Hairer et al., II.4).
+Norms: ``"per_sample"`` (:math:`r_b`, no coupling), ``"batch_rms"`` (:math:`\sqrt{\mathrm{mean}_b r_b^2}`, one
+step for the batch, as torchdiffeq) and ``"batch_max"`` (:math:`\max_b r_b`); the batch norms couple samples.
+Their costs: docs/stochastic_samplers.md and docs/ode.md.
 """
 
 from __future__ import annotations

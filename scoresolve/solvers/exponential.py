@@ -94,6 +94,10 @@ class DPMSolver(EDMSolver):
         self.order = float(order)
         self.method = method
 
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"order": 1}, {}, {"order": 3}, {"method": "singlestep"}, {"order": 3, "method": "singlestep"})
+
     # multistep ------------------------------------------------------------------------------
     def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
         if self.method == "singlestep":
@@ -278,6 +282,10 @@ class UniPC(EDMSolver):
         self.variant = variant
         self.corrector = bool(corrector)
         self.lower_order_final = bool(lower_order_final)
+
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({}, {"variant": "bh1"})
 
     def _rhs(self, hist: list[tuple[float, Tensor]], h: float, order: int, lam_s: float):
         rks, D1s = [], []

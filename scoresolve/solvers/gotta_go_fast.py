@@ -1,87 +1,15 @@
-r"""Gotta Go Fast: an adaptive solver of the reverse SDE (Jolicoeur-Martineau, Li, Piché-Taillefer,
-Kachman, Mitliagkas 2021, "Gotta Go Fast When Generating Data with Score-Based Models",
-arXiv:2105.14080, Algorithm 1), with a tolerance in the model's noise scale and step sizes in log-SNR.
+r"""Gotta Go Fast: an adaptive solver of the reverse SDE (Jolicoeur-Martineau et al. 2021, arXiv:2105.14080,
+Algorithm 1), an ``attempt`` on the per-sample loop of :mod:`scoresolve.solvers.adaptive`.
 
-One step from :math:`t` to :math:`t - h` with a Brownian increment :math:`W` (variance :math:`h`),
-reverse drift :math:`b(x, t) = f(x, t) - g(t)^2 s(x, t)`:
-
-.. math::
-    x'        &= x - h\, b(x, t) + g(t)\, W                     &\text{(Euler–Maruyama)}\\
-    \tilde x  &= x - h\, b(x', t-h) + g(t-h)\, W                &\\
-    x''       &= \tfrac12 (x' + \tilde x)                        &\text{(stochastic improved Euler)}
-
-The same :math:`W` in both stages (the paper's rule). The error estimate :math:`x' - x''` is measured
-as an RMS over the entries of :math:`(x' - x'')/\delta`; a step is accepted when that ratio
-:math:`E \le 1`, and then the *higher-order* solution :math:`x''` is kept (extrapolation). The
-next step is :math:`h \leftarrow \theta h E^{-r}` (:math:`\theta = 0.9`, :math:`r = 0.9` as the
-paper; :math:`r = 1/(q+1)` in :class:`~scoresolve.solvers.controllers.Controller`'s terms), the
-factor clipped to ``[min_factor, max_factor]``, and never above the distance to :math:`\epsilon`.
-
-Two score evaluations per attempted step. Strong order 1 (the SDEs here have additive noise, where
-the stochastic improved Euler method has strong order 1).
-
-**Tolerance** (``tolerance=``):
-
-* ``"noise"`` (default): :math:`\delta = \mathrm{atol} + \mathrm{rtol}\,\sigma_{t-h}`, with
-  :math:`\sigma_t` the SDE's marginal noise std (``sde.marginal_std``) at the step's end. Why: an
-  error :math:`e` made at time :math:`t` in a direction of data variance :math:`v` is contracted by
-  the rest of the reverse SDE to :math:`e\,(v + \sigma_0^2)/(v + \sigma_t^2)` (with
-  :math:`\alpha \approx 1`), i.e. relative to that direction's final spread :math:`\sqrt v` it
-  weighs :math:`e\sqrt v/(v + \sigma_t^2) \le e/(2\sigma_t)`, the worst case at :math:`v =
-  \sigma_t^2`. Measuring the error in units of :math:`\sigma_t` bounds its effect on every direction
-  of the data, the thin ones included. Defaults ``rtol = 1``, ``atol = 0.0078`` (the paper's 8-bit
-  level for data in ``[-1, 1]``, a floor once :math:`\sigma_t` is below it).
-* ``"state"``: the paper's :math:`\delta = \mathrm{atol} + \mathrm{rtol}\max(|x'|, |x'_{prev}|)`,
-  :math:`x'_{prev}` the Euler–Maruyama proposal of the last accepted step (the paper takes
-  :math:`\max(\mathrm{atol}, \cdot)` where we add, at most a factor 2 apart). Defaults: the paper's
-  ``rtol = 0.05``, ``atol = 0.0078`` for images in ``[-1, 1]`` (the paper's VP runs; 0.0039 for its
-  VE runs on ``[0, 1]`` data). The relative part follows the pixel's *magnitude*: a background pixel
-  at −1 with data std 0.03 gets a tolerance of ``rtol``, so near :math:`\epsilon` the error estimate
-  does not see the stiff thin directions (:math:`\partial b/\partial x \approx g^2/(v + \sigma_t^2)`,
-  ~100 at :math:`\epsilon` for :math:`v = 10^{-3}`) and the last steps jump too far.
-
-**Step-size variable** (``variable=``): ``"log_snr"`` (default) controls the step in
-:math:`\lambda = \log(\alpha_t/\sigma_t)` (``sde.log_snr``; the step in ``t`` follows from
-``sde.t_from_log_snr``), ``"t"`` in ``t`` as the paper. The stiffness grows like :math:`1/\sigma_t^2`
-towards :math:`\epsilon`, so in ``t`` good steps shrink geometrically and the integral controller,
-which predicts the next step from the last, overshoots again and again (a rejected attempt every
-other step below :math:`t \approx 0.3` on the digits mixture); in :math:`\lambda` good steps are
-nearly constant. ``h_init`` stays the paper's first step in ``t`` (0.01), converted to :math:`\lambda`.
-
-**After a rejection** (``hold_after_reject=True``) the next accepted step may shrink but not grow
-(Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4): the rejection showed the error model is
-optimistic there.
-
-Measured on the 64-D digits mixture under VP (exact score, n = 2000, three noise seeds, FD over the
-floor of exact samples; ``benchmarks/stochastic.py``; see docs/stochastic_samplers.md): the
-defaults take 33–37 evaluations at ≤ 1.6× the floor; the paper's rule (``tolerance="state",
-variable="t", hold_after_reject=False``) needs 51 for 2× and falls off a cliff below (5× at 45).
-
-Step-size control (:class:`~scoresolve.solvers.controllers.Controller`, ``norm=``):
-
-* ``"batch_rms"`` (default without ``seeds=``): one step size for the batch from the RMS over all its
-  entries. Cheapest, but samples are coupled through the shared step sizes. With ``seeds=`` (which
-  promises that a sample depends only on its seed) the default is ``"per_sample"``, and an explicit
-  batch norm is refused.
-* ``"batch_max"``: one step size from the worst sample: every sample meets the tolerance; more model
-  calls.
-* ``"per_sample"``: each sample has its own time and step size (as the paper's released code);
-  finished samples are masked out of the model calls, so a call may hold fewer rows. No coupling: a
-  sample depends only on its own noise (with ``seeds=``, on its seed). The loop runs until the
-  slowest sample is done, so it makes more model calls than ``batch_rms`` at equal quality.
-  ``SampleResult.info["nfe_per_sample"]`` gives the evaluations each sample took part in,
-  ``info["row_evaluations"]`` their sum.
-
-Noise: the Brownian path is sampled consistently across rejections. An increment drawn for a
-rejected step is never thrown away: the retried, shorter step takes its part of it from the Brownian
-bridge, :math:`W_{h'} \mid W_h \sim N(\tfrac{h'}{h} W_h, \tfrac{h'(h-h')}{h})`, and the rest is kept
-for the following steps. Redrawing fresh noise after a rejection (the paper's Algorithm 1) would
-favour small increments, a bias. All noise comes from the run's noise source (two normal draws per
-attempted step, for every row, so per-sample seeds give batch-independent samples).
-
-Ends at ``eps``; like the paper's samplers it is followed by the Tweedie denoising step by default
-(``default_final="tweedie"``: one more evaluation, counted by :func:`scoresolve.sample`; the paper's code
-adds :math:`\sigma_\epsilon^2 s` without dividing by :math:`\alpha_\epsilon \approx 1`).
+One attempt from :math:`t` to :math:`t - h` with a Brownian increment :math:`W`, reverse drift
+:math:`b = f - g^2 s`: :math:`x' = x - h\,b(x, t) + g(t)W` (Euler–Maruyama), :math:`\tilde x = x - h\,b(x', t-h)
++ g(t-h)W`, :math:`x'' = (x' + \tilde x)/2` (stochastic improved Euler), kept when the error :math:`x' - x''`
+normed by the tolerance is :math:`\le 1`; :math:`h \leftarrow \theta h E^{-r}` (:math:`\theta = 0.9, r = 0.9`).
+Strong order 1 (additive noise), 2 evaluations per attempt, plus the final Tweedie step by default.
+Tolerance ``"noise"`` (default: :math:`\mathrm{atol} + \mathrm{rtol}\,\sigma_{t-h}`) or the paper's ``"state"``;
+step sizes in log-SNR (default) or ``t``; no growth after a rejection (Hairer et al., *Solving ODEs I*, II.4). A
+rejected attempt's increment is kept and split by the Brownian bridge (:func:`scoresolve.noise.brownian_increment`),
+never redrawn. Why these defaults, and what they buy: docs/stochastic_samplers.md.
 """
 
 from __future__ import annotations
@@ -97,6 +25,7 @@ from .._util import check_int
 from ..noise import brownian_increment
 from ..registry import SOLVERS
 from ..sde import SDE
+from .adaptive import Proposal, run_adaptive
 from .base import SolveContext, Solver
 from .controllers import Controller
 
@@ -255,110 +184,68 @@ class GottaGoFast(Solver):
         f64 = torch.float64
         in_lam = self.variable == "log_snr"
         t = torch.full((b,), T, device=dev, dtype=f64)
-        lam_end = sde.log_snr(torch.full((b,), t_end, device=dev, dtype=f64))
-        # the step size h lives in the controlled variable: t, or λ (increasing along the solve)
+        # the position and step live in the controlled variable: λ (increasing along the solve) or t (decreasing)
         h0_t = min(self.h_init, T - t_end)
         if in_lam:
-            h = sde.log_snr(torch.full((b,), T - h0_t, device=dev, dtype=f64)) - sde.log_snr(t)
+            pos, end = sde.log_snr(t), float(sde.log_snr(torch.full((1,), t_end, device=dev, dtype=f64))[0])
+            h = sde.log_snr(torch.full((b,), T - h0_t, device=dev, dtype=f64)) - pos
         else:
-            h = torch.full((b,), h0_t, device=dev, dtype=f64)
+            pos, end = t, t_end
+            h = torch.full((b,), -h0_t, device=dev, dtype=f64)
         x = x.clone()
-        x_prev = x.clone()  # the paper's x'_prev, initialised with x
-        pieces: list[tuple[Tensor, Tensor]] = []
-        nfe_rows = torch.zeros(b, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        rejected = torch.zeros(b, dtype=torch.bool, device=dev)  # last attempt of the row was rejected
+        y = (x, x.clone(), t.clone())  # the state, the paper's x'_prev (initialised with x), the time
+        run: dict = {"pieces": []}  # the Brownian path's known future increments (full batch)
         times = [T]
-        n_acc = n_rej = 0
-        per_sample = ctl.per_sample
-        it = 0
-        while True:
-            if per_sample:
-                if bool(done.all()):
-                    break
-            elif float(t[0]) <= t_end:
-                break
-            if it >= self.max_steps:
-                raise RuntimeError(
-                    f"gotta_go_fast: no convergence after max_steps={self.max_steps} attempted steps "
-                    f"(t = {float(t.max()):.4g}); loosen rtol/atol or raise max_steps"
-                )
-            ctx.score.step = it
+
+        def attempt(rows: Tensor, pr: Tensor, hr: Tensor, last: Tensor, yr: tuple[Tensor, ...]) -> Proposal:
+            xa, prev, ta = yr
             if in_lam:
-                remaining = lam_end - sde.log_snr(t)
+                t_inner = sde.t_from_log_snr(pr + hr).to(f64)
+                t_inner = torch.minimum(torch.maximum(t_inner, torch.full_like(ta, t_end)), ta)
             else:
-                remaining = t - t_end
-            h_eff = torch.minimum(h, remaining)
-            if float(h_eff[~done].min() if per_sample else h_eff.min()) <= 1e-14:
-                raise RuntimeError(
-                    "gotta_go_fast: the step size underflowed; the score may be non-finite or rtol/atol too tight"
-                )
-            last = h_eff >= remaining * (1 - 1e-12)
-            if in_lam:
-                t_inner = sde.t_from_log_snr(sde.log_snr(t) + h_eff).to(f64)
-                t_inner = torch.minimum(torch.maximum(t_inner, torch.full_like(t, t_end)), t)
-                t_next = torch.where(last, torch.full_like(t, t_end), t_inner)
-            else:
-                t_next = torch.where(last, torch.full_like(t, t_end), t - h_eff)
-            dt = torch.where(done, torch.zeros_like(t), t - t_next)  # Brownian increment's time span
+                t_inner = pr + hr
+            tna = torch.where(last, torch.full_like(ta, t_end), t_inner)
+            dt = torch.zeros(b, device=dev, dtype=f64)  # the Brownian increment's time span (0: finished rows)
+            dt[rows] = ta - tna
             xi_b = ctx.noise.randn_like(x)
             xi_f = ctx.noise.randn_like(x)
-            w, left = brownian_increment(pieces, dt, xi_b, xi_f)
-            if per_sample:
-                idx = (~done).nonzero().squeeze(1)
-                xa, ta, tna, ha, wa = x[idx], t[idx], t_next[idx], h_eff[idx], w[idx]
-                prev, hold = x_prev[idx], rejected[idx]
-            else:
-                idx = None
-                xa, ta, tna, ha, wa, prev, hold = x, t, t_next, h_eff, w, x_prev, rejected
-            x_em, x_ext = self._attempt(ctx, xa, ta, tna, wa)
+            w, run["left"] = brownian_increment(run["pieces"], dt, xi_b, xi_f)
+            run["dt"], run["w"] = dt, w
+            x_em, x_ext = self._attempt(ctx, xa, ta, tna, w[rows])
             err = x_em - x_ext
             if self.tolerance == "noise":
                 # the marginal noise level σ_t at the step's end, per sample (see the module docstring)
                 ratio = ctl.ratio(err, prev, x_em, scale=_bc(sde.marginal_std(tna), x_em))
             else:
                 ratio = ctl.ratio(err, prev, x_em)
-            accept, h_new = ctl.propose(ratio, ha, self.error_order, hold=hold if self.hold_after_reject else None)
-            acc_b = SDE.bcast(accept, xa)
-            x_new = torch.where(acc_b, x_ext, xa)
-            xp_new = torch.where(acc_b, x_em, prev)
-            t_new = torch.where(accept, tna, ta)
-            if idx is not None:
-                x[idx], x_prev[idx], t[idx], h[idx] = x_new, xp_new, t_new, h_new
-                rejected[idx] = ~accept
-                nfe_rows[idx] += 2
-                acc_full = torch.zeros(b, dtype=torch.bool, device=dev)
-                acc_full[idx] = accept
-                done = t <= t_end
-            else:
-                x, x_prev, t, h = x_new, xp_new, t_new, h_new
-                rejected = ~accept
-                nfe_rows += 2
-                acc_full = accept
+            return Proposal((x_ext, x_em, tna), ratio, at=sde.log_snr(tna) if in_lam else tna)
+
+        def after(it: int, rows: Tensor, accept: Tensor, yy: tuple[Tensor, ...]) -> None:
             # Brownian path: accepted rows consume [0, dt]; rejected rows keep it as known increment
-            keep = ~acc_full
+            keep = torch.ones(b, dtype=torch.bool, device=dev)
+            keep[rows] = ~accept
+            dt, w = run["dt"], run["w"]
             first = (torch.where(keep, dt, torch.zeros_like(dt)), torch.where(SDE.bcast(keep, w), w, 0.0))
-            pieces = [p for p in [first, *left] if bool((p[0] > 0).any())]
-            if per_sample:
-                n_acc_it = int(accept.sum())
-                n_acc += n_acc_it
-                n_rej += int(accept.numel()) - n_acc_it
-            elif bool(accept[0]):
-                n_acc += 1
-                times.append(float(t[0]))
-            else:
-                n_rej += 1
-            ctx.after_step(it, t.to(x.dtype), x, x)
-            it += 1
+            run["pieces"] = [p for p in [first, *run["left"]] if bool((p[0] > 0).any())]
+            if not ctl.per_sample and bool(accept[0]):
+                times.append(float(yy[2][0]))
+            ctx.after_step(it, yy[2].to(x.dtype), yy[0], yy[0])
+
+        res = run_adaptive(
+            attempt, y, pos, end, h, controller=ctl, error_order=self.error_order, nfe_per_attempt=2,
+            max_steps=self.max_steps, hold_after_reject=self.hold_after_reject, score=ctx.score, after=after,
+            name="gotta_go_fast",
+        )
         # info: nfe_per_sample ((B,) evaluations each sample took part in, final denoising excluded),
         # row_evaluations (their sum), accepted/rejected steps (per row for per_sample, per batch
         # otherwise), attempted_steps (loop iterations, 2 model calls each), times (batch norms)
+        one = slice(None) if ctl.per_sample else slice(0, 1)
         ctx.info["x_mean"] = x
-        ctx.info["nfe_per_sample"] = nfe_rows
-        ctx.info["row_evaluations"] = int(nfe_rows.sum())
-        ctx.info["accepted_steps"] = n_acc
-        ctx.info["rejected_steps"] = n_rej
-        ctx.info["attempted_steps"] = it
-        if not per_sample:
+        ctx.info["nfe_per_sample"] = res.nfe_per_sample
+        ctx.info["row_evaluations"] = res.info["row_evals"]
+        ctx.info["accepted_steps"] = int(res.accepted[one].sum())
+        ctx.info["rejected_steps"] = int(res.rejected[one].sum())
+        ctx.info["attempted_steps"] = res.info["attempts"]
+        if not ctl.per_sample:
             ctx.info["times"] = torch.tensor(times, dtype=f64)
         return x

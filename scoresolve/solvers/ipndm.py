@@ -68,6 +68,10 @@ class IPNDM(EDMSolver):
         #: directions of the final Adams step onto sigma = 0 (final="zero")
         self.final_points = int(order)
 
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({}, {"order": 2}, {"order": 3})
+
     def seed(self, direction: Tensor, iv: Interval) -> Any:
         """After the analytical first interval the history starts with the Gaussian direction at ``T``."""
         return [(iv.sigma, direction)]

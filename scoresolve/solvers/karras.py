@@ -184,6 +184,10 @@ class LMSSolver(SigmaStepSolver):
         self.order = float(check_int(order, "order"))  # type: ignore[misc]
         self.final_points = int(self.order)
 
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({}, {"order": 3})
+
     def step(self, ctx: SolveContext, y: Tensor, iv: Interval, state: Any) -> Step:
         s = iv.sigma
         d = (y - denoise_at_sigma(ctx, y, s, iv.t)) / s

@@ -1,42 +1,28 @@
-r"""Per-sample adaptive Runge–Kutta for the probability-flow ODE (Song et al. 2021, arXiv:2011.13456,
-eq. 13): every sample has its own time, step size and accept/reject decision.
-
-torchdiffeq (and the paper's RK45) measure the error as one RMS over the whole batch, so all samples
-share one step size: a hard sample drags every other sample's NFE up, and a sample's result depends
-on its batch neighbours. Here the embedded pair's error estimate is normed **per sample**
-(:func:`scoresolve.solvers.controllers.error_norm`) and the controller
-(:class:`~scoresolve.solvers.controllers.Controller`, Hairer et al., *Solving ODEs I*, II.4) accepts,
-rejects and resizes each sample's step on its own:
+r"""Per-sample adaptive Runge–Kutta for the probability-flow ODE (Song et al. 2021, arXiv:2011.13456, eq. 13),
+an embedded FSAL pair as the ``attempt`` of the per-sample loop (:mod:`scoresolve.solvers.adaptive`):
 
 .. math::  y^{(b)}_{n+1} = y^{(b)}_n + h_b \sum_j b_j k^{(b)}_j,\qquad
-           e^{(b)} = h_b \sum_j (b_j - \hat b_j) k^{(b)}_j,\qquad
-           h_b \leftarrow h_b \cdot \mathrm{clip}\big(0.9\, r_b^{-1/(q+1)}, 0.2, 10\big).
+           e^{(b)} = h_b \sum_j (b_j - \hat b_j) k^{(b)}_j,
 
-Each iteration evaluates the model once per stage on the rows that are **not finished** (the rows are
-gathered, so finished samples cost nothing; each call sees the sample's own time as a ``(B,)``
-tensor). A sample's trajectory depends only on its own start value: results do not depend on the
-batch composition (up to the floating-point reduction order of the model itself).
-
-Costs reported: ``nfe`` (model calls — what a batched GPU run pays, since the loop runs until the
-slowest sample is done) and ``info["nfe_per_sample"]`` (evaluations each sample received — its cost
-if run alone); ``info["row_evals"]`` is their sum.
-
-Pairs: ``dopri5`` (Dormand & Prince 1980, order 5(4), 7 stages FSAL: 6 NFE per attempt) and
-``bosh3`` (Bogacki & Shampine 1989, order 3(2), 4 stages FSAL: 3 NFE per attempt).
+each sample's error normed on its own (:func:`scoresolve.solvers.controllers.error_norm`), so a sample's steps
+and result do not depend on its batch (torchdiffeq norms the whole batch at once). Pairs: ``dopri5`` (Dormand &
+Prince 1980, order 5(4), 6 evaluations per attempt) and ``bosh3`` (Bogacki & Shampine 1989, order 3(2), 3 per
+attempt). ``nfe`` counts model calls; ``info["nfe_per_sample"]`` each sample's evaluations. Measurements:
+docs/ode.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..registry import SOLVERS
-from .base import SolveContext, Solver
+from .adaptive import AdaptiveResult, Proposal, run_adaptive
+from .base import CountedScore, SolveContext, Solver
 from .controllers import NORMS, Controller
 from .ode_fixed import TABLEAUS, ButcherTableau, rk_combine, rk_stages
 
@@ -49,24 +35,8 @@ RowField = Callable[[Tensor, State, Tensor], State]
 PAIRS: tuple[str, ...] = ("dopri5", "bosh3")
 
 
-@dataclass
-class AdaptiveResult:
-    """Output of :func:`integrate_adaptive`."""
-
-    y: State
-    calls: int  # vector-field calls (batched)
-    nfe_per_sample: Tensor  # (B,) evaluations each sample received
-    accepted: Tensor  # (B,) accepted steps per sample
-    rejected: Tensor  # (B,) rejected steps per sample
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 def _flat_cat(ys: State) -> Tensor:
     return torch.cat([y.reshape(y.shape[0], -1) for y in ys], dim=1)
-
-
-def _take(ys: State, rows: Tensor) -> State:
-    return tuple(y.index_select(0, rows) for y in ys)
 
 
 def integrate_adaptive(
@@ -81,9 +51,10 @@ def integrate_adaptive(
     norm: str = "per_sample",
     first_step: float | None = None,
     max_steps: int = 10_000,
-    step_hook: Callable[[Tensor, Tensor, State], None] | None = None,
+    score: CountedScore | None = None,
 ) -> AdaptiveResult:
-    r"""Integrate ``dy/dt = f(t, y)`` from ``t0`` to ``t1`` (either direction) with per-sample steps.
+    r"""Integrate ``dy/dt = f(t, y)`` from ``t0`` to ``t1`` (either direction) with per-sample steps
+    (the loop of :mod:`scoresolve.solvers.adaptive`, an embedded FSAL pair as the attempt).
 
     Args:
         f: the vector field on a subset of rows: ``f(t, y, rows)`` with ``t`` ``(n,)`` in the state's
@@ -97,8 +68,7 @@ def integrate_adaptive(
         first_step: initial ``|h|``; default: Hairer's heuristic per sample, bounded by ``|t1 - t0|``
             (one extra evaluation).
         max_steps: attempts per sample before giving up.
-        step_hook: called after each iteration as ``step_hook(rows, t_rows, y_rows)`` with the
-            accepted rows' new times and states.
+        score: the counted score ``f`` calls, if any (its errors then name the attempt).
     """
     tab = TABLEAUS[pair] if isinstance(pair, str) else pair
     if tab.b_err is None or tab.error_order is None:
@@ -113,18 +83,12 @@ def integrate_adaptive(
         raise ValueError("t0 and t1 must differ")
     sign = math.copysign(1.0, span)
     t = torch.full((B,), float(t0), dtype=torch.float64, device=dev)
-    t_end = torch.full((B,), float(t1), dtype=torch.float64, device=dev)
     y = tuple(c.clone() for c in y0)
-    nfe = torch.zeros(B, dtype=torch.long, device=dev)
-    acc = torch.zeros(B, dtype=torch.long, device=dev)
-    rej = torch.zeros(B, dtype=torch.long, device=dev)
     all_rows = torch.arange(B, device=dev)
-    calls = 0
 
     # first stage at t0 (FSAL: reused as k_1 of the first step)
     k0 = f(t.to(y[0].dtype), y, all_rows)
-    calls += 1
-    nfe += 1
+    setup_calls = 1
     if first_step is None:
         # Hairer, Nørsett & Wanner, Solving ODEs I, II.4: h0 = 0.01 ||y0|| / ||f0||, one probe, then
         # h1 = (0.01 / max(||f0||, ||f1 - f0|| / h0))^(1/(p+1)); per sample, bounded by |t1 - t0|
@@ -138,8 +102,7 @@ def integrate_adaptive(
         hs = sign * h0
         y1 = rk_combine(y, hs, [k0], (1.0,))
         k1 = f((t + hs).to(y[0].dtype), y1, all_rows)
-        calls += 1
-        nfe += 1
+        setup_calls += 1
         d2 = nrm(tuple(a - b for a, b in zip(k1, k0, strict=True))) / h0
         dm = torch.maximum(d1, d2)
         h1 = torch.where(
@@ -153,63 +116,39 @@ def integrate_adaptive(
     if norm != "per_sample":  # one shared step: start from the smallest proposal
         h = sign * h.abs().min().expand(B).clone()
 
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    attempts = 0
-    stages_per_attempt = tab.stages - (1 if tab.fsal else 0)
-    while bool(active.any()):
-        attempts += 1
-        if attempts > max_steps:
-            worst = float(t[active][0])
-            raise RuntimeError(
-                f"per-sample adaptive solver exceeded max_steps={max_steps} (a sample stuck at t={worst:.6g})"
-            )
-        rows = active.nonzero().squeeze(1)
-        tr, hr, yr, kr = t[rows], h[rows], _take(y, rows), _take(k0, rows)
-        # do not step past the end: the last step lands exactly on t1
-        remaining = t_end[rows] - tr
-        last = hr.abs() >= remaining.abs() * (1 - 1e-12)
-        hr = torch.where(last, remaining, hr)
-        if bool((hr.abs() < 1e-14 * abs(span)).any()):
-            bad = float(tr[hr.abs() < 1e-14 * abs(span)][0])
-            raise RuntimeError(f"per-sample adaptive step size underflow at t={bad:.6g} (non-finite or stiff drift)")
+    n = len(y)
 
-        def fr(tt: Tensor, yy: State, _rows: Tensor = rows) -> State:
-            return f(tt, yy, _rows)
+    def attempt(rows: Tensor, tr: Tensor, hr: Tensor, last: Tensor, yk: State) -> Proposal:
+        yr, kr = yk[:n], yk[n:]
+
+        def fr(tt: Tensor, yy: State) -> State:
+            return f(tt, yy, rows)
 
         ks = rk_stages(fr, tr, yr, hr, tab, k0=kr)
-        calls += stages_per_attempt
-        nfe[rows] += stages_per_attempt
         y_new = rk_combine(yr, hr, ks, tab.b)
         err = rk_combine((), hr, ks, tab.b_err)
-        ratio = ctl.ratio(_flat_cat(err), _flat_cat(yr), _flat_cat(y_new))
-        accept, h_next = ctl.propose(ratio, hr, tab.error_order)
         # a non-finite candidate gets a non-finite ratio: rejected, h shrinks; the score's own NaN check
         # (CountedScore) raises first when the model is at fault
-        a_rows = rows[accept]
-        if a_rows.numel():
-            t_new = torch.where(last, t_end[rows], tr + hr)[accept]
-            t[a_rows] = t_new
-            for c, cn in zip(y, y_new, strict=True):
-                c[a_rows] = cn[accept]
-            k_last = ks[-1] if tab.fsal else None
-            if k_last is not None:
-                for c, cn in zip(k0, k_last, strict=True):
-                    c[a_rows] = cn[accept]
-            acc[a_rows] += 1
-            done = last[accept]
-            active[a_rows[done]] = False
-            if step_hook is not None:
-                step_hook(a_rows, t_new, tuple(cn[accept] for cn in y_new))
-        rej[rows[~accept]] += 1
-        h[rows] = h_next
-    return AdaptiveResult(
-        y=y,
-        calls=calls,
-        nfe_per_sample=nfe,
-        accepted=acc,
-        rejected=rej,
-        info={"attempts": attempts, "row_evals": int(nfe.sum())},
+        return Proposal((*y_new, *ks[-1]), ctl.ratio(_flat_cat(err), _flat_cat(yr), _flat_cat(y_new)))
+
+    res = run_adaptive(
+        attempt,
+        (*y, *k0),
+        t,
+        float(t1),
+        h,
+        controller=ctl,
+        error_order=tab.error_order,
+        nfe_per_attempt=tab.stages - 1,
+        max_steps=max_steps,
+        score=score,
+        name="per-sample adaptive solver",
     )
+    res.y = res.y[:n]
+    res.calls += setup_calls
+    res.nfe_per_sample += setup_calls
+    res.info["row_evals"] = int(res.nfe_per_sample.sum())
+    return res
 
 
 @SOLVERS.register(
@@ -268,6 +207,10 @@ class PerSampleAdaptiveODE(Solver):
         self.order = float(TABLEAUS[pair].order)  # type: ignore[misc]
         self.nfe_per_step = TABLEAUS[pair].stages - 1  # type: ignore[misc]
 
+    @classmethod
+    def variants(cls) -> tuple[dict[str, Any], ...]:
+        return tuple({"pair": p} for p in PAIRS)
+
     def solve(self, ctx: SolveContext, x: Tensor) -> Tensor:
         sde = ctx.sde
         if self.norm != "per_sample" and ctx.noise is not None and ctx.noise.batch_size is not None:
@@ -304,6 +247,7 @@ class PerSampleAdaptiveODE(Solver):
             norm=self.norm,
             first_step=self.first_step,
             max_steps=self.max_steps,
+            score=ctx.score,
         )
         ctx.info["nfe_per_sample"] = res.nfe_per_sample.cpu()
         ctx.info["row_evals"] = res.info["row_evals"]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .._cli_help import HelpFormatter
+from ..io.checkpoint import CheckpointError
 from ..sde import VESDE, VPSDE, RectifiedFlow, SubVPSDE
 from .data import TOY_SETS, load_data
 from .nets import MLP, UNet
@@ -20,8 +22,6 @@ from .trainer import LOSSES, TrainConfig, Trainer, save_sample_grid
 
 
 def build_parser(prog: str = "python -m scoresolve.train") -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter
-
     d = TrainConfig()
     ap = argparse.ArgumentParser(
         prog=prog, formatter_class=HelpFormatter,
@@ -94,8 +94,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None, prog: str = "python -m scoresolve.train") -> Path:
     """Run the command line; a bad argument, unreadable data or a refused resume prints one line on stderr
     and exits with status 2 (no traceback)."""
-    from ..io.checkpoint import CheckpointError
-
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

@@ -36,6 +36,12 @@ from pathlib import Path
 
 import torch
 
+from .. import analytic
+from ..io import load
+from ..likelihood import likelihood
+from ..metrics import frechet_distance, gaussian_moments
+from ..metrics.classifier import load_classifier
+from ..sampling import sample
 from ..sde import VPSDE
 from .data import digits
 from .nets import UNet
@@ -61,11 +67,6 @@ def evaluate(
     """Sample quality and held-out bits/dim of the model at ``path`` (see the module docstring)."""
     import json
 
-    from .. import analytic
-    from ..io import load
-    from ..metrics import frechet_distance, gaussian_moments
-    from ..sampling import sample
-
     model = load(path)
     test, train = digits("test"), digits("train")
     g = torch.Generator().manual_seed(seed)
@@ -84,35 +85,26 @@ def evaluate(
     out["fd_pixels_train_vs_test"] = fd(ref, test)
     out["fd_pixels_gmm_vs_test"] = fd(gmm, test)
     out["fraction_outside_range"] = float((x.abs() > 1.05).float().mean())
-    try:
-        from ..metrics.classifier import load_classifier
-    except ImportError:
-        load_classifier = None
-    if load_classifier is not None:
-        clf = load_classifier()
-        with torch.no_grad():
-            f = clf.features
-            out["fid_classifier"] = fd(f(x.clamp(-1, 1)), f(test))
-            out["fid_classifier_train_vs_test"] = fd(f(ref), f(test))
-            out["fid_classifier_gmm_vs_test"] = fd(f(gmm.clamp(-1, 1)), f(test))
+    clf = load_classifier()
+    with torch.no_grad():
+        f = clf.features
+        out["fid_classifier"] = fd(f(x.clamp(-1, 1)), f(test))
+        out["fid_classifier_train_vs_test"] = fd(f(ref), f(test))
+        out["fid_classifier_gmm_vs_test"] = fd(f(gmm.clamp(-1, 1)), f(test))
     if bpd:
-        try:
-            from ..likelihood import likelihood
-        except ImportError:
-            likelihood = None
-        if likelihood is not None:
-            t0 = time.perf_counter()
-            gq = torch.Generator().manual_seed(seed + 1)
-            xt = test if bpd_n is None else test[:bpd_n]
-            xd = xt + torch.rand(xt.shape, generator=gq) / 8.0
-            r = likelihood(model, model.sde, xd, rtol=bpd_rtol, atol=bpd_rtol, generator=gq, data_range=None)
-            nll = r.nll.double()
-            out["test_nll_nats"] = float(nll.mean())
-            out["test_bpd"] = float(nll.mean() / (64 * math.log(2)) + 3.0)
-            out["test_bpd_stderr"] = float(nll.std() / (64 * math.log(2)) / math.sqrt(len(nll)))
-            out["bpd_n"] = len(nll)
-            out["bpd_nfe"] = float(getattr(r, "nfe", float("nan")))
-            out["bpd_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gq = torch.Generator().manual_seed(seed + 1)
+        xt = test if bpd_n is None else test[:bpd_n]
+        xd = xt + torch.rand(xt.shape, generator=gq) / 8.0
+        r = likelihood(model, model.sde, xd, rtol=bpd_rtol, atol=bpd_rtol, generator=gq, data_range=None,
+                       trace="hutchinson")
+        nll = r.nll.double()
+        out["test_nll_nats"] = float(nll.mean())
+        out["test_bpd"] = float(nll.mean() / (64 * math.log(2)) + 3.0)
+        out["test_bpd_stderr"] = float(nll.std() / (64 * math.log(2)) / math.sqrt(len(nll)))
+        out["bpd_n"] = len(nll)
+        out["bpd_nfe"] = float(getattr(r, "nfe", float("nan")))
+        out["bpd_seconds"] = time.perf_counter() - t0
     print(json.dumps(out, indent=1))
     return out
 

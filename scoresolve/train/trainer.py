@@ -28,8 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from ..io.checkpoint import CheckpointError, atomic_write, make_config, save, torch_load_safe
+from ..io.image import save_grid
 from ..models import ScoreModel
 from ..progress import Progress
+from ..sampling import sample
 from ..sde import SDE
 from .data import batch as get_batch
 from .losses import ddpm_loss, dsm_loss, flow_matching_loss, sliced_score_matching_loss
@@ -331,9 +333,6 @@ def save_sample_grid(
 ) -> Tensor:
     """Sample ``n`` images from the EMA model (PC sampler, ``steps`` steps, its own generator: the
     training RNG is untouched) and write a PNG grid to ``path`` (default ``samples_<step>.png``)."""
-    from ..io.image import save_grid
-    from ..sampling import sample
-
     model = trainer.score_model()
     x = sample(model, trainer.sde, "pc", steps, batch_size=n, generator=torch.Generator().manual_seed(seed),
                device=trainer.device, progress=False)

@@ -1,0 +1,113 @@
+r"""The budget method: the likelihood ODE in log-SNR time with the noise prediction, ``K`` evaluations
+and an embedded error estimate.
+
+With :math:`\lambda = \log(\alpha/\sigma)`, :math:`\hat\epsilon = -\sigma s` and
+:math:`m = \mathrm{tr}(-\sigma^2\nabla_x s) = \sigma\,\mathrm{tr}\,\partial_x\hat\epsilon` (about 0 near
+the data, about :math:`D` in the noise), and since :math:`\tfrac12 g^2\,dt = -\sigma^2 d\lambda`,
+
+.. math:: x_{\lambda'} = \tfrac{\alpha_{\lambda'}}{\alpha_\lambda}\Big(x_\lambda - \sigma_\lambda
+          \int_\lambda^{\lambda'} e^{-(u-\lambda)}\hat\epsilon\,du\Big), \qquad
+          \int_\epsilon^T \nabla\cdot F\,dt = D\log\tfrac{\alpha_T}{\alpha_\epsilon}
+          + \int_{\lambda_T}^{\lambda_\epsilon} m\,d\lambda .
+
+The drift's share is exact; the ``K`` evaluations sit on a grid uniform in :math:`\lambda` and feed an
+exponential Adams predictor (order 3) and corrector (order 4) for :math:`x` in PEC mode (the
+DPM-Solver / UniPC form, arXiv:2206.00927, arXiv:2302.04867; one evaluation per node, the last at
+:math:`T`) and a composite 4-point quadrature of the bounded, smooth :math:`m`. Error estimate, on the
+same evaluations: the predictor–corrector gap of every step weighted by the score (a jump
+:math:`\delta x` at time :math:`t` moves :math:`\log p` by :math:`\approx s\cdot\delta x`), plus the gap
+between the 4- and 3-point quadratures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE
+from ..solvers.coefficients import exp_lagrange_weights, lagrange_integral_weights
+from .field import Field
+
+__all__ = ["BudgetSolution", "budget_logp", "PREDICTOR_ORDER", "QUADRATURE_POINTS"]
+
+PREDICTOR_ORDER = 3  # the corrector has one more
+QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
+
+
+@dataclass
+class BudgetSolution:
+    z: Tensor  # x_T
+    delta: Tensor  # (B, P) per-probe integral of the divergence
+    error: Tensor  # (B,) estimated solver error of log p, nats
+    lam: list[float]
+
+
+def _stencil(n: int, q: int, k: int) -> range:
+    """The ``q`` nodes nearest the interval ``[n, n+1]`` among ``0..k-1``."""
+    start = min(max(n - (q - 2) // 2, 0), k - q)
+    return range(start, start + q)
+
+
+def quadrature(lam: list[float], m: Tensor, q: int) -> Tensor:
+    r""":math:`\int_{\lambda_{K-1}}^{\lambda_0} m\,d\lambda` from its node values ``m`` ``(K, ...)`` by the
+    composite rule of ``q``-point Lagrange stencils."""
+    k = len(lam)
+    q = min(q, k)
+    total = torch.zeros_like(m[0])
+    for n in range(k - 1):
+        st = _stencil(n, q, k)
+        w = lagrange_integral_weights([lam[j] for j in st], lam[n], lam[n + 1])
+        total = total - sum(wj * m[j] for wj, j in zip(w, st, strict=True))
+    return total
+
+
+def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSolution:
+    """Integrate from ``x`` at ``eps`` to ``T`` with ``k`` evaluations (``k >= 2``)."""
+    b, d = x.shape[0], x[0].numel()
+    t_eps, t_end = torch.tensor([eps], dtype=torch.float64), torch.tensor([sde.T], dtype=torch.float64)
+    lam = torch.linspace(float(sde.log_snr(t_eps)), float(sde.log_snr(t_end)), k, dtype=torch.float64)
+    ts = sde.t_from_log_snr(lam)
+    ts[0], ts[-1] = eps, sde.T
+    lam_l, t_l = lam.tolist(), ts.tolist()
+    alpha = sde.alpha(ts).tolist()
+    sig = sde.marginal_std(ts).tolist()
+
+    def evaluate(i: int, xi: Tensor) -> tuple[Tensor, Tensor]:
+        fld.score.step = i
+        t = torch.full((b,), t_l[i], device=x.device, dtype=x.dtype)
+        s, tr = fld.traces(xi, t)
+        eps_hat = -sig[i] * s
+        m = -(sig[i] ** 2) * tr
+        if not bool(torch.isfinite(m).all()):
+            raise FloatingPointError(f"the trace of the score's Jacobian is NaN/inf at t={t_l[i]:.6g} (evaluation {i})")
+        return eps_hat, m
+
+    def advance(n: int, xn: Tensor, nodes: list[int]) -> Tensor:
+        w = exp_lagrange_weights([lam_l[j] for j in nodes], lam_l[n], lam_l[n + 1])
+        inc = sum(wj * eps_hats[j] for wj, j in zip(w, nodes, strict=True))
+        return (alpha[n + 1] / alpha[n]) * (xn - sig[n] * inc)
+
+    e0, m0 = evaluate(0, x)
+    eps_hats, ms = [e0], [m0]
+    xn = x
+    path_err = torch.zeros(b, device=x.device, dtype=x.dtype)
+    for n in range(k - 1):
+        p = min(PREDICTOR_ORDER, n + 1)
+        x_pred = advance(n, xn, list(range(n, n - p, -1)))
+        e1, m1 = evaluate(n + 1, x_pred)
+        eps_hats.append(e1)
+        ms.append(m1)
+        x_corr = advance(n, xn, list(range(n + 1, n - p, -1)))
+        # a jump dx at t_{n+1} moves log p by about s . dx, with s = -eps_hat / sigma
+        jump = -(e1 * (x_corr - x_pred)).reshape(b, -1).sum(1) / sig[n + 1]
+        path_err = path_err + jump.abs()  # a sum of moduli: the signed sum under-covers (measured)
+        xn = x_corr
+    m_all = torch.stack(ms)  # (K, B, P)
+    q_hi = quadrature(lam_l, m_all, QUADRATURE_POINTS)
+    q_lo = quadrature(lam_l, m_all, QUADRATURE_POINTS - 1)
+    delta = d * math.log(alpha[-1] / alpha[0]) + q_hi
+    error = path_err + (q_hi - q_lo).mean(1).abs()
+    return BudgetSolution(z=xn, delta=delta, error=error, lam=lam_l)
