@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
+import hashlib
+import json
 import math
 import os
 import re
 import socket
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "check_int",
+    "content_digest",
     "check_float",
     "closest",
     "one_of",
@@ -203,3 +208,67 @@ def same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
     ta, tb = torch.tensor(list(a), dtype=torch.float64), torch.tensor(list(b), dtype=torch.float64)
     return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
 
+
+# --- content digests (what a model computes with) ----------------------------------------------------
+def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
+    """Feed into ``h`` what ``obj`` computes with: networks' state dicts, tensors, SDE configs, numbers and
+    strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
+    qualified names of the functions met record the conversion. Returns how many tensors (weights) it
+    found."""
+    from .sde import SDE
+
+    if depth > 6 or id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(repr(obj).encode())
+        return 0
+    if isinstance(obj, torch.nn.Module):
+        h.update(type(obj).__qualname__.encode())
+        n = 0
+        for k, v in obj.state_dict().items():
+            h.update(k.encode())
+            n += _walk_content(v, h, seen, depth + 1)
+        return n
+    if isinstance(obj, Tensor):
+        from .io.checkpoint import update_digest
+
+        update_digest(h, obj)
+        return 1
+    if isinstance(obj, SDE):
+        h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_walk_content(v, h, seen, depth + 1) for v in obj[:10_000])
+    if isinstance(obj, dict):
+        return sum(_walk_content(obj[k], h, seen, depth + 1) for k in sorted(obj, key=repr)[:10_000])
+    if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
+        h.update(repr(obj).encode())
+        return 0
+    n = 0
+    if isinstance(obj, functools.partial):
+        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1)
+    elif isinstance(obj, types.MethodType):
+        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1)
+    elif isinstance(obj, types.FunctionType):
+        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
+        cells = []
+        for c in obj.__closure__ or ():
+            try:
+                cells.append(c.cell_contents)
+            except ValueError:  # an empty cell
+                cells.append(None)
+        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1)
+    else:
+        h.update(type(obj).__qualname__.encode())
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            n += _walk_content(attrs, h, seen, depth + 1)
+    return n
+
+
+def content_digest(model: Any) -> tuple[str, bool]:
+    """``(SHA-256 hex digest, has_weights)`` of what ``model`` computes with (see :func:`model_fingerprint`)."""
+    h = hashlib.sha256()
+    n = _walk_content(model, h, set())
+    return h.hexdigest(), n > 0

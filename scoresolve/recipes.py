@@ -19,7 +19,7 @@ from .solvers.base import GridSolver, Solver
 from .solvers.exponential import UniPC
 from .solvers.ipndm import IPNDM
 
-__all__ = ["Recipe", "AUTO", "auto_recipe", "Auto"]
+__all__ = ["Recipe", "AUTO", "auto_recipe", "Auto", "trajectory_candidates"]
 
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
@@ -60,6 +60,16 @@ def auto_recipe(nfe: int, gaussian: bool) -> Recipe:
         if r.lo <= nfe <= r.hi and (gaussian or not r.gaussian):
             return r
     raise AssertionError("the AUTO table covers every budget >= 2")
+
+
+def trajectory_candidates() -> list[Any]:
+    """The solvers ``auto`` fits grids for on a network (:mod:`scoresolve.calibrate_dp`), each with its final step;
+    the held-out comparison picks one of them (on a fitted or a fixed grid)."""
+    from .calibrate_dp import Candidate
+    from .solvers.exponential import DPMSolverPP2M
+
+    return [Candidate("ipndm", IPNDM(order=4), "tweedie"), Candidate("unipc", UniPC(order=2, variant="bh2"), "zero"),
+            Candidate("dpmpp_2m", DPMSolverPP2M(), "tweedie")]
 
 
 @SOLVERS.register("auto", description="best measured few-step choice for the budget nfe=, calibrated grid, step to 0")

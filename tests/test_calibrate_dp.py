@@ -1,0 +1,161 @@
+"""The trajectory calibration (scoresolve.calibrate_dp): teacher against the closed form, the dynamic programme
+against exhaustive search, the weights-keyed file cache, the budget and the fallback of solver="auto"."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import scoresolve as ss
+from scoresolve.calibrate_dp import (
+    calibrate_trajectory,
+    check_budget,
+    dp_path,
+    local_costs,
+    teacher_trajectories,
+)
+from scoresolve.recipes import trajectory_candidates
+from scoresolve.solvers.ipndm import IPNDM
+
+SMALL = {"fine": 12, "n_fit": 16, "n_holdout": 16}
+
+
+class GaussianScore(torch.nn.Module):
+    """Exact score of N(mean, var I) data under ``sde`` (a network in form: its weights are its parameters)."""
+
+    def __init__(self, sde, mean, var):
+        super().__init__()
+        self.sde = sde
+        self.mean = torch.nn.Parameter(torch.as_tensor(mean, dtype=torch.float64))
+        self.logvar = torch.nn.Parameter(torch.tensor(math.log(var), dtype=torch.float64))
+
+    def forward(self, x, t):
+        a = self.sde.alpha(t.double()).reshape(-1, 1)
+        s = self.sde.sigma(t.double()).reshape(-1, 1) * a  # marginal std
+        v = a * a * self.logvar.exp() + s * s
+        return (-(x.double() - a * self.mean) / v).to(x.dtype)
+
+
+def _model(var=0.3, dim=4):
+    sde = ss.VPSDE()
+    net = GaussianScore(sde, torch.linspace(-0.5, 0.5, dim), var)
+    return ss.ScoreModel(net, sde=sde, sample_shape=(dim,), parameterization="score"), net
+
+
+def test_teacher_states_follow_the_closed_form_gaussian_flow():
+    """For N(m, c I) data the PF-ODE in y = x/alpha is y(s) - m = (y_T - m) sqrt((c + s^2)/(c + s_T^2))."""
+    model, net = _model(var=0.3)
+    sde = model.sde
+    x_T = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tr = teacher_trajectories(net, sde, x_T, sde.default_eps, fine=10, sub=4)
+    s = sde.sigma(tr.times)
+    m = net.mean.detach()
+    y_T = tr.ys[0]
+    exact = m + (y_T - m) * torch.sqrt((0.3 + s * s) / (0.3 + s[0] ** 2)).reshape(-1, 1, 1)
+    assert tr.nfe == 10 * 4 + 1 and tr.ys.shape == (11, 8, 4) and tr.scores.shape == (11, 8, 4)
+    assert float((tr.ys - exact).abs().max()) < 1e-3 * float(exact.abs().max())
+
+
+def test_dp_path_is_the_least_cost_path_of_exhaustive_search():
+    torch.manual_seed(1)
+    m = 7
+    c0 = torch.rand(m + 1).double()
+    c = torch.rand(m + 1, m + 1, m + 1).double()
+    for n in (1, 2, 3, 5):
+        path = dp_path(c0, c, n)
+
+        def total(nodes):
+            return float(c0[nodes[1]]) + sum(float(c[nodes[k - 1], nodes[k], nodes[k + 1]])
+                                             for k in range(1, len(nodes) - 1))
+        best = min(total([0, *inner, m]) for inner in itertools.combinations(range(1, m), n - 1))
+        assert path[0] == 0 and path[-1] == m and len(path) == n + 1
+        assert total(path) == pytest.approx(best, rel=1e-12)
+    with pytest.raises(ValueError, match="intervals"):
+        dp_path(c0, c, m + 1)
+
+
+def test_local_costs_vanish_where_the_solver_is_exact():
+    """For Gaussian data the first-order step on d = (y - D)/sigma is not exact, but as the step shrinks its error
+    falls as the square of the step (order 1): the cost of the shortest jump is far below the longest."""
+    model, net = _model()
+    sde = model.sde
+    x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    tr = teacher_trajectories(net, sde, x_T, sde.default_eps, fine=12, sub=4)
+    c0, c = local_costs(IPNDM(order=1), sde, tr, 16)
+    assert torch.isfinite(c0[1:]).all() and math.isinf(float(c0[0]))
+    assert float(c[0, 1, 2]) < float(c[0, 1, 12]) and float(c[3, 4, 5]) < 1e-3 * float(c[3, 4, 12])
+
+
+def test_cache_is_keyed_by_the_weights_and_loads_in_a_new_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
+    model, net = _model()
+    kw = dict(shape=(4,), eps=model.sde.default_eps, budget=None, **SMALL)
+    cands = trajectory_candidates()
+    cg, info = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
+    assert not info["cached"] and info["nfe"] > 12 and info["seconds"] > 0 and len(os.listdir(tmp_path)) == 1
+    assert cg.rmse == min(cg.extra["heldout_rmse"].values())  # the held-out winner, fixed grids included
+    assert {"ipndm@karras", "unipc@log_snr", "dpmpp_2m@fitted1"} <= set(cg.extra["heldout_rmse"])
+    cg2, info2 = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
+    assert info2["cached"] and cg2.times == cg.times
+    with torch.no_grad():
+        net.logvar += 0.5  # other weights: another file, a new calibration
+    cg3, info3 = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
+    assert not info3["cached"] and len(os.listdir(tmp_path)) == 2
+    with torch.no_grad():
+        net.logvar -= 0.5
+    # a new process with a model of the same weights (built anew) loads the file
+    code = (
+        "import json, torch, scoresolve as ss\n"
+        "from tests.test_calibrate_dp import _model, SMALL\n"
+        "m, net = _model()\n"
+        "r = ss.sample(m, solver='auto', nfe=5, batch_size=3, generator=torch.Generator().manual_seed(0),\n"
+        "             calibrate=dict(SMALL), calibration_budget=1e9, return_result=True)\n"
+        "print(json.dumps({'cached': r.info['calibration']['cached'], 'grid': r.grid.tolist()}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["cached"] and got["grid"] == pytest.approx(cg.times, abs=0)
+
+
+def test_auto_on_a_network_uses_the_trajectory_calibration_and_its_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
+    model, _ = _model()
+    r = ss.sample(model, solver="auto", nfe=6, batch_size=4, generator=torch.Generator().manual_seed(0),
+                  calibrate=dict(SMALL), return_result=True)
+    cal = r.info["calibration"]
+    assert cal["method"] == "trajectory-dp" and cal["fallback"] is None and r.nfe == 6
+    name = cal["choice"].split("@")[0]
+    assert r.info["auto"]["name"] == name and cal["rmse"] == min(cal["heldout_rmse"].values())
+    assert torch.isfinite(r.samples).all()
+
+
+def test_auto_falls_back_when_the_budget_cannot_pay(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
+    model, _ = _model()
+    r = ss.sample(model, solver="auto", nfe=5, batch_size=4, generator=torch.Generator().manual_seed(0),
+                  calibration_budget={"evaluations": 20}, return_result=True)
+    cal = r.info["calibration"]
+    assert "cannot pay" in cal["fallback"] and cal["nfe"] == 2 and r.nfe == 5
+    assert r.info["auto"]["class"] == "IPNDM" and not os.listdir(tmp_path)
+    # with enough evaluations the same call calibrates, within them
+    r2 = ss.sample(model, solver="auto", nfe=5, batch_size=4, generator=torch.Generator().manual_seed(0),
+                   calibrate=dict(SMALL), calibration_budget={"evaluations": 400}, return_result=True)
+    assert r2.info["calibration"]["fallback"] is None and r2.info["calibration"]["nfe"] <= 400
+
+
+def test_calibration_budget_is_validated():
+    assert check_budget(30) == (30.0, None) and check_budget({"evaluations": 100}) == (None, 100)
+    for bad in (0, -1, "60", {"minutes": 1}, {"evaluations": 1.5}, True):
+        with pytest.raises(ValueError, match="calibration_budget"):
+            check_budget(bad)
+    model, _ = _model()
+    with pytest.raises(ValueError, match="calibration_budget"):
+        ss.sample(model, solver="dpmpp_2m", nfe=5, batch_size=2, calibration_budget=10)
