@@ -42,8 +42,8 @@ from .solvers.grids import make_grid
 from .solvers.ipndm import IPNDM
 from .solvers.loop import plan
 
-__all__ = ["TeacherTrajectories", "teacher_trajectories", "local_costs", "dp_path", "calibrate_trajectory",
-           "Candidate", "check_budget", "cache_dir", "cache_path", "CACHE_ENV"]
+__all__ = ["TeacherTrajectories", "teacher_trajectories", "local_costs", "end_weights", "dp_path",
+           "calibrate_trajectory", "Candidate", "check_budget", "cache_dir", "cache_path", "CACHE_ENV"]
 
 #: environment variable naming the folder of calibration files (default ``~/.cache/scoresolve/calibration``)
 CACHE_ENV = "SCORESOLVE_CALIBRATION_CACHE"

@@ -4,8 +4,10 @@ Each row of :data:`AUTO` gives, for a range of budgets ``nfe``, the solver and i
 (``final``), whether the first interval is the analytical Gaussian flow (``gaussian_prior="estimate"``: the
 model's ``ScoreModel.data_moments``, else estimated during calibration), and the options of the grid
 calibration (:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpoint error against a fine
-teacher; ``None``: no calibration, the row's grid). A row marked ``gaussian`` applies only when a Gaussian fit
-is available; otherwise the next row for that budget does. The measurements behind the table are in
+teacher; ``None``: no calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the
+calibration is :mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates`
+from one teacher run, the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a
+Gaussian fit is available; otherwise the next row for that budget does. The measurements behind the table are in
 docs/fast_samplers.md (``benchmarks/fewstep.py``).
 """
 
