@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ._util import content_digest
-from .calibrate import _CALIB_STREAM, CalibratedGrid, _run
+from .calibrate import _CALIB_STREAM, CalibratedGrid, CalibrationMismatchError, _run
 from .noise import NoiseSource
 from .progress import Progress
 from .sde import SDE
@@ -43,7 +43,7 @@ from .solvers.ipndm import IPNDM
 from .solvers.loop import plan
 
 __all__ = ["TeacherTrajectories", "teacher_trajectories", "local_costs", "end_weights", "dp_path",
-           "calibrate_trajectory", "Candidate", "check_budget", "cache_dir", "cache_path", "CACHE_ENV"]
+           "calibrate_trajectory", "Candidate", "check_budget", "cache_dir", "cache_key", "cache_path", "CACHE_ENV"]
 
 #: environment variable naming the folder of calibration files (default ``~/.cache/scoresolve/calibration``)
 CACHE_ENV = "SCORESOLVE_CALIBRATION_CACHE"
@@ -206,14 +206,19 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "scoresolve" / "calibration"
 
 
-def cache_path(model: Any, key: dict[str, Any]) -> Path | None:
-    """The calibration file for ``model`` (by the SHA-256 of its weights) and ``key`` (SDE, candidates, budget,
-    eps, shape, options); ``None`` when the model holds no weights to key it by."""
+def cache_key(model: Any, key: dict[str, Any]) -> str | None:
+    """SHA-256 of ``model``'s weights and ``key`` (SDE, candidates, budget, eps, shape, options); ``None`` when the
+    model holds no weights to key it by."""
     digest, has_weights = content_digest(model)
     if not has_weights:
         return None
-    h = hashlib.sha256((digest + json.dumps(key, sort_keys=True, default=str)).encode()).hexdigest()[:32]
-    return cache_dir() / f"grid-{h}.json"
+    return hashlib.sha256((digest + json.dumps(key, sort_keys=True, default=str)).encode()).hexdigest()
+
+
+def cache_path(model: Any, key: dict[str, Any]) -> Path | None:
+    """The calibration file for ``model`` and ``key`` in :func:`cache_dir` (``None``: no weights to key it by)."""
+    h = cache_key(model, key)
+    return None if h is None else cache_dir() / f"grid-{h[:32]}.json"
 
 
 @dataclass
@@ -254,7 +259,7 @@ def calibrate_trajectory(
     sub: int = 2,
     seed: int = 0,
     budget: Any = 60.0,
-    cache: bool = True,
+    cache: bool | str | os.PathLike[str] = True,
     progress: bool | None = None,
 ) -> tuple[CalibratedGrid | None, dict[str, Any]]:
     """Fit a grid per candidate from one teacher run, choose on held-out draws (module docstring).
@@ -269,7 +274,14 @@ def calibrate_trajectory(
     key = {"sde": sde.config(), "candidates": [c.config() for c in candidates], "nfe": int(nfe), "eps": float(eps),
            "shape": shape, "options": {"n_fit": n_fit, "n_holdout": n_holdout, "fine": fine, "sub": sub,
                                        "seed": int(seed), "dtype": str(dtype), "method": "trajectory-dp"}}
-    path = cache_path(model, key) if cache else None
+    digest = cache_key(model, key)
+    if isinstance(cache, (str, os.PathLike)):  # the caller's file: refused when made for anything else
+        path: Path | None = Path(cache)
+        if path.is_file() and CalibratedGrid.load(path).extra.get("key") != digest:
+            raise CalibrationMismatchError(f"{path} holds a grid calibrated for other weights, SDE, budget or "
+                                           "options; delete it or pass another path to recalibrate")
+    else:
+        path = cache_path(model, key) if cache else None
     if path is not None and path.is_file():
         cg = CalibratedGrid.load(path)
         return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cached": True, "file": str(path)}
@@ -343,7 +355,7 @@ def calibrate_trajectory(
         shape=shape, signature=[], nfe=spent, seconds=seconds_used, rmse_initial=fitted_best, rmse=table[best],
         init=best, seed=int(seed), n_samples=p.n_fit,
         extra={"method": "trajectory-dp", "heldout_rmse": table, "n_holdout": p.n_holdout, "fine": p.fine,
-               "sub": p.sub, "teacher_nfe": tr.nfe, "teacher_seconds": tr.seconds,
+               "sub": p.sub, "teacher_nfe": tr.nfe, "teacher_seconds": tr.seconds, "key": digest,
                "not_run": cut},
     )
     if path is not None:

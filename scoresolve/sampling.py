@@ -272,6 +272,8 @@ def sample(
                 method == "trajectory" or (method is None and (calibration_budget is not None
                                                                or _model_device(model) is not None))):
             trajectory = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
+            if isinstance(cache, (str, os.PathLike)):
+                trajectory["cache"] = cache
         calibration = {**recipe.calibration, **calibration} if (calibration is not None and recipe.calibration
                                                                  is not None) else None
         grid = recipe.grid if grid is None else grid

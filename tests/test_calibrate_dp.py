@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import scoresolve as ss
+from scoresolve.calibrate import CalibrationMismatchError
 from scoresolve.calibrate_dp import (
     calibrate_trajectory,
     check_budget,
@@ -159,3 +160,16 @@ def test_calibration_budget_is_validated():
     model, _ = _model()
     with pytest.raises(ValueError, match="calibration_budget"):
         ss.sample(model, solver="dpmpp_2m", nfe=5, batch_size=2, calibration_budget=10)
+
+
+def test_auto_with_a_cache_file_path_keeps_it_and_refuses_other_weights(tmp_path):
+    model, net = _model()
+    path = tmp_path / "auto5.json"
+    kw = dict(solver="auto", nfe=5, batch_size=2, calibrate={"cache": str(path), **SMALL}, return_result=True)
+    r = ss.sample(model, **kw)
+    assert path.is_file() and not r.info["calibration"]["cached"]
+    assert ss.sample(model, **kw).info["calibration"]["cached"]
+    with torch.no_grad():
+        net.mean += 1.0
+    with pytest.raises(CalibrationMismatchError, match="other weights"):
+        ss.sample(model, **kw)
