@@ -173,3 +173,18 @@ def test_auto_with_a_cache_file_path_keeps_it_and_refuses_other_weights(tmp_path
         net.mean += 1.0
     with pytest.raises(CalibrationMismatchError, match="other weights"):
         ss.sample(model, **kw)
+
+
+def test_analytic_grid_is_log_snr_where_the_data_variance_vanishes_and_needs_no_model():
+    from scoresolve.solvers.grids import make_grid
+
+    for sde in (ss.VPSDE(), ss.VESDE(sigma_min=0.01, sigma_max=50.0)):
+        eps = sde.default_eps
+        # c -> 0, no floor: f''/f = 1 everywhere, the density is flat in log sigma: the log-SNR grid
+        a = make_grid("analytic", sde, 6, eps, c=1e-12, floor=0.0)
+        b = make_grid("log_snr", sde, 6, eps)
+        assert torch.allclose(sde.sigma(a).log(), sde.sigma(b).log(), atol=2e-3)
+        # the default (c = 0.1): log-SNR-like steps at high noise, wider ones where sigma^2 << c
+        s = sde.sigma(make_grid("analytic", sde, 10, eps)).log()
+        steps = s[:-1] - s[1:]
+        assert float(steps[-1]) > 1.5 * float(steps[0])
