@@ -268,6 +268,8 @@ def sample(
         gaussian_prior = fit if recipe.gaussian else None
         calibration, cache = _calibration(calibrate)
         method = (calibration or {}).pop("method", None)
+        if method not in (None, "trajectory", "pattern"):
+            raise ValueError(f"calibrate={{'method': ...}} must be 'trajectory' or 'pattern', got {method!r}")
         if calibration is not None and recipe.calibration is not None and (
                 method == "trajectory" or (method is None and (calibration_budget is not None
                                                                or _model_device(model) is not None))):

@@ -160,6 +160,8 @@ def test_calibration_budget_is_validated():
     model, _ = _model()
     with pytest.raises(ValueError, match="calibration_budget"):
         ss.sample(model, solver="dpmpp_2m", nfe=5, batch_size=2, calibration_budget=10)
+    with pytest.raises(ValueError, match="method"):
+        ss.sample(model, solver="auto", nfe=5, batch_size=2, calibrate={"method": "dp"})
 
 
 def test_auto_with_a_cache_file_path_keeps_it_and_refuses_other_weights(tmp_path):
