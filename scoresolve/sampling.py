@@ -433,7 +433,8 @@ def _auto_trajectory(score_fn: Any, model: Any, sde: SDE, nfe: int, shape: Seque
         return solver_obj, row.final, times
     cand = next(c for c in cands if c.name == cg.solver["name"])
     info["calibration"] = {"method": "trajectory-dp", **cost, "choice": cg.init, "rmse": cg.rmse,
-                           "heldout_rmse": cg.extra.get("heldout_rmse"), "fallback": None}
+                           "heldout_rmse": cg.extra.get("heldout_rmse"),
+                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None}
     info["auto"] = {"class": type(cand.solver).__name__, **cand.config(), "gaussian_prior": None}
     return cand.solver, cand.final, cg.grid
 

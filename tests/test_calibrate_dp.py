@@ -20,6 +20,7 @@ from scoresolve.calibrate_dp import (
     check_budget,
     dp_path,
     local_costs,
+    moment_mismatch,
     teacher_trajectories,
 )
 from scoresolve.recipes import trajectory_candidates
@@ -101,8 +102,9 @@ def test_cache_is_keyed_by_the_weights_and_loads_in_a_new_process(tmp_path, monk
     cands = trajectory_candidates()
     cg, info = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
     assert not info["cached"] and info["nfe"] > 12 and info["seconds"] > 0 and len(os.listdir(tmp_path)) == 1
-    assert cg.rmse == min(cg.extra["heldout_rmse"].values())  # the held-out winner, fixed grids included
-    assert {"ipndm@karras", "unipc@log_snr", "dpmpp_2m@fitted1"} <= set(cg.extra["heldout_rmse"])
+    moments = cg.extra["heldout_moments"]  # the held-out winner by distribution, fixed grids included
+    assert moments[cg.init] == min(moments.values()) and cg.rmse == cg.extra["heldout_rmse"][cg.init]
+    assert {"ipndm@karras", "unipc@log_snr", "dpmpp_2m@fitted1"} <= set(moments) == set(cg.extra["heldout_rmse"])
     cg2, info2 = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
     assert info2["cached"] and cg2.times == cg.times
     with torch.no_grad():
@@ -134,7 +136,8 @@ def test_auto_on_a_network_uses_the_trajectory_calibration_and_its_choice(tmp_pa
     cal = r.info["calibration"]
     assert cal["method"] == "trajectory-dp" and cal["fallback"] is None and r.nfe == 6
     name = cal["choice"].split("@")[0]
-    assert r.info["auto"]["name"] == name and cal["rmse"] == min(cal["heldout_rmse"].values())
+    assert r.info["auto"]["name"] == name and cal["rmse"] == cal["heldout_rmse"][cal["choice"]]
+    assert cal["heldout_moments"][cal["choice"]] == min(cal["heldout_moments"].values())
     assert torch.isfinite(r.samples).all()
 
 
@@ -190,3 +193,24 @@ def test_analytic_grid_is_log_snr_where_the_data_variance_vanishes_and_needs_no_
         s = sde.sigma(make_grid("analytic", sde, 10, eps)).log()
         steps = s[:-1] - s[1:]
         assert float(steps[-1]) > 1.5 * float(steps[0])
+
+
+def test_the_choice_criterion_prefers_the_right_spread_to_a_smoothed_sample():
+    """Samples shrunk toward the mean (what a too-coarse solver gives) have the lower paired RMSE against the
+    teacher, yet the wrong distribution; moment_mismatch ranks them below unbiased samples of the right spread.
+    Closed form (spread 0.8): shrinking by 0.7 gives RMSE 0.3 * 0.8 and a spread error 0.3 * 0.8 in every direction;
+    correlation 0.9 with fresh noise gives RMSE sqrt(0.2) * 0.8 and a spread error O(1/sqrt(n))."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(512, 16, generator=g, dtype=torch.float64) * 0.8 + torch.linspace(-1, 1, 16)
+    mean = teacher.mean(0)
+    shrunk = mean + 0.7 * (teacher - mean)
+    noisy = mean + 0.9 * (teacher - mean) + math.sqrt(1 - 0.81) * 0.8 * torch.randn(512, 16, generator=g,
+                                                                                      dtype=torch.float64)
+
+    def rmse(x):
+        return float((x - teacher).pow(2).mean().sqrt())
+
+    assert rmse(shrunk) < 0.8 * rmse(noisy)  # the old rule (paired RMSE) picks the smoothed samples
+    assert moment_mismatch(noisy, teacher) < 0.2 * moment_mismatch(shrunk, teacher)
+    assert moment_mismatch(shrunk, teacher) == pytest.approx((0.3 * 0.8) ** 2, rel=0.02)  # same means
+    assert moment_mismatch(teacher, teacher) == 0.0
