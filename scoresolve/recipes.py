@@ -71,7 +71,7 @@ def trajectory_candidates() -> list[Any]:
     from .solvers.exponential import DPMSolverPP2M
 
     return [Candidate("ipndm", IPNDM(order=4), "tweedie"), Candidate("unipc", UniPC(order=2, variant="bh2"), "zero"),
-            Candidate("dpmpp_2m", DPMSolverPP2M(), "tweedie")]
+            Candidate("dpmpp_2m", DPMSolverPP2M(), "none")]
 
 
 @SOLVERS.register("auto", description="best measured few-step choice for the budget nfe=, calibrated grid, step to 0")
