@@ -1,20 +1,22 @@
-"""Conditional sampling against the exact conditional of a 16-D anisotropic Gaussian mixture.
+"""Conditional sampling: cost curves against exact conditionals, log evidence, and the calibration check.
 
-For VP and VE, with 1 of 16 coordinates observed (a 3-mode posterior) and with 8 of 16 observed,
-this measures each method's Fréchet distance to the exact conditional moments over the floor that
-exact samples of the same size reach (50 exact draws), and the total variation between the mode
-weights of its samples and of 200 000 exact conditional draws (labels: the conditional mixture's
-most responsible component). Methods: the paper's replacement (PC: reverse diffusion + Langevin,
-and reverse diffusion alone) and the SMC particle filter at several particle counts and steps.
-Cost is reported as score evaluations of single samples per output.
+Part 1 (closed form): on the 16-D anisotropic mixture, the acceptance cases VE with 1 of 16
+coordinates observed (a 3-mode posterior) and VP with 8 of 16 observed (``--cases``), each method's
+Fréchet distance to the exact conditional moments over the floor that exact samples of the same
+size reach (50 exact draws), the total variation between the mode weights of its samples and of
+200 000 exact conditional draws, and for ``smc`` the error of the log-evidence estimate
+``info["log_z"]`` against the closed form. Cost: score evaluations of single samples per output.
 
-    python benchmarks/conditional.py            # full: n = 1000 outputs (~20 min on one CPU core)
-    python benchmarks/conditional.py --quick    # n = 200, small K, a minute or two
+Part 2 (no closed form, ``--calibration``): the simulation-based calibration check
+(:func:`scoresolve.conditional.calibration_check`) on the bundled digits and MNIST networks, top half
+observed, features of the bundled classifiers: FD(observed + inpainted, reference) over FD(model
+samples, reference).
 
-    # the same in four parallel processes, then one table:
-    for p in "vp 1" "vp 8" "ve 1" "ve 8"; do set -- $p
-      python benchmarks/conditional.py --sdes $1 --observed $2 --out bench_out/conditional/$1_$2 & done; wait
-    python benchmarks/conditional.py --merge bench_out/conditional/{vp_1,vp_8,ve_1,ve_8}
+    python benchmarks/conditional.py                 # part 1, n = 1000, 5 seeds, then part 2
+    python benchmarks/conditional.py --quick         # small n, a few configurations
+    python benchmarks/conditional.py --no-calibration / --calibration-only
+    python benchmarks/conditional.py --merge DIR...  # combine the results.json of earlier runs
+    python benchmarks/conditional.py --log-evidence-steps  # log Z error against steps and K, 2-D Gaussian
 
 Writes results.json, results.md and conditional.png to --out (default bench_out/conditional/).
 """
@@ -27,13 +29,14 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 import scoresolve as ss
 from scoresolve.analytic import anisotropic
-from scoresolve.conditional import inpaint
+from scoresolve.conditional import calibration_check, inpaint
 from scoresolve.metrics import frechet_floor, frechet_to_moments, mode_weights
 
 OBS = {1: 11, 8: 0}  # observed coordinates -> seed of the observed vector (1 of 16: a 3-mode posterior)
@@ -53,149 +56,199 @@ def machine() -> dict[str, str | int]:
 def configs(quick: bool) -> list[dict]:
     if quick:
         return [
-            {"method": "replace", "steps": 200, "predictor": "reverse_diffusion", "corrector": "langevin"},
-            {"method": "smc", "steps": 50, "particles": 4},
-            {"method": "smc", "steps": 50, "particles": 16},
-            {"method": "smc", "steps": 100, "particles": 16},
+            {"method": "replace", "steps": 200, "predictor": "reverse_diffusion", "corrector": "none"},
+            {"method": "smc", "steps": 30, "particles": 16, "grid": "log_snr"},
+            {"method": "smc", "steps": 30, "particles": 16, "grid": "quadratic"},
         ]
+    smc = {"log_snr": [(16, 60), (32, 60)], "quadratic": [(32, 60), (64, 30)]}
     return [
-        {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "langevin"},
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
-        {"method": "smc", "steps": 200, "particles": 16},
-        {"method": "smc", "steps": 200, "particles": 64},
-        {"method": "smc", "steps": 200, "particles": 128},
-        {"method": "smc", "steps": 50, "particles": 64},
+        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in smc.items() for k, st in ks),
     ]
 
 
 def label(cfg: dict) -> str:
     if cfg["method"] == "replace":
         return f"replace {cfg['predictor']}+{cfg['corrector']} {cfg['steps']} steps"
-    return f"smc K={cfg['particles']} {cfg['steps']} steps"
+    return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}"
+
+
+def log_evidence(gm, mask: torch.Tensor, y: torch.Tensor, nu: float) -> float:
+    """Closed-form log p(y_o) of the mixture observed with Gaussian noise of std nu."""
+    o = mask.reshape(-1)
+    cov = gm.covs[:, o][:, :, o] + nu**2 * torch.eye(int(o.sum()), dtype=torch.float64)
+    comp = torch.distributions.MultivariateNormal(gm.means[:, o], cov)
+    return float(torch.logsumexp(gm.weights.log() + comp.log_prob(y.reshape(-1)[o].double()), 0))
+
+
+def log_evidence_steps() -> None:
+    """Mean and spread of info["log_z"] over 200 outputs against the closed form, one observed coordinate
+    of a correlated 2-D Gaussian, for several steps and particle counts."""
+    from scoresolve.analytic import gaussian
+
+    g = gaussian(torch.tensor([0.5, -0.3]), torch.tensor([[1.0, 0.6], [0.6, 0.8]]))
+    y = torch.tensor([[1.2, 0.0]]).expand(200, 2).clone()
+    mask = torch.tensor([True, False])
+    for sde in (ss.VESDE(), ss.VPSDE()):
+        nu = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
+        log_z = log_evidence(g, mask, y[0], nu)
+        for k, steps in ((8, 50), (8, 200), (8, 800), (128, 200)):
+            res = inpaint(g.score_model(sde), sde, y, mask, particles=k, steps=steps, progress=False,
+                          return_result=True, generator=torch.Generator().manual_seed(1))
+            e = res.info["log_z"] - log_z
+            print(f"{type(sde).__name__} K={k:3d} steps={steps:3d}: log Z error mean {float(e.mean()):+.3f}, "
+                  f"sd {float(e.std()):.3f}, mean abs {float(e.abs().mean()):.3f}", flush=True)
+
+
+def calibration_rows(quick: bool, n_digits: int, n_mnist: int) -> list[dict]:
+    """The calibration check on the bundled networks (top half observed, classifier features)."""
+    from scoresolve.io import load
+    from scoresolve.metrics.classifier import load_classifier
+    from scoresolve.metrics.fid import classifier_features
+
+    rows = []
+    plan = [("digits", n_digits, 32, 25), ("mnist", n_mnist, 4, 25)]
+    for name, n, k, steps in plan:
+        model = load(name)
+        mask = torch.zeros(model.sample_shape, dtype=torch.bool)
+        mask[..., : model.sample_shape[-2] // 2, :] = True
+        net = load_classifier(name=name)
+        for method in ("replace", "smc"):
+            opts = {"particles": k} if method == "smc" else {"predictor": "ancestral_sampling", "corrector": "none",
+                                                                "grid": "log_snr"}
+            t0, c0 = time.perf_counter(), time.process_time()
+            feats = partial(classifier_features, classifier=net)
+            r = calibration_check(model, mask, n if not quick else 50, features=feats,
+                                  generator=torch.Generator().manual_seed(0), method=method, steps=steps, **opts)
+            row = {"model": name, "method": method, "particles": k if method == "smc" else 1, "steps": steps,
+                   "n": r.n, "fd": r.fd, "floor": r.floor, "ratio": r.ratio,
+                   "score_evals_per_output": r.score_evals_per_output, "score_evals_total": r.score_evals,
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+            rows.append(row)
+            print(f"calibration {name:6s} {method:7s} K={row['particles']:3d} {steps} steps n={r.n}: FD {r.fd:.4g} "
+                  f"floor {r.floor:.4g} ratio {r.ratio:.3f}  evals/output {r.score_evals_per_output:.0f}  "
+                  f"{row['seconds']:.0f}s (cpu {row['cpu_seconds']:.0f}s)", flush=True)
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small n and particle counts (CI)")
+    ap.add_argument("--quick", action="store_true", help="small n and few configurations (CI)")
     ap.add_argument("--out", default="bench_out/conditional", help="output folder")
     ap.add_argument("--n", type=int, default=None, help="outputs per run (default 1000, quick 200)")
-    ap.add_argument("--seeds", type=int, default=1, help="seeds per configuration (results averaged)")
-    ap.add_argument("--sdes", default="vp,ve")
-    ap.add_argument("--observed", default="1,8")
-    ap.add_argument(
-        "--merge",
-        nargs="+",
-        default=None,
-        metavar="DIR",
-        help="combine the results.json of earlier runs (e.g. one per SDE/observation) into --out",
-    )
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5, quick 1)")
+    ap.add_argument("--cases", default="ve:1,vp:8", help="SDE:observed pairs (observed of 16)")
+    ap.add_argument("--no-calibration", action="store_true", help="skip the calibration check on the networks")
+    ap.add_argument("--calibration-only", action="store_true", help="only the calibration check")
+    ap.add_argument("--n-digits", type=int, default=300, help="calibration check: samples per set, digits")
+    ap.add_argument("--n-mnist", type=int, default=200, help="calibration check: samples per set, MNIST")
+    ap.add_argument("--log-evidence-steps", action="store_true",
+                    help="only: the log-evidence error against steps and particles on a 2-D Gaussian")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="combine the results.json of earlier runs")
     args = ap.parse_args()
     if args.merge:
         parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
         meta = dict(parts[0]["meta"], merged_from=args.merge)
-        write_outputs([r for p in parts for r in p["rows"]], meta, Path(args.out))
+        write_outputs([r for p in parts for r in p["rows"]], [r for p in parts for r in p.get("calibration", [])], meta,
+                      Path(args.out))
         return
     torch.set_num_threads(1)
+    if args.log_evidence_steps:
+        log_evidence_steps()
+        return
     n = args.n or (200 if args.quick else 1000)
+    seeds = args.seeds or (1 if args.quick else 5)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     gm = anisotropic(16, 8, seed=0)
     rows = []
-    for sde_name in args.sdes.split(","):
+    cases = [] if args.calibration_only else [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")]
+    for sde_name, n_obs in cases:
         sde = {"vp": ss.VPSDE(), "ve": ss.VESDE()}[sde_name]
         model = gm.score_model(sde)
-        for n_obs in (int(v) for v in args.observed.split(",")):
-            mask = torch.zeros(16, dtype=torch.bool)
-            mask[:n_obs] = True
-            y0 = gm.sample(1, torch.Generator().manual_seed(OBS[n_obs]))[0]
-            cond = gm.condition(mask, y0)
-            mean, cov = cond.moments()
-            floor, floor_se = frechet_floor(lambda m, g, c=cond: c.sample(m, g), mean, cov, n, draws=50)
-            w_ref = mode_weights(
-                cond.labels(cond.sample(200_000, torch.Generator().manual_seed(99))), cond.n_components
-            )
-            y = y0.expand(n, 16).clone()
-            for cfg in configs(args.quick):
-                fds, tvs, secs = [], [], []
-                res = None
-                for seed in range(args.seeds):
-                    opts = {k: v for k, v in cfg.items() if k not in ("method", "steps")}
-                    t0 = time.perf_counter()
-                    res = inpaint(
-                        model,
-                        sde,
-                        y,
-                        mask,
-                        method=cfg["method"],
-                        steps=cfg["steps"],
-                        generator=torch.Generator().manual_seed(1000 + seed),
-                        return_result=True,
-                        **opts,
-                    )
-                    secs.append(time.perf_counter() - t0)
-                    xm = res.samples[:, ~mask]
-                    fds.append(frechet_to_moments(xm, mean, cov))
-                    w = mode_weights(cond.labels(xm), cond.n_components)
-                    tvs.append(0.5 * float((w - w_ref).abs().sum()))
-                assert res is not None
-                row = {
-                    "sde": sde_name,
-                    "observed": n_obs,
-                    "config": label(cfg),
-                    **cfg,
-                    "n": n,
-                    "fd": sum(fds) / len(fds),
-                    "floor": floor,
-                    "floor_se": floor_se,
-                    "fd_over_floor": sum(fds) / len(fds) / floor,
-                    "fd_over_floor_per_seed": [f / floor for f in fds],
-                    "mode_tv": sum(tvs) / len(tvs),
-                    "mode_tv_per_seed": tvs,
-                    "nfe_calls": res.nfe,
-                    "score_evals_per_output": res.info["score_rows"] / n,
-                    "seconds": sum(secs) / len(secs),
-                }
-                rows.append(row)
-                print(
-                    f"{sde_name} {n_obs:2d}/16  {row['config']:<48s} FD/floor {row['fd_over_floor']:8.2f}  "
-                    f"TV {row['mode_tv']:.3f}  evals/output {row['score_evals_per_output']:8.0f}  "
-                    f"{row['seconds']:6.1f}s",
-                    flush=True,
-                )
-    meta = {
-        "problem": "anisotropic(16, 8, seed=0)",
-        "n": n,
-        "seeds": args.seeds,
-        "quick": args.quick,
-        "machine": machine(),
-        "observation_seeds": OBS,
-    }
-    write_outputs(rows, meta, out)
+        mask = torch.zeros(16, dtype=torch.bool)
+        mask[:n_obs] = True
+        y0 = gm.sample(1, torch.Generator().manual_seed(OBS[n_obs]))[0]
+        cond = gm.condition(mask, y0)
+        mean, cov = cond.moments()
+        floor, floor_se = frechet_floor(lambda m, g, c=cond: c.sample(m, g), mean, cov, n, draws=50)
+        w_ref = mode_weights(cond.labels(cond.sample(200_000, torch.Generator().manual_seed(99))), cond.n_components)
+        nu_eff = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
+        log_z = log_evidence(gm, mask, y0, nu_eff)
+        y = y0.expand(n, 16).clone()
+        for cfg in configs(args.quick):
+            fds, tvs, secs, cpus, lz_err = [], [], [], [], []
+            res = None
+            for seed in range(seeds if cfg["method"] == "smc" else 1):
+                opts = {k: v for k, v in cfg.items() if k not in ("method", "steps")}
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = inpaint(model, sde, y, mask, method=cfg["method"], steps=cfg["steps"], progress=False,
+                              generator=torch.Generator().manual_seed(1000 + seed), return_result=True, **opts)
+                secs.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+                xm = res.samples[:, ~mask]
+                fds.append(frechet_to_moments(xm, mean, cov))
+                w = mode_weights(cond.labels(xm), cond.n_components)
+                tvs.append(0.5 * float((w - w_ref).abs().sum()))
+                if "log_z" in res.info:
+                    lz_err.append(float((res.info["log_z"] - log_z).abs().mean()))
+            assert res is not None
+            row = {
+                "sde": sde_name, "observed": n_obs, "config": label(cfg), **cfg, "n": n, "seeds": len(fds),
+                "fd": sum(fds) / len(fds), "floor": floor, "floor_se": floor_se,
+                "fd_over_floor": sum(fds) / len(fds) / floor, "fd_over_floor_per_seed": [f / floor for f in fds],
+                "mode_tv": sum(tvs) / len(tvs), "mode_tv_max": max(tvs), "mode_tv_per_seed": tvs,
+                "log_z_abs_err": sum(lz_err) / len(lz_err) if lz_err else None, "log_z": log_z,
+                "nfe_calls": res.nfe, "score_evals_per_output": res.info["score_rows"] / n,
+                "seconds": sum(secs) / len(secs), "cpu_seconds": sum(cpus) / len(cpus),
+            }
+            rows.append(row)
+            lz = f"|dlogZ| {row['log_z_abs_err']:.2f}" if lz_err else ""
+            print(f"{sde_name} {n_obs:2d}/16  {row['config']:<42s} FD/floor {row['fd_over_floor']:8.2f} "
+                  f"(per seed {' '.join(f'{v:.2f}' for v in row['fd_over_floor_per_seed'])})  TV max {max(tvs):.3f}  "
+                  f"{lz}  evals/output {row['score_evals_per_output']:6.0f}  {row['seconds']:5.1f}s", flush=True)
+    cal = [] if args.no_calibration else calibration_rows(args.quick, args.n_digits, args.n_mnist)
+    meta = {"problem": "anisotropic(16, 8, seed=0)", "n": n, "seeds": seeds, "quick": args.quick,
+            "machine": machine(), "observation_seeds": OBS}
+    write_outputs(rows, cal, meta, out)
 
 
-def write_outputs(rows: list[dict], meta: dict, out: Path) -> None:
+def write_outputs(rows: list[dict], cal: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "calibration": cal}, indent=1))
     mach = meta["machine"]
     lines = [
-        f"Conditional sampling on anisotropic(16, 8, seed=0), n = {meta['n']} outputs, {meta['seeds']} seed(s); "
-        f"floor = mean FD of 50 exact draws of the same size. Machine: {mach['processor']}, "
-        f"{mach['cpu_count']} CPUs (shared), torch {mach['torch']}, {mach['threads']} thread(s).",
+        f"Conditional sampling on anisotropic(16, 8, seed=0), n = {meta['n']} outputs, {meta['seeds']} seed(s) per "
+        f"smc row (FD / floor: mean over seeds; mode TV: worst seed); floor = mean FD of 50 exact draws of the same "
+        f"size. Machine: {mach['processor']}, {mach['cpu_count']} CPUs (shared), torch {mach['torch']}, "
+        f"{mach['threads']} thread(s).",
         "",
-        "| SDE | observed | method | FD / floor | mode TV | score evals / output | seconds |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| SDE | observed | method | FD / floor | worst mode TV | mean abs(log Z err) | score evals / output | "
+        "CPU s / run |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        lz = "" if r.get("log_z_abs_err") is None else f"{r['log_z_abs_err']:.2f}"
         lines.append(
             f"| {r['sde'].upper()} | {r['observed']}/16 | {r['config']} | {r['fd_over_floor']:.2f} | "
-            f"{r['mode_tv']:.3f} | {r['score_evals_per_output']:.0f} | {r['seconds']:.1f} |"
+            f"{r.get('mode_tv_max', r['mode_tv']):.3f} | {lz} | {r['score_evals_per_output']:.0f} | "
+            f"{r.get('cpu_seconds', r['seconds']):.1f} |"
         )
+    if cal:
+        lines += ["", "Calibration check (top half observed; classifier features; floor: FD of the model's own "
+                  "samples to an independent set of them):", "",
+                  "| model | method | K | steps | n | FD | floor | FD / floor | score evals / output | CPU s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in cal:
+            lines.append(f"| {r['model']} | {r['method']} | {r['particles']} | {r['steps']} | {r['n']} | "
+                         f"{r['fd']:.3g} | {r['floor']:.3g} | {r['ratio']:.2f} | {r['score_evals_per_output']:.0f} | "
+                         f"{r['cpu_seconds']:.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    try:
-        plot(rows, out / "conditional.png")
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    if rows:
+        try:
+            plot(rows, out / "conditional.png")
+        except ImportError:
+            print("matplotlib not installed: no plot")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -204,38 +257,31 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sdes = sorted({r["sde"] for r in rows}, reverse=True)
-    obs = sorted({r["observed"] for r in rows})
-    fig, axes = plt.subplots(len(sdes), len(obs), figsize=(5.5 * len(obs), 4 * len(sdes)), squeeze=False)
-    for i, s in enumerate(sdes):
-        for j, o in enumerate(obs):
-            ax = axes[i][j]
-            sel = [r for r in rows if r["sde"] == s and r["observed"] == o]
-            smc = [r for r in sel if r["method"] == "smc"]
-            for steps in sorted({r["steps"] for r in smc}):
-                pts = sorted((r for r in smc if r["steps"] == steps), key=lambda r: r["particles"])
-                ax.plot(
-                    [r["score_evals_per_output"] for r in pts],
-                    [r["fd_over_floor"] for r in pts],
-                    "o-",
-                    label=f"smc, {steps} steps (K = {', '.join(str(r['particles']) for r in pts)})",
-                )
-            for r in sel:
-                if r["method"] == "replace":
-                    ax.plot(
-                        r["score_evals_per_output"],
-                        r["fd_over_floor"],
-                        "s",
-                        label=f"replace {r['corrector']} ({r['steps']} steps)",
-                    )
-            ax.axhline(2.0, color="gray", ls="--", lw=1)
-            ax.axhline(1.0, color="gray", ls=":", lw=1)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{s.upper()}, {o} of 16 observed")
-            ax.set_xlabel("score evaluations per output")
-            ax.set_ylabel("FD / exact-sample floor")
-            ax.legend(fontsize=7)
+    cases = sorted({(r["sde"], r["observed"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4.2), squeeze=False)
+    for ax, (s, o) in zip(axes[0], cases, strict=True):
+        sel = [r for r in rows if r["sde"] == s and r["observed"] == o]
+        smc = [r for r in sel if r["method"] == "smc"]
+        for grid in sorted({r.get("grid", "log_snr") for r in smc}):
+            pts = sorted((r for r in smc if r.get("grid", "log_snr") == grid),
+                         key=lambda r: (r["score_evals_per_output"], r["particles"]))
+            ax.plot([r["score_evals_per_output"] for r in pts], [r["fd_over_floor"] for r in pts], "o-",
+                    label=f"smc, {grid} grid")
+            for r in pts:
+                ax.annotate(f"{r['particles']}x{r['steps']}", (r["score_evals_per_output"], r["fd_over_floor"]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for r in sel:
+            if r["method"] == "replace":
+                ax.plot(r["score_evals_per_output"], r["fd_over_floor"], "s", label=f"replace ({r['steps']} steps)")
+        ax.axhline(2.0, color="gray", ls="--", lw=1)
+        ax.axhline(1.0, color="gray", ls=":", lw=1)
+        ax.axvline(2000, color="red", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{s.upper()}, {o} of 16 observed (mean of {max(r.get('seeds', 1) for r in sel)} seeds)")
+        ax.set_xlabel("score evaluations per output (K x steps + 1)")
+        ax.set_ylabel("FD / exact-sample floor")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

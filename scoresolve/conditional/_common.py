@@ -140,36 +140,51 @@ class Observation:
     def mean_at(self, sde: SDE, t: float) -> Tensor:
         return float(sde.alpha(torch.tensor(t, dtype=torch.float64))) * self.y
 
-    def path(self, sde: SDE, times: Tensor, noise: NoiseSource) -> tuple[Tensor, Tensor]:
+    def path(self, sde: SDE, times: Tensor, noise: NoiseSource) -> tuple[Tensor, Tensor, Tensor]:
         r"""One forward-noised path of the observation on the decreasing grid ``times``.
 
-        Built from the smallest time upwards: a coordinate enters at the first grid time where it is
-        observed with a draw of :math:`x_t \mid y`, and moves up with the exact forward transition
-        :math:`x_{t'} = a\,x_t + b\,z` (:meth:`SDE.transition`). Returns values and masks, both
-        ``(len(times), n, D)``, indexed like ``times``.
+        Coordinate ``c`` enters at the lowest grid time :math:`t_{j_c}` whose noise level
+        :math:`\sigma(t_{j_c})` reaches :math:`\nu_c` (its :math:`t^*`, or the last time :math:`\epsilon` for an
+        exact or less noisy coordinate), pinned to :math:`\alpha y_c`: it is then an exact observation of
+        the diffused state, with effective noise :math:`\nu^{\rm eff}_c = \sigma(t_{j_c})`. Above that it
+        moves up with the exact forward transition :math:`x_{t'} = a\,x_t + b\,z` (:meth:`SDE.transition`).
+
+        Returns values and masks, both ``(len(times), n, D)`` indexed like ``times``, and ``(n,)``
+        :math:`\log q(\text{path} \mid y)`: the transitions' log density minus :math:`\sum_c \log \alpha_{t_{j_c}}`
+        (the Jacobian of :math:`y \mapsto \alpha y`), so that :math:`\log p(y) = \log p(\text{path}) -
+        \log q(\text{path} \mid y)` for the observation with noise :math:`\nu^{\rm eff}`.
         """
         y, mask, nu = self.y, self.mask, self.nu
         n_t = times.numel()
+        t64 = times.to(torch.float64).cpu()
+        sig = sde.sigma(t64).to(device=y.device)
+        # entry index: the last (lowest) time whose noise level reaches nu (relative slack for rounding at t*)
+        reach = sig[:, None, None] >= nu.to(torch.float64)[None] * (1 - 1e-9)  # (n_t, n, d), decreasing in j
+        entry = reach.sum(0) - 1  # -1: never observed (nu above sigma(T))
+        entry = torch.where(mask, entry, torch.full_like(entry, -1))
+        alphas = sde.alpha(t64).to(device=y.device)
+        log_q = -(torch.where(entry >= 0, torch.log(alphas[entry.clamp(min=0)]), torch.zeros((), device=y.device,
+                                                                                            dtype=torch.float64))).sum(1)
         vals = torch.zeros((n_t,) + y.shape, device=y.device, dtype=y.dtype)
         masks = torch.zeros((n_t,) + y.shape, device=y.device, dtype=torch.bool)
         prev: Tensor | None = None
-        prev_mask = torch.zeros_like(mask)
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
         for j in range(n_t - 1, -1, -1):
-            t = float(times[j])
-            tt = torch.tensor(t, dtype=torch.float64)
-            a_t, s_t = float(sde.alpha(tt)), float(sde.marginal_std(tt))
-            m_j = mask & (nu <= float(sde.sigma(tt))) if self.noisy else mask
             z = noise.randn(y.shape, device=y.device, dtype=y.dtype)
-            fresh = a_t * y + torch.sqrt(torch.clamp(s_t**2 - a_t**2 * nu**2, min=0.0)) * z
+            fresh = float(alphas[j]) * y
             if prev is None:
                 v = fresh
             else:
-                a, b = sde.transition(tt, torch.tensor(float(times[j + 1]), dtype=torch.float64))
-                v = torch.where(prev_mask, float(a) * prev + float(b) * z, fresh)
+                a, b = sde.transition(t64[j], t64[j + 1])
+                a, b = float(a), float(b)
+                v = torch.where(entry > j, a * prev + b * z, fresh)
+                up = (entry > j).to(torch.float64)
+                log_q = log_q + (up * (-0.5 * z.to(torch.float64) ** 2 - math.log(b) - half_log_2pi)).sum(1)
+            m_j = entry >= j
             v = torch.where(m_j, v, torch.zeros((), device=y.device, dtype=y.dtype))
             vals[j], masks[j] = v, m_j
-            prev, prev_mask = v, m_j
-        return vals, masks
+            prev = v
+        return vals, masks, log_q
 
     def observation_times(self, sde: SDE, eps: float) -> list[float]:
         """Times :math:`t^*` at which noisy coordinates become exact observations of :math:`x_{t^*}`

@@ -82,7 +82,8 @@ def inpaint(
         generator: the one source of randomness (noise, observation paths, resampling).
         return_result: return a :class:`~scoresolve.SampleResult` (``nfe`` counts batched calls;
             ``info["score_rows"]`` the single-sample evaluations for ``smc``; ``info["log_z"]``
-            per-system log-normalising-constant estimates).
+            each system's estimate of the log evidence :math:`\log p(y)`, for ``y`` seen through noise
+            :math:`\max(\nu, \sigma(\epsilon))`).
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
             ``"euler_maruyama"``), ``ess_threshold`` (0.1). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,

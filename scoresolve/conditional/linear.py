@@ -31,7 +31,7 @@ from ..sde import SDE
 from ._common import Observation, resolve_model
 from .api import METHODS, run_method
 
-__all__ = ["linear_inverse", "colorize", "color_basis"]
+__all__ = ["linear_inverse", "colorize", "color_basis", "avg_pool_matrix", "super_resolution"]
 
 
 def _finish(res: Tensor | SampleResult, back: Callable[[Tensor], Tensor], return_result: bool) -> Tensor | SampleResult:
@@ -249,3 +249,48 @@ def colorize(
         method_options=method_options,
     )
     return _finish(res, from_rot, return_result)
+
+
+def avg_pool_matrix(shape: Sequence[int], factor: int = 2) -> Tensor:
+    r"""The ``(D / factor², D)`` matrix of ``factor × factor`` average pooling of ``(C, H, W)`` images
+    (float64; row-major flattening; ``H`` and ``W`` divisible by ``factor``). Its rows are orthogonal
+    with singular values ``1 / factor``."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    if len(shape) != 3 or shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"shape must be (C, H, W) with H and W divisible by factor={factor}, got {tuple(shape)}")
+    c, h, w = (int(v) for v in shape)
+    idx = torch.arange(c * h * w).reshape(c, h // factor, factor, w // factor, factor)
+    rows = idx.permute(0, 1, 3, 2, 4).reshape(-1, factor * factor)  # one row of source pixels per output pixel
+    A = torch.zeros(rows.shape[0], c * h * w, dtype=torch.float64)
+    A.scatter_(1, rows, 1.0 / factor**2)
+    return A
+
+
+def super_resolution(
+    model: Callable[[Tensor, Tensor], Tensor] | ScoreModel,
+    sde: SDE | None,
+    low_res: Tensor,
+    factor: int = 2,
+    noise_std: float = 0.0,
+    *,
+    sample_shape: Sequence[int] | None = None,
+    **options: Any,
+) -> Tensor | SampleResult:
+    r"""Images whose ``factor × factor`` average pooling is ``low_res`` (plus Gaussian noise of std
+    ``noise_std``): :func:`linear_inverse` with :func:`avg_pool_matrix`.
+
+    Args:
+        low_res: ``(n, C, H / factor, W / factor)``.
+        sample_shape: ``(C, H, W)`` when ``model`` is a plain callable.
+        **options: as for :func:`linear_inverse` (``method``, ``particles``, ``steps``, ``generator``, ...).
+    """
+    if not isinstance(low_res, Tensor) or low_res.ndim != 4:
+        raise ValueError(f"low_res must have shape (n, C, h, w), got {tuple(getattr(low_res, 'shape', ()))}")
+    shape = model.sample_shape if isinstance(model, ScoreModel) and model.sample_shape else sample_shape
+    n, c, h, w = low_res.shape
+    ev = tuple(shape) if shape is not None else (c, h * factor, w * factor)
+    if tuple(ev) != (c, h * factor, w * factor):
+        raise ValueError(f"low_res {tuple(low_res.shape[1:])} x factor {factor} does not give the sample shape {ev}")
+    A = avg_pool_matrix(ev, factor).to(device=low_res.device, dtype=low_res.dtype)
+    return linear_inverse(model, sde, low_res.reshape(n, -1), A, noise_std, sample_shape=ev, **options)

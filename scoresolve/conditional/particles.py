@@ -34,7 +34,9 @@ the floor in three of four VE/VP × 1/8-observed cases, see docs/conditional.md)
 systems can lose the posterior mode altogether (all particles in a component of ~zero posterior weight);
 those dominate the Fréchet distance when they occur. Per-step ESS is no health check; the per-system
 log-normalising-constant estimates (``info["log_z"]``) are: lost systems sit far below the others that
-share ``y``.
+share ``y``. Because each coordinate enters the path pinned at :math:`\alpha y` (see
+:meth:`Observation.path`), :math:`\log p(y) = \log p(\text{path}) - \log q(\text{path} \mid y)` exactly, and
+``info["log_z"]`` is the filter's estimate of the log evidence :math:`\log p(y)`.
 
 Noisy coordinates (``Observation.nu > 0``) enter the path at the time :math:`t^*` where they are an exact
 observation of the diffused state and are free below it (see :mod:`scoresolve.conditional._common`).
@@ -145,7 +147,7 @@ def smc_inpaint(
     bar = Progress(n_int, f"conditional sampling (SMC, {k} particles x {n})", progress=progress)
 
     with torch.no_grad():
-        y_path, m_path = obs.path(sde, times, noise)  # (N+1, n, d)
+        y_path, m_path, log_q = obs.path(sde, times, noise)  # (N+1, n, d), (n,)
 
         def rep(v: Tensor) -> Tensor:
             return v.repeat_interleave(k, 0)
@@ -200,6 +202,11 @@ def smc_inpaint(
         exact = obs.mask & (obs.nu == 0)
         out = torch.where(exact, obs.y, out)
         counted.check()
+        # log p(y) = log p(path) - log q(path | y); p(path) = N(y_{t_0}; 0, prior^2) * (the filter's Z)
+        y0, m0 = y_path[0].to(torch.float64), m_path[0]
+        ps = float(sde.prior_std)
+        log_prior = torch.where(m0, -0.5 * (y0 / ps) ** 2 - math.log(ps) - 0.5 * log2pi, torch.zeros_like(y0)).sum(1)
+        log_evidence = log_z + log_prior - log_q
     bar.close(evaluations=counted.nfe, score_rows=n * k * n_int + (n if denoise else 0))
     samples = out.reshape(n, *ev)
     if not return_result:
@@ -209,7 +216,7 @@ def smc_inpaint(
         "particles": k,
         "kernel": kernel,
         "score_rows": n * k * n_int + (n if denoise else 0),
-        "log_z": log_z,
+        "log_z": log_evidence,
         "ess_min": ess_min,
         "n_resampled": n_resampled,
     }
