@@ -141,6 +141,17 @@ def test_auto_on_a_network_uses_the_trajectory_calibration_and_its_choice(tmp_pa
     assert torch.isfinite(r.samples).all()
 
 
+def test_a_network_wrapped_in_a_closure_is_recognised_as_a_network(tmp_path, monkeypatch):
+    """A plain function that calls a network (as the diffusers and k-diffusion adapters build) holds weights:
+    auto calibrates it from trajectories, not by re-simulation."""
+    monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
+    _, net = _model()
+    model = ss.ScoreModel(lambda x, t: net(x, t), sde=net.sde, sample_shape=(4,), parameterization="score")
+    r = ss.sample(model, solver="auto", nfe=6, batch_size=4, generator=torch.Generator().manual_seed(0),
+                  calibrate=dict(SMALL), return_result=True)
+    assert r.info["calibration"]["method"] == "trajectory-dp"
+
+
 def test_auto_falls_back_when_the_budget_cannot_pay(tmp_path, monkeypatch):
     monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
     model, _ = _model()
