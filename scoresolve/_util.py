@@ -202,4 +202,3 @@ def same_signature(a: Sequence[float], b: Sequence[float]) -> bool:
         return False
     ta, tb = torch.tensor(list(a), dtype=torch.float64), torch.tensor(list(b), dtype=torch.float64)
     return bool(((ta - tb).norm() <= _SIG_RTOL * max(float(tb.norm()), 1e-12)).item())
-

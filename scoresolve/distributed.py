@@ -36,13 +36,11 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import functools
 import hashlib
 import json
 import math
 import os
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +51,11 @@ from torch import Tensor
 
 from . import __version__
 from ._util import atomic_write, check_int, to_json
-from .io.checkpoint import CheckpointError, sweep_temporaries, update_digest
+from .digest import content_digest, update_digest
+from .io.checkpoint import CheckpointError, sweep_temporaries
 from .models import ScoreModel
 from .progress import Progress
 from .sampling import sample
-from .sde import SDE
 
 __all__ = [
     "init",
@@ -162,66 +160,6 @@ def _broadcast(obj: Any) -> Any:
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` offsets of the shards of ``n`` samples (the last may be shorter)."""
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-
-
-def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
-    """Feed into ``h`` what ``obj`` computes with: networks' state dicts, tensors, SDE configs, numbers and
-    strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
-    qualified names of the functions met record the conversion. Returns how many tensors (weights) it
-    found."""
-    if depth > 6 or id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        h.update(repr(obj).encode())
-        return 0
-    if isinstance(obj, torch.nn.Module):
-        h.update(type(obj).__qualname__.encode())
-        n = 0
-        for k, v in obj.state_dict().items():
-            h.update(k.encode())
-            n += _walk_content(v, h, seen, depth + 1)
-        return n
-    if isinstance(obj, Tensor):
-        update_digest(h, obj)
-        return 1
-    if isinstance(obj, SDE):
-        h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
-        return 0
-    if isinstance(obj, (list, tuple)):
-        return sum(_walk_content(v, h, seen, depth + 1) for v in obj[:10_000])
-    if isinstance(obj, dict):
-        return sum(_walk_content(obj[k], h, seen, depth + 1) for k in sorted(obj, key=repr)[:10_000])
-    if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
-        h.update(repr(obj).encode())
-        return 0
-    n = 0
-    if isinstance(obj, functools.partial):
-        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1)
-    elif isinstance(obj, types.MethodType):
-        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1)
-    elif isinstance(obj, types.FunctionType):
-        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
-        cells = []
-        for c in obj.__closure__ or ():
-            try:
-                cells.append(c.cell_contents)
-            except ValueError:  # an empty cell
-                cells.append(None)
-        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1)
-    else:
-        h.update(type(obj).__qualname__.encode())
-        attrs = getattr(obj, "__dict__", None)
-        if isinstance(attrs, dict):
-            n += _walk_content(attrs, h, seen, depth + 1)
-    return n
-
-
-def content_digest(model: Any) -> tuple[str, bool]:
-    """``(SHA-256 hex digest, has_weights)`` of what ``model`` computes with (see :func:`model_fingerprint`)."""
-    h = hashlib.sha256()
-    n = _walk_content(model, h, set())
-    return h.hexdigest(), n > 0
 
 
 def model_fingerprint(model: Any) -> str:

@@ -4,8 +4,10 @@ Each row of :data:`AUTO` gives, for a range of budgets ``nfe``, the solver and i
 (``final``), whether the first interval is the analytical Gaussian flow (``gaussian_prior="estimate"``: the
 model's ``ScoreModel.data_moments``, else estimated during calibration), and the options of the grid
 calibration (:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpoint error against a fine
-teacher; ``None``: no calibration, the row's grid). A row marked ``gaussian`` applies only when a Gaussian fit
-is available; otherwise the next row for that budget does. The measurements behind the table are in
+teacher; ``None``: no calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the
+calibration is :mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates`
+from one teacher run, the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a
+Gaussian fit is available; otherwise the next row for that budget does. The measurements behind the table are in
 docs/fast_samplers.md (``benchmarks/fewstep.py``).
 """
 
@@ -14,12 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .calibrate_dp import Candidate
 from .registry import SOLVERS
 from .solvers.base import GridSolver, Solver
-from .solvers.exponential import UniPC
+from .solvers.exponential import DPMSolverPP2M, UniPC
 from .solvers.ipndm import IPNDM
 
-__all__ = ["Recipe", "AUTO", "auto_recipe", "Auto"]
+__all__ = ["Recipe", "AUTO", "auto_recipe", "Auto", "trajectory_candidates"]
 
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
@@ -60,6 +63,13 @@ def auto_recipe(nfe: int, gaussian: bool) -> Recipe:
         if r.lo <= nfe <= r.hi and (gaussian or not r.gaussian):
             return r
     raise AssertionError("the AUTO table covers every budget >= 2")
+
+
+def trajectory_candidates() -> list[Any]:
+    """The solvers ``auto`` fits grids for on a network (:mod:`scoresolve.calibrate_dp`), each with its final step;
+    the held-out comparison picks one of them (on a fitted or a fixed grid)."""
+    return [Candidate("ipndm", IPNDM(order=4), "tweedie"), Candidate("unipc", UniPC(order=2, variant="bh2"), "zero"),
+            Candidate("dpmpp_2m", DPMSolverPP2M(), "none")]
 
 
 @SOLVERS.register("auto", description="best measured few-step choice for the budget nfe=, calibrated grid, step to 0")

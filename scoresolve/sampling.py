@@ -18,11 +18,13 @@ from torch import Tensor
 from ._util import check_int
 from .aliases import resolve as resolve_alias
 from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
+from .calibrate_dp import calibrate_trajectory
+from .digest import content_digest
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_model
 from .noise import NoiseSource
 from .progress import Progress
-from .recipes import auto_recipe
+from .recipes import auto_recipe, trajectory_candidates
 from .registry import SOLVERS
 from .sde import SDE
 from .solvers.base import CountedScore, GridSolver, SolveContext, Solver
@@ -142,6 +144,7 @@ def sample(
     grid: str | Sequence[float] | Tensor | None = None,
     gaussian_prior: tuple[Tensor | float, Tensor | float] | GaussianFit | str | None = "default",
     calibrate: bool | str | os.PathLike[str] | None = None,
+    calibration_budget: float | dict[str, float] | None = None,
     denoise: bool | None = None,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | Tensor | None = None,
@@ -191,7 +194,15 @@ def sample(
             ``True`` (kept in ``scoresolve.calibrate.DEFAULT_CACHE``), a cache file path, a
             :class:`~scoresolve.calibrate.CalibrationCache`, or a dict of ``calibrate_grid`` options (``cache=``
             among them).
-            ``solver="auto"``: on by default up to 25 evaluations.
+            ``solver="auto"``: on by default up to 25 evaluations; for a network (a model whose function holds
+            weights anywhere, closures and wrappers included: :func:`scoresolve.digest.content_digest`), or
+            with ``calibration_budget``, or ``calibrate={"method": "trajectory"}``, the grid comes from one
+            teacher run and a dynamic programme (:mod:`scoresolve.calibrate_dp`), chosen on held-out draws among
+            iPNDM / UniPC / DPM-Solver++(2M) on fitted and fixed grids, and cached to a file keyed
+            by the model's weights (``$SCORESOLVE_CALIBRATION_CACHE``).
+        calibration_budget: bound of that calibration: seconds, or ``{"seconds": s, "evaluations": k}``
+            (default 60 s); when it cannot pay for itself ``auto`` runs its uncalibrated recipe and says so
+            in ``info["calibration"]["fallback"]``.
         denoise: deprecated: ``final="tweedie"`` (``True``) or ``final="none"`` (``False``).
         generator: one ``torch.Generator`` for all the randomness of the run.
         seeds: one integer seed per sample instead: each sample then depends only on its seed.
@@ -233,6 +244,9 @@ def sample(
         if steps is not None:
             raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
     calibration: dict[str, Any] | None = None
+    trajectory: dict[str, Any] | None = None  # options of the trajectory calibration (solver="auto" on networks)
+    if calibration_budget is not None and not (isinstance(solver, str) and solver == "auto"):
+        raise ValueError("calibration_budget= bounds the calibration of solver='auto'; pass solver='auto'")
     if isinstance(solver, str) and solver != "auto":  # an alias may bring options and a grid; the caller's win
         solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
         grid = alias_grid if grid is None else grid
@@ -256,6 +270,15 @@ def sample(
         final = recipe.final if final is None else final
         gaussian_prior = fit if recipe.gaussian else None
         calibration, cache = _calibration(calibrate)
+        method = (calibration or {}).pop("method", None)
+        if method not in (None, "trajectory", "pattern"):
+            raise ValueError(f"calibrate={{'method': ...}} must be 'trajectory' or 'pattern', got {method!r}")
+        if calibration is not None and recipe.calibration is not None and (
+                method == "trajectory" or (method is None and (calibration_budget is not None
+                                                               or content_digest(model)[1]))):
+            trajectory = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
+            if isinstance(cache, (str, os.PathLike)):
+                trajectory["cache"] = cache
         calibration = {**recipe.calibration, **calibration} if (calibration is not None and recipe.calibration
                                                                  is not None) else None
         grid = recipe.grid if grid is None else grid
@@ -324,7 +347,12 @@ def sample(
                         DeprecationWarning, stacklevel=2)
                 n_steps = check_int(solver_obj.default_steps or sde.N if steps is None else steps, "steps")
             times = make_grid(grid or solver_obj.default_grid, sde, n_steps, eps_)
-    if calibration is not None and times is not None:
+    if trajectory is not None and times is not None:
+        assert nfe is not None
+        solver_obj, final, times = _auto_trajectory(score_fn, model, sde, nfe, shp[1:], eps_, wd, trajectory,
+                                                    progress, info)
+        gaussian_prior = None
+    elif calibration is not None and times is not None:
         if nfe is None:
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
         cg = calibrate_grid(score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior,
@@ -386,6 +414,37 @@ def sample(
         seconds=seconds,
         info=info,
     )
+
+
+def _auto_trajectory(score_fn: Any, model: Any, sde: SDE, nfe: int, shape: Sequence[int], eps: float,
+                     dtype: torch.dtype, options: dict[str, Any], progress: bool | None,
+                     info: dict[str, Any]) -> tuple[GridSolver, str, Tensor]:
+    """``solver="auto"`` calibrated by :func:`scoresolve.calibrate_dp.calibrate_trajectory`: the chosen solver, final
+    step and grid, with the cost and the choice in ``info``; its uncalibrated recipe when the budget cannot pay."""
+    cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
+    cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
+                                    progress=progress, **options) if cands else (None, {"fallback": "budget < 2"})
+    if cg is None:
+        row = auto_recipe(nfe, gaussian=False)
+        solver_obj = row.solver(**row.options)
+        times = make_grid(row.grid, sde, plan(solver_obj, nfe, row.final), eps)
+        info["calibration"] = {"method": "trajectory-dp", **cost}
+        info["auto"] = {"class": type(solver_obj).__name__, **row.options, "final": row.final, "gaussian_prior": None}
+        return solver_obj, row.final, times
+    cand = next(c for c in cands if c.name == cg.solver["name"])
+    info["calibration"] = {"method": "trajectory-dp", **cost, "choice": cg.init, "rmse": cg.rmse,
+                           "heldout_rmse": cg.extra.get("heldout_rmse"),
+                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None}
+    info["auto"] = {"class": type(cand.solver).__name__, **cand.config(), "gaussian_prior": None}
+    return cand.solver, cand.final, cg.grid
+
+
+def _plannable(solver: GridSolver, nfe: int, final: str) -> bool:
+    try:
+        plan(solver, nfe, final)
+    except ValueError:
+        return False
+    return True
 
 
 def _calibration(value: Any) -> tuple[dict[str, Any] | None, Any]:

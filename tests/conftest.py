@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from scoresolve.metrics import frechet_floor
 # progress bars are shown by default (scoresolve.progress); the suite's output stays readable without them
 # (subprocesses inherit this; tests of the bars pass progress=True)
 os.environ.setdefault("SCORESOLVE_PROGRESS", "0")
+# solver="auto" on a network caches its calibration in a file keyed by the weights: never in the user's home
+os.environ.setdefault("SCORESOLVE_CALIBRATION_CACHE", tempfile.mkdtemp(prefix="scoresolve-calibration-"))
 
 SDES = {
     "ve": lambda: ss.VESDE(sigma_min=0.01, sigma_max=50.0),

@@ -32,7 +32,6 @@ unwritable directory leaves any previous file untouched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import math
@@ -48,6 +47,7 @@ from torch import Tensor, nn
 
 from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
 from .._util import atomic_write as _atomic_write
+from ..digest import tensor_sha256, update_digest  # noqa: F401  (update_digest: public here too)
 from ..models import ScoreModel, _check_data_moments
 from ..sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
 
@@ -177,20 +177,6 @@ def atomic_write(path: str | os.PathLike[str]) -> contextlib.AbstractContextMana
 
 
 # --- integrity ------------------------------------------------------------------------------------
-def update_digest(h: Any, t: Tensor) -> None:
-    """Feed a tensor's dtype, shape and raw bytes into the hash object ``h``."""
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def tensor_sha256(t: Tensor) -> str:
-    """SHA-256 (hex) of a tensor's dtype, shape and bytes: the per-tensor digest stored in checkpoints."""
-    h = hashlib.sha256()
-    update_digest(h, t)
-    return h.hexdigest()
-
-
 def _verify_digests(state: Mapping[str, Tensor], digests: Any, where: str) -> None:
     """Check every tensor against the digests stored beside it; :class:`CheckpointError` names the tensor."""
     if not isinstance(digests, Mapping):
