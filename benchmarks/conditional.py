@@ -17,6 +17,7 @@ samples, reference).
     python benchmarks/conditional.py --no-calibration / --calibration-only
     python benchmarks/conditional.py --merge DIR...  # combine the results.json of earlier runs
     python benchmarks/conditional.py --log-evidence-steps  # log Z error against steps and K, 2-D Gaussian
+    python benchmarks/conditional.py --log-evidence-default  # log Z error at default settings, 16-D mixture
 
 Writes results.json, results.md and conditional.png to --out (default bench_out/conditional/).
 """
@@ -60,17 +61,23 @@ def configs(quick: bool) -> list[dict]:
             {"method": "smc", "steps": 30, "particles": 16, "grid": "log_snr"},
             {"method": "smc", "steps": 30, "particles": 16, "grid": "quadratic"},
         ]
+    # weights from the kernel's own variance (one evaluation per particle and step) ...
     smc = {"log_snr": [(16, 60), (32, 60)], "quadratic": [(32, 60), (64, 30)]}
+    # ... and the default, with Var(x0 | x_t) from one extra evaluation (twice the cost per step)
+    exact = {"log_snr": [(16, 30), (16, 60)], "quadratic": [(16, 60), (32, 30)]}
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
-        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in smc.items() for k, st in ks),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": False}
+          for g, ks in smc.items() for k, st in ks),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in exact.items() for k, st in ks),
     ]
 
 
 def label(cfg: dict) -> str:
     if cfg["method"] == "replace":
         return f"replace {cfg['predictor']}+{cfg['corrector']} {cfg['steps']} steps"
-    return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}"
+    var = "" if cfg.get("exact_variance", True) else " kernel-var"
+    return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}{var}"
 
 
 def log_evidence(gm, mask: torch.Tensor, y: torch.Tensor, nu: float) -> float:
@@ -83,7 +90,8 @@ def log_evidence(gm, mask: torch.Tensor, y: torch.Tensor, nu: float) -> float:
 
 def log_evidence_steps() -> None:
     """Mean and spread of info["log_z"] over 200 outputs against the closed form, one observed coordinate
-    of a correlated 2-D Gaussian, for several steps and particle counts."""
+    of a correlated 2-D Gaussian, for several steps and particle counts, with the weights' variance from
+    the kernel alone (exact_variance=False) and with Var(x0 | x_t) (the default)."""
     from scoresolve.analytic import gaussian
 
     g = gaussian(torch.tensor([0.5, -0.3]), torch.tensor([[1.0, 0.6], [0.6, 0.8]]))
@@ -92,12 +100,36 @@ def log_evidence_steps() -> None:
     for sde in (ss.VESDE(), ss.VPSDE()):
         nu = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
         log_z = log_evidence(g, mask, y[0], nu)
-        for k, steps in ((8, 50), (8, 200), (8, 800), (128, 200)):
-            res = inpaint(g.score_model(sde), sde, y, mask, particles=k, steps=steps, progress=False,
-                          return_result=True, generator=torch.Generator().manual_seed(1))
-            e = res.info["log_z"] - log_z
-            print(f"{type(sde).__name__} K={k:3d} steps={steps:3d}: log Z error mean {float(e.mean()):+.3f}, "
-                  f"sd {float(e.std()):.3f}, mean abs {float(e.abs().mean()):.3f}", flush=True)
+        for exact in (False, True):
+            for k, steps in ((8, 50), (8, 200), (8, 800), (64, 200), (256, 200)):
+                res = inpaint(g.score_model(sde), sde, y, mask, particles=k, steps=steps, progress=False,
+                              exact_variance=exact, return_result=True, generator=torch.Generator().manual_seed(1))
+                e = res.info["log_z"] - log_z
+                print(f"| {type(sde).__name__[:2]} | {exact} | {k} | {steps} | {float(e.mean()):+.3f} | "
+                      f"{float(e.std()):.3f} | {float(e.abs().mean()):.3f} |", flush=True)
+
+
+def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
+    """|log Z error| of info["log_z"] at the default settings (K = 64, 200 steps) on the 16-D mixture, VE 1 of 16
+    and VP 8 of 16 observed, with and without the weights' Var(x0 | x_t) term."""
+    gm = anisotropic(16, 8, seed=0)
+    for sde_name, n_obs in (("ve", 1), ("vp", 8)):
+        sde = {"vp": ss.VPSDE(), "ve": ss.VESDE()}[sde_name]
+        mask = torch.zeros(16, dtype=torch.bool)
+        mask[:n_obs] = True
+        y0 = gm.sample(1, torch.Generator().manual_seed(OBS[n_obs]))[0]
+        nu = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
+        log_z = log_evidence(gm, mask, y0, nu)
+        for exact, n_seeds in ((False, 1), (True, seeds)):
+            for seed in range(n_seeds):
+                g = torch.Generator().manual_seed(1000 + seed)
+                res = inpaint(gm.score_model(sde), sde, y0.expand(n, 16).clone(), mask, progress=False,
+                              exact_variance=exact, return_result=True, generator=g)
+                e = res.info["log_z"] - log_z
+                print(f"{sde_name.upper()} {n_obs}/16 exact_variance={exact} seed {seed}: "
+                      f"mean abs {float(e.abs().mean()):.2f} mean {float(e.mean()):+.2f} sd {float(e.std()):.2f} "
+                      f"median abs {float(e.abs().median()):.2f}"
+                      f" min {float(e.min()):.1f}", flush=True)
 
 
 def calibration_rows(quick: bool, n_digits: int, n_mnist: int) -> list[dict]:
@@ -138,12 +170,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="outputs per run (default 1000, quick 200)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5, quick 1)")
     ap.add_argument("--cases", default="ve:1,vp:8", help="SDE:observed pairs (observed of 16)")
+    ap.add_argument("--only", default=None, help="run only the configurations whose label contains this text")
     ap.add_argument("--no-calibration", action="store_true", help="skip the calibration check on the networks")
     ap.add_argument("--calibration-only", action="store_true", help="only the calibration check")
     ap.add_argument("--n-digits", type=int, default=300, help="calibration check: samples per set, digits")
     ap.add_argument("--n-mnist", type=int, default=200, help="calibration check: samples per set, MNIST")
     ap.add_argument("--log-evidence-steps", action="store_true",
                     help="only: the log-evidence error against steps and particles on a 2-D Gaussian")
+    ap.add_argument("--log-evidence-default", action="store_true",
+                    help="only: the log-evidence error at the default settings on the 16-D mixture")
     ap.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="combine the results.json of earlier runs")
     args = ap.parse_args()
     if args.merge:
@@ -155,6 +190,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.log_evidence_steps:
         log_evidence_steps()
+        return
+    if args.log_evidence_default:
+        log_evidence_default()
         return
     n = args.n or (200 if args.quick else 1000)
     seeds = args.seeds or (1 if args.quick else 5)
@@ -175,7 +213,7 @@ def main() -> None:
         nu_eff = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
         log_z = log_evidence(gm, mask, y0, nu_eff)
         y = y0.expand(n, 16).clone()
-        for cfg in configs(args.quick):
+        for cfg in (c for c in configs(args.quick) if args.only is None or args.only in label(c)):
             fds, tvs, secs, cpus, lz_err = [], [], [], [], []
             res = None
             for seed in range(seeds if cfg["method"] == "smc" else 1):

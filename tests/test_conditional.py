@@ -166,8 +166,15 @@ def test_smc_result_reports_cost(small):
         generator=gen(0),
         return_result=True,
     )
-    assert res.nfe == 7 + 1 and res.info["score_rows"] == 3 * 5 * 7 + 3
+    # the default ancestral kernel spends one more evaluation per particle and step on Var(x0 | x_t)
+    assert res.nfe == 2 * 7 + 1 and res.info["score_rows"] == 2 * 3 * 5 * 7 + 3
     assert res.info["log_z"].shape == (3,) and torch.isfinite(res.info["log_z"]).all()
+    for opts in ({"exact_variance": False}, {"kernel": "reverse_diffusion"}):
+        res = inpaint(model, sde, torch.zeros(3, 3), torch.tensor([True, False, False]), steps=7, particles=5,
+                      generator=gen(0), return_result=True, **opts)
+        assert res.nfe == 7 + 1 and res.info["score_rows"] == 3 * 5 * 7 + 3
+    with pytest.raises(ValueError, match="exact_variance"):
+        inpaint(model, sde, torch.zeros(3, 3), torch.tensor([True, False, False]), exact_variance="yes")
 
 
 def test_replace_works_with_other_solvers(small):
@@ -454,13 +461,14 @@ def test_acceptance_16d(sde_name, n_obs, obs_seed):
 @pytest.mark.slow
 def test_budget_16d_ve_one_observed():
     """Issue #22's budget bar where it is met: VE, 1 of 16 observed, <= 1,000 score evaluations per output
-    (K = 16, 60 steps: 961), mean FD / floor <= 2 over 5 seeds and mode TV <= 0.05 on each
+    (K = 16, 60 steps, weights from the kernel's variance: 961), mean FD / floor <= 2 over 5 seeds and mode
+    TV <= 0.05 on each
     (measured 0.59 / 1.30 / 0.98 / 0.52 / 0.75, TV <= 0.024; ``benchmarks/conditional.py``)."""
     gm, sde, mask, y0, y = _problem_16d("ve", 1, 11)
     ratios = []
     for seed in range(1000, 1005):
         res = inpaint(gm.score_model(sde), sde, y, mask, steps=60, particles=16, generator=gen(seed),
-                      return_result=True)
+                      exact_variance=False, return_result=True)
         assert res.info["score_rows"] / 1000 <= 1000
         ratios.append(check_posterior(gm, mask, y0, res.samples, fd_factor=10.0, tv_tol=0.05)[0])
     assert sum(ratios) / len(ratios) <= 2.0, ratios
@@ -558,8 +566,9 @@ def test_super_resolution_noisy_posterior():
 
 
 def test_log_evidence_matches_closed_form():
-    """info['log_z'] estimates log p(y) at noise max(noise_std, sigma(eps)); its discretisation error
-    shrinks with the steps (sd ~ steps^-1/2), so this checks the mean over 200 rows at 800 steps."""
+    """info['log_z'] estimates log p(y) at noise max(noise_std, sigma(eps)). At the default settings
+    (K = 64, 200 steps) each row is within 0.1 on average (issue #22's bar); the weights from the kernel's
+    own variance (which leaves out c0^2 Var(x0 | x_t)) are not: their error shrinks only like steps^-1/2."""
     gm = GaussianMixture([0.6, 0.4], torch.tensor([[0.5, -0.3], [-1.0, 1.0]]),
                          torch.tensor([[[1.0, 0.6], [0.6, 0.8]], [[0.3, 0.0], [0.0, 0.3]]]))
     mask = torch.tensor([True, False])
@@ -567,12 +576,14 @@ def test_log_evidence_matches_closed_form():
         nu = max(noise, float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64))))
         comp = torch.distributions.Normal(gm.means[:, 0], torch.sqrt(gm.covs[:, 0, 0] + nu**2))
         log_z = float(torch.logsumexp(gm.weights.log() + comp.log_prob(torch.tensor(0.2, dtype=torch.float64)), 0))
-        y = torch.tensor([[0.2, 0.0]]).expand(200, 2).clone()
-        res = inpaint(gm.score_model(sde), sde, y, mask, particles=8, steps=800, noise_std=noise,
-                      return_result=True, generator=gen(6))
-        est = res.info["log_z"]
-        assert est.shape == (200,)
-        assert abs(float(est.mean()) - log_z) <= 0.1, (float(est.mean()), log_z)
+        y = torch.tensor([[0.2, 0.0]]).expand(100, 2).clone()
+        err = {}
+        for exact in (True, False):
+            res = inpaint(gm.score_model(sde), sde, y, mask, noise_std=noise, exact_variance=exact,
+                          return_result=True, generator=gen(6))
+            assert res.info["log_z"].shape == (100,)
+            err[exact] = float((res.info["log_z"] - log_z).abs().mean())
+        assert err[True] <= 0.1 and err[False] >= 0.2, err
 
 
 def test_calibration_check_passes_smc_and_fails_replacement():

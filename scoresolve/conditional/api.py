@@ -85,7 +85,9 @@ def inpaint(
             each system's estimate of the log evidence :math:`\log p(y)`, for ``y`` seen through noise
             :math:`\max(\nu, \sigma(\epsilon))`).
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
-            ``"euler_maruyama"``), ``ess_threshold`` (0.1). ``replace``: ``solver`` (any
+            ``"euler_maruyama"``), ``ess_threshold`` (0.1), ``exact_variance`` (True: the ancestral
+            kernel's weights include :math:`\mathrm{Var}(x_0 \mid x_t)`, at one more evaluation per particle and
+            step, so that ``info["log_z"]`` converges with the steps). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
             ``snr=``, ...). Both: ``progress`` (a tqdm bar over the steps, shown by default;
             ``False`` silences it, :mod:`scoresolve.progress`).
@@ -94,7 +96,8 @@ def inpaint(
         ``(n, *sample_shape)`` samples whose exactly-observed entries equal ``y``, or a
         :class:`~scoresolve.SampleResult`.
 
-    Cost (score evaluations of single samples): ``smc``: ``n·(particles·steps + 1)``; ``replace``:
+    Cost (score evaluations of single samples): ``smc``: ``n·(2·particles·steps + 1)`` (``n·(particles·steps +
+    1)`` with ``exact_variance=False`` or another kernel); ``replace``:
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)
@@ -184,10 +187,11 @@ def run_method(
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         times = make_grid(grid or "log_snr", sde, n_steps, eps_)
     times = merge_times(times, obs.observation_times(sde, eps_))
-    unknown = set(method_options) - {"kernel", "ess_threshold", "progress"}
+    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "progress"}
     if unknown:
         raise TypeError(
-            f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, progress"
+            f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, exact_variance, "
+            "progress"
         )
     return smc_inpaint(
         score_fn,
