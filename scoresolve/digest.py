@@ -29,42 +29,46 @@ def tensor_sha256(t: Tensor) -> str:
     return h.hexdigest()
 
 
-def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
+def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0, modules: list[Any] | None = None) -> int:
     """Feed into ``h`` what ``obj`` computes with: networks' state dicts, tensors, SDE configs, numbers and
     strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
     qualified names of the functions met record the conversion. Returns how many tensors (weights) it
-    found."""
+    found. With a ``modules`` list it only collects the networks (``nn.Module``) met, hashing nothing."""
     if depth > 6 or id(obj) in seen:
         return 0
     seen.add(id(obj))
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         h.update(repr(obj).encode())
         return 0
+    if isinstance(obj, torch.nn.Module) and modules is not None:
+        modules.append(obj)
+        return 0
     if isinstance(obj, torch.nn.Module):
         h.update(type(obj).__qualname__.encode())
         n = 0
         for k, v in obj.state_dict().items():
             h.update(k.encode())
-            n += _walk_content(v, h, seen, depth + 1)
+            n += _walk_content(v, h, seen, depth + 1, modules)
         return n
     if isinstance(obj, Tensor):
-        update_digest(h, obj)
+        if modules is None:
+            update_digest(h, obj)
         return 1
     if isinstance(obj, SDE):
         h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
         return 0
     if isinstance(obj, (list, tuple)):
-        return sum(_walk_content(v, h, seen, depth + 1) for v in obj[:10_000])
+        return sum(_walk_content(v, h, seen, depth + 1, modules) for v in obj[:10_000])
     if isinstance(obj, dict):
-        return sum(_walk_content(obj[k], h, seen, depth + 1) for k in sorted(obj, key=repr)[:10_000])
+        return sum(_walk_content(obj[k], h, seen, depth + 1, modules) for k in sorted(obj, key=repr)[:10_000])
     if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
         h.update(repr(obj).encode())
         return 0
     n = 0
     if isinstance(obj, functools.partial):
-        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1)
+        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1, modules)
     elif isinstance(obj, types.MethodType):
-        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1)
+        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1, modules)
     elif isinstance(obj, types.FunctionType):
         h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
         cells = []
@@ -73,12 +77,12 @@ def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0) -> int:
                 cells.append(c.cell_contents)
             except ValueError:  # an empty cell
                 cells.append(None)
-        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1)
+        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1, modules)
     else:
         h.update(type(obj).__qualname__.encode())
         attrs = getattr(obj, "__dict__", None)
         if isinstance(attrs, dict):
-            n += _walk_content(attrs, h, seen, depth + 1)
+            n += _walk_content(attrs, h, seen, depth + 1, modules)
     return n
 
 
@@ -87,3 +91,16 @@ def content_digest(model: Any) -> tuple[str, bool]:
     h = hashlib.sha256()
     n = _walk_content(model, h, set())
     return h.hexdigest(), n > 0
+
+
+class _NoHash:
+    def update(self, _: bytes) -> None:
+        pass
+
+
+def holds_network(model: Any) -> bool:
+    """Whether ``model`` computes with a ``torch.nn.Module`` anywhere (attributes, closures, partials, bound
+    methods): a trained network rather than a closed form."""
+    found: list[Any] = []
+    _walk_content(model, _NoHash(), set(), modules=found)
+    return bool(found)

@@ -19,7 +19,7 @@ from ._util import check_int
 from .aliases import resolve as resolve_alias
 from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
 from .calibrate_dp import calibrate_trajectory
-from .digest import content_digest
+from .digest import holds_network
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_model
 from .noise import NoiseSource
@@ -194,8 +194,8 @@ def sample(
             ``True`` (kept in ``scoresolve.calibrate.DEFAULT_CACHE``), a cache file path, a
             :class:`~scoresolve.calibrate.CalibrationCache`, or a dict of ``calibrate_grid`` options (``cache=``
             among them).
-            ``solver="auto"``: on by default up to 25 evaluations; for a network (a model whose function holds
-            weights anywhere, closures and wrappers included: :func:`scoresolve.digest.content_digest`), or
+            ``solver="auto"``: on by default up to 25 evaluations; for a network (a model whose function calls a
+            ``torch.nn.Module`` anywhere, closures and wrappers included: :func:`scoresolve.digest.holds_network`), or
             with ``calibration_budget``, or ``calibrate={"method": "trajectory"}``, the grid comes from one
             teacher run and a dynamic programme (:mod:`scoresolve.calibrate_dp`), chosen on held-out draws among
             iPNDM / UniPC / DPM-Solver++(2M) on fitted and fixed grids, and cached to a file keyed
@@ -275,7 +275,7 @@ def sample(
             raise ValueError(f"calibrate={{'method': ...}} must be 'trajectory' or 'pattern', got {method!r}")
         if calibration is not None and recipe.calibration is not None and (
                 method == "trajectory" or (method is None and (calibration_budget is not None
-                                                               or content_digest(model)[1]))):
+                                                               or holds_network(model)))):
             trajectory = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
             if isinstance(cache, (str, os.PathLike)):
                 trajectory["cache"] = cache
