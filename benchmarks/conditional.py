@@ -61,22 +61,23 @@ def configs(quick: bool) -> list[dict]:
             {"method": "smc", "steps": 30, "particles": 16, "grid": "log_snr"},
             {"method": "smc", "steps": 30, "particles": 16, "grid": "quadratic"},
         ]
-    # weights from the kernel's own variance (one evaluation per particle and step) ...
+    # weights from the kernel's own variance (the default; one evaluation per particle and step) ...
     smc = {"log_snr": [(16, 60), (32, 60)], "quadratic": [(32, 60), (64, 30)]}
-    # ... and the default, with Var(x0 | x_t) from one extra evaluation (twice the cost per step)
+    # ... and with Var(x0 | x_t) from one extra evaluation (twice the cost per step)
     exact = {"log_snr": [(16, 30), (16, 60)], "quadratic": [(16, 60), (32, 30)]}
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
         *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": False}
           for g, ks in smc.items() for k, st in ks),
-        *({"method": "smc", "steps": st, "particles": k, "grid": g} for g, ks in exact.items() for k, st in ks),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": True}
+          for g, ks in exact.items() for k, st in ks),
     ]
 
 
 def label(cfg: dict) -> str:
     if cfg["method"] == "replace":
         return f"replace {cfg['predictor']}+{cfg['corrector']} {cfg['steps']} steps"
-    var = "" if cfg.get("exact_variance", True) else " kernel-var"
+    var = "" if cfg.get("exact_variance") else " kernel-var"
     return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}{var}"
 
 

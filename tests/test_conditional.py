@@ -166,13 +166,14 @@ def test_smc_result_reports_cost(small):
         generator=gen(0),
         return_result=True,
     )
-    # the default ancestral kernel spends one more evaluation per particle and step on Var(x0 | x_t)
-    assert res.nfe == 2 * 7 + 1 and res.info["score_rows"] == 2 * 3 * 5 * 7 + 3
+    assert res.nfe == 7 + 1 and res.info["score_rows"] == 3 * 5 * 7 + 3
     assert res.info["log_z"].shape == (3,) and torch.isfinite(res.info["log_z"]).all()
-    for opts in ({"exact_variance": False}, {"kernel": "reverse_diffusion"}):
+    # exact_variance: one more evaluation per particle and step on Var(x0 | x_t), ancestral kernel only
+    for opts, calls in (({"exact_variance": True}, 2 * 7 + 1), ({"exact_variance": True, "kernel": "reverse_diffusion"},
+                                                                 7 + 1)):
         res = inpaint(model, sde, torch.zeros(3, 3), torch.tensor([True, False, False]), steps=7, particles=5,
                       generator=gen(0), return_result=True, **opts)
-        assert res.nfe == 7 + 1 and res.info["score_rows"] == 3 * 5 * 7 + 3
+        assert res.nfe == calls and res.info["score_rows"] == 3 * 5 * (calls - 1) + 3
     with pytest.raises(ValueError, match="exact_variance"):
         inpaint(model, sde, torch.zeros(3, 3), torch.tensor([True, False, False]), exact_variance="yes")
 
@@ -468,7 +469,7 @@ def test_budget_16d_ve_one_observed():
     ratios = []
     for seed in range(1000, 1005):
         res = inpaint(gm.score_model(sde), sde, y, mask, steps=60, particles=16, generator=gen(seed),
-                      exact_variance=False, return_result=True)
+                      return_result=True)
         assert res.info["score_rows"] / 1000 <= 1000
         ratios.append(check_posterior(gm, mask, y0, res.samples, fd_factor=10.0, tv_tol=0.05)[0])
     assert sum(ratios) / len(ratios) <= 2.0, ratios
@@ -566,9 +567,10 @@ def test_super_resolution_noisy_posterior():
 
 
 def test_log_evidence_matches_closed_form():
-    """info['log_z'] estimates log p(y) at noise max(noise_std, sigma(eps)). At the default settings
-    (K = 64, 200 steps) each row is within 0.1 on average (issue #22's bar); the weights from the kernel's
-    own variance (which leaves out c0^2 Var(x0 | x_t)) are not: their error shrinks only like steps^-1/2."""
+    """info['log_z'] estimates log p(y) at noise max(noise_std, sigma(eps)). At the default K = 64, 200 steps
+    with exact_variance=True each row is within 0.1 on average (issue #22's bar); the weights from the kernel's
+    own variance (the default, which leaves out c0^2 Var(x0 | x_t)) are not: their error shrinks only like
+    steps^-1/2."""
     gm = GaussianMixture([0.6, 0.4], torch.tensor([[0.5, -0.3], [-1.0, 1.0]]),
                          torch.tensor([[[1.0, 0.6], [0.6, 0.8]], [[0.3, 0.0], [0.0, 0.3]]]))
     mask = torch.tensor([True, False])

@@ -85,7 +85,7 @@ def inpaint(
             each system's estimate of the log evidence :math:`\log p(y)`, for ``y`` seen through noise
             :math:`\max(\nu, \sigma(\epsilon))`).
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
-            ``"euler_maruyama"``), ``ess_threshold`` (0.1), ``exact_variance`` (True: the ancestral
+            ``"euler_maruyama"``), ``ess_threshold`` (0.1), ``exact_variance`` (False; True: the ancestral
             kernel's weights include :math:`\mathrm{Var}(x_0 \mid x_t)`, at one more evaluation per particle and
             step, so that ``info["log_z"]`` converges with the steps). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
@@ -96,8 +96,8 @@ def inpaint(
         ``(n, *sample_shape)`` samples whose exactly-observed entries equal ``y``, or a
         :class:`~scoresolve.SampleResult`.
 
-    Cost (score evaluations of single samples): ``smc``: ``n·(2·particles·steps + 1)`` (``n·(particles·steps +
-    1)`` with ``exact_variance=False`` or another kernel); ``replace``:
+    Cost (score evaluations of single samples): ``smc``: ``n·(particles·steps + 1)`` (``n·(2·particles·steps +
+    1)`` with ``exact_variance=True``); ``replace``:
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)

@@ -38,7 +38,7 @@ share ``y``. Because each coordinate enters the path pinned at :math:`\alpha y` 
 :meth:`Observation.path`), :math:`\log p(y) = \log p(\text{path}) - \log q(\text{path} \mid y)` exactly, and
 ``info["log_z"]`` is the filter's estimate of the log evidence :math:`\log p(y)`.
 
-Weights (``exact_variance=True``, the default, ancestral kernel only): the exact reverse transition has
+Weights (``exact_variance=True``, ancestral kernel only; off by default): the exact reverse transition has
 the kernel's mean but variance :math:`s_i^2 + c_0^2\,\mathrm{Var}(x_{0,c} \mid x_{t_i})` (:math:`c_0`: the
 kernel's coefficient of Tweedie's :math:`\hat x_0`); the kernel's own :math:`s_i^2` leaves out a relative
 :math:`O(\Delta\log\mathrm{SNR})` per step, whose sum over the path makes :math:`\log Z` wrong by
@@ -51,7 +51,7 @@ Noisy coordinates (``Observation.nu > 0``) enter the path at the time :math:`t^*
 observation of the diffused state and are free below it (see :mod:`scoresolve.conditional._common`).
 
 Cost: ``steps`` batched calls of ``n·K`` rows (two with ``exact_variance``) plus one call of ``n`` rows for
-the final denoising — ``n·(2·K·steps + 1)`` score evaluations of single samples (``n·(K·steps + 1)`` without).
+the final denoising — ``n·(K·steps + 1)`` score evaluations of single samples (``n·(2·K·steps + 1)`` with).
 
 Kernels (``kernel=``): ``"ancestral"`` (default; DDPM/SMLD posterior :math:`q(x_s \mid x_t, \hat x_0)`
 with Tweedie's :math:`\hat x_0`, see :class:`scoresolve.solvers.predictors.AncestralSampling`),
@@ -148,7 +148,7 @@ def smc_inpaint(
     particles: int = 64,
     kernel: str = "ancestral",
     ess_threshold: float = 0.1,
-    exact_variance: bool = True,
+    exact_variance: bool = False,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     return_result: bool = False,
