@@ -231,10 +231,9 @@ def cache_key(model: Any, key: dict[str, Any]) -> str | None:
     return hashlib.sha256((digest + json.dumps(key, sort_keys=True, default=str)).encode()).hexdigest()
 
 
-def cache_path(model: Any, key: dict[str, Any]) -> Path | None:
-    """The calibration file for ``model`` and ``key`` in :func:`cache_dir` (``None``: no weights to key it by)."""
-    h = cache_key(model, key)
-    return None if h is None else cache_dir() / f"grid-{h[:32]}.json"
+def cache_path(digest: str | None) -> Path | None:
+    """The calibration file in :func:`cache_dir` for a :func:`cache_key` digest (``None``: no weights to key it by)."""
+    return None if digest is None else cache_dir() / f"grid-{digest[:32]}.json"
 
 
 @dataclass
@@ -293,15 +292,13 @@ def calibrate_trajectory(
                                        "seed": int(seed), "dtype": str(dtype), "method": "trajectory-dp",
                                        "choice": "moments"}}
     digest = cache_key(model, key)
-    if isinstance(cache, (str, os.PathLike)):  # the caller's file: refused when made for anything else
-        path: Path | None = Path(cache)
-        if path.is_file() and CalibratedGrid.load(path).extra.get("key") != digest:
-            raise CalibrationMismatchError(f"{path} holds a grid calibrated for other weights, SDE, budget or "
-                                           "options; delete it or pass another path to recalibrate")
-    else:
-        path = cache_path(model, key) if cache else None
+    own_file = isinstance(cache, (str, os.PathLike))
+    path = Path(cache) if own_file else (cache_path(digest) if cache else None)
     if path is not None and path.is_file():
         cg = CalibratedGrid.load(path)
+        if own_file and cg.extra.get("key") != digest:  # the caller's file: refused when made for anything else
+            raise CalibrationMismatchError(f"{path} holds a grid calibrated for other weights, SDE, budget or "
+                                           "options; delete it or pass another path to recalibrate")
         return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cached": True, "file": str(path)}
     ns = {c.name: plan(c.solver, nfe, c.final) for c in candidates}
     # the cost of one batched evaluation at the full batch, to size the plan within the budget
