@@ -4,6 +4,7 @@ log-densities, its error estimate brackets the true error, warnings / strict / i
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -56,10 +57,20 @@ def test_the_estimate_brackets_few_and_many_steps(name, k):
     assert float(r.error_bpd.mean() / err.mean()) <= 15, (float(r.error_bpd.mean()), float(err.mean()))
 
 
+def test_digits_vp_accuracy_at_20_evaluations():
+    """digits x VP, exact score and p_T, K=20: mean |error| <= 0.004 bits/dim on 64 samples (measured 0.0028
+    on the warped nodes; 0.0075 on nodes uniform in log-SNR; the issue's bar, 0.001, needs about K=28)."""
+    mix, sde = analytic.digits(), ss.VPSDE()
+    x = mix.sample(64, torch.Generator().manual_seed(3), dtype=torch.float64)
+    with _no_fail():
+        r = likelihood(mix.score_model(sde), sde, x, steps=20, prior_logp=lambda z: mix.log_prob(z, sde.T, sde))
+    err = (r.logp - mix.log_prob(x, r.eps, sde)).abs() / (64 * LN2)
+    assert float(err.mean()) <= 0.004, float(err.mean())
+    assert float((err <= r.error_bpd).float().mean()) >= 0.95
+
+
 class _no_fail:
     def __enter__(self):
-        import warnings
-
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", LikelihoodAccuracyWarning)
@@ -96,8 +107,6 @@ def test_too_few_steps_warn_or_raise_naming_the_remedy():
     with pytest.raises(LikelihoodAccuracyError, match="exceeds tol"):
         likelihood(model, sde, x, steps=4, strict=True)
     # a loose tol accepts the same run silently
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", LikelihoodAccuracyWarning)
         likelihood(model, sde, x, steps=4, tol=100.0)
@@ -116,7 +125,9 @@ def test_negative_bits_per_dim_on_dequantized_data_is_an_error():
     k = torch.randint(0, 256, (4, 2), generator=torch.Generator().manual_seed(0))
     x = (k / 255.0 * 2 - 1).to(torch.float64)
     kw = dict(steps=8, data_range=(-1, 1), dequantize="uniform", tol=10.0)
-    assert bool((likelihood(mix.score_model(sde), sde, x, **kw).bpd > 0).all())
+    with warnings.catch_warnings():  # the user's tol holds with a data_range (it was once overwritten)
+        warnings.simplefilter("error", LikelihoodAccuracyWarning)
+        assert bool((likelihood(mix.score_model(sde), sde, x, **kw).bpd > 0).all())
     with pytest.raises(ValueError, match="negative bits/dim"):
         likelihood(mix.score_model(sde), sde, x, prior_logp=lambda z: z.new_full(z.shape[:1], 100.0), **kw)
 

@@ -297,8 +297,8 @@ def likelihood(
         raise ValueError(f"dequantize must be 'uniform' or None, got {dequantize!r}")
     if rng is not None:
         lo, hi = rng
-        tol = 1e-6 * (hi - lo)
-        out = (x < lo - tol) | (x > hi + tol)
+        slack = 1e-6 * (hi - lo)
+        out = (x < lo - slack) | (x > hi + slack)
         if bool(out.any()):
             raise ValueError(
                 f"x has {int(out.sum())} values outside data_range={data_range} (min {float(x.min()):.4g}, "

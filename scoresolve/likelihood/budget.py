@@ -1,24 +1,18 @@
 r"""The budget method: the likelihood ODE in log-SNR time with the noise prediction, ``K`` evaluations
-and an embedded error estimate.
-
-With :math:`\lambda = \log(\alpha/\sigma)`, :math:`\hat\epsilon = -\sigma s` and
-:math:`m = \mathrm{tr}(-\sigma^2\nabla_x s) = \sigma\,\mathrm{tr}\,\partial_x\hat\epsilon` (about 0 near
-the data, about :math:`D` in the noise), and since :math:`\tfrac12 g^2\,dt = -\sigma^2 d\lambda`,
+and an embedded error estimate. With :math:`\lambda = \log(\alpha/\sigma)`, :math:`\hat\epsilon = -\sigma s`,
+:math:`m = \mathrm{tr}(-\sigma^2\nabla_x s)` and :math:`\tfrac12 g^2\,dt = -\sigma^2 d\lambda`,
 
 .. math:: x_{\lambda'} = \tfrac{\alpha_{\lambda'}}{\alpha_\lambda}\Big(x_\lambda - \sigma_\lambda
           \int_\lambda^{\lambda'} e^{-(u-\lambda)}\hat\epsilon\,du\Big), \qquad
           \int_\epsilon^T \nabla\cdot F\,dt = D\log\tfrac{\alpha_T}{\alpha_\epsilon}
           + \int_{\lambda_T}^{\lambda_\epsilon} m\,d\lambda .
 
-The drift's share is exact; the ``K`` evaluations sit on a grid uniform in :math:`\lambda` and feed an
-exponential Adams predictor (order 3) and corrector (order 4) for :math:`x` in PEC mode (the
-DPM-Solver / UniPC form, arXiv:2206.00927, arXiv:2302.04867; one evaluation per node, the last at
-:math:`T`) and a composite 4-point quadrature of the bounded, smooth :math:`m`. Error estimate, on the
-same evaluations: the predictor–corrector gap of every step weighted by the score (a jump
-:math:`\delta x` at time :math:`t` moves :math:`\log p` by :math:`\approx s\cdot\delta x`), summed in
-modulus and scaled by ``GAP_SCALE / (K - 1)`` (the gap is the order-3 predictor's local error; the
-corrector's is one power of the step smaller; the constant is calibrated on the analytic mixtures), plus
-the gap between the 4- and 3-point quadratures.
+The drift's share is exact. The ``K`` nodes are uniform in :math:`v` with :math:`\lambda = c + w\sinh v`
+(dense where :math:`e^{-\lambda}` is at the data's scale); polynomials in :math:`v` through them give an
+exponential Adams predictor (order 3) and corrector (order 4) for :math:`x` in PEC mode (DPM-Solver / UniPC
+form, arXiv:2206.00927, arXiv:2302.04867) and a composite 4-point quadrature of :math:`m`. Error estimate:
+the score-weighted predictor–corrector gaps, summed in modulus, times ``GAP_SCALE / (K - 1)``, plus the
+4- minus 3-point quadrature gap (docs/likelihood.md).
 """
 
 from __future__ import annotations
@@ -26,19 +20,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..sde import SDE
-from ..solvers.coefficients import exp_lagrange_weights, lagrange_integral_weights
+from ..solvers.coefficients import weighted_lagrange_weights
 from .field import Field
 
-__all__ = ["BudgetSolution", "budget_logp", "GAP_SCALE", "PREDICTOR_ORDER", "QUADRATURE_POINTS"]
+__all__ = ["BudgetSolution", "budget_logp", "log_snr_nodes", "GAP_SCALE", "PREDICTOR_ORDER", "QUADRATURE_POINTS"]
 
 PREDICTOR_ORDER = 3  # the corrector has one more
 QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
 #: the summed predictor-corrector gaps times GAP_SCALE / (K - 1) bound the corrector's path error (docs/likelihood.md)
 GAP_SCALE = 25.0
+#: the nodes' warp lambda = WARP_CENTER + WARP_WIDTH sinh(v): spacing in lambda grows as sqrt(w^2 + (lambda - c)^2)
+WARP_CENTER, WARP_WIDTH = 0.5, 3.5
+
+
+def _lam(v: np.ndarray) -> np.ndarray:
+    return WARP_CENTER + WARP_WIDTH * np.sinh(v)
+
+
+def _dlam(v: np.ndarray) -> np.ndarray:
+    return WARP_WIDTH * np.cosh(v)
+
+
+def log_snr_nodes(lam_eps: float, lam_end: float, k: int) -> tuple[list[float], list[float]]:
+    """The ``k`` nodes ``(v, lambda)`` from ``lam_eps`` down to ``lam_end``, uniform in ``v``."""
+    ends = [math.asinh((lam - WARP_CENTER) / WARP_WIDTH) for lam in (lam_eps, lam_end)]
+    v = np.linspace(ends[0], ends[1], k)
+    lam = _lam(v)
+    lam[0], lam[-1] = lam_eps, lam_end
+    return v.tolist(), lam.tolist()
 
 
 @dataclass
@@ -57,15 +71,15 @@ def _stencil(n: int, q: int, k: int) -> range:
     return range(start, start + q)
 
 
-def quadrature(lam: list[float], m: Tensor, q: int) -> Tensor:
-    r""":math:`\int_{\lambda_{K-1}}^{\lambda_0} m\,d\lambda` from its node values ``m`` ``(K, ...)`` by the
-    composite rule of ``q``-point Lagrange stencils."""
-    k = len(lam)
+def quadrature(v: list[float], m: Tensor, q: int) -> Tensor:
+    r""":math:`\int_{\lambda_{K-1}}^{\lambda_0} m\,d\lambda` from its node values ``m`` ``(K, ...)`` at the warped
+    nodes ``v``, by the composite rule of ``q``-point Lagrange stencils in ``v``."""
+    k = len(v)
     q = min(q, k)
     total = torch.zeros_like(m[0])
     for n in range(k - 1):
         st = _stencil(n, q, k)
-        w = lagrange_integral_weights([lam[j] for j in st], lam[n], lam[n + 1])
+        w = weighted_lagrange_weights([v[j] for j in st], v[n], v[n + 1], _dlam)
         total = total - sum(wj * m[j] for wj, j in zip(w, st, strict=True))
     return total
 
@@ -74,10 +88,10 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSo
     """Integrate from ``x`` at ``eps`` to ``T`` with ``k`` evaluations (``k >= 2``)."""
     b, d = x.shape[0], x[0].numel()
     t_eps, t_end = torch.tensor([eps], dtype=torch.float64), torch.tensor([sde.T], dtype=torch.float64)
-    lam = torch.linspace(float(sde.log_snr(t_eps)), float(sde.log_snr(t_end)), k, dtype=torch.float64)
-    ts = sde.t_from_log_snr(lam)
+    v_l, lam_l = log_snr_nodes(float(sde.log_snr(t_eps)), float(sde.log_snr(t_end)), k)
+    ts = sde.t_from_log_snr(torch.tensor(lam_l, dtype=torch.float64))
     ts[0], ts[-1] = eps, sde.T
-    lam_l, t_l = lam.tolist(), ts.tolist()
+    t_l = ts.tolist()
     alpha = sde.alpha(ts).tolist()
     sig = sde.marginal_std(ts).tolist()
 
@@ -92,7 +106,9 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSo
         return eps_hat, m
 
     def advance(n: int, xn: Tensor, nodes: list[int]) -> Tensor:
-        w = exp_lagrange_weights([lam_l[j] for j in nodes], lam_l[n], lam_l[n + 1])
+        w = weighted_lagrange_weights(
+            [v_l[j] for j in nodes], v_l[n], v_l[n + 1], lambda v: np.exp(lam_l[n] - _lam(v)) * _dlam(v)
+        )
         inc = sum(wj * eps_hats[j] for wj, j in zip(w, nodes, strict=True))
         return (alpha[n + 1] / alpha[n]) * (xn - sig[n] * inc)
 
@@ -114,8 +130,8 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSo
         path_err = path_err + jump.abs()  # a sum of moduli: the signed sum under-covers (measured)
         xn = x_corr
     m_all = torch.stack(ms)  # (K, B, P)
-    q_hi = quadrature(lam_l, m_all, QUADRATURE_POINTS)
-    q_lo = quadrature(lam_l, m_all, QUADRATURE_POINTS - 1)
+    q_hi = quadrature(v_l, m_all, QUADRATURE_POINTS)
+    q_lo = quadrature(v_l, m_all, QUADRATURE_POINTS - 1)
     delta = d * math.log(alpha[-1] / alpha[0]) + q_hi
     quad_gap = (q_hi - q_lo).mean(1)
     error = path_err * (GAP_SCALE / (k - 1)) + quad_gap.abs()

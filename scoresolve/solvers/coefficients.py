@@ -1,7 +1,8 @@
 """Coefficients of the multistep and exponential-integrator solvers, one copy each (float64 Python floats).
 
 - :func:`lagrange_integral_weights`: variable-step Adams weights :math:`\\int_a^b \\ell_j`;
-- :func:`exp_lagrange_weights`: exponential Adams weights :math:`\\int_a^b e^{-(u-a)}\\ell_j(u)\\,du`;
+- :func:`exp_lagrange_weights`: exponential Adams weights :math:`\\int_a^b e^{-(u-a)}\\ell_j(u)\\,du`
+  (:func:`weighted_lagrange_weights` for any weight);
 - :func:`phi_integrals`: :math:`\\int_0^h (1+\\eta)e^{-(1+\\eta)(h-u)}u^k\\,du`, ``k = 0, 1, 2`` (SDE-DPM-Solver++);
 - :func:`unipc_b`: UniPC's :math:`\varphi_1`, :math:`b_k` and :math:`B(h)` (Zhao et al. 2023, arXiv:2302.04867).
 """
@@ -9,11 +10,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["lagrange_integral_weights", "exp_lagrange_weights", "phi_integrals", "unipc_b"]
+__all__ = ["lagrange_integral_weights", "exp_lagrange_weights", "weighted_lagrange_weights", "phi_integrals", "unipc_b"]
 
 
 def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[float]:
@@ -40,9 +42,17 @@ def exp_lagrange_weights(nodes: list[float], a: float, b: float, rate: float = -
     Gauss–Legendre with 24 points: exact for the polynomial part, and to rounding for the
     exponential over intervals :math:`|b - a| \lesssim 8`.
     """
+    return weighted_lagrange_weights(nodes, a, b, lambda u: np.exp(rate * (u - a)))
+
+
+def weighted_lagrange_weights(
+    nodes: list[float], a: float, b: float, weight: Callable[[np.ndarray], np.ndarray]
+) -> list[float]:
+    r"""Weights :math:`w_j = \int_a^b \omega(u)\ell_j(u)\,du` of the Lagrange basis through ``nodes`` for a
+    smooth weight :math:`\omega` (``weight``, vectorised over numpy arrays); Gauss–Legendre, 24 points."""
     v, wq = np.polynomial.legendre.leggauss(24)
     u = a + (b - a) * (v + 1) / 2
-    f = np.exp(rate * (u - a)) * wq * (b - a) / 2
+    f = weight(u) * wq * (b - a) / 2
     out = []
     for j, nj in enumerate(nodes):
         ell = np.ones_like(u)
