@@ -44,7 +44,7 @@ from _common import machine_info, markdown_table, plot_metric_vs_nfe, prepare_ou
 
 import scoresolve as ss
 from scoresolve import analytic
-from scoresolve.likelihood import likelihood
+from scoresolve.likelihood import budget, likelihood
 
 LN2 = math.log(2)
 ONLY: str | None = None
@@ -214,21 +214,31 @@ def network_data(name: str, n: int, mnist_path: str | None) -> tuple[Any, torch.
 
 
 def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[float], mnist_path: str | None,
-                 batch: int, cache: Path | None = None) -> list[dict[str, Any]]:
-    """The reference and dopri5 rows do not depend on the budget method: with ``cache`` they are read from
-    (or written to) a torch file keyed by network, digits, probes and batch, so the budget rows can be re-run
-    alone against the same reference."""
+                 batch: int, caches: list[Path], n_dopri: int | None = None, fill: bool = False
+                 ) -> list[dict[str, Any]]:
+    """Rows of one network. Every run is kept in a torch file keyed by network, digits, probes, batch and label
+    (the budget labels name the method's constants), read from all of ``caches`` and written to the last one,
+    so a run can be resumed or split: ``fill`` computes the budget, dopri5 and probe-spread runs without the
+    reference. dopri5 runs on the first ``n_dopri`` digits (a multiple of ``batch``; default all)."""
     model, x, opts, add = network_data(name, n, mnist_path)
-    store: dict[str, Any] = torch.load(cache) if cache is not None and cache.exists() else {}
+    store: dict[str, Any] = {}
+    for c in caches:
+        if c.exists():
+            store.update(torch.load(c))
+    n_dopri = n if n_dopri is None else min(n, n_dopri)
+    if n_dopri < n and n_dopri % batch:
+        raise SystemExit(f"--n-dopri must be a multiple of the batch ({batch}): the probes are drawn per batch")
+    tag = f"warp {budget.WARP_CENTER},{budget.WARP_WIDTH} gap {budget.GAP_SCALE}"
 
-    def run(n_probes: int = probes, seed: int = 1000, **kw: Any) -> dict[str, Any]:
+    def run(m: int, n_probes: int = probes, seed: int = 1000, **kw: Any) -> dict[str, Any]:
         outs, wall, cpu, nfe = [], 0.0, 0.0, 0
-        for i in range(0, n, batch):
+        for i in range(0, m, batch):
             g = torch.Generator().manual_seed(seed + i)  # the same dequantization and probes for every method
             w0, c0 = time.perf_counter(), time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = likelihood(model, x[i : i + batch], trace="hutchinson", probes=n_probes, generator=g, **opts, **kw)
+                r = likelihood(model, x[i : min(i + batch, m)], trace="hutchinson", probes=n_probes, generator=g,
+                               **opts, **kw)
             wall += time.perf_counter() - w0
             cpu += time.process_time() - c0
             nfe = max(nfe, r.nfe)
@@ -236,42 +246,53 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
         cat = lambda k: torch.cat([getattr(r, k) for r in outs])  # noqa: E731
         est = torch.cat([r.error_bpd for r in outs]) if outs[0].error_bpd is not None else None
         return {"bpd": cat("bpd") + add, "se": cat("trace_se_bpd"), "est": est, "nfe": nfe,
-                "wall": wall / n, "cpu": cpu / n}
+                "wall": wall / m, "cpu": cpu / m}
 
-    def cached(label: str, **kw: Any) -> dict[str, Any]:
-        key = f"{name}|{n}|{probes}|{batch}|{label}"
+    def cached(label: str, m: int, **kw: Any) -> dict[str, Any]:
+        key = f"{name}|{m}|{probes}|{batch}|{label}"
         if key not in store:
-            store[key] = run(**kw)
-            if cache is not None:
-                torch.save(store, cache)
+            store[key] = run(m, **kw)
+            if caches:
+                torch.save(store, caches[-1])
         return store[key]
 
-    ref = cached("reference", rtol=1e-6, atol=1e-6)
+    cfgs = [(f"budget K={k}", n, {"steps": k}) for k in ks]
+    cfgs += [(f"dopri5 rtol={t:g}", n_dopri, {"rtol": t, "atol": t}) for t in rtols]
+    spread_label = "probe spread: budget K=20, 8 probes"
+    key_of = lambda label: f"{label} ({tag})" if label.startswith("budget") else label  # noqa: E731
+    if fill:
+        for label, m, kw in cfgs:
+            cached(key_of(label), m, **kw)
+            print(f"{name}: {label} done", flush=True)
+        cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
+        return []
+    ref = cached("reference", n, rtol=1e-6, atol=1e-6)
     rows = []
     se_data = float(ref["bpd"].std() / math.sqrt(n))
-    print(f"{name}: reference dopri5 1e-6: {float(ref['bpd'].mean()):.4f} bits/dim (SE over digits {se_data:.4f}; "
-          f"probes' SE per digit {float(ref['se'].mean()):.4f}), NFE {ref['nfe']}", flush=True)
-    cfgs = [(f"budget K={k}", {"steps": k}) for k in ks]
-    cfgs += [(f"dopri5 rtol={t:g}", {"rtol": t, "atol": t}) for t in rtols]
-    for label, kw in [("reference dopri5 rtol=1e-6", None), *cfgs]:
-        r = ref if kw is None else cached(label, **kw) if label.startswith("dopri5") else run(**kw)
-        e = r["bpd"] - ref["bpd"]
+    print(f"{name}: reference dopri5 1e-6: {float(ref['bpd'].mean()):.4f} bits/dim (SE over digits {se_data:.4f}), "
+          f"NFE {ref['nfe']}", flush=True)
+    for label, m, kw in [("reference dopri5 rtol=1e-6", n, None), *cfgs]:
+        r = ref if kw is None else cached(key_of(label), m, **kw)
+        e = r["bpd"] - ref["bpd"][:m]
         row = {
-            "network": name, "n": n, "probes": probes, "label": label, "nfe": r["nfe"],
+            "network": name, "n": m, "probes": probes, "label": label, "nfe": r["nfe"],
             "vjp_per_digit": r["nfe"] * probes, "bpd": float(r["bpd"].mean()), "bias": float(e.mean()),
             "bias_sd": float(e.std()), "mean_abs_err": float(e.abs().mean()),
             "bracket": None if r["est"] is None else float((e.abs() <= r["est"]).float().mean()),
             "est_mean": None if r["est"] is None else float(r["est"].mean()),
             "probe_se": float(r["se"].mean()), "wall_s_per_digit": r["wall"], "cpu_s_per_digit": r["cpu"],
         }
+        if m < n:  # the same digits' budget and reference means, for a like-for-like comparison
+            row["ref_bpd_same_digits"] = float(ref["bpd"][:m].mean())
         rows.append(row)
-        print(f"{name:6s} {label:28s} NFE {row['nfe']:4d} bpd {row['bpd']:.4f} bias {row['bias']:+.4f} "
-              f"(sd {row['bias_sd']:.4f}) bracket {row['bracket']} est {row['est_mean']} "
-              f"wall {row['wall_s_per_digit']:.3f} s/digit cpu {row['cpu_s_per_digit']:.3f}", flush=True)
+        print(f"{name:6s} {label:28s} n {m} NFE {row['nfe']:4d} bpd {row['bpd']:.4f} bias {row['bias']:+.5f} "
+              f"(sd {row['bias_sd']:.4f}, mean |err| {row['mean_abs_err']:.5f}) bracket {row['bracket']} "
+              f"est {row['est_mean']} wall {row['wall_s_per_digit']:.3f} s/digit cpu {row['cpu_s_per_digit']:.3f}",
+              flush=True)
     # the probes' own Monte-Carlo error, which the common probes remove from the bias: 8 fresh probes per digit
-    spread = run(n_probes=8, seed=5000, steps=20)
+    spread = cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
     sd_one = float((spread["se"] * math.sqrt(8)).pow(2).mean().sqrt())
-    rows.append({"network": name, "n": n, "probes": 8, "label": "probe spread: budget K=20, 8 probes",
+    rows.append({"network": name, "n": n, "probes": 8, "label": spread_label,
                  "nfe": spread["nfe"], "bpd": float(spread["bpd"].mean()), "probe_se": float(spread["se"].mean()),
                  "probe_sd_one": sd_one, "ref_mean_probe_se": sd_one / math.sqrt(n * probes),
                  "wall_s_per_digit": spread["wall"], "cpu_s_per_digit": spread["cpu"]})
@@ -292,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-digits", type=int, default=64, help="held-out 8x8 digits (default 64, quick 8)")
     ap.add_argument("--probes", type=int, default=1, help="Hutchinson probes, common to every method (default 1)")
     ap.add_argument("--ks", default="8,12,16,20,30,40,60,80", help="budget rows' K, comma-separated ('' for none)")
-    ap.add_argument("--cache", default=None, help="torch file keeping the reference and dopri5 rows (--networks)")
+    ap.add_argument("--cache", default=None,
+                    help="torch files keeping every run (comma-separated: read all, write the last)")
+    ap.add_argument("--n-dopri", type=int, default=None, help="dopri5 rows on the first N digits (default all)")
+    ap.add_argument("--no-dopri", action="store_true", help="no dopri5 rows (only the reference and the budget)")
+    ap.add_argument("--fill", action="store_true", help="compute and cache the budget, dopri5 and spread runs only")
     args = ap.parse_args(argv)
     if args.networks:
         return networks_main(args, argv)
@@ -368,13 +393,15 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     torch.set_num_threads(1)
     out = prepare_out_dir(args.out, "likelihood_networks")
     ks = [8, 16] if args.quick else [int(k) for k in args.ks.split(",") if k.strip()]
-    cache = Path(args.cache) if args.cache else None
-    rtols = [1e-3] if args.quick else [1e-5, 1e-3]
+    caches = [Path(c) for c in args.cache.split(",")] if args.cache else []
+    rtols = [] if args.no_dopri else [1e-3] if args.quick else [1e-5, 1e-3]
     rows: list[dict[str, Any]] = []
     nd, nm = (8, 8) if args.quick else (args.n_digits, args.n_mnist)
-    rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, cache)
-    if args.mnist is not None or not args.quick:
-        rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25, cache)
+    if nm > 0 and (args.mnist is not None or not args.quick):  # MNIST first: the longer one (--n-dopri applies to it)
+        rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25, caches, args.n_dopri, args.fill)
+    rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, caches, None, args.fill)
+    if args.fill:
+        return 0
     meta = {
         "machine": machine_info(),
         "versions": versions(),

@@ -5,7 +5,7 @@ networks (held-out digits, one common Rademacher probe, against dopri5 rtol=atol
 the bracket rate (|error| <= estimate) and mean estimate / mean |error|, for the unscaled gap sum ("old":
 sum |gap| + |quadrature gap|) and the shipped estimate (``GAP_SCALE / (K-1)`` times the gap sum).
 
-    python benchmarks/likelihood_error_bar.py [--n-digits 48] [--n-mnist 16] [--mnist PATH]
+    python benchmarks/likelihood_error_bar.py [--n-digits 48] [--n-mnist 16] [--mnist PATH]  (--n-digits 0: no nets)
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     import scoresolve.io as sio
     from scoresolve.train.data import digits, mnist
 
-    nets = [("digits net", args.n_digits)] + ([("mnist net", args.n_mnist)] if args.mnist else [])
+    nets = [("digits net", args.n_digits)] * (args.n_digits > 0) + ([("mnist net", args.n_mnist)] if args.mnist else [])
     for name, n in nets:
         if name == "digits net":
             x = digits("test")[:n].to(torch.float32)

@@ -35,7 +35,7 @@ QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
 #: the summed predictor-corrector gaps times GAP_SCALE / (K - 1) bound the corrector's path error (docs/likelihood.md)
 GAP_SCALE = 25.0
 #: the nodes' warp lambda = WARP_CENTER + WARP_WIDTH sinh(v): spacing in lambda grows as sqrt(w^2 + (lambda - c)^2)
-WARP_CENTER, WARP_WIDTH = 0.5, 3.5
+WARP_CENTER, WARP_WIDTH = 2.0, 5.0
 
 
 def _lam(v: np.ndarray) -> np.ndarray:
