@@ -42,6 +42,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,10 @@ __all__ = [
     "DEFAULT_CACHE",
     "CalibrationMismatchError",
     "calibrate_grid",
+    "calibrated_run",
+    "calibration_options",
+    "grid_calibration",
+    "resolve_gaussian_prior",
     "model_signature",
     "teacher_solution",
     "gits_grid",
@@ -587,6 +592,58 @@ def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return GaussianFit(*value, name=name)
     raise TypeError(f"{name} must be None, 'estimate' or a (mean, cov) pair of the data's moments")
+
+
+def resolve_gaussian_prior(model: Any, value: Any) -> GaussianFit | str | None:
+    """``gaussian_prior=`` of :func:`scoresolve.sample`: ``"estimate"`` becomes the model's ``data_moments`` fit if
+    it has one, and otherwise stays ``"estimate"`` (for the calibration to estimate)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "estimate":
+            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
+        fit = model.data_fit if isinstance(model, ScoreModel) else None
+        return fit if fit is not None else "estimate"
+    return as_gaussian_fit(value)
+
+
+def calibration_options(value: Any) -> tuple[dict[str, Any] | None, Any]:
+    """``calibrate=`` of :func:`scoresolve.sample` as ``(options of the calibration or None for none, cache)``."""
+    if value is None or value is False:
+        return None, None
+    if value is True:
+        return {}, None
+    if isinstance(value, dict):
+        opts = dict(value)
+        return opts, opts.pop("cache", None)
+    if isinstance(value, (str, os.PathLike, CalibrationCache)):
+        return {}, value
+    raise TypeError(f"calibrate must be a bool, a cache file path or a dict of calibrate_grid options, got "
+                    f"{type(value).__name__}")
+
+
+def grid_calibration(value: Any, budget: Any = None) -> Callable[..., Any] | None:
+    """``calibrate=`` of :func:`scoresolve.sample` for a named solver: :func:`calibrated_run` with its options, or
+    ``None`` (no calibration)."""
+    if budget is not None:
+        raise ValueError("calibration_budget= bounds the calibration of solver='auto'; pass solver='auto'")
+    options, cache = calibration_options(value)
+    return None if options is None else partial(calibrated_run, options=options, cache=cache)
+
+
+def calibrated_run(score_fn: Callable[[Tensor, Tensor], Tensor], model: Any, sde: SDE, solver: GridSolver, nfe: int,
+                   final: str, gaussian_prior: Any, shape: Sequence[int], eps: float, dtype: torch.dtype,
+                   progress: bool | None, info: dict[str, Any], *, options: dict[str, Any],
+                   cache: Any) -> tuple[GridSolver, str, Tensor, Any]:
+    """A calibration as :func:`scoresolve.sample` runs one: ``(solver, final, grid, gaussian_prior)`` with the grid
+    from :func:`calibrate_grid` (cache ``cache``, else :data:`DEFAULT_CACHE`) and its cost in ``info["calibration"]``
+    (a cached grid costs the 3 evaluations of the model's signature); an estimated Gaussian fit replaces
+    ``"estimate"``."""
+    cg = calibrate_grid(score_fn, sde, solver, nfe, final=final, gaussian_prior=gaussian_prior, shape=shape, eps=eps,
+                        dtype=dtype, cache=DEFAULT_CACHE if cache is None else cache, progress=progress, **options)
+    info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
+                           "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
+    return solver, final, cg.grid, cg.gaussian_fit() if isinstance(gaussian_prior, str) else gaussian_prior
 
 
 def _fingerprint(solver: Any, final: str, metric: str, fit: Any, options: dict[str, Any]) -> dict[str, Any]:

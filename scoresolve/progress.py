@@ -68,10 +68,11 @@ class Progress:
     def __init__(self, total: int | None, desc: str, *, progress: bool | None = None, unit: str = "step",
                  initial: int = 0, leave: bool = True) -> None:
         self.start = time.perf_counter()
-        self.interactive = interactive()
+        self.interactive = False
         self._bar: Any = None
         if not enabled(progress):
             return
+        self.interactive = interactive()
         try:
             from tqdm.auto import tqdm
         except ImportError:
