@@ -7,8 +7,9 @@ calibration (:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpo
 teacher; ``None``: no calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the
 calibration is :mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates`
 from one teacher run, the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a
-Gaussian fit is available; otherwise the next row for that budget does. The measurements behind the table are in
-docs/fast_samplers.md (``benchmarks/fewstep.py``).
+Gaussian fit is available; otherwise the next row for that budget does. :func:`auto` is all that
+:func:`scoresolve.sample` calls for ``solver="auto"``: the row, and the calibration as a function returning the grid.
+The measurements behind the table are in docs/fast_samplers.md (``benchmarks/fewstep.py``).
 """
 
 from __future__ import annotations
