@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._util import atomic_write, check_int, model_signature, same_signature
+from ._util import atomic_write, check_int, model_signature, one_of, same_signature
 from .gaussian import GaussianFit
 from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
@@ -350,8 +350,7 @@ def calibrate_grid(
     if not (isinstance(solver_obj, GridSolver) and solver_obj.variables == "edm"):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
     final = check_final(final)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    one_of(metric, METRICS, "metric")
     if not (isinstance(logp_tol, (int, float)) and logp_tol > 0):
         raise ValueError(f"logp_tol must be a positive number (nats), got {logp_tol!r}")
     check_int(nfe, "nfe")

@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
+from .._util import one_of
 from ..models import ScoreModel
 from ..recipes import auto_recipe
 from ..registry import SOLVERS
@@ -163,8 +164,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
             )
-        if final not in FINALS:
-            raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+        one_of(final, FINALS, "final")
         if solver_options is not None and not isinstance(solver_options, dict):
             raise TypeError(f"solver_options must be a dict of the solver's options, got {type(solver_options)}")
         if solver_options and "calibrate" in solver_options:

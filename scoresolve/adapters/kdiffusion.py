@@ -340,6 +340,19 @@ def _segments(sigma_min: float, sigma_max: float, n: int) -> list[tuple[int, lis
     return runs
 
 
+def _noise_range(fn: str, sigma_min: Any, sigma_max: Any, eta: float, noise_sampler: Any) -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` of k-diffusion's range-signature samplers as floats, refusing what we do not run
+    (``eta > 0``, ``noise_sampler=``) and an empty range, each error naming ``fn``."""
+    if eta:
+        raise ValueError(f"{fn}: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
+    if noise_sampler is not None:
+        raise TypeError(f"{fn}: noise_sampler= is not supported (scoresolve's noise comes from generator= / seeds=)")
+    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    if lo >= hi:
+        raise ValueError(f"{fn} needs sigma_min < sigma_max, got {lo}, {hi}")
+    return lo, hi
+
+
 def sample_dpm_fast(
     model: Denoiser,
     x: Tensor,
@@ -360,14 +373,10 @@ def sample_dpm_fast(
     ``n // 3 + 1`` singlestep DPM-Solver steps uniform in log-SNR (third order but the last), from ``sigma_max``
     to ``sigma_min`` without a final denoising; our ``dpm_solver(order=o, method="singlestep")`` on those
     levels. ``eta > 0`` (k-diffusion's ancestral variant) is not supported."""
-    if eta:
-        raise ValueError("sample_dpm_fast: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
-    if noise_sampler is not None:
-        raise TypeError("noise_sampler= is not supported: pass generator= or seeds=")
-    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    lo, hi = _noise_range("sample_dpm_fast", sigma_min, sigma_max, eta, noise_sampler)
     n = int(n)
-    if n < 1 or lo >= hi:
-        raise ValueError(f"sample_dpm_fast needs n >= 1 and sigma_min < sigma_max, got n={n}, {lo}, {hi}")
+    if n < 1:
+        raise ValueError(f"sample_dpm_fast needs n >= 1, got n={n}")
     done = 0
     for order, pts in _segments(lo, hi, n):
         step_cb = None
@@ -411,11 +420,7 @@ def sample_dpm_adaptive(
     gives dopri5 in ``t`` about k-diffusion's accuracy at their loose defaults (their error is measured on an
     exponential integrator in log-SNR); ``order``, ``h_init`` and the PID coefficients are ignored.
     ``eta > 0`` is not supported. ``return_info=True`` adds ``{"nfe": ...}``."""
-    if eta:
-        raise ValueError("sample_dpm_adaptive: eta > 0 is not supported (use an ancestral sampler)")
-    if noise_sampler is not None:
-        raise TypeError("noise_sampler= is not supported")
-    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    lo, hi = _noise_range("sample_dpm_adaptive", sigma_min, sigma_max, eta, noise_sampler)
     sig = torch.tensor([hi, lo], dtype=torch.float64)
     sde = sde_for_sigmas(sig)
     kwargs = dict(extra_args or {})

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
+from .._util import _HOST, make_folder, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
 from .._util import atomic_write as _atomic_write
 from ..digest import tensor_sha256, update_digest  # noqa: F401  (update_digest: public here too)
 from ..models import ScoreModel, _check_data_moments
@@ -313,11 +313,7 @@ def save_pretrained(
     """Write ``directory/model.safetensors`` and ``directory/config.json`` (created if missing), each
     atomically — the layout to upload to the Hugging Face Hub (see :func:`scoresolve.io.push_to_hub`).
     Keyword arguments as for :func:`save`. Returns the directory."""
-    d = Path(directory)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create directory {d}: {e}") from e
+    d = make_folder(directory, error=CheckpointError)
     save(model, d / WEIGHTS_NAME, **kwargs)
     cfg = read_config(d / WEIGHTS_NAME)
     with atomic_write(d / CONFIG_NAME) as tmp:

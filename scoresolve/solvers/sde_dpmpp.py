@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .._util import check_float, check_int
+from .._util import check_float, check_int, one_of
 from ..registry import SOLVERS
 from .base import GridSolver, Interval, SolveContext, Step
 from .coefficients import phi_integrals
@@ -77,9 +77,7 @@ class SDEDPMSolverPP(GridSolver):
         check_int(k, "order", max=3)
         self.k = k
         self.eta = check_float(eta, "eta", positive=False)
-        if solver_type not in _SOLVER_TYPES:
-            raise ValueError(f"solver_type must be one of {_SOLVER_TYPES}, got {solver_type!r}")
-        self.solver_type = solver_type
+        self.solver_type = one_of(solver_type, _SOLVER_TYPES, "solver_type")
         self.lower_order_final = bool(lower_order_final)
         if variant not in ("exact", "published"):
             raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
