@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 import scoresolve as ss
-from scoresolve import __version__
 from scoresolve import distributed as ssd
 from scoresolve import io as ssio
+from scoresolve._version import __version__
 
 from ._cli_help import HelpFormatter
 from ._util import atomic_write, make_folder
@@ -260,7 +260,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "nfe": args.nfe,
         "final": args.final, "options": opts,
         "eps": args.eps, "grid": args.grid, "denoise": args.denoise, "n": args.n, "seed": args.seed,
-        "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": ss.__version__,
+        "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": __version__,
     }
     if npz is not None:
         _save_npz(npz, samples=x.numpy(), seeds=torch.tensor(seeds).numpy(), config=json.dumps(config))

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
 from ._util import atomic_write, check_int, to_json
+from ._version import __version__
 from .digest import content_digest, update_digest
 from .io.checkpoint import CheckpointError, sweep_temporaries
 from .models import ScoreModel
