@@ -35,7 +35,7 @@ from scoresolve import io as ssio
 from scoresolve._version import __version__
 
 from ._cli_help import HelpFormatter
-from ._util import atomic_write
+from ._util import atomic_write, make_folder
 from .aliases import describe
 from .io.image import save_grid
 from .likelihood import likelihood as like
@@ -211,11 +211,7 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
         if p is not None:
             if p.exists() and not args.overwrite:
                 raise CLIError(f"{p} exists; pass --overwrite to replace it")
-            parent = p.parent if str(p.parent) else Path(".")
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CLIError(f"cannot create the folder {parent}: {e.strerror or e}") from None
+            parent = make_folder(p.parent, error=CLIError)
             if not os.access(parent, os.W_OK):
                 raise CLIError(f"the folder {parent} is not writable")
     return npz, png
