@@ -16,7 +16,6 @@ EXEMPT = {
     "scoresolve/conditional/particles.py",
     "scoresolve/conditional/replace.py",
     "scoresolve/conditional/sbc.py",
-    "scoresolve/likelihood/budget.py",
 }
 
 
