@@ -399,7 +399,8 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     nd, nm = (8, 8) if args.quick else (args.n_digits, args.n_mnist)
     if nm > 0 and (args.mnist is not None or not args.quick):  # MNIST first: the longer one (--n-dopri applies to it)
         rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25, caches, args.n_dopri, args.fill)
-    rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, caches, None, args.fill)
+    if nd > 0:
+        rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, caches, None, args.fill)
     if args.fill:
         return 0
     meta = {
