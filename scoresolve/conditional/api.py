@@ -104,20 +104,8 @@ def inpaint(
     method = one_of(method, METHODS, "method")
     event_shape = model.sample_shape if isinstance(model, ScoreModel) else None
     obs = Observation.from_inpainting(y, mask, event_shape, noise_std=noise_std)
-    return run_method(
-        score_fn,
-        sde,
-        obs,
-        method=method,
-        steps=steps,
-        particles=particles,
-        eps=eps,
-        grid=grid,
-        denoise=denoise,
-        generator=generator,
-        return_result=return_result,
-        method_options=method_options,
-    )
+    return run_method(score_fn, sde, obs, method=method, steps=steps, particles=particles, eps=eps, grid=grid,
+                      denoise=denoise, generator=generator, return_result=return_result, **method_options)
 
 
 def run_method(
@@ -125,17 +113,19 @@ def run_method(
     sde: SDE,
     obs: Observation,
     *,
-    method: str,
-    steps: int | None,
-    particles: int | None,
-    eps: float | None,
-    grid: str | Sequence[float] | Tensor | None,
-    denoise: bool | None,
-    generator: torch.Generator | None,
-    return_result: bool,
-    method_options: dict[str, Any],
+    method: str = "smc",
+    steps: int | None = None,
+    particles: int | None = None,
+    eps: float | None = None,
+    grid: str | Sequence[float] | Tensor | None = None,
+    denoise: bool | None = None,
+    generator: torch.Generator | None = None,
+    return_result: bool = False,
+    **method_options: Any,
 ) -> Tensor | SampleResult:
-    """Dispatch an :class:`Observation` to a method (shared by inpaint, linear_inverse, colorize)."""
+    """Dispatch an :class:`Observation` to a method (shared by inpaint, linear_inverse, colorize); the options
+    are :func:`inpaint`'s."""
+    method = one_of(method, METHODS, "method")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if steps is not None:
@@ -187,7 +177,7 @@ def run_method(
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         times = make_grid(grid or "log_snr", sde, n_steps, eps_)
     times = merge_times(times, obs.observation_times(sde, eps_))
-    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "progress"}
+    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "twist", "progress"}
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, exact_variance, "
