@@ -300,6 +300,10 @@ def write_outputs(rows: list[dict], cal: list[dict], meta: dict, out: Path) -> N
             print("matplotlib not installed: no plot")
 
 
+def variant(r: dict) -> str:
+    return "twist" if r.get("twist") else ("exact var" if r.get("exact_variance") else "kernel var")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -311,11 +315,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (s, o) in zip(axes[0], cases, strict=True):
         sel = [r for r in rows if r["sde"] == s and r["observed"] == o]
         smc = [r for r in sel if r["method"] == "smc"]
-        for grid in sorted({r.get("grid", "log_snr") for r in smc}):
-            pts = sorted((r for r in smc if r.get("grid", "log_snr") == grid),
+        for grid, var in sorted({(r.get("grid", "log_snr"), variant(r)) for r in smc}):
+            pts = sorted((r for r in smc if r.get("grid", "log_snr") == grid and variant(r) == var),
                          key=lambda r: (r["score_evals_per_output"], r["particles"]))
             ax.plot([r["score_evals_per_output"] for r in pts], [r["fd_over_floor"] for r in pts], "o-",
-                    label=f"smc, {grid} grid")
+                    label=f"smc, {grid} grid, {var}")
             for r in pts:
                 ax.annotate(f"{r['particles']}x{r['steps']}", (r["score_evals_per_output"], r["fd_over_floor"]),
                             fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -328,7 +332,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{s.upper()}, {o} of 16 observed (mean of {max(r.get('seeds', 1) for r in sel)} seeds)")
-        ax.set_xlabel("score evaluations per output (K x steps + 1)")
+        ax.set_xlabel("score evaluations per output")
         ax.set_ylabel("FD / exact-sample floor")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -87,7 +87,9 @@ def inpaint(
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
             ``"euler_maruyama"``), ``ess_threshold`` (0.1), ``exact_variance`` (False; True: the ancestral
             kernel's weights include :math:`\mathrm{Var}(x_0 \mid x_t)`, at one more evaluation per particle and
-            step, so that ``info["log_z"]`` converges with the steps). ``replace``: ``solver`` (any
+            step, so that ``info["log_z"]`` converges with the steps), ``twist`` (False; True: a guided proposal
+            and twisted weights after TDS, arXiv:2306.17775, at one more evaluation per particle and step, shared
+            with ``exact_variance``: a lower-variance ``info["log_z"]``). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
             ``snr=``, ...). Both: ``progress`` (a tqdm bar over the steps, shown by default;
             ``False`` silences it, :mod:`scoresolve.progress`).
@@ -97,7 +99,7 @@ def inpaint(
         :class:`~scoresolve.SampleResult`.
 
     Cost (score evaluations of single samples): ``smc``: ``n·(particles·steps + 1)`` (``n·(2·particles·steps +
-    1)`` with ``exact_variance=True``); ``replace``:
+    1)`` with ``exact_variance=True``, ``twist=True`` or both); ``replace``:
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)
@@ -181,7 +183,7 @@ def run_method(
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, exact_variance, "
-            "progress"
+            "twist, progress"
         )
     return smc_inpaint(
         score_fn,

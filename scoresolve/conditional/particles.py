@@ -117,7 +117,6 @@ def smc_inpaint(
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
     fix = bool(exact_variance) and kernel == "ancestral"
-    twist = bool(twist)
     thr = float(ess_threshold)
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold!r}")
@@ -169,7 +168,6 @@ def smc_inpaint(
             m_next, y_next = rep(m_path[i + 1]), rep(y_path[i + 1])
             r = torch.where(m_next, y_next - mean, torch.zeros((), device=dev, dtype=dt)).to(f64)
             n_obs = m_next.sum(1).to(f64)
-            sig_t = float(sde.marginal_std(_t(t)))
             rows += n * k
             if twist and bool(m_next.any()):
                 lpsi, g, bracket = _twist(counted, sde, x, s, t, m_next, y_end, nu_end2, ev)
@@ -177,7 +175,7 @@ def smc_inpaint(
             elif twist:  # nothing left to observe (noisy coordinates below their t*): psi = 1
                 lpsi, g, bracket = torch.zeros_like(pending), torch.zeros_like(x, dtype=f64), torch.ones_like(x)
             elif fix:
-                bracket = _x0_var_bracket(counted, x, s, t, sig_t, m_next, ev, generator)
+                bracket = _x0_var_bracket(counted, x, s, t, float(sde.marginal_std(_t(t))), m_next, ev, generator)
                 rows += n * k
             if fix:
                 var = (std**2 + ancestral_x0_gain(sde, t, t_next) * bracket).to(f64)
