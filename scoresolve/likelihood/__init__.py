@@ -324,7 +324,7 @@ def likelihood(
             raise ValueError("method='budget' takes steps= (score evaluations, e.g. steps=20)")
         check_int(steps, "steps", min=2)
         if grid is not None or grid_options:
-            raise ValueError("method='budget' builds its own grid (uniform in log-SNR): pass steps= only, not grid=")
+            raise ValueError("method='budget' builds its own grid (warped in log-SNR): pass steps= only, not grid=")
     elif fixed:
         if steps is None and grid is None:
             raise ValueError(f"method={method!r} is fixed-step: pass steps= (e.g. steps=5 for rk4 = 20 evaluations)")
