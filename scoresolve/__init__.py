@@ -15,14 +15,13 @@ from typing import Any
 
 from . import analytic, grid_io, solvers  # `solvers` is the subpackage; calling it lists the registered solvers
 from . import io as io  # registers ScoreModel's file and Hub functions (from_pretrained, save_pretrained, ...)
+from ._version import __version__ as __version__
 from .likelihood import LikelihoodResult, likelihood  # eager: `ss.likelihood` must stay the function
 from .models import ScoreModel, from_denoiser, from_eps, from_v, from_velocity, from_x0
 from .registry import CORRECTORS, GRIDS, PREDICTORS, SOLVERS, UnknownNameError
 from .sampling import SampleResult, sample
 from .sde import SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE, resolution_shift
 from .solvers.base import NonFiniteScoreError  # also registers every solver
-
-__version__ = "0.1.0"
 
 
 def predictors() -> dict[str, str]:

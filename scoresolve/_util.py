@@ -117,6 +117,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def make_folder(folder: str | os.PathLike[str], *, error: type[Exception] = OSError) -> Path:
+    """Create ``folder`` and its parents if missing and return it (``""`` is the current folder); a failure raises
+    ``error`` naming the folder and the operating system's reason."""
+    d = Path(folder) if str(folder) else Path(".")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create the folder {d}: {e.strerror or e}") from e
+    return d
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike[str], *, error: type[Exception] = OSError, mkdir: bool = False, suffix: str = ".tmp"
@@ -132,7 +143,7 @@ def atomic_write(
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
     if mkdir:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder, error=error)
     if not folder.is_dir():
         raise error(f"cannot write {dest}: directory {folder} does not exist")
     sweep_temporaries(dest)

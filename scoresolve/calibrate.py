@@ -1,38 +1,18 @@
-r"""Time grids calibrated for a given model, solver and evaluation budget, and their cache.
+r"""Time grids calibrated for a given model, solver and evaluation budget, and their cache (docs/fast_samplers.md).
 
-The few-step frontier is set as much by *where* the evaluations go as by the solver (GITS,
-LD3, DMN, AYS). :func:`calibrate_grid` chooses the interior noise levels of a budgeted solver's
-grid to minimise **that solver's own endpoint error** against a fine teacher solution of the
-probability-flow ODE, on a small calibration batch:
+:func:`calibrate_grid` chooses the interior noise levels of a budgeted solver's grid (and, with a step to 0, the
+last level, bounded below by ``eps``) to minimise that solver's own endpoint error against a fine teacher of the
+probability-flow ODE on a calibration batch :math:`x_T^{(b)}` drawn from its own noise stream:
 
 .. math:: \min_{\tilde\sigma_1 > \dots > \tilde\sigma_{n-1}}\ \mathrm{RMSE}\big(\Phi_{solver}(x_T^{(b)};\tilde\sigma),
-          \ x^{(b)}_{teacher}\big),\qquad b = 1..B,
+          \ x^{(b)}_{teacher}\big),
 
-with :math:`x_T^{(b)}` drawn from a generator seeded from ``seed`` on a stream separate from
-sampling (so calibration noise is independent of later use), the teacher a 4th-order Adams method
-(:mod:`~scoresolve.solvers.ipndm`) on ``teacher_steps`` log-SNR steps, and the grid parametrised by
-the softmax of the log-noise-level increments (always strictly decreasing). The search is a
-derivative-free coordinate pattern search (no gradients through the model, so any callable
-works) started from the best of a few standard grids (log-SNR, Karras :math:`\rho \in \{3, 5, 7\}`).
-With ``final="zero"|"tweedie"`` the last grid point (the last evaluation before the jump to
-:math:`\tilde\sigma = 0`) is free too, bounded below by ``eps``.
-
-With ``metric="logp"`` the search has a second stage that trades endpoint RMSE (capped) for the
-estimated mean log-density gap of the outputs (see :func:`calibrate_grid`). A solver with
-``gaussian_prior="estimate"`` gets the data's mean and covariance estimated here from the calibration
-batch (:func:`_estimate_gaussian`), one grid per candidate fit, the better kept and stored in the file
-— unless the model is a :class:`~scoresolve.ScoreModel` carrying ``data_moments``: then those are the fit
-(nothing estimated; the solver's fingerprint holds their digest instead of ``"estimate"``, so a grid
-calibrated with estimated moments is never reused for the model's, nor the other way).
-
-The one-off cost (evaluations and seconds) is reported in :class:`CalibratedGrid`. Grids are cached
-where the caller says (``cache=``): a :class:`CalibrationCache` in memory, or a small JSON file, keyed by
-a fingerprint of the model (its outputs at fixed probe points), the SDE's configuration, the solver's
-configuration, the final step, the Gaussian fit, the metric, the budget, ``eps`` and the sample shape;
-the file is written atomically, and loading it for another model/SDE/solver/budget raises an error
-naming the argument that differs. :func:`calibrate_grid` is a function of its arguments only: it reads
-no model metadata beyond ``data_moments`` for ``gaussian_prior="estimate"`` and writes no solver state.
-"""
+the teacher 4th-order Adams (:mod:`~scoresolve.solvers.ipndm`) on ``teacher_steps`` log-SNR steps, the grid the
+softmax of its log-noise increments, searched by a derivative-free coordinate pattern search from the best
+standard grid (in the spirit of GITS, arXiv:2405.11326); ``metric=`` picks RMSE, the local metric, both, or
+``"logp"``. Cost: the teacher, plus one solver run on the batch per objective evaluation (:class:`CalibratedGrid`
+reports it). Grids are kept where ``cache=`` says (a :class:`CalibrationCache` or an atomic JSON file), keyed by a
+fingerprint of model, SDE, solver, final step, Gaussian fit, metric, budget, ``eps`` and shape."""
 
 from __future__ import annotations
 
@@ -42,13 +22,14 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._util import atomic_write, check_int, model_signature, same_signature
+from ._util import atomic_write, check_int, model_signature, one_of, same_signature
 from .gaussian import GaussianFit
 from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
@@ -68,6 +49,10 @@ __all__ = [
     "DEFAULT_CACHE",
     "CalibrationMismatchError",
     "calibrate_grid",
+    "calibrated_run",
+    "calibration_options",
+    "grid_calibration",
+    "resolve_gaussian_prior",
     "model_signature",
     "teacher_solution",
     "gits_grid",
@@ -370,8 +355,7 @@ def calibrate_grid(
     if not (isinstance(solver_obj, GridSolver) and solver_obj.variables == "edm"):
         raise TypeError(f"solver must be a budgeted few-step solver (e.g. 'ipndm', 'dpmpp_2m'), got {solver!r}")
     final = check_final(final)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    one_of(metric, METRICS, "metric")
     if not (isinstance(logp_tol, (int, float)) and logp_tol > 0):
         raise ValueError(f"logp_tol must be a positive number (nats), got {logp_tol!r}")
     check_int(nfe, "nfe")
@@ -587,6 +571,58 @@ def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return GaussianFit(*value, name=name)
     raise TypeError(f"{name} must be None, 'estimate' or a (mean, cov) pair of the data's moments")
+
+
+def resolve_gaussian_prior(model: Any, value: Any) -> GaussianFit | str | None:
+    """``gaussian_prior=`` of :func:`scoresolve.sample`: ``"estimate"`` becomes the model's ``data_moments`` fit if
+    it has one, and otherwise stays ``"estimate"`` (for the calibration to estimate)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "estimate":
+            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
+        fit = model.data_fit if isinstance(model, ScoreModel) else None
+        return fit if fit is not None else "estimate"
+    return as_gaussian_fit(value)
+
+
+def calibration_options(value: Any) -> tuple[dict[str, Any] | None, Any]:
+    """``calibrate=`` of :func:`scoresolve.sample` as ``(options of the calibration or None for none, cache)``."""
+    if value is None or value is False:
+        return None, None
+    if value is True:
+        return {}, None
+    if isinstance(value, dict):
+        opts = dict(value)
+        return opts, opts.pop("cache", None)
+    if isinstance(value, (str, os.PathLike, CalibrationCache)):
+        return {}, value
+    raise TypeError(f"calibrate must be a bool, a cache file path or a dict of calibrate_grid options, got "
+                    f"{type(value).__name__}")
+
+
+def grid_calibration(value: Any, budget: Any = None) -> Callable[..., Any] | None:
+    """``calibrate=`` of :func:`scoresolve.sample` for a named solver: :func:`calibrated_run` with its options, or
+    ``None`` (no calibration)."""
+    if budget is not None:
+        raise ValueError("calibration_budget= bounds the calibration of solver='auto'; pass solver='auto'")
+    options, cache = calibration_options(value)
+    return None if options is None else partial(calibrated_run, options=options, cache=cache)
+
+
+def calibrated_run(score_fn: Callable[[Tensor, Tensor], Tensor], model: Any, sde: SDE, solver: GridSolver, nfe: int,
+                   final: str, gaussian_prior: Any, shape: Sequence[int], eps: float, dtype: torch.dtype,
+                   progress: bool | None, info: dict[str, Any], *, options: dict[str, Any],
+                   cache: Any) -> tuple[GridSolver, str, Tensor, Any]:
+    """A calibration as :func:`scoresolve.sample` runs one: ``(solver, final, grid, gaussian_prior)`` with the grid
+    from :func:`calibrate_grid` (cache ``cache``, else :data:`DEFAULT_CACHE`) and its cost in ``info["calibration"]``
+    (a cached grid costs the 3 evaluations of the model's signature); an estimated Gaussian fit replaces
+    ``"estimate"``."""
+    cg = calibrate_grid(score_fn, sde, solver, nfe, final=final, gaussian_prior=gaussian_prior, shape=shape, eps=eps,
+                        dtype=dtype, cache=DEFAULT_CACHE if cache is None else cache, progress=progress, **options)
+    info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
+                           "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
+    return solver, final, cg.grid, cg.gaussian_fit() if isinstance(gaussian_prior, str) else gaussian_prior
 
 
 def _fingerprint(solver: Any, final: str, metric: str, fit: Any, options: dict[str, Any]) -> dict[str, Any]:

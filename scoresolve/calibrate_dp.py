@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._util import check_int
 from .calibrate import _CALIB_STREAM, CalibratedGrid, CalibrationMismatchError, _run
 from .digest import content_digest
 from .noise import NoiseSource
@@ -281,6 +282,7 @@ def calibrate_trajectory(
     smallest plan (``info["fallback"]`` says why). ``info`` also has the cost
     (``nfe``: batched model calls; ``seconds``)."""
     start = time.perf_counter()
+    nfe = check_int(nfe, "nfe")
     seconds, evaluations = check_budget(budget)
     shape = [int(v) for v in shape]
     key = {"sde": sde.config(), "candidates": [c.config() for c in candidates], "nfe": int(nfe), "eps": float(eps),

@@ -30,12 +30,12 @@ from typing import Any
 import torch
 
 import scoresolve as ss
-from scoresolve import __version__
 from scoresolve import distributed as ssd
 from scoresolve import io as ssio
+from scoresolve._version import __version__
 
 from ._cli_help import HelpFormatter
-from ._util import atomic_write
+from ._util import atomic_write, make_folder
 from .aliases import describe
 from .io.image import save_grid
 from .likelihood import likelihood as like
@@ -211,11 +211,7 @@ def _outputs(args: argparse.Namespace, default_stem: str) -> tuple[Path | None, 
         if p is not None:
             if p.exists() and not args.overwrite:
                 raise CLIError(f"{p} exists; pass --overwrite to replace it")
-            parent = p.parent if str(p.parent) else Path(".")
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CLIError(f"cannot create the folder {parent}: {e.strerror or e}") from None
+            parent = make_folder(p.parent, error=CLIError)
             if not os.access(parent, os.W_OK):
                 raise CLIError(f"the folder {parent} is not writable")
     return npz, png
@@ -264,7 +260,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "model": args.model, "sde": repr(sde), "solver": args.solver, "steps": args.steps, "nfe": args.nfe,
         "final": args.final, "options": opts,
         "eps": args.eps, "grid": args.grid, "denoise": args.denoise, "n": args.n, "seed": args.seed,
-        "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": ss.__version__,
+        "dtype": args.dtype, "nfe_per_batch": nfe, "seconds": secs, "scoresolve": __version__,
     }
     if npz is not None:
         _save_npz(npz, samples=x.numpy(), seeds=torch.tensor(seeds).numpy(), config=json.dumps(config))

@@ -1,35 +1,15 @@
-r"""Sampling across processes and machines with PyTorch's own distributed runtime.
+"""Sampling across processes and machines with PyTorch's own distributed runtime (docs/distributed.md).
 
 Launch with ``torchrun`` (gloo on CPUs, NCCL on GPUs); every process runs the same script::
 
-    # sample_50k.py
-    import scoresolve as ss
-    from scoresolve import distributed as ssd
-
     ssd.init()                                   # reads torchrun's RANK / WORLD_SIZE / MASTER_ADDR
-    model = ss.io.load("digits")
     x = ssd.sample_distributed(model, n=50_000, out_dir="shards/", solver="pc", steps=500, seed=0)
-    # rank 0 gets the merged samples (and shards/merged.safetensors); other ranks get None
 
-    $ torchrun --nproc-per-node 8 sample_50k.py
-
-How it works:
-
-- The ``n`` samples get the seeds ``seed, seed + 1, ..., seed + n - 1`` and are cut into shards of
-  ``shard_size`` consecutive seeds. Shard ``k`` is sampled by rank ``k mod world_size`` in one call of
-  :func:`scoresolve.sample` with ``seeds=`` (each sample's noise depends only on its seed), so every
-  sample is the same bit for bit whatever the number of processes: the batches are the same shards.
-  (Changing ``shard_size`` changes the batches and may change the float rounding of batched matrix
-  products; it is part of the configuration.)
-- Each shard is written atomically (a temporary file, then :func:`os.replace`) as a safetensors file
-  holding the samples, their seeds and the configuration. A killed run leaves only complete shards;
-  running the same command again skips them and samples the rest (also with another world size).
-- The folder's ``config.json`` records the configuration; a run with a different configuration
-  (model, SDE, solver, options, seed, ``n``, ``shard_size``, dtype, ...) refuses to write into it.
-- Rank 0 merges the shards, checks that every seed is present exactly once, and writes
-  ``merged.safetensors``.
-- :func:`gather_moments` all-reduces feature sums so that FID statistics can be computed on each
-  rank's share and combined exactly (sum, sum of outer products, count in float64).
+Sample ``i`` has seed ``seed + i``; shards of ``shard_size`` consecutive seeds go to rank ``k mod world_size``
+and are drawn in one :func:`scoresolve.sample` call with ``seeds=``, so the samples are the same bit for bit on
+any number of processes. Shards are written atomically, skipped when resumed, tied to ``config.json`` (another
+configuration is refused) and merged by rank 0, which checks that every seed appears once.
+:func:`gather_moments` all-reduces feature sums (float64) for FID statistics over all ranks.
 """
 
 from __future__ import annotations
@@ -49,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
 from ._util import atomic_write, check_int, to_json
+from ._version import __version__
 from .digest import content_digest, update_digest
 from .io.checkpoint import CheckpointError, sweep_temporaries
 from .models import ScoreModel

@@ -1,28 +1,17 @@
-r"""Score models and the conversions between parameterisations, all in one place.
+r"""Score models and the conversions between parameterisations, all in one place (docs/core.md, docs/flow.md).
 
-A *score model* is any callable ``score(x, t) -> Tensor`` with ``x`` of shape ``(B, *dims)``, ``t`` of
-shape ``(B,)``, returning :math:`\nabla_x \log p_t(x)` with ``x``'s shape. :class:`ScoreModel` wraps
-such a callable with metadata (its SDE, sample shape, parameterisation, data range).
+A *score model* is any callable ``score(x, t) -> Tensor`` (``x`` of shape ``(B, *dims)``, ``t`` of shape ``(B,)``)
+returning :math:`\nabla_x \log p_t(x)`; :class:`ScoreModel` adds its SDE, sample shape, parameterisation and data
+range. Other targets convert (one network call per evaluation) through the kernel
+:math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` and Tweedie's :math:`E[x_0 \mid x_t] = (x_t + \sigma_t^2 s)/\alpha_t`:
 
-Networks trained with other targets are converted through the perturbation kernel
-:math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon` of the SDE (``alpha`` = :meth:`SDE.alpha`,
-``sigma`` = :meth:`SDE.marginal_std`):
-
-- ``eps``: the network predicts :math:`\hat\varepsilon(x_t, t)`; score :math:`= -\hat\varepsilon/\sigma_t`.
-- ``x0``: it predicts :math:`\hat x_0(x_t, t)`; score :math:`= (\alpha_t\hat x_0 - x_t)/\sigma_t^2`.
-- ``v``: it predicts :math:`\hat v = \alpha_t\varepsilon - \sigma_t x_0`; then
-  :math:`\hat x_0 = (\alpha_t x_t - \sigma_t\hat v)/(\alpha_t^2+\sigma_t^2)` and the ``x0`` rule applies.
-- ``velocity``: a flow-matching network called as :math:`v(x_t/(\alpha_t+\sigma_t),\ \tau)` with
-  :math:`\tau = \sigma_t/(\alpha_t+\sigma_t)` (the linear interpolant :math:`(1-\tau)x_0 + \tau\varepsilon`
-  with the same signal-to-noise ratio; under :class:`~scoresolve.RectifiedFlow` :math:`\alpha_t+\sigma_t = 1`
-  and :math:`\tau` is its interpolant time) predicts :math:`\hat v = \varepsilon - x_0`; then
-  :math:`\hat x_0 = x_t/(\alpha_t+\sigma_t) - \tau\hat v` and the ``x0`` rule applies (see :func:`from_velocity`).
-- ``denoiser``: it is called as :math:`D(x_t/\alpha_t, \sigma_t/\alpha_t)` (k-diffusion/EDM) and
-  predicts :math:`x_0`; score :math:`= (\alpha_t D - x_t)/\sigma_t^2`.
-
-(Tweedie's formula, :math:`E[x_0 \mid x_t] = (x_t + \sigma_t^2 \nabla\log p_t)/\alpha_t`, links them;
-Salimans & Ho 2022, arXiv:2202.00512 for ``v``; Karras et al. 2022, arXiv:2206.00364 for ``D``.)
-"""
+- ``eps``: score :math:`= -\hat\varepsilon/\sigma_t`; ``x0``: score :math:`= (\alpha_t\hat x_0 - x_t)/\sigma_t^2`;
+- ``v`` (:math:`\hat v = \alpha_t\varepsilon - \sigma_t x_0`, Salimans & Ho 2022, arXiv:2202.00512):
+  :math:`\hat x_0 = (\alpha_t x_t - \sigma_t\hat v)/(\alpha_t^2+\sigma_t^2)`, then the ``x0`` rule;
+- ``velocity`` (flow matching, :math:`\hat v = \varepsilon - x_0` at :math:`x_t/(\alpha_t+\sigma_t)`,
+  :math:`\tau = \sigma_t/(\alpha_t+\sigma_t)`): :math:`\hat x_0 = x_t/(\alpha_t+\sigma_t) - \tau\hat v`;
+- ``denoiser`` (:math:`D(x_t/\alpha_t, \sigma_t/\alpha_t)`, Karras et al. 2022, arXiv:2206.00364):
+  score :math:`= (\alpha_t D - x_t)/\sigma_t^2`."""
 
 from __future__ import annotations
 

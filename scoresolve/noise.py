@@ -41,11 +41,8 @@ class NoiseSource:
             seed_list = _check_seeds(seeds)
             dev = torch.device(device) if device is not None else torch.device("cpu")
             self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
-
-    @property
-    def batch_size(self) -> int | None:
-        """Number of per-sample seeds, or ``None`` for a shared generator."""
-        return None if self.generators is None else len(self.generators)
+        #: number of per-sample seeds, or ``None`` for a shared generator
+        self.batch_size: int | None = None if self.generators is None else len(self.generators)
 
     def randn(self, shape: Sequence[int], *, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Draw ``N(0, I)`` noise of ``shape`` (first dimension = batch)."""

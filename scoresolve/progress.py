@@ -1,15 +1,9 @@
 """Progress bars for long operations (sampling, calibration, likelihood, conditional sampling, training).
 
-One helper, on ``tqdm.auto`` (a widget in notebooks, text elsewhere), used by every long loop:
-
-- shown **by default**, also when stderr is not a terminal (notebooks, ``nohup``, SLURM logs); there it
-  refreshes at most every :data:`LOG_INTERVAL` seconds so that a log file is not flooded;
-- ``progress=False`` silences it; ``progress=True`` forces it; ``progress=None`` (the default) shows it
-  unless the environment variable ``SCORESOLVE_PROGRESS`` is ``0`` / ``false`` / ``off`` (the test suite
-  sets it);
-- when the operation ends, the bar's last line says what it cost (e.g. evaluations, seconds).
-
-Example::
+One helper on ``tqdm.auto`` (a widget in notebooks, text elsewhere), shown by default, also when stderr is not a
+terminal (then refreshed at most every :data:`LOG_INTERVAL` seconds); ``progress=False`` silences it,
+``progress=True`` forces it, ``progress=None`` shows it unless ``SCORESOLVE_PROGRESS`` is ``0``/``false``/``off``.
+The bar's last line says what the operation cost (docs/getting_started.md, "Progress")::
 
     with Progress(total=steps, desc="scoresolve pc", progress=progress) as bar:
         for i in range(steps):
@@ -68,10 +62,11 @@ class Progress:
     def __init__(self, total: int | None, desc: str, *, progress: bool | None = None, unit: str = "step",
                  initial: int = 0, leave: bool = True) -> None:
         self.start = time.perf_counter()
-        self.interactive = interactive()
+        self.interactive = False
         self._bar: Any = None
         if not enabled(progress):
             return
+        self.interactive = interactive()
         try:
             from tqdm.auto import tqdm
         except ImportError:

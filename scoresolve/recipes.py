@@ -7,22 +7,36 @@ calibration (:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpo
 teacher; ``None``: no calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the
 calibration is :mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates`
 from one teacher run, the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a
-Gaussian fit is available; otherwise the next row for that budget does. The measurements behind the table are in
-docs/fast_samplers.md (``benchmarks/fewstep.py``).
+Gaussian fit is available; otherwise the next row for that budget does. :func:`auto` is all that
+:func:`scoresolve.sample` calls for ``solver="auto"``: the row, and the calibration as a function returning the grid.
+The measurements behind the table are in docs/fast_samplers.md (``benchmarks/fewstep.py``).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from .calibrate_dp import Candidate
+import torch
+from torch import Tensor
+
+from ._util import check_int
+from .calibrate import calibrated_run, calibration_options, resolve_gaussian_prior
+from .calibrate_dp import Candidate, calibrate_trajectory
+from .digest import holds_network
 from .registry import SOLVERS
+from .sde import SDE
 from .solvers.base import GridSolver, Solver
 from .solvers.exponential import DPMSolverPP2M, UniPC
+from .solvers.grids import make_grid
 from .solvers.ipndm import IPNDM
+from .solvers.loop import plan
 
-__all__ = ["Recipe", "AUTO", "auto_recipe", "Auto", "trajectory_candidates"]
+__all__ = ["Recipe", "AUTO", "auto_recipe", "auto", "calibrated_trajectory", "Auto", "trajectory_candidates"]
 
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
@@ -70,6 +84,82 @@ def trajectory_candidates() -> list[Any]:
     the held-out comparison picks one of them (on a fitted or a fixed grid)."""
     return [Candidate("ipndm", IPNDM(order=4), "tweedie"), Candidate("unipc", UniPC(order=2, variant="bh2"), "zero"),
             Candidate("dpmpp_2m", DPMSolverPP2M(), "none")]
+
+
+def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid: Any, gaussian_prior: Any,
+         calibrate: Any, calibration_budget: Any, options: dict[str, Any],
+         info: dict[str, Any]) -> tuple[GridSolver, str, Any, Any, int, Callable[..., Any] | None]:
+    """``solver="auto"`` for :func:`scoresolve.sample`: ``(solver, final, grid, gaussian_prior, nfe, calibration)``
+    from the row of :data:`AUTO` for the budget (the caller's ``final`` and ``grid`` win); ``calibration`` is
+    :func:`calibrated_trajectory` on a network (or with ``calibration_budget``, or ``calibrate={"method":
+    "trajectory"}``), else the row's pattern search (:func:`scoresolve.calibrate.calibrated_run`), or ``None``.
+    What runs is written to ``info["auto"]``."""
+    if options:
+        raise TypeError(f"unknown option(s) {sorted(options)} for solver 'auto'; it accepts: gaussian_prior, calibrate")
+    if nfe is None:
+        if steps is None:
+            raise ValueError("solver='auto' needs an evaluation budget: pass nfe=")
+        warnings.warn(f"solver='auto' takes its budget as nfe=; steps={steps} is read as nfe={steps}",
+                      DeprecationWarning, stacklevel=3)
+        nfe = check_int(steps, "steps")
+    calibrate = True if calibrate is None else calibrate
+    calibration, cache = calibration_options(calibrate)
+    fit = resolve_gaussian_prior(model, "estimate" if isinstance(gaussian_prior, str) and gaussian_prior == "default"
+                                 else gaussian_prior)
+    fit = None if (isinstance(fit, str) and not calibrate) else fit  # nothing to estimate it from
+    row = auto_recipe(nfe, gaussian=fit is not None)
+    solver = row.solver(**row.options)
+    final = row.final if final is None else final
+    fit = fit if row.gaussian else None
+    method = (calibration or {}).pop("method", None)
+    if method not in (None, "trajectory", "pattern"):
+        raise ValueError(f"calibrate={{'method': ...}} must be 'trajectory' or 'pattern', got {method!r}")
+    grid = row.grid if grid is None else grid
+    info["auto"] = {"class": type(solver).__name__, **row.options, "final": final,
+                    "gaussian_prior": fit if fit is None or isinstance(fit, str) else fit.digest}
+    if calibration is None or row.calibration is None:
+        return solver, final, grid, fit, nfe, None
+    if method == "trajectory" or (method is None and (calibration_budget is not None or holds_network(model))):
+        opts = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
+        if isinstance(cache, (str, os.PathLike)):
+            opts["cache"] = cache
+        return solver, final, grid, fit, nfe, partial(calibrated_trajectory, options=opts)
+    return solver, final, grid, fit, nfe, partial(calibrated_run, options={**row.calibration, **calibration},
+                                                  cache=cache)
+
+
+def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: Any, sde: SDE, solver: GridSolver,
+                          nfe: int, final: str, gaussian_prior: Any, shape: Sequence[int], eps: float,
+                          dtype: torch.dtype, progress: bool | None, info: dict[str, Any], *,
+                          options: dict[str, Any]) -> tuple[GridSolver, str, Tensor, None]:
+    """``auto``'s calibration on a network, as :func:`scoresolve.sample` runs one (the signature of
+    :func:`scoresolve.calibrate.calibrated_run`): the solver, final step and grid that
+    :func:`scoresolve.calibrate_dp.calibrate_trajectory` chose among :func:`trajectory_candidates`, with the cost
+    and the choice in ``info``; the uncalibrated row of :data:`AUTO` when the budget cannot pay."""
+    cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
+    cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
+                                    progress=progress, **options) if cands else (None, {"fallback": "budget < 2"})
+    if cg is None:
+        row = auto_recipe(nfe, gaussian=False)
+        solver = row.solver(**row.options)
+        times = make_grid(row.grid, sde, plan(solver, nfe, row.final), eps)
+        info["calibration"] = {"method": "trajectory-dp", **cost}
+        info["auto"] = {"class": type(solver).__name__, **row.options, "final": row.final, "gaussian_prior": None}
+        return solver, row.final, times, None
+    cand = next(c for c in cands if c.name == cg.solver["name"])
+    info["calibration"] = {"method": "trajectory-dp", **cost, "choice": cg.init, "rmse": cg.rmse,
+                           "heldout_rmse": cg.extra.get("heldout_rmse"),
+                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None}
+    info["auto"] = {"class": type(cand.solver).__name__, **cand.config(), "gaussian_prior": None}
+    return cand.solver, cand.final, cg.grid, None
+
+
+def _plannable(solver: GridSolver, nfe: int, final: str) -> bool:
+    try:
+        plan(solver, nfe, final)
+    except ValueError:
+        return False
+    return True
 
 
 @SOLVERS.register("auto", description="best measured few-step choice for the budget nfe=, calibrated grid, step to 0")

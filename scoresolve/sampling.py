@@ -17,14 +17,12 @@ from torch import Tensor
 
 from ._util import check_int
 from .aliases import resolve as resolve_alias
-from .calibrate import DEFAULT_CACHE, CalibrationCache, as_gaussian_fit, calibrate_grid
-from .calibrate_dp import calibrate_trajectory
-from .digest import holds_network
+from .calibrate import grid_calibration, resolve_gaussian_prior
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_model
 from .noise import NoiseSource
 from .progress import Progress
-from .recipes import auto_recipe, trajectory_candidates
+from .recipes import auto
 from .registry import SOLVERS
 from .sde import SDE
 from .solvers.base import CountedScore, GridSolver, SolveContext, Solver
@@ -61,27 +59,34 @@ class SampleResult:
 
 def resolve_solver(solver: str | Solver | type[Solver], options: dict[str, Any]) -> Solver:
     """Turn a registered name, a :class:`Solver` class or instance into a configured instance."""
+    return _solver_and_grid(solver, options)[0]
+
+
+def _solver_and_grid(solver: str | Solver | type[Solver], options: dict[str, Any]) -> tuple[Solver, Any]:
+    """:func:`resolve_solver` and the grid a familiar alias brings (``None`` for none)."""
     if isinstance(solver, Solver):
         if options:
             raise TypeError(
                 f"solver options {sorted(options)} were given with a solver instance; configure the instance instead"
             )
-        return solver
+        return solver, None
+    grid = None
     if isinstance(solver, str):  # a registered name or a familiar alias ("euler_a", "DPM++ 2M Karras")
-        solver, options, _ = resolve_alias(solver, options)
+        solver, options, grid = resolve_alias(solver, options)
     cls = SOLVERS.get(solver, argument="solver") if isinstance(solver, str) else solver
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"solver must be a registered name or a scoresolve Solver, got {solver!r}")
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in options if k not in params or k == "self"]
-    if unknown and not accepts_any:
-        name = solver if isinstance(solver, str) else cls.__name__
-        allowed = [k for k in params if k != "self"]
-        raise TypeError(
-            f"unknown option(s) {unknown} for solver {name!r}; it accepts: {', '.join(allowed) or 'no options'}"
-        )
-    return cls(**options)
+    if options:  # checked against the constructor's parameters
+        params = inspect.signature(cls.__init__).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in options if k not in params or k == "self"]
+        if unknown and not accepts_any:
+            name = solver if isinstance(solver, str) else cls.__name__
+            allowed = [k for k in params if k != "self"]
+            raise TypeError(
+                f"unknown option(s) {unknown} for solver {name!r}; it accepts: {', '.join(allowed) or 'no options'}"
+            )
+    return cls(**options), grid
 
 
 def _model_device(model: Any) -> torch.device | None:
@@ -243,52 +248,15 @@ def sample(
         check_int(nfe, "nfe")
         if steps is not None:
             raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
-    calibration: dict[str, Any] | None = None
-    trajectory: dict[str, Any] | None = None  # options of the trajectory calibration (solver="auto" on networks)
-    if calibration_budget is not None and not (isinstance(solver, str) and solver == "auto"):
-        raise ValueError("calibration_budget= bounds the calibration of solver='auto'; pass solver='auto'")
-    if isinstance(solver, str) and solver != "auto":  # an alias may bring options and a grid; the caller's win
-        solver, solver_options, alias_grid = resolve_alias(solver, solver_options)
-        grid = alias_grid if grid is None else grid
-    if isinstance(solver, str) and solver == "auto":
-        if solver_options:
-            raise TypeError(f"unknown option(s) {sorted(solver_options)} for solver 'auto'; it accepts: "
-                            "gaussian_prior, calibrate")
-        if nfe is None:
-            if steps is None:
-                raise ValueError("solver='auto' needs an evaluation budget: pass nfe=")
-            warnings.warn(f"solver='auto' takes its budget as nfe=; steps={steps} is read as nfe={steps}",
-                          DeprecationWarning, stacklevel=2)
-            nfe, steps = check_int(steps, "steps"), None
-        gaussian_prior = "estimate" if isinstance(gaussian_prior, str) and gaussian_prior == "default" \
-            else gaussian_prior
-        calibrate = True if calibrate is None else calibrate
-        fit = _gaussian_fit(model, gaussian_prior)
-        fit = None if (isinstance(fit, str) and not calibrate) else fit  # nothing to estimate it from
-        recipe = auto_recipe(nfe, gaussian=fit is not None)
-        solver_obj: Solver = recipe.solver(**recipe.options)
-        final = recipe.final if final is None else final
-        gaussian_prior = fit if recipe.gaussian else None
-        calibration, cache = _calibration(calibrate)
-        method = (calibration or {}).pop("method", None)
-        if method not in (None, "trajectory", "pattern"):
-            raise ValueError(f"calibrate={{'method': ...}} must be 'trajectory' or 'pattern', got {method!r}")
-        if calibration is not None and recipe.calibration is not None and (
-                method == "trajectory" or (method is None and (calibration_budget is not None
-                                                               or holds_network(model)))):
-            trajectory = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
-            if isinstance(cache, (str, os.PathLike)):
-                trajectory["cache"] = cache
-        calibration = {**recipe.calibration, **calibration} if (calibration is not None and recipe.calibration
-                                                                 is not None) else None
-        grid = recipe.grid if grid is None else grid
-        gp_tag = None if gaussian_prior is None else (
-            gaussian_prior if isinstance(gaussian_prior, str) else gaussian_prior.digest)
-        info["auto"] = {"class": type(solver_obj).__name__, **recipe.options, "final": final, "gaussian_prior": gp_tag}
+    if isinstance(solver, str) and solver == "auto":  # a table of budgets (scoresolve.recipes)
+        solver_obj, final, grid, gaussian_prior, nfe, calibration = auto(
+            model, nfe, steps, final, grid, gaussian_prior, calibrate, calibration_budget, solver_options, info)
+        steps = None
     else:
-        solver_obj = resolve_solver(solver, solver_options)
-        gaussian_prior = _gaussian_fit(model, None if gaussian_prior == "default" else gaussian_prior)
-        calibration, cache = _calibration(calibrate)
+        solver_obj, alias_grid = _solver_and_grid(solver, solver_options)  # an alias's grid; the caller's wins
+        grid = alias_grid if grid is None else grid
+        gaussian_prior = resolve_gaussian_prior(model, None if gaussian_prior == "default" else gaussian_prior)
+        calibration = grid_calibration(calibrate, calibration_budget)
     final = solver_obj.default_final if final is None else final
     if final not in FINALS:
         check_final(final)
@@ -347,23 +315,11 @@ def sample(
                         DeprecationWarning, stacklevel=2)
                 n_steps = check_int(solver_obj.default_steps or sde.N if steps is None else steps, "steps")
             times = make_grid(grid or solver_obj.default_grid, sde, n_steps, eps_)
-    if trajectory is not None and times is not None:
-        assert nfe is not None
-        solver_obj, final, times = _auto_trajectory(score_fn, model, sde, nfe, shp[1:], eps_, wd, trajectory,
-                                                    progress, info)
-        gaussian_prior = None
-    elif calibration is not None and times is not None:
+    if calibration is not None and times is not None:  # a function returning the grid (and what runs on it)
         if nfe is None:
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
-        cg = calibrate_grid(score_fn, sde, solver_obj, nfe, final=final, gaussian_prior=gaussian_prior,
-                            shape=shp[1:], eps=eps_, dtype=wd, cache=DEFAULT_CACHE if cache is None else cache,
-                            progress=progress, **calibration)
-        # the cost of this run's calibration (a cached grid costs the 3 evaluations of the model's signature)
-        info["calibration"] = {"nfe": 3 if cg.cached else cg.nfe, "seconds": 0.0 if cg.cached else cg.seconds,
-                               "cached": cg.cached, "rmse_initial": cg.rmse_initial, "rmse": cg.rmse, "init": cg.init}
-        times = cg.grid
-        if isinstance(gaussian_prior, str):
-            gaussian_prior = cg.gaussian_fit()
+        solver_obj, final, times, gaussian_prior = calibration(score_fn, model, sde, solver_obj, nfe, final,
+                                                               gaussian_prior, shp[1:], eps_, wd, progress, info)
     if isinstance(gaussian_prior, str):
         raise ValueError(
             "gaussian_prior='estimate' estimates the data's moments during calibration: pass calibrate=True "
@@ -415,61 +371,3 @@ def sample(
         info=info,
     )
 
-
-def _auto_trajectory(score_fn: Any, model: Any, sde: SDE, nfe: int, shape: Sequence[int], eps: float,
-                     dtype: torch.dtype, options: dict[str, Any], progress: bool | None,
-                     info: dict[str, Any]) -> tuple[GridSolver, str, Tensor]:
-    """``solver="auto"`` calibrated by :func:`scoresolve.calibrate_dp.calibrate_trajectory`: the chosen solver, final
-    step and grid, with the cost and the choice in ``info``; its uncalibrated recipe when the budget cannot pay."""
-    cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
-    cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
-                                    progress=progress, **options) if cands else (None, {"fallback": "budget < 2"})
-    if cg is None:
-        row = auto_recipe(nfe, gaussian=False)
-        solver_obj = row.solver(**row.options)
-        times = make_grid(row.grid, sde, plan(solver_obj, nfe, row.final), eps)
-        info["calibration"] = {"method": "trajectory-dp", **cost}
-        info["auto"] = {"class": type(solver_obj).__name__, **row.options, "final": row.final, "gaussian_prior": None}
-        return solver_obj, row.final, times
-    cand = next(c for c in cands if c.name == cg.solver["name"])
-    info["calibration"] = {"method": "trajectory-dp", **cost, "choice": cg.init, "rmse": cg.rmse,
-                           "heldout_rmse": cg.extra.get("heldout_rmse"),
-                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None}
-    info["auto"] = {"class": type(cand.solver).__name__, **cand.config(), "gaussian_prior": None}
-    return cand.solver, cand.final, cg.grid
-
-
-def _plannable(solver: GridSolver, nfe: int, final: str) -> bool:
-    try:
-        plan(solver, nfe, final)
-    except ValueError:
-        return False
-    return True
-
-
-def _calibration(value: Any) -> tuple[dict[str, Any] | None, Any]:
-    """``calibrate=`` as ``(options of calibrate_grid or None for no calibration, cache file or None)``."""
-    if value is None or value is False:
-        return None, None
-    if value is True:
-        return {}, None
-    if isinstance(value, dict):
-        opts = dict(value)
-        return opts, opts.pop("cache", None)
-    if isinstance(value, (str, os.PathLike, CalibrationCache)):
-        return {}, value
-    raise TypeError(f"calibrate must be a bool, a cache file path or a dict of calibrate_grid options, got "
-                    f"{type(value).__name__}")
-
-
-def _gaussian_fit(model: Any, value: Any) -> GaussianFit | str | None:
-    """``gaussian_prior=`` resolved: ``"estimate"`` becomes the model's ``data_moments`` fit if it has one, and
-    otherwise stays ``"estimate"`` (for the calibration to estimate)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value != "estimate":
-            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
-        fit = model.data_fit if isinstance(model, ScoreModel) else None
-        return fit if fit is not None else "estimate"
-    return as_gaussian_fit(value)

@@ -8,13 +8,9 @@ so its perturbation kernel is Gaussian, :math:`p_{0t}(x_t \mid x_0) = N(\alpha(t
 and everything a solver needs follows from four scalar functions of ``t``: the drift coefficient
 :math:`h`, the diffusion :math:`g`, the mean coefficient :math:`\alpha` and the standard deviation
 :math:`\sigma`. Solvers call only the methods of :class:`SDE`; they never branch on its type, so a new
-SDE is one subclass.
-
-Conventions
-    ``t`` is a tensor of shape ``(B,)`` (one time per sample) or a 0-d tensor; coefficient methods
-    return tensors of ``t``'s shape and :meth:`SDE.bcast` views them against ``x`` of shape
-    ``(B, *dims)``. Time runs forward from 0 (data) to ``T`` (prior); samplers integrate backwards.
-"""
+SDE is one subclass. ``t`` is a tensor of shape ``(B,)`` or 0-d; coefficient methods return tensors of
+``t``'s shape and :meth:`SDE.bcast` views them against ``x`` of shape ``(B, *dims)``. Time runs forward
+from 0 (data) to ``T`` (prior); samplers integrate backwards. Table of SDEs: docs/core.md."""
 
 from __future__ import annotations
 

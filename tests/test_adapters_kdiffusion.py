@@ -153,6 +153,14 @@ def test_module_getattr_and_errors(mixture):
         kd.sample_scoresolve(D, x, torch.tensor([1.0, -0.5]), solver="pc")
     with pytest.raises(TypeError, match="floating-point"):
         kd.sample_scoresolve(D, torch.zeros(2, 4, dtype=torch.long), torch.tensor([1.0, 0.0]), solver="pc")
+    for fn, args in ((kd.sample_dpm_fast, (6,)), (kd.sample_dpm_adaptive, ())):  # the range-signature samplers
+        name = fn.__name__
+        with pytest.raises(ValueError, match=f"{name} needs sigma_min < sigma_max"):
+            fn(D, x, 2.0, 1.0, *args)
+        with pytest.raises(ValueError, match=f"{name}: eta > 0"):
+            fn(D, x, 0.1, 1.0, *args, eta=1.0)
+        with pytest.raises(TypeError, match=f"{name}: noise_sampler= is not supported"):
+            fn(D, x, 0.1, 1.0, *args, noise_sampler=object())
 
 
 def test_sde_and_grid_reproduce_sigmas():

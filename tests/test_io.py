@@ -268,6 +268,17 @@ def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             ro.chmod(0o700)
 
 
+def test_a_folder_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for write in (save_pretrained, ckpt_mod.save_pretrained):  # the Hub folder and the plain one
+        with pytest.raises(CheckpointError, match=f"cannot create the folder {blocker}"):
+            write(_model(0), blocker / "repo")
+    with pytest.raises(CheckpointError, match="cannot create the folder"):  # the atomic writer's mkdir= too
+        with util_mod.atomic_write(blocker / "sub" / "m.json", error=CheckpointError, mkdir=True):
+            pass
+
+
 def test_save_needs_an_architecture_config(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="arch_name"):
         save(ss.ScoreModel(torch.nn.Linear(2, 2), ss.VPSDE()), tmp_path / "x.safetensors")

@@ -220,3 +220,17 @@ def test_old_words_still_work_with_a_deprecation_warning(problem):
     with pytest.warns(DeprecationWarning, match="now nfe=6"):
         r = ss.sample(model, sde, "ipndm", steps=6, x_T=x_T, final="zero", return_result=True)
     assert r.grid.numel() - 1 == 6 and r.nfe == 7  # 6 intervals + the final step
+
+
+def test_auto_reads_steps_as_nfe_and_warns_at_the_callers_line(problem):
+    gm, sde = problem
+    model = gm.score_model(sde)
+    kw = dict(solver="auto", shape=(4, 2), calibrate=False, return_result=True, dtype=torch.float64,
+              x_T=torch.randn(4, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    with pytest.warns(DeprecationWarning, match="read as nfe=6") as rec:
+        old = ss.sample(model, sde, steps=6, **kw)
+    assert rec[0].filename == __file__  # the warning names the caller's line, not scoresolve's
+    new = ss.sample(model, sde, nfe=6, **kw)
+    assert old.nfe == new.nfe == 6 and torch.equal(old.samples, new.samples)
+    with pytest.raises(TypeError, match="for solver 'auto'"):
+        ss.sample(model, sde, solver="auto", nfe=6, shape=(4, 2), order=3)

@@ -1,44 +1,18 @@
 r"""diffusers interoperability: ``UNet2DModel`` s and pipelines as scoresolve score models, and scoresolve
-samplers as a drop-in for a pipeline's ``__call__``.
+samplers as a drop-in for a pipeline's ``__call__`` (docs/adapters.md, docs/flow.md).
 
-``diffusers`` is an optional dependency (``pip install diffusers``), imported inside the functions.
+``diffusers`` is an optional dependency (``pip install diffusers``), imported inside the functions; the
+conversions themselves are :mod:`scoresolve.models`'. Conventions read from the scheduler config:
 
-Conventions handled (the conversions themselves are :mod:`scoresolve.models`'):
-
-- **VE score models** (``ScoreSdeVeScheduler``; the ``google/ncsnpp-*`` family): the UNet is called with the
-  noise level :math:`\sigma` as its timestep and returns the score at :math:`\sigma` (its Fourier-embedding
-  variant divides by :math:`\sigma` itself). SDE: ``VESDE(sigma_min, sigma_max, N=num_train_timesteps)`` from
-  the scheduler config; ``time_fn`` :math:`t \mapsto \sigma(t)`; ``parameterization="score"``.
-- **Discrete-time DDPM models** (any scheduler with ``alphas_cumprod``: DDPM, DDIM, DPM-Solver, Euler, ...):
-  the UNet is called with a timestep index :math:`i \in [0, N-1]` and the input
-  :math:`x = \sqrt{\bar\alpha_i}x_0 + \sqrt{1-\bar\alpha_i}\varepsilon`; it predicts :math:`\varepsilon`,
-  :math:`v` or :math:`x_0` (``prediction_type``). The continuous time is matched *by noise level*, not by
-  :math:`t = (i+1)/N`: :class:`DiscreteTimeMap` puts node :math:`i` at the time :math:`t_i` where the SDE's
-  log-SNR equals :math:`\lambda_i = \tfrac12\log(\bar\alpha_i/(1-\bar\alpha_i))`, so
-  :math:`\alpha(t_i)^2 = \bar\alpha_i` exactly, and maps any :math:`t` back to a fractional index by linear
-  interpolation in :math:`\lambda` between the nodes (``timestep_mode="fractional"``, the default: a smooth
-  score for ODE solvers) or to the nearest trained index (``"nearest"``: only trained noise levels are
-  queried, k-diffusion's ``quantize=True``); times outside the trained range clamp to index 0 or N-1. The
-  default SDE (:func:`vp_sde_for_alphas_cumprod`) is a VP SDE that ends exactly at the last trained noise
-  level, :math:`\alpha(T)^2 = \bar\alpha_{N-1}`, with :math:`\beta_{min} = N\beta_{start}` for linear betas
-  (``VPSDE(0.1, 20.13)`` for ``google/ddpm-*``); it only sets the time axis and the prior, the noise level at
-  each node is the scheduler's. :meth:`DiscreteTimeMap.grid` turns a scheduler's ``timesteps`` into a
-  scoresolve grid that evaluates the network at exactly those timesteps.
-- **Flow-matching models** (``FlowMatchEulerDiscreteScheduler`` and the other ``FlowMatch*`` schedulers: SD3,
-  Flux, ...): the network is called with :math:`x_\tau = (1-\tau)x_0 + \tau\varepsilon` and the timestep
-  :math:`1000\tau` and predicts the velocity :math:`\varepsilon - x_0`. SDE: ``RectifiedFlow(shift=...)``
-  from the config's ``shift``, or with ``use_dynamic_shifting`` from ``image_seq_len=`` through
-  :func:`~scoresolve.resolution_shift` (:func:`rectified_flow_for_scheduler`); ``parameterization="velocity"``
-  (:func:`~scoresolve.from_velocity`).
-- **Clipping**: diffusers' ``DDPMScheduler`` clips its :math:`\hat x_0` to ``[-1, 1]`` by default
-  (``clip_sample=True``). scoresolve does not clip unless asked (``clip_x0=True``: the score is rebuilt from
-  the clamped Tweedie estimate), and warns when the scheduler config says it clips and ``clip_x0`` was left
-  unset.
-- **Class conditioning and classifier-free guidance**: ``class_labels`` is passed to the UNet;
-  ``guidance_scale`` :math:`w` combines the conditional and unconditional (``null_class_label``) outputs as
-  :math:`u + w(c - u)` in the network's own output space (every conversion is affine in the output, so this is
-  the same as guiding the score).
-"""
+- VE score models (``ScoreSdeVeScheduler``): the UNet gets :math:`\sigma`, returns the score; ``VESDE`` from config.
+- Discrete-time models (a scheduler with ``alphas_cumprod``), ε / v / x0: :class:`DiscreteTimeMap` puts timestep
+  :math:`i` where the SDE's log-SNR equals :math:`\tfrac12\log(\bar\alpha_i/(1-\bar\alpha_i))` (fractional or
+  nearest index in between) on the VP SDE of :func:`vp_sde_for_alphas_cumprod`, which ends at the last trained
+  noise level.
+- Flow-matching models (``FlowMatch*``): velocity :math:`\varepsilon - x_0` at timestep :math:`1000\tau`,
+  ``RectifiedFlow(shift)`` (:func:`rectified_flow_for_scheduler`).
+- No clipping unless ``clip_x0=True`` (a warning when the config clips); ``class_labels`` and classifier-free
+  guidance :math:`u + w(c - u)` in the network's output space."""
 
 from __future__ import annotations
 

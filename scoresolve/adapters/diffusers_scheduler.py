@@ -1,33 +1,17 @@
-r"""``ScoresolveScheduler``: any fixed-grid scoresolve solver as a diffusers scheduler.
+"""``ScoresolveScheduler``: any fixed-grid scoresolve solver as a diffusers scheduler (docs/adapters.md).
 
 Swap it into a pipeline in two lines::
 
     from scoresolve.adapters.diffusers import ScoresolveScheduler
     pipe.scheduler = ScoresolveScheduler.from_scheduler(pipe.scheduler, solver="dpmpp_2m")
 
-How it works. A diffusers pipeline owns the loop: it calls the network, then ``step(model_output, t, x)``. A
-scoresolve solver owns its loop too: it calls ``score(x, t)``. The scheduler runs :func:`scoresolve.sample`
-unchanged in a worker thread whose score function hands ``(x, t)`` to the pipeline and waits; each ``step``
-delivers one model output and returns the point of the solver's next evaluation (or, after the last, the
-sample). So every registered fixed-grid solver runs with its own options and grid, through the public API only,
-and one ``step`` is exactly one network call (``nfe`` counts them; a classifier-free-guidance pipeline
-combines its batched branches before ``step``, so it is one call too). Because a fixed-grid solver evaluates
-at times known in advance, :meth:`set_timesteps` finds them with a cheap dry run (a zero model on one
-scalar sample) and lists them as ``timesteps`` (the network's timestep index, fractional unless
-``timestep_mode="nearest"``). Adaptive solvers choose their times from the model's values and are refused.
-
-The state is the pipeline's own: a VP sample :math:`x = \sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon`
-(``init_noise_sigma = 1``, ``scale_model_input`` is the identity). The schedule is the model's
-(``betas``/``alphas_cumprod`` from the config; :class:`~scoresolve.adapters.diffusers.DiscreteTimeMap` maps
-continuous time onto its timestep indices by noise level), on the same VP SDE as
-:func:`~scoresolve.adapters.diffusers.from_diffusers`, so the scheduler and
-``ss.sample(from_diffusers(pipe), ...)`` draw the same samples from the same noise.
-
-A ``step`` at a timestep other than the next one (or with a sample other than the one returned) starts a new
-run there, from that sample: at the first evaluation of a grid point the solver restarts on the rest of the
-grid (a multistep solver then rebuilds its history); at the last evaluation the step is Tweedie's
-:math:`\hat x_0`; a timestep not in ``timesteps`` counts as the last one (diffusers' convention). Anything
-else is an error naming the timestep. The random stream is the ``generator`` of a run's first ``step``.
+The pipeline owns its loop (network, then ``step(model_output, t, x)``) and so does a solver (``score(x, t)``):
+the scheduler runs :func:`scoresolve.sample` unchanged in a worker thread whose score function hands ``(x, t)``
+to the pipeline and waits, so one ``step`` is one network call. :meth:`set_timesteps` finds the solver's
+evaluation times by a dry run (a zero model on one scalar); adaptive solvers are refused. The state is the
+pipeline's VP sample on the model's betas schedule (:class:`~scoresolve.adapters.diffusers.DiscreteTimeMap`), so
+the scheduler and ``ss.sample(from_diffusers(pipe), ...)`` draw the same samples from the same noise. A ``step``
+at another timestep or with another sample than the one returned starts a new run from there.
 """
 
 from __future__ import annotations
@@ -44,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
+from .._util import one_of
 from ..models import ScoreModel
 from ..recipes import auto_recipe
 from ..registry import SOLVERS
@@ -179,8 +164,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
             )
-        if final not in FINALS:
-            raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+        one_of(final, FINALS, "final")
         if solver_options is not None and not isinstance(solver_options, dict):
             raise TypeError(f"solver_options must be a dict of the solver's options, got {type(solver_options)}")
         if solver_options and "calibrate" in solver_options:

@@ -1,31 +1,17 @@
-r"""k-diffusion / EDM interoperability (Karras et al. 2022, arXiv:2206.00364).
+r"""k-diffusion / EDM interoperability (Karras et al. 2022, arXiv:2206.00364; docs/adapters.md).
 
-k-diffusion models are *denoisers* :math:`D(x, \sigma)`: ``x = x_0 + \sigma n`` is data plus Gaussian noise of
-standard deviation :math:`\sigma`, and :math:`D` estimates :math:`x_0`. Both directions go through
+k-diffusion models are *denoisers* :math:`D(x, \sigma)` of ``x = x_0 + \sigma n``; both directions go through
 :func:`scoresolve.from_denoiser` (the one place the formula lives):
 
 - **their model, our solvers**: :func:`from_kdiffusion` wraps ``model(x, sigma, **extra_args)`` as a
   :class:`~scoresolve.ScoreModel` under a :class:`~scoresolve.VESDE` spanning the model's noise range (or any
-  SDE you pass: the score is then :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`).
-- **our solvers, their code**: :func:`sample_scoresolve` (and ``sample_<solver>`` for every registered solver,
-  e.g. ``sample_dpmpp_2m``, ``sample_pc``) take k-diffusion's calling convention
-  ``sample_*(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`` and run a scoresolve
-  solver on exactly the noise levels ``sigmas``.
-
-How the sigmas become a scoresolve run: the state is k-diffusion's ``x`` unchanged (a VE SDE has
-:math:`\alpha = 1`). The SDE is ``VESDE(sigma_min=sigmas_pos[-1] / 2, sigma_max=sigmas[0])`` and the grid is
-:math:`t_i = \log(\sigma_i/\sigma_{min}) / \log(\sigma_{max}/\sigma_{min})`, so the model is evaluated at the
-given :math:`\sigma_i` (the halved ``sigma_min`` only keeps the last time above 0; for a VE SDE the
-reverse-diffusion, ancestral and Euler–Maruyama steps, the Langevin corrector and every log-SNR solver depend
-on the :math:`\sigma_i` alone, not on this choice). A final ``sigma = 0`` (k-diffusion's usual last entry) is
-the denoising step :math:`x \leftarrow D(x, \sigma_{n-1})`: it is scoresolve's final Tweedie step
-(``final="tweedie"``), one evaluation, as in every k-diffusion sampler but LMS, whose multistep rule takes that
-step (``final="zero"``).
-
-Noise: k-diffusion draws from the global RNG; here ``generator=`` or ``seeds=`` (one per sample) make runs
-reproducible, and without them the global RNG is used too (so seeding ``torch.manual_seed`` reproduces a
-k-diffusion ancestral run draw for draw, see the tests).
-"""
+  SDE: the score is then :math:`(\alpha_t D(x_t/\alpha_t, \sigma_t/\alpha_t) - x_t)/\sigma_t^2`);
+- **our solvers, their code**: :func:`sample_scoresolve` and ``sample_<solver>`` for every registered solver and
+  every k-diffusion sampler name take k-diffusion's ``sample_*(model, x, sigmas, extra_args=None, ...)`` and
+  run a scoresolve solver on exactly the noise levels ``sigmas`` (the state is ``x`` unchanged on
+  ``VESDE(sigmas_pos[-1] / 2, sigmas[0])``; a final ``sigma = 0`` is the Tweedie step, ``final="zero"`` for
+  LMS). Noise comes from ``generator=`` / ``seeds=``, else from the global RNG as in k-diffusion. Cost: the
+  solver's own (one network call per evaluation)."""
 
 from __future__ import annotations
 
@@ -354,6 +340,19 @@ def _segments(sigma_min: float, sigma_max: float, n: int) -> list[tuple[int, lis
     return runs
 
 
+def _noise_range(fn: str, sigma_min: Any, sigma_max: Any, eta: float, noise_sampler: Any) -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` of k-diffusion's range-signature samplers as floats, refusing what we do not run
+    (``eta > 0``, ``noise_sampler=``) and an empty range, each error naming ``fn``."""
+    if eta:
+        raise ValueError(f"{fn}: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
+    if noise_sampler is not None:
+        raise TypeError(f"{fn}: noise_sampler= is not supported (scoresolve's noise comes from generator= / seeds=)")
+    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    if lo >= hi:
+        raise ValueError(f"{fn} needs sigma_min < sigma_max, got {lo}, {hi}")
+    return lo, hi
+
+
 def sample_dpm_fast(
     model: Denoiser,
     x: Tensor,
@@ -374,14 +373,10 @@ def sample_dpm_fast(
     ``n // 3 + 1`` singlestep DPM-Solver steps uniform in log-SNR (third order but the last), from ``sigma_max``
     to ``sigma_min`` without a final denoising; our ``dpm_solver(order=o, method="singlestep")`` on those
     levels. ``eta > 0`` (k-diffusion's ancestral variant) is not supported."""
-    if eta:
-        raise ValueError("sample_dpm_fast: eta > 0 is not supported (use sample_dpm_2_ancestral or sample_dpmpp_sde)")
-    if noise_sampler is not None:
-        raise TypeError("noise_sampler= is not supported: pass generator= or seeds=")
-    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    lo, hi = _noise_range("sample_dpm_fast", sigma_min, sigma_max, eta, noise_sampler)
     n = int(n)
-    if n < 1 or lo >= hi:
-        raise ValueError(f"sample_dpm_fast needs n >= 1 and sigma_min < sigma_max, got n={n}, {lo}, {hi}")
+    if n < 1:
+        raise ValueError(f"sample_dpm_fast needs n >= 1, got n={n}")
     done = 0
     for order, pts in _segments(lo, hi, n):
         step_cb = None
@@ -425,11 +420,7 @@ def sample_dpm_adaptive(
     gives dopri5 in ``t`` about k-diffusion's accuracy at their loose defaults (their error is measured on an
     exponential integrator in log-SNR); ``order``, ``h_init`` and the PID coefficients are ignored.
     ``eta > 0`` is not supported. ``return_info=True`` adds ``{"nfe": ...}``."""
-    if eta:
-        raise ValueError("sample_dpm_adaptive: eta > 0 is not supported (use an ancestral sampler)")
-    if noise_sampler is not None:
-        raise TypeError("noise_sampler= is not supported")
-    lo, hi = _scalar(sigma_min, "sigma_min"), _scalar(sigma_max, "sigma_max")
+    lo, hi = _noise_range("sample_dpm_adaptive", sigma_min, sigma_max, eta, noise_sampler)
     sig = torch.tensor([hi, lo], dtype=torch.float64)
     sde = sde_for_sigmas(sig)
     kwargs = dict(extra_args or {})

@@ -1,35 +1,14 @@
-r"""NCSN++ (Song et al. 2021, arXiv:2011.13456, Sec. 4.4 and App. H), written for scoresolve from the paper's
-description and the parameter names and shapes of the released ``checkpoint_*.pth`` files.
+r"""NCSN++ / DDPM++ (Song et al. 2021, arXiv:2011.13456, Sec. 4.4 and App. H), written for scoresolve from the
+paper's description and the parameter names and shapes of the released ``checkpoint_*.pth`` files.
 
-The released checkpoints store the network as one flat ``all_modules`` list, so a parameter's name is its
-module's *position* in that list (``all_modules.17.Conv_0.weight``). :class:`NCSNpp` builds its modules in the
-same order so that those files load by name:
-
-1. the noise-level embedding: Gaussian Fourier features of :math:`\log\sigma` (``W``, a fixed random vector,
-   VE models) or sinusoidal features of the timestep (DDPM++), then two dense layers (``conditional``);
-2. ``conv3x3(channels, nf)``;
-3. down path: per resolution, ``num_res_blocks`` residual blocks (each followed by an attention block at the
-   ``attn_resolutions``), then (except at the lowest resolution) a down-sampling residual block and, with
-   ``progressive_input="residual"``, a down-sampling 3x3 convolution of the input pyramid;
-4. middle: residual block, attention block, residual block;
-5. up path: per resolution (lowest first), ``num_res_blocks + 1`` residual blocks on the concatenation with the
-   stored skip activations, an attention block at the ``attn_resolutions``, then (except at the top) an
-   up-sampling residual block;
-6. ``GroupNorm`` + ``conv3x3(nf, channels)``; VE models divide the output by :math:`\sigma`.
-
-Residual blocks are BigGAN-style (``GroupNorm_0, Conv_0, Dense_0, GroupNorm_1, Conv_1[, Conv_2]``), with
-:math:`(x + h)/\sqrt2` when ``skip_rescale``; attention blocks are single-head self-attention
-(``GroupNorm_0, NIN_0..NIN_3``); resampling uses the FIR kernel ``[1, 3, 3, 1]`` (``fir=True``) or
-nearest-neighbour / 2x2 average pooling (``fir=False``). Inputs in ``[0, 1]`` are mapped to ``[-1, 1]`` unless
-``centered``.
-
-Covered: ``resblock_type="biggan"``, ``attention_type="ddpm"``, ``progressive="none"``,
-``progressive_input`` in ``{"none", "residual"}``, Fourier or positional embeddings, ``fir`` on or off,
-``conv_size=3`` -- the CIFAR-10 / CelebA 64x64 / church configurations (``cifar10_ncsnpp[_deep]_continuous``,
-``cifar10_ddpmpp[_deep]_continuous`` and their sub-VP variants). Not covered: ``progressive="output_skip"`` /
-``"input_skip"`` (the 256--1024 px CelebA-HQ/FFHQ models) and ``resblock_type="ddpm"``; these raise
-:class:`NotImplementedError`.
-"""
+:class:`NCSNpp` builds its modules in the order of the checkpoints' flat ``all_modules`` list, so those files
+load by name: a Fourier (VE) or sinusoidal (DDPM++) noise embedding, a down path and an up path of BigGAN-style
+residual blocks with single-head attention at ``attn_resolutions``, FIR or plain resampling, and a final
+``GroupNorm`` + 3×3 convolution (VE models divide the output by :math:`\sigma`). Covered: the CIFAR-10 / CelebA
+64×64 / church configurations (``cifar10_ncsnpp[_deep]_continuous``, ``cifar10_ddpmpp[_deep]_continuous`` and
+their sub-VP variants). Not covered: ``progressive="output_skip"`` / ``"input_skip"`` (the 256–1024 px
+CelebA-HQ/FFHQ models) and ``resblock_type="ddpm"``; these raise :class:`NotImplementedError`. Module order,
+blocks and options in detail: docs/adapters.md ("Official score_sde checkpoints")."""
 
 from __future__ import annotations
 

@@ -1,23 +1,13 @@
-r"""Brian Pulfer's small MNIST / Fashion-MNIST DDPM (MIT licence), read from its ``state_dict`` file.
+"""Brian Pulfer's small MNIST / Fashion-MNIST DDPM (MIT licence), read from its ``state_dict`` file.
 
-The network (about 0.6 M parameters) is a three-level U-Net without attention: each level is three
-blocks of ``LayerNorm(C, H, W) → conv 3×3 → SiLU → conv 3×3 → SiLU`` (the last block of the output
-level without the LayerNorm), a two-layer MLP adds the embedding of the timestep to every level's input,
-levels 28 → 14 → 7 → 3 (strided 4×4 convolutions down, transposed convolutions up), channels 10 / 20 /
-40. The timestep (an integer 0–999) is embedded by a stored sinusoidal table. It predicts ε of the DDPM
-with 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020, arXiv:2006.11239) on data in ``[-1, 1]``.
-
-:func:`load_pulfer_ddpm` rebuilds the network here (no code is unpickled: the file is read with
-``torch.load(weights_only=True)``; every expected name and shape is checked) and wraps it as a
-:class:`~scoresolve.ScoreModel` of the continuous VP SDE that spans the discrete schedule
-(:func:`~scoresolve.adapters.diffusers.vp_sde_for_alphas_cumprod`), the continuous time mapped to the
-nearest trained timestep (:class:`~scoresolve.adapters.diffusers.DiscreteTimeMap`).
-
-Known defect of this network: the LayerNorm on its input removes the image's global brightness, so
-it cannot tell how much ink a sample has. Deterministic samplers drift to blank images; clipped ancestral
-sampling (``clip_x0=True``: Tweedie's :math:`\hat x_0` clamped to ``[-1, 1]``, as diffusers'
-``clip_sample``) gives digits. Use it for stochastic samplers only.
-"""
+The network (about 0.6 M parameters) is a three-level U-Net without attention with a stored sinusoidal timestep
+embedding; it predicts ε of the DDPM with 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020, arXiv:2006.11239)
+on data in ``[-1, 1]``. :func:`load_pulfer_ddpm` rebuilds it here (``torch.load(weights_only=True)``, every
+expected name and shape checked) and wraps it as a :class:`~scoresolve.ScoreModel` of the continuous VP SDE that
+spans the discrete schedule (:func:`~scoresolve.adapters.diffusers.vp_sde_for_alphas_cumprod`), time mapped to
+the nearest trained timestep. Known defect: its input LayerNorm removes the global brightness, so deterministic
+samplers drift to blank images; use it with clipped ancestral sampling (``clip_x0=True``). Layers and usage:
+docs/adapters.md ("Brian Pulfer's MNIST DDPM")."""
 
 from __future__ import annotations
 

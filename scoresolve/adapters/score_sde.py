@@ -1,22 +1,13 @@
 r"""Load the official score_sde checkpoints (Song et al. 2021, arXiv:2011.13456) without the original code.
 
-A released ``checkpoint_<n>.pth`` is a dict with
-
-- ``model``: the network's ``state_dict`` saved through ``nn.DataParallel`` (every key starts ``module.``);
-- ``ema``: ``{"decay", "num_updates", "shadow_params"}``, the exponential moving average of the trainable
-  parameters as a *positional list* (the order of ``model.parameters()``, parameters with
-  ``requires_grad=False`` such as the Fourier features' ``W`` left out) -- the weights the paper samples with;
-- ``optimizer``: Adam's ``state_dict``; ``step``: the training step.
-
-Everything in it is tensors, numbers, strings and containers, so it loads with ``torch.load(...,
-weights_only=True)``; nothing is unpickled. The architecture hyper-parameters are not in the file: pass a
-``preset`` (the released configuration's name) or an :class:`~scoresolve.adapters.ncsnpp.NCSNppConfig`.
-Any missing, unexpected or mis-shaped tensor is reported by name (:class:`CheckpointMismatchError`).
-
-Time conditioning as in the released ``get_score_fn`` (continuous models): VE networks receive
+A released ``checkpoint_<n>.pth`` holds ``model`` (a ``DataParallel`` ``state_dict``, keys ``module.…``),
+``ema`` (``decay``, ``num_updates``, ``shadow_params``: the EMA of the trainable parameters as a positional list,
+the weights the paper samples with), ``optimizer`` and ``step``. It is read with
+``torch.load(weights_only=True)`` (nothing unpickled); the architecture is not in the file, so pass a ``preset``
+or an :class:`~scoresolve.adapters.ncsnpp.NCSNppConfig`; any missing, unexpected or mis-shaped tensor is named
+in a :class:`CheckpointMismatchError`. Time conditioning as the released continuous models: VE networks receive
 :math:`\sigma(t)` and return the score; VP / sub-VP networks receive :math:`(N-1)\,t` and return
-:math:`-\sigma_t\times` score, i.e. :math:`\varepsilon`.
-"""
+:math:`\varepsilon`. Details: docs/adapters.md ("Official score_sde checkpoints")."""
 
 from __future__ import annotations
 

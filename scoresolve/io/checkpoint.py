@@ -1,33 +1,14 @@
-r"""Safe checkpoints: safetensors weights with a JSON config, atomic writes, strict loading.
+"""Safe checkpoints: safetensors weights with a JSON config, atomic writes, strict loading (docs/loading.md).
 
-The format
-    One ``.safetensors`` file whose metadata holds, under the key ``"scoresolve"``, a JSON config::
-
-        {"format": "scoresolve", "format_version": 1,
-         "architecture": "unet", "arch_kwargs": {...},          # how to rebuild the network
-         "sde": {"type": "VPSDE", "beta_min": 0.1, ...},        # SDE.config()
-         "parameterization": "eps", "data_range": [-1, 1], "sample_shape": [1, 8, 8],
-         "weights": "ema", "extra": {...}}
-
-    A directory written by :func:`save_pretrained` holds ``model.safetensors`` and the same config
-    as ``config.json`` (the layout the Hugging Face Hub serves). Weights are plain tensors: loading
-    runs no code from the file. Keys prefixed ``ema.`` / ``model.`` (both sets in one file) are
-    accepted; the EMA set is used unless ``use_ema=False``.
-
-    A model's ``data_moments`` (:class:`~scoresolve.ScoreModel`: the data's mean and covariance, used by
-    the few-step solvers' analytical first step) are stored as two float64 tensors
-    ``data_moments.mean`` and ``data_moments.cov`` beside the weights, listed in the config as
-    ``"data_moments": ["data_moments.mean", "data_moments.cov"]``; the weights of such a file are then
-    stored under ``model.`` so that readers without moment support still load the network.
-
-Torch files (``.pt``/``.pth``/``.ckpt``/``.bin``, e.g. the trainer's resumable checkpoints) are read
-with ``torch.load(weights_only=True)`` only. A pickle that needs arbitrary globals is refused with a
-:class:`CheckpointError`; there is no fallback to unsafe unpickling.
-
-Writes go to a temporary file in the destination directory, are flushed to disk, then renamed over
-the destination with :func:`os.replace` (atomic on POSIX and Windows): a crash, a full disk or an
-unwritable directory leaves any previous file untouched.
-"""
+One ``.safetensors`` file whose metadata key ``"scoresolve"`` holds a JSON config (``format``,
+``format_version``, ``architecture`` and ``arch_kwargs`` to rebuild the network, ``sde`` = ``SDE.config()``,
+``parameterization``, ``data_range``, ``sample_shape``, ``weights``, ``extra``, optional ``data_moments``); a
+:func:`save_pretrained` folder holds ``model.safetensors`` and the same config as ``config.json`` (the Hub's
+layout). Weights are plain tensors; ``ema.`` / ``model.`` prefixed sets are accepted, EMA unless
+``use_ema=False``. Torch files (``.pt``/``.pth``/``.ckpt``/``.bin``) are read with
+``torch.load(weights_only=True)`` only: a pickle that needs arbitrary globals is a :class:`CheckpointError`,
+never unsafe unpickling. Writes go to a temporary file beside the destination, are flushed, then renamed over
+it (:func:`os.replace`), so a crash, a full disk or an unwritable directory leaves the previous file intact."""
 
 from __future__ import annotations
 
@@ -45,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._util import _HOST, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
+from .._util import _HOST, make_folder, sweep_temporaries, to_json  # noqa: F401  (_HOST: the temporaries' naming, for tests)
 from .._util import atomic_write as _atomic_write
 from ..digest import tensor_sha256, update_digest  # noqa: F401  (update_digest: public here too)
 from ..models import ScoreModel, _check_data_moments
@@ -332,11 +313,7 @@ def save_pretrained(
     """Write ``directory/model.safetensors`` and ``directory/config.json`` (created if missing), each
     atomically — the layout to upload to the Hugging Face Hub (see :func:`scoresolve.io.push_to_hub`).
     Keyword arguments as for :func:`save`. Returns the directory."""
-    d = Path(directory)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create directory {d}: {e}") from e
+    d = make_folder(directory, error=CheckpointError)
     save(model, d / WEIGHTS_NAME, **kwargs)
     cfg = read_config(d / WEIGHTS_NAME)
     with atomic_write(d / CONFIG_NAME) as tmp:

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._util import make_folder
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from .checkpoint import save_pretrained as _write_folder
 
@@ -192,11 +193,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], **save_kwargs
     dest = Path(directory)
     if dest.exists() and not dest.is_dir():
         raise CheckpointError(f"cannot save to {dest}: it is a file, not a folder")
-    parent = dest.parent if str(dest.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create directory {parent}: {e}") from e
+    parent = make_folder(dest.parent, error=CheckpointError)
     recover(dest)
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp, new, old = (parent / f".{dest.name}.{stage}-{tag}" for stage in _STAGES)

@@ -1,27 +1,12 @@
-r"""Small convolutional digit classifiers, bundled for feature-space FID: one of the 8×8
-digits shipped with scoresolve (``name="digits"``, the default) and one of 28×28 MNIST (``name="mnist"``).
+"""Small convolutional digit classifiers, bundled for feature-space FID: one of the 8×8 digits shipped with
+scoresolve (``name="digits"``, the default) and one of 28×28 MNIST (``name="mnist"``).
 
-MNIST papers score generators with the FID in the feature space of a LeNet trained on the same data;
-these are such networks. The 8×8 one:
-
-    conv 3×3 (1 → 16) · ReLU · conv 3×3 (16 → 32) · ReLU · max-pool 2 → 32×4×4
-    → linear 512 → 64 · ReLU  (the 64 features used by FID) → linear 64 → 10
-
-The MNIST one (:class:`MNISTClassifier`) pools after each convolution (28 → 14 → 7) and has the same
-64-D feature layer. It is trained by ``python -m scoresolve.metrics.classifier --name mnist --data
-PATH`` on the first 8,000 images of the MNIST test set (``PATH``: its ``t10k-images-idx3-ubyte.gz``;
-MNIST is CC BY-SA 3.0 and not shipped) and evaluated on the last 2,000, the split of the bundled MNIST
-score model (:func:`scoresolve.train.data.mnist`); weights in ``scoresolve/data/mnist_classifier.safetensors``.
-
-It is trained by ``python -m scoresolve.metrics.classifier`` (a fixed seed, Adam, 40 epochs, ±1-pixel
-shifts and small Gaussian noise as augmentation, about a minute on one CPU core) on the *train* split
-and evaluated on the held-out *test* split; the weights (≈ 150 KB) go to
-``scoresolve/data/digits_classifier.safetensors`` with the test accuracy in the file's metadata.
-
-The split is the one of :func:`scoresolve.train.data.digits`: data scaled to ``[-1, 1]`` as
-``x / 8 - 1``, a permutation of the 1797 images by ``torch.randperm`` with seed 0, the first 20 %
-(359 images) held out. Neither the data nor the classifier needs scikit-learn.
-"""
+MNIST papers score generators with the FID in the feature space of a LeNet trained on the same data; these are
+such networks: two 3×3 convolutions (16, 32 channels), a 64-D feature layer (the FID features) and 10 outputs
+(:class:`MNISTClassifier` pools after each convolution). ``python -m scoresolve.metrics.classifier`` trains the
+digits one on the train split of :func:`scoresolve.train.data.digits`, and with ``--name mnist --data PATH``
+the MNIST one on the first 8,000 MNIST test images (:func:`scoresolve.train.data.mnist`); each is evaluated on
+its held-out split. Architectures, training settings and accuracies: docs/training.md."""
 
 from __future__ import annotations
 

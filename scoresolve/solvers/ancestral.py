@@ -7,23 +7,12 @@ down to :math:`\sigma_{down}` and then adds fresh noise of standard deviation :m
 .. math::  \sigma_{up} = \min\Big(\sigma_{i+1},\ \eta\,\sigma_{i+1}\sqrt{1 - \sigma_{i+1}^2/\sigma_i^2}\Big),
            \qquad \sigma_{down} = \sqrt{\sigma_{i+1}^2 - \sigma_{up}^2}.
 
-With :math:`\eta = 1` and an Euler step this is exactly the DDPM posterior step (Ho et al. 2020,
-arXiv:2006.11239); with any :math:`\eta \in [0, 1]` it is DDIM's step with that :math:`\eta` (Song, Meng,
-Ermon 2021, arXiv:2010.02502, eq. 12 rewritten in :math:`y = x/\alpha`), so ``eta=0`` is deterministic.
-
-================== ============== ============ =========================================================
-name               strong order   NFE per step ODE part of the step
-================== ============== ============ =========================================================
-euler_ancestral    1              1            Euler in :math:`\sigma` (k-diffusion ``sample_euler_ancestral``)
-dpm_2_ancestral    1              2            DPM-2 midpoint in :math:`\log\sigma` (``sample_dpm_2_ancestral``)
-dpmpp_2s_ancestral 1              2            DPM-Solver++(2S) in log-SNR (``sample_dpmpp_2s_ancestral``)
-dpmpp_sde          1              2            DPM-Solver++ singlestep SDE, stage at ratio ``r`` (``sample_dpmpp_sde``)
-lcm                —              1            none: :math:`D` plus noise :math:`\sigma_{i+1} z` (consistency models)
-================== ============== ============ =========================================================
-
-The final step onto :math:`\sigma = 0` is the shared ``final="tweedie"`` (the default,
-:mod:`scoresolve.solvers.finish`), k-diffusion's last (noise-free Euler) step.
-"""
+With :math:`\eta = 1` and an Euler step this is the DDPM posterior step (Ho et al. 2020, arXiv:2006.11239); with
+:math:`\eta \in [0, 1]` it is DDIM's (Song, Meng, Ermon 2021, arXiv:2010.02502, eq. 12 in :math:`y = x/\alpha`).
+``euler_ancestral`` (1 evaluation per step), ``dpm_2_ancestral`` (2, midpoint in :math:`\log\sigma`),
+``dpmpp_2s_ancestral`` (2, DPM-Solver++(2S)) and ``dpmpp_sde`` (2, stage at ratio ``r``) have strong order 1;
+``lcm`` (1) jumps to :math:`D` and renoises to :math:`\sigma_{i+1}` (consistency models, arXiv:2303.01469). The
+run ends with ``final="tweedie"`` (:mod:`scoresolve.solvers.finish`), k-diffusion's noise-free last Euler step."""
 
 from __future__ import annotations
 

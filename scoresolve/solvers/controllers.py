@@ -1,5 +1,4 @@
-r"""Step-size controllers: whether an attempted step is accepted and how long the next one is, apart from the
-solver (the split of diffrax's ``AbstractStepSizeController``); the loop is :mod:`scoresolve.solvers.adaptive`.
+r"""Step-size controllers: accept or reject a step and size the next, apart from the solver (as diffrax splits them).
 
 Error ratio per sample :math:`b` over its :math:`D` entries (Hairer, Nørsett & Wanner, *Solving ODEs I*,
 eq. II.4.11; Jolicoeur-Martineau et al. 2021, arXiv:2105.14080, eq. 5), accepted when :math:`\le 1`:
@@ -12,8 +11,8 @@ eq. II.4.11; Jolicoeur-Martineau et al. 2021, arXiv:2105.14080, eq. 5), accepted
 :math:`q` the order of the error estimate. ``scale=`` replaces :math:`\max(|y_0|, |y_1|)` (Gotta Go Fast: the
 noise std :math:`\sigma_t`); ``hold=`` caps the factor at 1 right after a rejection (Hairer et al., II.4).
 Norms: ``"per_sample"`` (:math:`r_b`, no coupling), ``"batch_rms"`` (:math:`\sqrt{\mathrm{mean}_b r_b^2}`, one
-step for the batch, as torchdiffeq) and ``"batch_max"`` (:math:`\max_b r_b`); the batch norms couple samples.
-Their costs: docs/stochastic_samplers.md and docs/ode.md.
+step for the batch, as torchdiffeq) and ``"batch_max"`` (:math:`\max_b r_b`); the batch norms couple samples
+(costs: docs/stochastic_samplers.md, docs/ode.md). The loop is :mod:`scoresolve.solvers.adaptive`.
 """
 
 from __future__ import annotations

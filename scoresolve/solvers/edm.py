@@ -8,16 +8,11 @@ In the EDM variables (:math:`y = x/\alpha`, :math:`\tilde\sigma = \sigma/\alpha`
 .. math:: \tilde y = y_i + (\tilde\sigma_{i+1}-\tilde\sigma_i)\,d_i,\qquad
           y_{i+1} = y_i + \tfrac12(\tilde\sigma_{i+1}-\tilde\sigma_i)\,(d_i + d(\tilde y, \tilde\sigma_{i+1})),
 
-and, when the run ends on the grid (``final="none"``), the last step is an Euler step (EDM takes Euler
-onto :math:`\sigma = 0`, which is the Tweedie step :math:`y = D`: ``final="tweedie"``). With churn
-(``s_churn > 0``) the noise level is first raised to :math:`\hat\sigma = (1+\gamma)\tilde\sigma_i`,
-:math:`\gamma = \min(s_{churn}/n, \sqrt2-1)` on :math:`[s_{tmin}, s_{tmax}]`, by adding
-:math:`\sqrt{\hat\sigma^2-\tilde\sigma_i^2}\,s_{noise}\,z` (stochastic; off by default).
-
-Cost: :math:`n` grid intervals take :math:`2n - 1` evaluations with ``final="none"`` (``nfe_last = 1``),
-:math:`2n + 1` with a final step; ``nfe=K`` plans the largest grid within ``K`` (an even ``K`` with
-``final="none"`` spends ``K - 1``). Order 2.
-"""
+the last one an Euler step when the run ends on the grid (``final="none"``; EDM's Euler step onto 0 is
+``final="tweedie"``). Churn (``s_churn > 0``, off by default) first raises the level with fresh noise to
+:math:`(1+\gamma)\tilde\sigma_i`, :math:`\gamma = \min(s_{churn}/n, \sqrt2-1)` on :math:`[s_{tmin}, s_{tmax}]`.
+Order 2; :math:`n` intervals cost :math:`2n - 1` evaluations with ``final="none"``, :math:`2n + 1` with a final
+step; ``nfe=K`` plans the largest grid within ``K`` (an even ``K`` with ``final="none"`` spends ``K - 1``)."""
 
 from __future__ import annotations
 

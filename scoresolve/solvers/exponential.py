@@ -4,20 +4,15 @@ Written in the EDM variables of :class:`~scoresolve.solvers.base.EDMSolver` (:ma
 :math:`\tilde\sigma = e^{-\lambda}`), where the probability-flow ODE has the exact solution
 
 .. math::  y_t = y_s - \tilde\sigma_s\int_0^h e^{-\tau}\hat\varepsilon(\lambda_s+\tau)\,d\tau
-               = e^{-h}y_s + \int_0^h e^{-(h-\tau)} D(\lambda_s+\tau)\,d\tau,\qquad h = \lambda_t-\lambda_s,
+               = e^{-h}y_s + \int_0^h e^{-(h-\tau)} D(\lambda_s+\tau)\,d\tau,\qquad h = \lambda_t-\lambda_s.
 
-(noise and data prediction). DPM-Solver (Lu et al. 2022, arXiv:2206.00927) expands
-:math:`\hat\varepsilon` in a Taylor series in :math:`\lambda`, DPM-Solver++ (Lu et al. 2022,
-arXiv:2211.01095) expands :math:`D`, with the derivatives from previous evaluations (multistep) or
-from intermediate evaluations (singlestep). UniPC (Zhao et al. 2023, arXiv:2302.04867) adds a
-corrector that reuses the evaluation at the new point, so it costs no extra evaluation.
-
-With the ``x``-space formulas of the papers, substitute :math:`\alpha_t/\alpha_s\,x_s \to y_s`,
-:math:`\sigma_t\to\tilde\sigma_t` (noise prediction) and :math:`\sigma_t/\sigma_s\,x_s\to
-\tilde\sigma_t/\tilde\sigma_s\,y_s`, :math:`\alpha_t\to 1` (data prediction). A step onto
-:math:`\tilde\sigma = 0` is not taken by these formulas (the higher-order weights diverge as
-:math:`h\to\infty`): ``final="tweedie"|"zero"`` (:mod:`~scoresolve.solvers.finish`) ends the run.
-"""
+DPM-Solver (Lu et al. 2022, arXiv:2206.00927) expands :math:`\hat\varepsilon` in :math:`\lambda`, DPM-Solver++
+(arXiv:2211.01095) expands :math:`D`, from previous (multistep, 1 evaluation per step) or intermediate
+(singlestep) evaluations; UniPC (Zhao et al. 2023, arXiv:2302.04867) adds a corrector reusing the evaluation at
+the new point, at no extra cost. Papers' ``x``-space formulas: :math:`\alpha_t/\alpha_s\,x_s \to y_s`,
+:math:`\sigma_t\to\tilde\sigma_t` (noise prediction); :math:`x_s\sigma_t/\sigma_s\to y_s\tilde\sigma_t/\tilde\sigma_s`,
+:math:`\alpha_t\to 1` (data prediction). A step onto :math:`\tilde\sigma = 0` diverges (:math:`h\to\infty`):
+``final="tweedie"|"zero"`` ends the run (:mod:`~scoresolve.solvers.finish`)."""
 
 from __future__ import annotations
 

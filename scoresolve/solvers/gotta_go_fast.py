@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._util import check_int
+from .._util import check_int, one_of
 from ..noise import brownian_increment
 from ..registry import SOLVERS
 from ..sde import SDE
@@ -102,10 +102,8 @@ class GottaGoFast(Solver):
         hold_after_reject: bool = True,
         max_steps: int = 100_000,
     ) -> None:
-        if tolerance not in TOLERANCES:
-            raise ValueError(f"tolerance must be one of {', '.join(map(repr, TOLERANCES))}, got {tolerance!r}")
-        if variable not in VARIABLES:
-            raise ValueError(f"variable must be one of {', '.join(map(repr, VARIABLES))}, got {variable!r}")
+        one_of(tolerance, TOLERANCES, "tolerance")
+        one_of(variable, VARIABLES, "variable")
         d_rtol, d_atol = _DEFAULT_TOLS[tolerance]
         self.tolerance = tolerance
         self.variable = variable

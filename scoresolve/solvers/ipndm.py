@@ -7,14 +7,12 @@ Adams–Bashforth step of order :math:`k` from :math:`\tilde\sigma_i` to :math:`
 .. math:: y_{i+1} = y_i + \sum_{j=0}^{k-1} w_{ij}\, d_{i-j},\qquad
           w_{ij} = \int_{\tilde\sigma_i}^{\tilde\sigma_{i+1}} \ell_{ij}(\sigma)\,d\sigma,
 
-with :math:`\ell_{ij}` the Lagrange basis through the last :math:`k` noise levels (variable-step
-AB, exact for directions polynomial in :math:`\tilde\sigma` of degree :math:`k-1`). ``variable=False``
-uses the fixed equal-step coefficients of iPNDM (Zhang & Chen 2023, arXiv:2204.13902, and
-Zhang et al. 2023 "DEIS"): :math:`[1]`, :math:`[3,-1]/2`, :math:`[23,-16,5]/12`,
-:math:`[55,-59,37,-9]/24` times :math:`\tilde\sigma_{i+1}-\tilde\sigma_i`. The order ramps up
-1, 2, 3, 4 over the first steps (no extra evaluations). With ``final="zero"`` the step onto
-:math:`\tilde\sigma = 0` is the variable-step AB step through up to ``order`` directions
-(:mod:`~scoresolve.solvers.finish`). One evaluation per grid point; deterministic.
+with :math:`\ell_{ij}` the Lagrange basis through the last :math:`k` noise levels (variable-step AB, exact for
+directions polynomial in :math:`\tilde\sigma` of degree :math:`k-1`). ``variable=False`` uses iPNDM's fixed
+equal-step coefficients (Zhang & Chen 2023, arXiv:2204.13902): :math:`[1]`, :math:`[3,-1]/2`,
+:math:`[23,-16,5]/12`, :math:`[55,-59,37,-9]/24` times :math:`\tilde\sigma_{i+1}-\tilde\sigma_i`. The order
+ramps up 1, 2, 3, 4 over the first steps; with ``final="zero"`` the step onto :math:`\tilde\sigma = 0` is the
+variable-step AB step (:mod:`~scoresolve.solvers.finish`). One evaluation per grid point; deterministic.
 """
 
 from __future__ import annotations

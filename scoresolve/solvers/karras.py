@@ -6,27 +6,13 @@ All of them step the probability-flow ODE in the EDM variables of the SDE, :math
 .. math::  \frac{dy}{d\sigma} = d(y, \sigma) = \frac{y - D(y, \sigma)}{\sigma},\qquad
            D(y, \sigma) = y + \sigma^2 \alpha_t\, s_\theta(\alpha_t y, t),
 
-where :math:`D` is Tweedie's posterior mean. On a VE SDE (:math:`\alpha = 1`) this is k-diffusion's
-own ``sample_*`` loop; on a VP SDE the same updates in :math:`y` are DDIM-like (Euler in
-:math:`\sigma` *is* DDIM, Karras et al. Sec. 3). Registered here:
-
-================ ===== ============ ===================================================================
-name             order NFE per step update from :math:`\sigma_i` to :math:`\sigma_{i+1}`
-================ ===== ============ ===================================================================
-``euler``        1     1            :math:`y + (\sigma_{i+1}-\sigma_i) d_i` (Algorithm 2, Euler steps)
-``heun``         2     2            trapezoid of :math:`d_i` and :math:`d` at the Euler guess (Algorithm 2)
-``dpm_2``        2     2            midpoint in :math:`\log\sigma` (DPM-Solver-2 flavour, k-diffusion)
-``lms``          4     1            Adams–Bashforth in :math:`\sigma` through the last ``order`` directions
-================ ===== ============ ===================================================================
-
-``euler``, ``heun`` and ``dpm_2`` take EDM's churn (``s_churn > 0``: before the step the noise level
-is raised to :math:`\hat\sigma = (1+\gamma)\sigma_i`, :math:`\gamma = \min(s_{churn}/n, \sqrt2 - 1)` on
-:math:`[s_{tmin}, s_{tmax}]`, by adding :math:`s_{noise}\sqrt{\hat\sigma^2 - \sigma_i^2}\,z`), where
-:math:`n` counts the grid steps plus the final step onto :math:`\sigma = 0`, as k-diffusion does.
-By default the run ends with the final step ``final="tweedie"`` (:mod:`scoresolve.solvers.finish`),
-:math:`y = D(y, \sigma_{min})`, which is k-diffusion's last (Euler) step onto :math:`\sigma = 0`; k-diffusion's
-LMS takes that step with its multistep rule instead, which is ``final="zero"`` (the adapter passes it).
-"""
+:math:`D` Tweedie's posterior mean. On a VE SDE this is k-diffusion's own loop; on VP, Euler in :math:`\sigma`
+*is* DDIM. ``euler`` (order 1, 1 evaluation per step), ``heun`` (trapezoid, order 2, 2 evaluations), ``dpm_2``
+(midpoint in :math:`\log\sigma`, order 2, 2) and ``lms`` (Adams–Bashforth in :math:`\sigma` through the last
+``order`` directions, order 4, 1). The first three take EDM's churn (``s_churn > 0``,
+:mod:`~scoresolve.solvers.edm`), :math:`n` counting the grid steps plus the final step onto 0 as k-diffusion
+does. The run ends with ``final="tweedie"``, :math:`y = D(y, \sigma_{min})`, k-diffusion's last Euler step;
+k-diffusion's LMS takes that step with its multistep rule, ``final="zero"`` (:mod:`scoresolve.solvers.finish`)."""
 
 from __future__ import annotations
 

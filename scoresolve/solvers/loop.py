@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._util import check_int
 from ..gaussian import GaussianFit
 from .base import GridSolver, Interval, SolveContext
 from .finish import Tail, finish
@@ -50,8 +49,8 @@ def cost(solver: GridSolver, n: int, final: str, prefix: bool) -> int:
 
 
 def plan(solver: GridSolver, nfe: int, final: str, prefix: bool = False) -> int:
-    """The number of grid intervals whose :func:`cost` is the largest within ``nfe`` evaluations."""
-    check_int(nfe, "nfe")
+    """The number of grid intervals whose :func:`cost` is the largest within ``nfe`` evaluations (an integer the
+    caller validated: :func:`scoresolve.sample` and the calibrations check it at their entry)."""
     c = int(solver.nfe_per_step)
     last = solver.nfe_last if (final == "none" and solver.nfe_last is not None) else c
     spare = nfe - last - (0 if final == "none" else 1)  # after the final step and the last interval

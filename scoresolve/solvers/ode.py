@@ -3,34 +3,15 @@ r"""``solver="ode"``: the probability-flow ODE (Song et al. 2021, arXiv:2011.134
 .. math::  \frac{dx}{dt} = f(x, t) - \tfrac12 g(t)^2\, s_\theta(x, t)
 
 integrated from :math:`T` to :math:`\epsilon` with any method of torchdiffeq (Chen et al. 2018,
-arXiv:1806.07366). The paper uses an RK45 solver at ``rtol = atol = 1e-5``; the default here is
-torchdiffeq's ``dopri5`` (the same Dormand–Prince 5(4) pair) at those tolerances.
-
-What this wrapper adds to a bare ``odeint`` call:
-
-- **Honest NFE**: every drift evaluation goes through the counted score (``ctx.score``), so the
-  reported NFE is what torchdiffeq actually spent (it reports none itself), rejected steps included.
-- **No steps past the end time**: torchdiffeq's adaptive solvers step past the last output time and
-  interpolate back, which evaluates a VP model at :math:`t < 0`. The end time is passed as a
-  ``step_t`` so the last step lands on it exactly. torchdiffeq's initial-step heuristic (Hairer et al.,
-  *Solving ODEs I*, II.4) probes the drift at :math:`T - h_0` with :math:`h_0 = 0.01\,\|x\|/\|F\|`
-  unbounded; at :math:`T` the VP drift nearly vanishes (:math:`s \approx -x`), so the probe can land
-  far outside (seen: :math:`t = -22`). Every evaluation time is therefore clamped to
-  :math:`[\epsilon, T]` (counted in ``info["clamped_evals"]``: at most that one probe, which only
-  shapes the first trial step, never the solution).
-- ``t`` arrives as a 0-d tensor in torchdiffeq's calls; it is expanded to ``(B,)`` for the model.
-- The batch shares one step size (torchdiffeq's error norm is one RMS over the whole batch): a
-  sample's result depends, slightly, on its neighbours. With ``seeds=`` (the promise that a sample
-  depends only on its seed) an adaptive method therefore integrates **each sample on its own**
-  (one ``odeint`` call per row: the NFE is then the sum over the rows, and the callback, trajectory
-  and progress see only the final state). ``solver="ode_adaptive"``
-  (:mod:`scoresolve.solvers.ode_adaptive`) gives each sample its own steps in one batched loop.
-
-Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) take
-``rtol``/``atol`` and no grid; fixed-grid methods (``euler``, ``midpoint``, ``heun2``, ``heun3``,
-``rk4``, ``explicit_adams``, ``implicit_adams``) step on the time grid of :func:`scoresolve.sample`
-(``steps=``, ``grid=``).
-"""
+arXiv:1806.07366); the default is ``dopri5`` (Dormand–Prince 5(4), the paper's RK45) at
+``rtol = atol = 1e-5``. Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``)
+take ``rtol``/``atol`` and no grid; fixed-grid ones (``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``,
+``explicit_adams``, ``implicit_adams``) step on :func:`scoresolve.sample`'s grid. Cost: the method's stages per
+step, rejected steps included; every evaluation goes through the counted score. The end time is a ``step_t``
+(no step past it) and evaluation times are clamped to :math:`[\epsilon, T]` (``info["clamped_evals"]``: at most
+torchdiffeq's initial-step probe). The batch shares one step size, so with ``seeds=`` an adaptive method
+integrates each sample on its own; ``solver="ode_adaptive"`` gives each sample its own steps in one batched loop.
+Details: docs/ode.md."""
 
 from __future__ import annotations
 

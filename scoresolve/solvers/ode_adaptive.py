@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._util import one_of
 from ..registry import SOLVERS
 from .adaptive import AdaptiveResult, Proposal, run_adaptive
 from .base import CountedScore, SolveContext, Solver
@@ -194,13 +195,9 @@ class PerSampleAdaptiveODE(Solver):
         max_steps: int = 10_000,
         variable: str = "log_snr",
     ) -> None:
-        if variable not in ("t", "log_snr"):
-            raise ValueError(f"variable must be 't' or 'log_snr', got {variable!r}")
-        self.variable = variable
-        if pair not in PAIRS:
-            raise ValueError(f"pair must be one of {', '.join(repr(p) for p in PAIRS)}, got {pair!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(repr(n) for n in NORMS)}, got {norm!r}")
+        self.variable = one_of(variable, ("t", "log_snr"), "variable")
+        one_of(pair, PAIRS, "pair")
+        one_of(norm, NORMS, "norm")
         Controller(rtol, atol)  # validates the tolerances
         self.pair, self.rtol, self.atol, self.norm = pair, float(rtol), float(atol), norm
         self.first_step, self.max_steps = first_step, int(max_steps)

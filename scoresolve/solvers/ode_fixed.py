@@ -8,20 +8,11 @@ method (Butcher 2016, *Numerical Methods for ODEs*): with :math:`h = t_{i+1} - t
 .. math::  k_j = F\big(x + h\textstyle\sum_{l<j} a_{jl} k_l,\ t_i + c_j h\big),\qquad
            x_{i+1} = x + h \textstyle\sum_j b_j k_j .
 
-Registered solvers (deterministic, one evaluation per stage):
-
-============== ===== ============ =========================================
-name           order NFE per step method
-============== ===== ============ =========================================
-``ode_euler``  1     1            explicit Euler
-``ode_heun``   2     2            Heun's method (explicit trapezoid; EDM's 2nd-order step)
-``ode_rk4``    4     4            classical Runge–Kutta (Kutta 1901)
-============== ===== ============ =========================================
-
-The Runge–Kutta machinery (:class:`ButcherTableau`, :func:`rk_stages`, :func:`rk_combine`) works on
-tuples of tensors with one time and one step per sample, so the likelihood ODE (state plus
-log-density) and the per-sample adaptive solver (:mod:`scoresolve.solvers.ode_adaptive`) reuse it.
-"""
+Registered (deterministic, one evaluation per stage): ``ode_euler`` (order 1, 1 evaluation per step),
+``ode_heun`` (explicit trapezoid, order 2, 2) and ``ode_rk4`` (classical Runge–Kutta, Kutta 1901, order 4, 4).
+The machinery (:class:`ButcherTableau`, :func:`rk_stages`, :func:`rk_combine`) works on tuples of tensors with
+one time and one step per sample, so the likelihood ODE (state plus log-density) and the per-sample adaptive
+solver (:mod:`scoresolve.solvers.ode_adaptive`) reuse it."""
 
 from __future__ import annotations
 

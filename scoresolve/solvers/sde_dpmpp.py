@@ -1,48 +1,18 @@
 r"""SDE-DPM-Solver++: multistep exponential integrators of the reverse SDE in data prediction
 (Lu, Zhou, Bao, Chen, Li, Zhu 2022, "DPM-Solver++", arXiv:2211.01095, Sec. 5 and App. B).
 
-Write :math:`\lambda = \log(\alpha_t/\sigma_t)` (half log-SNR, increasing towards the data) and
-:math:`D(x, t) = (x + \sigma_t^2 s(x,t))/\alpha_t` (Tweedie's data prediction from the score). With
-:math:`\tilde x = x/\alpha` the reverse SDE of any linear forward SDE (VE, VP, sub-VP) with noise
-scale :math:`\eta` (1: the reverse SDE, 0: the probability-flow ODE) reads, in :math:`\lambda`,
-
-.. math::  d\tilde x = (1+\eta)(D - \tilde x)\, d\lambda + \sqrt{2\eta}\, e^{-\lambda} d\bar w_\lambda ,
-
-whose linear part and noise integrate exactly. Over a step :math:`\lambda_s \to \lambda_t`,
-:math:`h = \lambda_t - \lambda_s > 0`, :math:`a = (1+\eta)h`:
+With :math:`\lambda = \log(\alpha_t/\sigma_t)`, the data prediction :math:`D = (x + \sigma_t^2 s)/\alpha_t` and
+noise scale :math:`\eta` (1: the reverse SDE, 0: the probability-flow ODE), a step from :math:`\lambda_s` to
+:math:`\lambda_t = \lambda_s + h` of any linear SDE integrates its linear part and noise exactly:
 
 .. math::  x_t = \frac{\sigma_t}{\sigma_s} e^{-\eta h} x_s
            + \alpha_t \int_0^h (1+\eta)e^{-(1+\eta)(h-u)} D(\lambda_s + u)\, du
-           + \sigma_t \sqrt{1 - e^{-2\eta h}}\; z .
+           + \sigma_t \sqrt{1 - e^{-2\eta h}}\; z ,
 
-The solvers replace :math:`D` by the polynomial through the last ``order`` data predictions
-(in :math:`\lambda`) and integrate it exactly, with
-:math:`I_0 = 1-e^{-a}`, :math:`I_1 = h\,(1 - (1-e^{-a})/a)`,
-:math:`I_2 = h^2 (1 - 2/a + 2(1-e^{-a})/a^2)`:
-
-* 1st order (first step, or ``order=1``): :math:`\alpha_t I_0 D_0`;
-* 2M: :math:`+\ \alpha_t I_1 (D_0 - D_1)/h_1` (``solver_type="heun"``, the exact integral of the
-  linear interpolant) or :math:`+\ \alpha_t \tfrac12 I_0 (D_0 - D_1)\,h/h_1`
-  (``solver_type="midpoint"``, the paper's Algorithm and k-diffusion's default);
-* 3M: the quadratic through :math:`D_0, D_1, D_2` in Newton form,
-  :math:`+\ \alpha_t\,[I_1 (f_{01} + h_1 f_{012}) + I_2 f_{012}]` with divided differences
-  :math:`f_{01} = (D_0 - D_1)/h_1`, :math:`f_{012} = (f_{01} - (D_1-D_2)/h_2)/(h_1+h_2)`.
-
-Each step costs one score evaluation; the noise comes from the run's noise source
-(``ctx.noise``), so a generator or per-sample seeds make the run reproducible.
-
-Budget: ``nfe=K`` spends exactly ``K`` evaluations. The run ends with :func:`scoresolve.sample`'s
-``final=`` (default ``"tweedie"``: ``K - 1`` SDE steps from ``T`` to ``eps``, then Tweedie's
-:math:`D(x_\epsilon, \epsilon)` with the ``K``-th evaluation; the noise :math:`\sigma_\epsilon` left at
-``eps`` costs exact samples about 1 nat of mean :math:`\log p_0` on the digits mixture, and this removes
-it; ``"none"``: ``K`` SDE steps ending at ``eps``).
-
-Orders: with additive noise the strong order is 1 whatever the multistep order (the history only
-reduces the drift error, i.e. the deterministic and weak error); with ``eta=0`` the 2M/3M
-solvers are DPM-Solver++(2M)/(3M)-like ODE solvers of order 2/3. 3M is known to be unstable on
-few steps with noise (k-diffusion's docs; here it blows up at ≤ 15 evaluations on the digits
-mixture): prefer 2M below ~20 evaluations.
-"""
+with :math:`D` the polynomial in :math:`\lambda` through the last ``order`` data predictions (1st order, 2M with
+``solver_type="midpoint"|"heun"``, 3M in Newton form), integrated exactly. One evaluation per step, noise from
+the run's noise source; ``nfe=K`` spends exactly ``K``. Strong order 1 with noise, 2 / 3 with ``eta=0``; 3M is
+unstable below ~15 evaluations. Weights, budget and measurements: docs/stochastic_samplers.md."""
 
 from __future__ import annotations
 
@@ -51,7 +21,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .._util import check_float, check_int
+from .._util import check_float, check_int, one_of
 from ..registry import SOLVERS
 from .base import GridSolver, Interval, SolveContext, Step
 from .coefficients import phi_integrals
@@ -107,9 +77,7 @@ class SDEDPMSolverPP(GridSolver):
         check_int(k, "order", max=3)
         self.k = k
         self.eta = check_float(eta, "eta", positive=False)
-        if solver_type not in _SOLVER_TYPES:
-            raise ValueError(f"solver_type must be one of {_SOLVER_TYPES}, got {solver_type!r}")
-        self.solver_type = solver_type
+        self.solver_type = one_of(solver_type, _SOLVER_TYPES, "solver_type")
         self.lower_order_final = bool(lower_order_final)
         if variant not in ("exact", "published"):
             raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")

@@ -2,26 +2,13 @@ r"""``solver="sde"``: the reverse-time SDE (Song et al. 2021, arXiv:2011.13456, 
 
 .. math::  dx = [f(x, t) - g(t)^2 s_\theta(x, t)]\,dt + g(t)\,d\bar w,
 
-integrated from :math:`T` to :math:`\epsilon` by torchsde (Li et al. 2020, arXiv:2001.01328; Kidger
-et al. 2021, arXiv:2105.13493). torchsde wants 2-D states and increasing time; both are handled here:
-
-- the state ``(B, *dims)`` is flattened to ``(B, D)`` inside the drift and diffusion;
-- time is reversed, :math:`\tau = T - t \in [0, T - \epsilon]`: :math:`dx = -[f - g^2 s](x, T-\tau)\,d\tau
-  + g(T-\tau)\,dW_\tau` (a reversed Brownian motion is a Brownian motion);
-- the noise is additive (:math:`g` depends on ``t`` only), so Itô and Stratonovich coincide and every
-  torchsde method applies: ``euler`` (strong order 0.5; 1.0 for additive noise), ``milstein``, ``srk``
-  (Itô, strong order 1.5 for additive noise), ``midpoint``, ``heun``, ``reversible_heun``
-  (Stratonovich).
-
-Noise. The Brownian motion is a ``torchsde.BrownianInterval`` whose entropy (seed) is drawn from the
-run's generator, so the same generator gives the same samples. With per-sample ``seeds=``, each sample
-gets its own Brownian interval seeded from its own generator (one ``(1, D)`` interval per row, combined),
-so a sample depends only on its seed — slower for large batches, but batch-independent. Fixed steps use a
-uniform ``dt = (T - eps)/steps`` (a non-uniform ``grid=`` is refused); ``adaptive=True`` lets torchsde
-choose steps (``rtol``, ``atol``; error by step doubling), NFE counted through the score. torchsde
-evaluates the drift at the start once for its shape checks; a one-entry memo serves the first step's
-identical call from it, so ``euler`` with ``steps=K`` spends exactly K evaluations (+1 to denoise).
-"""
+integrated from :math:`T` to :math:`\epsilon` by torchsde (Li et al. 2020, arXiv:2001.01328; Kidger et al. 2021,
+arXiv:2105.13493) in reversed time :math:`\tau = T - t` on states flattened to ``(B, D)``. The noise is additive,
+so Itô and Stratonovich coincide and every torchsde method applies (``euler``: strong order 1 for additive noise;
+``srk``: 1.5; ``milstein``, ``midpoint``, ``heun``, ``reversible_heun``). The Brownian interval is seeded from the
+run's generator, or one per sample with ``seeds=``. Fixed steps are uniform, ``dt = (T - eps)/steps``;
+``adaptive=True`` lets torchsde choose them (``rtol``, ``atol``). Cost: the method's evaluations per step
+(``euler`` with ``steps=K``: exactly ``K``, plus the final step). Details: docs/stochastic_samplers.md."""
 
 from __future__ import annotations
 

@@ -1,31 +1,13 @@
 """Reproduce the digits model bundled with scoresolve (``scoresolve/data/digits_model.safetensors``).
 
-    python -m scoresolve.train.bundled            # ~3 min of one CPU core (uncontended)
+    python -m scoresolve.train.bundled            # train (resumes from its checkpoint)
+    python -m scoresolve.train.bundled --evaluate --eval-n 500 --eval-steps 200
 
-What it does: trains a small U-Net (:class:`~scoresolve.train.nets.UNet`, base 32 channels, levels
-8×8 and 4×4, attention at 4×4, Fourier time embedding) as an ε-network of the paper's VP SDE
-(β 0.1–20) with continuous-time denoising score matching (λ = σ², reduce mean), on the training
-split of the shipped 8×8 digits scaled to [-1, 1] (``x / 8 - 1``; 20 % held out with seed 0).
-Adam lr 1e-3 (higher than the paper's 2e-4 because the run is short), warm-up 200 steps, gradient
-clipping 1, EMA 0.999, batch 64, 2500 steps, seed 0, on one CPU thread. The EMA weights are stored in
-float16 (1.3 MB) and load back as float32. A resumable checkpoint is written next to the output every
-500 steps; rerunning the command resumes from it.
-
-Load it with ``scoresolve.io.load("digits")``. ``python -m scoresolve.train.bundled --evaluate`` prints
-its sample quality against the held-out split (Fréchet distance in pixel space and in the feature space
-of the bundled digits classifier, each next to the same statistic for held-out-sized draws of the
-*training* images, the best a model of the training split can expect) and its bits/dim on the held-out
-split.
-
-Bits/dim of digits: the pixels take 17 levels ``k/8 - 1`` (k = 0..16), so a bin is 1/8 wide; the
-held-out images are dequantized as ``x + u/8``, ``u ~ U[0, 1)``, and
-``bpd = NLL / (64 ln 2) + log2(8)`` bounds the discrete bits per pixel (at most ``log2 17 ≈ 4.09``
-for a uniform model).
-
-Measured (``--evaluate --eval-n 500 --eval-steps 200``): FD in pixels 0.69 (500 training images: 0.63),
-classifier-feature FID 6.8 (training images: 7.6; the 10-component Gaussian mixture: 23.5), held-out
-bits/dim 2.31 ± 0.01 (dopri5 at 1e-5, 248 NFE).
-"""
+Trains a small U-Net (:class:`~scoresolve.train.nets.UNet`) as an ε-network of the paper's VP SDE (β 0.1–20) by
+continuous-time denoising score matching on the train split of the 8×8 digits, and stores its EMA weights in
+float16; load it with ``scoresolve.io.load("digits")``. ``--evaluate`` prints the Fréchet distance in pixel space
+and in the bundled classifier's features against the held-out split (beside the same statistic for draws of the
+training images) and the held-out bits/dim. Settings and measured figures: docs/training.md."""
 
 from __future__ import annotations
 

@@ -2,23 +2,13 @@
 
     python -m scoresolve.train.bundled_mnist --data PATH/t10k-images-idx3-ubyte.gz --steps STEPS
 
-MNIST is not shipped with scoresolve (it is licensed CC BY-SA 3.0, Y. LeCun, C. Cortes, C. J. C.
-Burges); ``--data`` is the test-set images file as distributed (its labels file beside it), checked
-against the published sha256. The model is trained on the first 8,000 of those 10,000 images; the
-last 2,000 are held out for evaluation (:func:`scoresolve.train.data.mnist`).
-
-What it does: trains a small U-Net (:class:`~scoresolve.train.nets.UNet`, base 16 channels, levels
-28×28 / 14×14 / 7×7 with 16 / 32 / 64 channels, one residual block per level, attention at 7×7,
-Fourier time embedding) as an ε-network of the paper's VP SDE (β 0.1–20) with continuous-time
-denoising score matching (λ = σ², reduce mean) on the 8,000 images scaled to [-1, 1]. Adam at a
-constant lr 1e-3 after a 500-step warm-up, gradient clipping 1, EMA 0.999, batch 64, seed 0, one CPU
-thread. No schedule depends on the total number of steps, so training to ``--steps N`` gives the same
-weights however often it was interrupted: a resumable checkpoint is written next to the output every
-250 steps and rerunning the command resumes from it. The EMA weights are stored in float16 and load
-back as float32. The steps, wall time and figures of the shipped file are in ``docs/training.md``.
-
-Load it with ``scoresolve.io.load("mnist")`` (or ``--model mnist`` on the command line).
-"""
+MNIST is not shipped (CC BY-SA 3.0, Y. LeCun, C. Cortes, C. J. C. Burges): ``--data`` is the test-set images file
+as distributed (labels beside it), checked against its published sha256; the first 8,000 images train, the last
+2,000 are held out (:func:`scoresolve.train.data.mnist`). Trains a small U-Net
+(:class:`~scoresolve.train.nets.UNet`) as an ε-network of the paper's VP SDE (β 0.1–20) by continuous-time
+denoising score matching. No schedule depends on the total number of steps and a checkpoint is written every 250
+steps, so ``--steps N`` gives the same weights however often it was interrupted. Load it with
+``scoresolve.io.load("mnist")``; architecture, settings and figures: docs/training.md."""
 
 from __future__ import annotations
 

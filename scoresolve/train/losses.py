@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._util import one_of
 from ..models import ScoreModel
 from ..sde import SDE
 
@@ -96,8 +97,7 @@ def dsm_loss(
     Returns:
         The scalar loss.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    one_of(weighting, WEIGHTINGS, "weighting")
     t, z, std, xt = _perturb(sde, x0, eps, generator, t, noise)
     s = SDE.bcast(std, x0)
     score = _as_model(net, sde, parameterization)(xt, t)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._util import one_of
 from ..io.checkpoint import CheckpointError, atomic_write, make_config, save, torch_load_safe
 from ..io.image import save_grid
 from ..models import ScoreModel
@@ -113,8 +114,7 @@ class Trainer:
             if not hasattr(cfg, k):
                 raise TypeError(f"Trainer: unknown option {k!r}; options: {', '.join(asdict(cfg))}")
             setattr(cfg, k, v)
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"Trainer: loss must be one of {LOSSES}, got {cfg.loss!r}")
+        one_of(cfg.loss, LOSSES, "Trainer: loss")
         if cfg.loss == "ddpm" and cfg.parameterization != "eps":
             raise ValueError("Trainer: loss='ddpm' trains an eps network (parameterization='eps')")
         if cfg.loss == "cfm" and cfg.parameterization != "velocity":
