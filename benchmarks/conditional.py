@@ -65,19 +65,26 @@ def configs(quick: bool) -> list[dict]:
     smc = {"log_snr": [(16, 60), (32, 60)], "quadratic": [(32, 60), (64, 30)]}
     # ... and with Var(x0 | x_t) from one extra evaluation (twice the cost per step)
     exact = {"log_snr": [(16, 30), (16, 60)], "quadratic": [(16, 60), (32, 30)]}
+    # ... and twisted (guided proposal + twisted weights; one extra evaluation per particle and step)
+    twisted = {"log_snr": [(16, 30), (8, 60), (16, 60), (32, 30)], "quadratic": [(16, 60)]}
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
         *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": False}
           for g, ks in smc.items() for k, st in ks),
         *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": True}
           for g, ks in exact.items() for k, st in ks),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g, "twist": True}
+          for g, ks in twisted.items() for k, st in ks),
     ]
 
 
 def label(cfg: dict) -> str:
     if cfg["method"] == "replace":
         return f"replace {cfg['predictor']}+{cfg['corrector']} {cfg['steps']} steps"
-    var = "" if cfg.get("exact_variance") else " kernel-var"
+    if cfg.get("twist"):
+        var = " twist" + (" exact-var" if cfg.get("exact_variance") else "")
+    else:
+        var = "" if cfg.get("exact_variance") else " kernel-var"
     return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}{var}"
 
 
@@ -111,8 +118,8 @@ def log_evidence_steps() -> None:
 
 
 def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
-    """|log Z error| of info["log_z"] at the default settings (K = 64, 200 steps) on the 16-D mixture, VE 1 of 16
-    and VP 8 of 16 observed, with and without the weights' Var(x0 | x_t) term."""
+    """|log Z error| of info["log_z"] at the default K = 64, 200 steps on the 16-D mixture, VE 1 of 16 and VP 8
+    of 16 observed: weights with the kernel's variance, with Var(x0 | x_t) (exact_variance), and twisted."""
     gm = anisotropic(16, 8, seed=0)
     for sde_name, n_obs in (("ve", 1), ("vp", 8)):
         sde = {"vp": ss.VPSDE(), "ve": ss.VESDE()}[sde_name]
@@ -121,13 +128,16 @@ def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
         y0 = gm.sample(1, torch.Generator().manual_seed(OBS[n_obs]))[0]
         nu = float(sde.sigma(torch.tensor(sde.default_eps, dtype=torch.float64)))
         log_z = log_evidence(gm, mask, y0, nu)
-        for exact, n_seeds in ((False, 1), (True, seeds)):
+        for opts, n_seeds in (({}, 1), ({"exact_variance": True}, seeds),
+                              ({"exact_variance": True, "twist": True}, seeds)):
             for seed in range(n_seeds):
                 g = torch.Generator().manual_seed(1000 + seed)
+                c0 = time.process_time()
                 res = inpaint(gm.score_model(sde), sde, y0.expand(n, 16).clone(), mask, progress=False,
-                              exact_variance=exact, return_result=True, generator=g)
+                              return_result=True, generator=g, **opts)
                 e = res.info["log_z"] - log_z
-                print(f"{sde_name.upper()} {n_obs}/16 exact_variance={exact} seed {seed}: "
+                print(f"{sde_name.upper()} {n_obs}/16 {opts} seed {seed} "
+                      f"({res.info['score_rows'] / n:.0f} evals/output, {time.process_time() - c0:.0f} CPU s): "
                       f"mean abs {float(e.abs().mean()):.2f} mean {float(e.mean()):+.2f} sd {float(e.std()):.2f} "
                       f"median abs {float(e.abs().median()):.2f}"
                       f" min {float(e.min()):.1f}", flush=True)
@@ -290,6 +300,10 @@ def write_outputs(rows: list[dict], cal: list[dict], meta: dict, out: Path) -> N
             print("matplotlib not installed: no plot")
 
 
+def variant(r: dict) -> str:
+    return "twist" if r.get("twist") else ("exact var" if r.get("exact_variance") else "kernel var")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -301,11 +315,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (s, o) in zip(axes[0], cases, strict=True):
         sel = [r for r in rows if r["sde"] == s and r["observed"] == o]
         smc = [r for r in sel if r["method"] == "smc"]
-        for grid in sorted({r.get("grid", "log_snr") for r in smc}):
-            pts = sorted((r for r in smc if r.get("grid", "log_snr") == grid),
+        for grid, var in sorted({(r.get("grid", "log_snr"), variant(r)) for r in smc}):
+            pts = sorted((r for r in smc if r.get("grid", "log_snr") == grid and variant(r) == var),
                          key=lambda r: (r["score_evals_per_output"], r["particles"]))
             ax.plot([r["score_evals_per_output"] for r in pts], [r["fd_over_floor"] for r in pts], "o-",
-                    label=f"smc, {grid} grid")
+                    label=f"smc, {grid} grid, {var}")
             for r in pts:
                 ax.annotate(f"{r['particles']}x{r['steps']}", (r["score_evals_per_output"], r["fd_over_floor"]),
                             fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -318,7 +332,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{s.upper()}, {o} of 16 observed (mean of {max(r.get('seeds', 1) for r in sel)} seeds)")
-        ax.set_xlabel("score evaluations per output (K x steps + 1)")
+        ax.set_xlabel("score evaluations per output")
         ax.set_ylabel("FD / exact-sample floor")
         ax.legend(fontsize=7)
     fig.tight_layout()

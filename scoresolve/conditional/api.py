@@ -87,7 +87,9 @@ def inpaint(
         **method_options: ``smc``: ``kernel`` (``"ancestral"``, ``"reverse_diffusion"``,
             ``"euler_maruyama"``), ``ess_threshold`` (0.1), ``exact_variance`` (False; True: the ancestral
             kernel's weights include :math:`\mathrm{Var}(x_0 \mid x_t)`, at one more evaluation per particle and
-            step, so that ``info["log_z"]`` converges with the steps). ``replace``: ``solver`` (any
+            step, so that ``info["log_z"]`` converges with the steps), ``twist`` (False; True: a guided proposal
+            and twisted weights after TDS, arXiv:2306.17775, at one more evaluation per particle and step, shared
+            with ``exact_variance``: a lower-variance ``info["log_z"]``). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
             ``snr=``, ...). Both: ``progress`` (a tqdm bar over the steps, shown by default;
             ``False`` silences it, :mod:`scoresolve.progress`).
@@ -97,27 +99,15 @@ def inpaint(
         :class:`~scoresolve.SampleResult`.
 
     Cost (score evaluations of single samples): ``smc``: ``n·(particles·steps + 1)`` (``n·(2·particles·steps +
-    1)`` with ``exact_variance=True``); ``replace``:
+    1)`` with ``exact_variance=True``, ``twist=True`` or both); ``replace``:
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)
     method = one_of(method, METHODS, "method")
     event_shape = model.sample_shape if isinstance(model, ScoreModel) else None
     obs = Observation.from_inpainting(y, mask, event_shape, noise_std=noise_std)
-    return run_method(
-        score_fn,
-        sde,
-        obs,
-        method=method,
-        steps=steps,
-        particles=particles,
-        eps=eps,
-        grid=grid,
-        denoise=denoise,
-        generator=generator,
-        return_result=return_result,
-        method_options=method_options,
-    )
+    return run_method(score_fn, sde, obs, method=method, steps=steps, particles=particles, eps=eps, grid=grid,
+                      denoise=denoise, generator=generator, return_result=return_result, **method_options)
 
 
 def run_method(
@@ -125,17 +115,19 @@ def run_method(
     sde: SDE,
     obs: Observation,
     *,
-    method: str,
-    steps: int | None,
-    particles: int | None,
-    eps: float | None,
-    grid: str | Sequence[float] | Tensor | None,
-    denoise: bool | None,
-    generator: torch.Generator | None,
-    return_result: bool,
-    method_options: dict[str, Any],
+    method: str = "smc",
+    steps: int | None = None,
+    particles: int | None = None,
+    eps: float | None = None,
+    grid: str | Sequence[float] | Tensor | None = None,
+    denoise: bool | None = None,
+    generator: torch.Generator | None = None,
+    return_result: bool = False,
+    **method_options: Any,
 ) -> Tensor | SampleResult:
-    """Dispatch an :class:`Observation` to a method (shared by inpaint, linear_inverse, colorize)."""
+    """Dispatch an :class:`Observation` to a method (shared by inpaint, linear_inverse, colorize); the options
+    are :func:`inpaint`'s."""
+    method = one_of(method, METHODS, "method")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if steps is not None:
@@ -187,11 +179,11 @@ def run_method(
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         times = make_grid(grid or "log_snr", sde, n_steps, eps_)
     times = merge_times(times, obs.observation_times(sde, eps_))
-    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "progress"}
+    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "twist", "progress"}
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, exact_variance, "
-            "progress"
+            "twist, progress"
         )
     return smc_inpaint(
         score_fn,

@@ -2,19 +2,11 @@ r"""Guidance: score models of a conditional distribution built from an unconditi
 every solver of :func:`scoresolve.sample` (they are plain score models).
 
 Classifier guidance (Song et al. 2021, arXiv:2011.13456, Sec. 5 and App. I.1; Dhariwal & Nichol 2021,
-arXiv:2105.05233 for the scale):
+arXiv:2105.05233 for the scale): :math:`\nabla_x \log p_t(x) + w\,\nabla_x \log p_t(y \mid x)`, exact at
+:math:`w = 1` with the exact noisy-data classifier (Bayes' rule; :math:`\log p(y)` has no gradient in :math:`x`).
 
-.. math:: \nabla_x \log p_t(x \mid y) \approx \nabla_x \log p_t(x) + w\,\nabla_x \log p_t(y \mid x),
-
-exact at :math:`w = 1` when :math:`\log p_t(y \mid x)` is the exact noisy-data classifier
-(Bayes' rule; the :math:`\log p(y)` term has no gradient in :math:`x`).
-
-Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
-
-.. math:: s_w(x, t) = s(x, t) + w\,\big(s(x, t \mid y) - s(x, t)\big),
-
-so :math:`w = 1` is conditional sampling, :math:`w = 0` unconditional (Ho & Salimans' guidance
-weight :math:`\tilde w` is :math:`w - 1`).
+Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598): :math:`s_w = s(x, t) + w\,(s(x, t \mid y) -
+s(x, t))`; :math:`w = 1` is conditional sampling, :math:`w = 0` unconditional (their weight is :math:`w - 1`).
 """
 
 from __future__ import annotations

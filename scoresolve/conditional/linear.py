@@ -34,10 +34,10 @@ from .api import METHODS, run_method
 __all__ = ["linear_inverse", "colorize", "color_basis", "avg_pool_matrix", "super_resolution"]
 
 
-def _finish(res: Tensor | SampleResult, back: Callable[[Tensor], Tensor], return_result: bool) -> Tensor | SampleResult:
+def _finish(res: Tensor | SampleResult, back: Callable[[Tensor], Tensor]) -> Tensor | SampleResult:
     if isinstance(res, SampleResult):
         res.samples = back(res.samples)
-        return res if return_result else res.samples
+        return res
     return back(res)
 
 
@@ -48,17 +48,9 @@ def linear_inverse(
     A: Tensor,
     noise_std: float = 0.0,
     *,
-    method: str = "smc",
     sample_shape: Sequence[int] | None = None,
     rcond: float = 1e-10,
-    steps: int | None = None,
-    particles: int | None = None,
-    eps: float | None = None,
-    grid: str | Sequence[float] | Tensor | None = None,
-    denoise: bool | None = None,
-    generator: torch.Generator | None = None,
-    return_result: bool = False,
-    **method_options: Any,
+    **options: Any,
 ) -> Tensor | SampleResult:
     r"""Sample :math:`p(x \mid A x + \sigma_y \varepsilon = y)` with an unconditional score model.
 
@@ -67,8 +59,9 @@ def linear_inverse(
         y: ``(n, M)`` observations, one sample returned per row.
         A: ``(M, D)`` with ``D`` the number of entries of one sample.
         noise_std: :math:`\sigma_y`, the standard deviation of the observation noise (0: exact).
-        method, steps, particles, eps, grid, denoise, generator, return_result, **method_options:
-            as for :func:`~scoresolve.inpaint`; the method runs in the rotated basis.
+        **options: as for :func:`~scoresolve.inpaint` (``method``, ``steps``, ``particles``, ``eps``, ``grid``,
+            ``denoise``, ``generator``, ``return_result`` and the method's options); the method runs in the
+            rotated basis.
         sample_shape: the shape of one sample when ``model`` is a plain callable (default ``(D,)``).
         rcond: singular values below ``rcond · max(S)`` count as zero (unobserved directions).
 
@@ -80,7 +73,7 @@ def linear_inverse(
     one SVD of ``A`` (float64).
     """
     score_fn, sde = resolve_model(model, sde)
-    method = one_of(method, METHODS, "method")
+    one_of(options.get("method", "smc"), METHODS, "method")
     if not isinstance(A, Tensor) or A.ndim != 2:
         raise ValueError(f"A must be a 2-D tensor (M, D), got {getattr(A, 'shape', type(A).__name__)}")
     if not isinstance(y, Tensor) or y.ndim != 2 or y.shape[1] != A.shape[0]:
@@ -123,21 +116,8 @@ def linear_inverse(
         x = (xr.reshape(xr.shape[0], d) @ V).reshape(xr.shape[0], *ev)
         return (score_fn(x, t).reshape(xr.shape[0], d) @ V.T).reshape(xr.shape)
 
-    res = run_method(
-        rot_score,
-        sde,
-        obs,
-        method=method,
-        steps=steps,
-        particles=particles,
-        eps=eps,
-        grid=grid,
-        denoise=denoise,
-        generator=generator,
-        return_result=return_result,
-        method_options=method_options,
-    )
-    return _finish(res, lambda xr: (xr.reshape(xr.shape[0], d) @ V).reshape(xr.shape[0], *ev), return_result)
+    return _finish(run_method(rot_score, sde, obs, **options),
+                   lambda xr: (xr.reshape(xr.shape[0], d) @ V).reshape(xr.shape[0], *ev))
 
 
 def color_basis(mix: Sequence[float] | Tensor) -> Tensor:
@@ -167,16 +147,8 @@ def colorize(
     *,
     mix: Sequence[float] | Tensor = (1 / 3, 1 / 3, 1 / 3),
     noise_std: float = 0.0,
-    method: str = "smc",
     sample_shape: Sequence[int] | None = None,
-    steps: int | None = None,
-    particles: int | None = None,
-    eps: float | None = None,
-    grid: str | Sequence[float] | Tensor | None = None,
-    denoise: bool | None = None,
-    generator: torch.Generator | None = None,
-    return_result: bool = False,
-    **method_options: Any,
+    **options: Any,
 ) -> Tensor | SampleResult:
     r"""Colour images given their gray version ``gray = Σ_c mix_c · x_c`` (per pixel).
 
@@ -190,14 +162,14 @@ def colorize(
         gray: ``(n, H, W)`` or ``(n, 1, H, W)``.
         mix: the ``C`` channel weights of the gray image (default the mean of 3 channels).
         noise_std: noise of the gray image (0: exact).
-        method, ...: as for :func:`~scoresolve.inpaint`.
+        **options: as for :func:`~scoresolve.inpaint` (``method``, ``particles``, ``steps``, ``generator``, ...).
         sample_shape: ``(C, H, W)`` when ``model`` is a plain callable.
 
     Returns:
         ``(n, C, H, W)`` colour images whose gray version equals ``gray`` (for ``noise_std = 0``).
     """
     score_fn, sde = resolve_model(model, sde)
-    method = one_of(method, METHODS, "method")
+    one_of(options.get("method", "smc"), METHODS, "method")
     B = color_basis(mix)
     c = B.shape[0]
     shape = model.sample_shape if isinstance(model, ScoreModel) and model.sample_shape else sample_shape
@@ -234,21 +206,7 @@ def colorize(
     def rot_score(xr: Tensor, t: Tensor) -> Tensor:
         return to_rot(score_fn(from_rot(xr), t))
 
-    res = run_method(
-        rot_score,
-        sde,
-        obs,
-        method=method,
-        steps=steps,
-        particles=particles,
-        eps=eps,
-        grid=grid,
-        denoise=denoise,
-        generator=generator,
-        return_result=return_result,
-        method_options=method_options,
-    )
-    return _finish(res, from_rot, return_result)
+    return _finish(run_method(rot_score, sde, obs, **options), from_rot)
 
 
 def avg_pool_matrix(shape: Sequence[int], factor: int = 2) -> Tensor:

@@ -1,61 +1,16 @@
-r"""Asymptotically exact conditional sampling with particles: SMCDiff-style sequential Monte Carlo.
+r"""Asymptotically exact conditional sampling with particles (after SMCDiff, Trippe et al. 2022, arXiv:2206.04119).
 
-Target: :math:`p(x_m \mid x_o = y)` for a model :math:`p_0` known through its score. Following
-SMCDiff (Trippe et al. 2022, arXiv:2206.04119), draw **one forward-noised path** of the observation,
-:math:`y_{t_N}, \dots, y_{t_0}` on the grid :math:`t_0 = T > \dots > t_N = \epsilon`
-(:math:`y_{t_N} \sim N(\alpha_{t_N} y, \sigma_{t_N}^2)`, then the exact forward transitions
-:math:`y_{t_{i}} = a_i y_{t_{i+1}} + b_i z`). Because the forward noise acts on each coordinate
-independently, :math:`p(x_{0,m} \mid y_{t_0:t_N}) = p(x_{0,m} \mid y_{t_N})`: conditioning the reverse
-process on the whole path is conditioning on the observation.
-
-A system of ``K`` particles :math:`x^{(k)}_{t_i}` (observed block set to :math:`y_{t_i}`) is advanced by
-the model's Gaussian reverse kernel :math:`q(x_{t_{i+1}} \mid x_{t_i}) = N(\mu(x_{t_i}), s_i^2 I)`,
-which factorises over coordinates. So the missing block is proposed from the kernel itself and the
-particle is weighted by the kernel's density of the next observed value — a *fully adapted*
-(auxiliary) particle filter whose weight depends on :math:`x_{t_i}` only:
-
-.. math::
-    w^{(k)}_i = N\big(y_{t_{i+1}};\ \mu_o(x^{(k)}_{t_i}),\ s_i^2 I\big),\qquad
-    x^{(k)}_{t_{i+1},m} = \mu_m(x^{(A_k)}_{t_i}) + s_i z,\qquad x^{(k)}_{t_{i+1},o} = y_{t_{i+1}},
-
-with ancestors :math:`A_k` drawn (systematic resampling, from ``generator``) when the effective sample
-size falls below ``ess_threshold · K`` (default 0.1: resampling less often keeps the genealogy diverse —
-at 0.5 a few systems in a thousand collapsed onto a wrong mode, at 1.0 (every step) five times more;
-measured on the 16-D mixture, 8 of 16 observed, K = 16: 7 / 3 / 0 lost outputs of 800 at thresholds
-0.5 / 0.2 / 0.1, and FD 400–2000× → 4–7× the floor). One output is drawn from each system's final weights, denoised
-by Tweedie's formula (one score evaluation) and its observed entries are set to ``y`` exactly.
-
-Each output has its **own** system (outputs are i.i.d.; nothing couples different rows of ``y``), and the
-``n`` systems run batched as one ``(n·K, *shape)`` tensor. As ``K → ∞`` and the step size → 0 the output
-law converges to the exact conditional of the model; the error is dominated by ``K`` (published: on a
-16-D mixture with 8 of 16 observed, 98 → 12 → 1.4 → 1.2× the Fréchet floor at K = 4/16/64/256, and 200
-steps as good as 1000; measured here with this implementation, n = 1000, 200 steps, K = 128: 0.7–0.9×
-the floor in three of four VE/VP × 1/8-observed cases, see docs/conditional.md). A small fraction of
-systems can lose the posterior mode altogether (all particles in a component of ~zero posterior weight);
-those dominate the Fréchet distance when they occur. Per-step ESS is no health check; the per-system
-log-normalising-constant estimates (``info["log_z"]``) are: lost systems sit far below the others that
-share ``y``. Because each coordinate enters the path pinned at :math:`\alpha y` (see
-:meth:`Observation.path`), :math:`\log p(y) = \log p(\text{path}) - \log q(\text{path} \mid y)` exactly, and
-``info["log_z"]`` is the filter's estimate of the log evidence :math:`\log p(y)`.
-
-Weights (``exact_variance=True``, ancestral kernel only; off by default): the exact reverse transition has
-the kernel's mean but variance :math:`s_i^2 + c_0^2\,\mathrm{Var}(x_{0,c} \mid x_{t_i})` (:math:`c_0`: the
-kernel's coefficient of Tweedie's :math:`\hat x_0`); the kernel's own :math:`s_i^2` leaves out a relative
-:math:`O(\Delta\log\mathrm{SNR})` per step, whose sum over the path makes :math:`\log Z` wrong by
-:math:`O(\text{steps}^{-1/2})` per system. The weight uses the full variance on the observed coordinates, with
-:math:`\mathrm{Var}(x_{0,c} \mid x_t) = \sigma_t^2/\alpha_t^2\,(1 + \sigma_t^2 \partial_{x_c} s_c)` (second-order
-Tweedie) from one Rademacher probe and a forward difference of the score: one more evaluation per particle
-and step. The missing block is still proposed from the kernel (a consistent discretisation either way).
-
-Noisy coordinates (``Observation.nu > 0``) enter the path at the time :math:`t^*` where they are an exact
-observation of the diffused state and are free below it (see :mod:`scoresolve.conditional._common`).
-
-Cost: ``steps`` batched calls of ``n·K`` rows (two with ``exact_variance``) plus one call of ``n`` rows for
-the final denoising — ``n·(K·steps + 1)`` score evaluations of single samples (``n·(2·K·steps + 1)`` with).
-
-Kernels (``kernel=``): ``"ancestral"`` (default; DDPM/SMLD posterior :math:`q(x_s \mid x_t, \hat x_0)`
-with Tweedie's :math:`\hat x_0`, see :class:`scoresolve.solvers.predictors.AncestralSampling`),
-``"reverse_diffusion"`` (Song et al. 2021, eq. 46) and ``"euler_maruyama"``.
+One forward-noised path of the observation is drawn on the grid (each coordinate pinned at :math:`\alpha y` where
+it enters, :meth:`Observation.path`). Each output gets its own system of ``K`` particles, which move by the model's
+Gaussian reverse kernel :math:`N(\mu(x_t), s^2 I)` with the observed block pinned to the path, are weighted by the
+kernel's density of the next observed value (a fully adapted filter) and resampled (systematic) when the ESS falls
+below ``ess_threshold · K``; one particle per system is drawn from the final weights and denoised (Tweedie).
+``info["log_z"]`` estimates :math:`\log p(y) = \log p(\text{path}) - \log q(\text{path} \mid y)`.
+``exact_variance``: weights with the exact transition's variance :math:`s^2 + c_0^2\,\mathrm{Var}(x_0 \mid x_t)`
+(second-order Tweedie from one probe). ``twist``: a guided proposal and twisted weights after TDS (Wu et al. 2023,
+arXiv:2306.17775), :math:`\psi(x_t) = \exp(-\lVert y - \hat x_{0,o}(x_t)\rVert^2 / 2v)`, from one Hessian-vector
+product of the score (a finite difference). Cost: ``n·(K·steps + 1)`` score evaluations, ``n·(2·K·steps + 1)``
+with ``exact_variance`` or ``twist`` (or both). Derivations and measured figures: docs/conditional.md.
 """
 
 from __future__ import annotations
@@ -149,6 +104,7 @@ def smc_inpaint(
     kernel: str = "ancestral",
     ess_threshold: float = 0.1,
     exact_variance: bool = False,
+    twist: bool = False,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     return_result: bool = False,
@@ -157,8 +113,9 @@ def smc_inpaint(
     """Run ``n`` independent particle systems (see the module docstring) on the grid ``times``;
     ``progress``: a tqdm bar over the steps (:mod:`scoresolve.progress`)."""
     kernel = one_of(kernel, KERNELS, "kernel")
-    if exact_variance not in (True, False):
-        raise ValueError(f"exact_variance must be True or False, got {exact_variance!r}")
+    for name, flag in (("exact_variance", exact_variance), ("twist", twist)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     fix = bool(exact_variance) and kernel == "ancestral"
     thr = float(ess_threshold)
     if not 0.0 <= thr <= 1.0:
@@ -170,6 +127,7 @@ def smc_inpaint(
     counted = CountedScore(score_fn)
     n_int = times.numel() - 1
     bar = Progress(n_int, f"conditional sampling (SMC, {k} particles x {n})", progress=progress)
+    f64 = torch.float64
 
     with torch.no_grad():
         y_path, m_path, log_q = obs.path(sde, times, noise)  # (N+1, n, d), (n,)
@@ -179,12 +137,28 @@ def smc_inpaint(
 
         x = noise.randn((n * k, d), device=dev, dtype=dt) * sde.prior_std
         x = torch.where(rep(m_path[0]), rep(y_path[0]), x)
-        logw = torch.full((n, k), -math.log(k), device=dev, dtype=torch.float64)
-        log_z = torch.zeros(n, device=dev, dtype=torch.float64)
+        logw = torch.full((n, k), -math.log(k), device=dev, dtype=f64)
+        log_z = torch.zeros(n, device=dev, dtype=f64)
         n_resampled = torch.zeros(n, device=dev, dtype=torch.long)
-        ess_min = torch.full((n,), float(k), device=dev, dtype=torch.float64)
+        ess_min = torch.full((n,), float(k), device=dev, dtype=f64)
         arange_k = torch.arange(k, device=dev)
         log2pi = math.log(2 * math.pi)
+        # twist: log p(y_{t_i} | x_{t_{i-1}}) and log psi_{i-1}(x_{t_{i-1}}) carried by each particle
+        pending = torch.zeros(n * k, device=dev, dtype=f64)
+        lpsi_prev = torch.zeros(n * k, device=dev, dtype=f64)
+        y_end = rep(obs.y.to(f64))
+        nu_end2 = rep(torch.clamp(obs.nu.to(f64), min=float(sde.sigma(_t(float(times[-1]))))) ** 2)
+
+        rows = 0  # score evaluations of single samples
+
+        def reweight(lw: Tensor) -> None:
+            nonlocal logw, log_z, ess_min
+            new = logw + lw.view(n, k)
+            lse = torch.logsumexp(new, dim=1, keepdim=True)
+            log_z += lse[:, 0]  # logw stays normalised, so this is log of the mean incremental weight
+            logw = new - lse
+            ess_min = torch.minimum(ess_min, 1.0 / torch.exp(2 * logw).sum(1))
+
         for i in range(n_int):
             t, t_next = float(times[i]), float(times[i + 1])
             counted.step = i
@@ -192,34 +166,48 @@ def smc_inpaint(
             c_x, c_s, std = kernel_coefficients(sde, kernel, t, t_next)
             mean = c_x * x + c_s * s
             m_next, y_next = rep(m_path[i + 1]), rep(y_path[i + 1])
-            r = torch.where(m_next, y_next - mean, torch.zeros((), device=dev, dtype=dt)).to(torch.float64)
-            n_obs = m_next.sum(1).to(torch.float64)
+            r = torch.where(m_next, y_next - mean, torch.zeros((), device=dev, dtype=dt)).to(f64)
+            n_obs = m_next.sum(1).to(f64)
+            rows += n * k
+            if twist and bool(m_next.any()):
+                lpsi, g, bracket = _twist(counted, sde, x, s, t, m_next, y_end, nu_end2, ev)
+                rows += n * k
+            elif twist:  # nothing left to observe (noisy coordinates below their t*): psi = 1
+                lpsi, g, bracket = torch.zeros_like(pending), torch.zeros_like(x, dtype=f64), torch.ones_like(x)
+            elif fix:
+                bracket = _x0_var_bracket(counted, x, s, t, float(sde.marginal_std(_t(t))), m_next, ev, generator)
+                rows += n * k
             if fix:
-                var = (std**2 + ancestral_x0_gain(sde, t, t_next) * _x0_var_bracket(
-                    counted, x, s, t, float(sde.marginal_std(_t(t))), m_next, ev, generator)).to(torch.float64)
-                var = torch.where(m_next, var, torch.ones((), device=dev, dtype=torch.float64))
+                var = (std**2 + ancestral_x0_gain(sde, t, t_next) * bracket).to(f64)
+                var = torch.where(m_next, var, torch.ones((), device=dev, dtype=f64))
                 lw = -0.5 * (r.pow(2) / var + torch.log(var)).sum(1) - n_obs * 0.5 * log2pi
             else:
                 lw = -0.5 * r.pow(2).sum(1) / std**2 - n_obs * (math.log(std) + 0.5 * log2pi)
-            new = logw + lw.view(n, k)
-            lse = torch.logsumexp(new, dim=1, keepdim=True)
-            log_z += lse[:, 0]  # logw stays normalised, so this is log of the mean incremental weight
-            logw = new - lse
-            ess = 1.0 / torch.exp(2 * logw).sum(1)
-            ess_min = torch.minimum(ess_min, ess)
-            need = ess < thr * k
+            if twist:  # weight p(y_i | x_{i-1}) psi_i(x_i) / psi_{i-1}(x_{i-1}); p(y_{i+1} | x_i) waits a step
+                lw, pending, lpsi_prev = pending + lpsi - lpsi_prev, lw, lpsi
+                mean = mean + (std**2 * g).to(dt)
+            reweight(lw)
+            need = 1.0 / torch.exp(2 * logw).sum(1) < thr * k
             mean = mean.view(n, k, d)
             # the uniforms are drawn every step, so one system's decisions never shift another's noise
             idx = systematic_resample(logw, generator)
             if bool(need.any()):
                 idx = torch.where(need[:, None], idx, arange_k)
                 mean = torch.gather(mean, 1, idx[:, :, None].expand(n, k, d))
+                if twist:
+                    g = torch.gather(g.view(n, k, d), 1, idx[:, :, None].expand(n, k, d)).reshape(n * k, d)
+                    pending = torch.gather(pending.view(n, k), 1, idx).reshape(n * k)
+                    lpsi_prev = torch.gather(lpsi_prev.view(n, k), 1, idx).reshape(n * k)
                 logw = torch.where(need[:, None], torch.full_like(logw, -math.log(k)), logw)
                 n_resampled += need.long()
             z = noise.randn((n * k, d), device=dev, dtype=dt)
             x = mean.reshape(n * k, d) + std * z
+            if twist:  # the proposal's correction N(x'; mu, s^2) / N(x'; mu + s^2 g, s^2)
+                pending = pending - std * (g * z.to(f64)).sum(1) - 0.5 * std**2 * g.pow(2).sum(1)
             x = torch.where(m_next, y_next, x)
             bar.update(1)
+        if twist:
+            reweight(pending - lpsi_prev)  # psi_N = 1: nothing is left to observe
 
         # one output per system, drawn from its final weights
         pick = torch.multinomial(torch.exp(logw).float().cpu(), 1, generator=_cpu_gen(generator)).to(dev)[:, 0]
@@ -234,11 +222,11 @@ def smc_inpaint(
         out = torch.where(exact, obs.y, out)
         counted.check()
         # log p(y) = log p(path) - log q(path | y); p(path) = N(y_{t_0}; 0, prior^2) * (the filter's Z)
-        y0, m0 = y_path[0].to(torch.float64), m_path[0]
+        y0, m0 = y_path[0].to(f64), m_path[0]
         ps = float(sde.prior_std)
         log_prior = torch.where(m0, -0.5 * (y0 / ps) ** 2 - math.log(ps) - 0.5 * log2pi, torch.zeros_like(y0)).sum(1)
         log_evidence = log_z + log_prior - log_q
-    rows = n * k * n_int * (2 if fix else 1) + (n if denoise else 0)
+    rows += n if denoise else 0
     bar.close(evaluations=counted.nfe, score_rows=rows)
     samples = out.reshape(n, *ev)
     if not return_result:
@@ -253,6 +241,32 @@ def smc_inpaint(
         "n_resampled": n_resampled,
     }
     return SampleResult(samples=samples, nfe=counted.nfe, grid=times, info=info)
+
+
+def _twist(counted: CountedScore, sde: SDE, x: Tensor, s: Tensor, t: float, mask: Tensor, y: Tensor, nu2: Tensor,
+           ev: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    r"""TDS-style twist at ``x_t`` from one extra score evaluation: the forward difference of the score along
+    the residual's direction ``u`` gives :math:`H u` (``H = ∂s/∂x``, symmetric). Returns :math:`\log\psi`, the
+    proposal's shift direction :math:`\nabla_{x_m}\log\psi = (\sigma_t^2/\alpha_t)(H\,r/v)_m` and the bracket
+    :math:`1 + \sigma_t^2 u^\top H u`, with :math:`\psi = \exp(-\lVert r\rVert^2/2v)`, :math:`r = y - \hat x_{0,o}`
+    (Tweedie) and :math:`v = \sigma_t^2/\alpha_t^2\cdot\text{bracket} + \nu^2`: the variance of :math:`x_0 \mid x_t`
+    along the residual plus the observation's noise."""
+    f64, zero = torch.float64, torch.zeros((), device=x.device, dtype=torch.float64)
+    tt = _t(t)
+    sig, alpha = float(sde.marginal_std(tt)), float(sde.alpha(tt))
+    res = torch.where(mask, y - ((x + sig**2 * s) / alpha).to(f64), zero)
+    rn = res.norm(dim=1, keepdim=True)
+    u = res / rn.clamp(min=1e-300)
+    h = _FD_STEP * sig
+    s2 = counted((x + h * u.to(x.dtype)).reshape(x.shape[0], *ev), torch.full((x.shape[0],), t, device=x.device,
+                                                                             dtype=x.dtype)).reshape(x.shape)
+    hu = (s2 - s).to(f64) / h
+    bracket = (1.0 + sig**2 * (torch.where(mask, hu, zero) * u).sum(1, keepdim=True)).clamp(min=1e-4, max=4.0)
+    v = (sig / alpha) ** 2 * bracket + nu2
+    lpsi = torch.where(mask, -0.5 * res.pow(2) / v, zero).sum(1)
+    vbar = torch.where(mask, v, zero).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+    g = torch.where(mask | (rn == 0), zero, sig**2 / alpha * hu * rn / vbar.clamp(min=1e-300))
+    return lpsi, g, bracket.expand_as(res)
 
 
 def _x0_var_bracket(counted: CountedScore, x: Tensor, s: Tensor, t: float, sig: float, mask: Tensor,

@@ -7,16 +7,12 @@ observation at the new time,
 
 .. math:: x_{t,o} \leftarrow \alpha_t y_o + \sigma_t z, \qquad z \sim N(0, I)
 
-(for a noisy observation with EDM noise level :math:`\nu`: :math:`\alpha_t y_o +
-(\sigma_t^2-\alpha_t^2\nu^2)^{1/2} z`, only once :math:`\sigma_t/\alpha_t \ge \nu`), and the
-missing coordinates follow the unconditional reverse dynamics. Cost: exactly that of the
-unconditional solver (no extra score evaluations).
-
-This is **not** a consistent sampler of :math:`p(x_m \mid x_o = y)`: the missing coordinates are
-driven by :math:`\nabla \log p_t(x_t)` evaluated at one random draw of :math:`x_{t,o}`, not by
-:math:`\nabla \log p_t(x_t \mid y)`. On a 16-D mixture with the exact score it stays 50–290× the
-exact-sample Fréchet floor however many steps it takes (docs/conditional.md); it is kept as the
-paper's baseline. Use ``method="smc"`` for samples from the right posterior.
+(noise level :math:`\nu`: :math:`\alpha_t y_o + (\sigma_t^2-\alpha_t^2\nu^2)^{1/2} z` once
+:math:`\sigma_t/\alpha_t \ge \nu`); the missing coordinates follow the unconditional reverse dynamics.
+Cost: that of the unconditional solver. **Not** consistent for :math:`p(x_m \mid x_o = y)`: the missing block
+is driven by :math:`\nabla \log p_t(x_t)` at one random draw of :math:`x_{t,o}`, not by
+:math:`\nabla \log p_t(x_t \mid y)` (figures: docs/conditional.md). Kept as the paper's baseline; use
+``method="smc"`` for the right posterior.
 """
 
 from __future__ import annotations

@@ -9,11 +9,9 @@ model's sampler, inpaints the unobserved part of ``A`` and reports
 .. math:: \text{ratio} = \mathrm{FD}\big(f(A_o, A'_m),\ f(B)\big) \,/\, \mathrm{FD}\big(f(A),\ f(B)\big)
 
 in a feature space ``f`` (pixels by default; the bundled classifiers' features for digits/MNIST).
-An exact sampler gives a ratio near 1 (its scatter shrinks with ``n``); a biased one (e.g. the
-replacement method) a ratio well above; both distances are estimates, so one ratio scatters
-(judge it over seeds or at large ``n``). Cost: ``2n`` unconditional samples plus the inpainting
-of ``n``. (Talts et al. 2018, arXiv:1804.06788,
-use ranks of scalar statistics; this is the multivariate, distance-based variant.)
+An exact sampler gives a ratio near 1, a biased one (e.g. the replacement method) a ratio well above; one
+ratio scatters, so judge it over seeds or at large ``n``. Cost: ``2n`` unconditional samples plus the
+inpainting of ``n``. (Talts et al. 2018, arXiv:1804.06788, rank scalar statistics; this is a distance variant.)
 """
 
 from __future__ import annotations
