@@ -165,7 +165,7 @@ QUICK_TRAINED_SOLVERS = ("dpmpp_2m", "k_diffusion:dpmpp_2m")
 DEFAULT_TIME_LIMIT = 60.0
 #: adaptive solvers whose tolerances are not "rtol = atol": the settings swept (quick runs the first)
 #: options of a solver spec that are arguments of ss.sample, not of the solver
-SAMPLE_ARGS = ("calibrate", "gaussian_prior", "final")
+SAMPLE_ARGS = ("calibrate", "calibration_budget", "gaussian_prior", "final")
 TOLERANCE_SWEEPS: dict[str, list[dict[str, float]]] = {"gotta_go_fast": [{"rtol": 1.0}, {"rtol": 0.5}, {"rtol": 0.25}]}
 QUICK_TIME_LIMIT = 20.0
 

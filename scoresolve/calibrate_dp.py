@@ -2,20 +2,15 @@ r"""Grid calibration that scales to networks: teacher trajectories once, then a 
 
 GITS-style (Chen et al. 2024, arXiv:2405.11326) with the *actual solver's* step as the local cost. The teacher
 (4th-order Adams on ``fine * sub`` Karras steps, :func:`teacher_trajectories`) runs **once** on a few dozen prior
-draws; its states :math:`y_k` and scores at ``fine + 1`` nodes stay in memory. The cost of a step :math:`i\to j`
-after :math:`p\to i` is the solver's own step from the teacher state :math:`y_i` with its history from
-:math:`y_p`, scores read from the teacher (no model call): :math:`c_{pij} = w_j^\gamma\,\overline{(\Phi(y_i; y_p)
-- y_j)^2}`, :math:`w_j = c/(c+\tilde\sigma_j^2)` the share of an error at :math:`\tilde\sigma_j` that reaches the
-end for Gaussian data of per-element variance :math:`c` (:func:`end_weights`; :math:`\gamma \in` :data:`POWERS`).
-A dynamic programme over node pairs gives the ``n``-interval path of least total cost (:func:`dp_path`,
-:math:`O(nM^3)`). Every candidate (solver, grid) — the fitted grids and the fixed Karras / log-SNR ones — then
-runs with the model on **held-out** prior draws and the one whose samples' distribution is closest to the teacher's
-endpoints wins (:func:`moment_mismatch`, not the paired RMSE, which rewards over-smoothed samples), so the result is
-never worse there than the best fixed solver it could have run (:func:`calibrate_trajectory`). Cost:
-``fine * sub + 1`` batched evaluations (teacher) plus the held-out runs, within ``budget`` (seconds or
-evaluations; ``None`` from the call when even the smallest plan does not fit). Results are cached to a JSON file
-keyed by the model's **weights** (:func:`~scoresolve.digest.content_digest`), SDE, candidates, budget, ``eps`` and
-shape (:func:`cache_path`).
+draws, keeping states and scores at ``fine + 1`` nodes. The cost of a step :math:`i\to j` after :math:`p\to i` is
+the solver's own step from the teacher state with its history, scores read from the teacher (no model call),
+weighted by the share of the error that reaches the end (:func:`local_costs`, :func:`end_weights`); a dynamic
+programme gives the least-cost ``n``-interval path (:func:`dp_path`, :math:`O(nM^3)`). Every candidate (solver,
+grid), fitted or fixed, then runs with the model on **held-out** draws; the one whose samples' distribution is
+closest to the teacher's endpoints wins (:func:`moment_mismatch`), so it is never worse there than the best fixed
+solver it could have run (:func:`calibrate_trajectory`). Cost: ``fine * sub + 1`` batched evaluations plus the
+held-out runs, within ``budget``. Results are cached to a file keyed by the model's **weights** (:func:`cache_path`).
+Details and measurements: docs/fast_samplers.md, "Trajectory calibration on networks".
 """
 
 from __future__ import annotations
@@ -50,7 +45,8 @@ __all__ = ["TeacherTrajectories", "teacher_trajectories", "local_costs", "end_we
 
 #: environment variable naming the folder of calibration files (default ``~/.cache/scoresolve/calibration``)
 CACHE_ENV = "SCORESOLVE_CALIBRATION_CACHE"
-FIXED_GRIDS = ("karras", "log_snr")
+#: the fixed grids every candidate also runs on held-out draws (the analytic one needs no model call)
+FIXED_GRIDS = ("karras", "log_snr", "analytic")
 #: powers of the end weights the local costs are weighted by; each gives a fitted grid, chosen on held-out draws
 POWERS = (0.5, 1.0)
 
@@ -292,7 +288,7 @@ def calibrate_trajectory(
     key = {"sde": sde.config(), "candidates": [c.config() for c in candidates], "nfe": int(nfe), "eps": float(eps),
            "shape": shape, "options": {"n_fit": n_fit, "n_holdout": n_holdout, "fine": fine, "sub": sub,
                                        "seed": int(seed), "dtype": str(dtype), "method": "trajectory-dp",
-                                       "choice": "moments"}}
+                                       "choice": "moments", "fixed": list(FIXED_GRIDS)}}
     digest = cache_key(model, key)
     own_file = isinstance(cache, (str, os.PathLike))
     path = Path(cache) if own_file else (cache_path(digest) if cache else None)

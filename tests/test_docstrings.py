@@ -9,12 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 15
 
-#: modules still over the limit, to be trimmed by their owners (this set only shrinks)
-EXEMPT = {
-    "scoresolve/calibrate_dp.py",
-}
-
-
 def _docstring_lines() -> dict[str, int]:
     out = {}
     for path in sorted((ROOT / "scoresolve").rglob("*.py")):
@@ -26,11 +20,6 @@ def _docstring_lines() -> dict[str, int]:
 
 def test_module_docstrings_are_at_most_15_lines():
     lines = _docstring_lines()
-    too_long = {p: n for p, n in lines.items() if n > MAX_LINES and p not in EXEMPT}
+    too_long = {p: n for p, n in lines.items() if n > MAX_LINES}
     assert not too_long, f"module docstrings over {MAX_LINES} lines (move figures and notes to docs/): {too_long}"
 
-
-def test_the_exemptions_are_still_needed():
-    lines = _docstring_lines()
-    stale = sorted(p for p in EXEMPT if lines.get(p, 0) <= MAX_LINES)
-    assert not stale, f"these modules are within {MAX_LINES} lines now; remove them from EXEMPT: {stale}"

@@ -224,6 +224,8 @@ class DPMSolverPP(EDMSolver):
 class DPMSolverPP2M(DPMSolverPP):
     __doc__ = DPMSolverPP.__doc__
     order: ClassVar[float] = 2.0
+    #: the analytic grid (no model calls): at 5 NFE it beats Karras and log-SNR on both bundled networks
+    default_grid: ClassVar[str] = "analytic"
     max_order = 2
 
 

@@ -51,7 +51,9 @@ class IPNDM(EDMSolver):
     """
 
     reference = "Zhang & Chen 2023, DEIS/iPNDM, arXiv:2204.13902"
-    default_grid: ClassVar[str] = "karras"
+    #: the analytic grid (no model calls): at 5 NFE it beats Karras and log-SNR on both bundled networks
+    #: (docs/benchmarks.md, "The analytic grid")
+    default_grid: ClassVar[str] = "analytic"
     prefix_direction: ClassVar[bool] = True
 
     def __init__(
