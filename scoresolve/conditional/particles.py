@@ -258,9 +258,7 @@ def _twist(counted: CountedScore, sde: SDE, x: Tensor, s: Tensor, t: float, mask
     rn = res.norm(dim=1, keepdim=True)
     u = res / rn.clamp(min=1e-300)
     h = _FD_STEP * sig
-    s2 = counted((x + h * u.to(x.dtype)).reshape(x.shape[0], *ev), torch.full((x.shape[0],), t, device=x.device,
-                                                                             dtype=x.dtype)).reshape(x.shape)
-    hu = (s2 - s).to(f64) / h
+    hu = _score_step(counted, x, s, t, u.to(x.dtype), h, ev).to(f64) / h
     bracket = (1.0 + sig**2 * (torch.where(mask, hu, zero) * u).sum(1, keepdim=True)).clamp(min=1e-4, max=4.0)
     v = (sig / alpha) ** 2 * bracket + nu2
     lpsi = torch.where(mask, -0.5 * res.pow(2) / v, zero).sum(1)
@@ -277,10 +275,16 @@ def _x0_var_bracket(counted: CountedScore, x: Tensor, s: Tensor, t: float, sig: 
     v = torch.where(mask, 2.0 * (rand(x.shape, generator, x.device, x.dtype) < 0.5).to(x.dtype) - 1.0,
                     torch.zeros((), device=x.device, dtype=x.dtype))
     h = _FD_STEP * sig
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-    s2 = counted((x + h * v).reshape(x.shape[0], *ev), tt).reshape(x.shape)
-    jv = (s2 - s) / h
+    jv = _score_step(counted, x, s, t, v, h, ev) / h
     return torch.clamp(1.0 + sig**2 * v * jv, min=0.0)
+
+
+def _score_step(counted: CountedScore, x: Tensor, s: Tensor, t: float, direction: Tensor, h: float,
+                ev: tuple[int, ...]) -> Tensor:
+    """``s(x + h·direction, t) − s(x, t)`` from one evaluation per row (``s`` is the score at ``x``): divided by
+    ``h``, the forward-difference product of the score's Jacobian with ``direction``."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+    return counted((x + h * direction).reshape(x.shape[0], *ev), tt).reshape(x.shape) - s
 
 
 def _cpu_gen(generator: torch.Generator | None) -> torch.Generator | None:
