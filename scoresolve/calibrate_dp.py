@@ -317,12 +317,14 @@ def calibrate_trajectory(
     progress: bool | None = None,
     default: str | None = None,
     z: float = 2.0,
+    data_range: tuple[float, float] | None = None,
 ) -> tuple[CalibratedGrid | None, dict[str, Any]]:
     """Fit a grid per candidate from one teacher run, choose on held-out draws (module docstring).
 
     ``default`` (``"<candidate>@<fixed grid>"``, the uncalibrated recipe) is kept unless another candidate's
     ``extra["heldout_moments"]`` (:func:`moment_mismatch`) is below it by more than ``z`` paired standard errors
-    (:func:`choose`; ``extra["choice"]`` records the test). Returns ``(grid, info)``: ``grid`` a
+    (:func:`choose`; ``extra["choice"]`` records the test). With ``data_range`` (the model's ``(low, high)``) the
+    criterion compares samples clamped to it, as they are used. Returns ``(grid, info)``: ``grid`` a
     :class:`~scoresolve.calibrate.CalibratedGrid` whose ``solver`` is the chosen candidate's config and whose
     ``extra["heldout_rmse"]`` holds every candidate's held-out RMSE; ``None`` when the budget cannot pay for the
     smallest plan (``info["fallback"]`` says why). ``info`` also has the cost
@@ -335,6 +337,7 @@ def calibrate_trajectory(
            "shape": shape, "options": {"n_fit": n_fit, "n_holdout": n_holdout, "fine": fine, "sub": sub,
                                        "seed": int(seed), "dtype": str(dtype), "method": "trajectory-dp",
                                        "choice": "moments-se", "default": default, "z": float(z),
+                                       "data_range": None if data_range is None else [float(v) for v in data_range],
                                        "fixed": list(FIXED_GRIDS)}}
     digest = cache_key(model, key)
     own_file = isinstance(cache, (str, os.PathLike))
@@ -380,6 +383,8 @@ def calibrate_trajectory(
     tr = teacher_trajectories(fn, sde, x_T, eps, fine=p.fine, sub=p.sub, spacing="karras", tick=lambda: bar.update(1))
     spent += tr.nfe
     x_h, end_h = x_T[p.n_fit:], tr.end[p.n_fit:].double()
+    lo, hi = (-math.inf, math.inf) if data_range is None else (float(data_range[0]), float(data_range[1]))
+    end_c = end_h.clamp(lo, hi)
     table: dict[str, float] = {}
     moments: dict[str, float] = {}
     outs: dict[str, Tensor] = {}
@@ -406,13 +411,13 @@ def calibrate_trajectory(
         cand = by_name[label.split("@")[0]]
         try:
             out, k = _run(_ticking(fn, bar), sde, cand.solver, grid, x_h, cand.final)
-            outs[label] = out.double()
+            outs[label] = out.double().clamp(lo, hi)
             table[label] = float((out.double() - end_h).pow(2).mean().sqrt())
-            moments[label] = moment_mismatch(out, end_h)
+            moments[label] = moment_mismatch(outs[label], end_c)
         except FloatingPointError:
             k, table[label], moments[label] = nfe, math.inf, math.inf
         spent += k
-    best, test = choose(moments, default, lambda k: paired_margin(outs[k], outs[default], end_h), z)
+    best, test = choose(moments, default, lambda k: paired_margin(outs[k], outs[default], end_c), z)
     cand = by_name[best.split("@")[0]]
     seconds_used = time.perf_counter() - start
     bar.close(evaluations=spent)

@@ -154,7 +154,7 @@ def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: A
                   and c.final == default.final and c.solver.config() == default.solver(**default.options).config()),
                  None)
     cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
-                                    progress=progress, default=label,
+                                    progress=progress, default=label, data_range=getattr(model, "data_range", None),
                                     **options) if cands else (None, {"fallback": "budget < 2"})
     if cg is None:
         row = default
