@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     x_T = torch.randn((N_FIT + args.holdout, *shape), generator=g) * sde.prior_std
     start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        tr = teacher_trajectories(fn, sde, x_T, eps)
+        tr = teacher_trajectories(fn, sde, x_T, eps, fine=32, sub=2, spacing="karras")  # as calibrate_trajectory
         x_h, end = x_T[N_FIT:], tr.end[N_FIT:].double()
 
         def fd(x: torch.Tensor) -> float:
