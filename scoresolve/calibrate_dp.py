@@ -347,7 +347,8 @@ def calibrate_trajectory(
         if own_file and cg.extra.get("key") != digest:  # the caller's file: refused when made for anything else
             raise CalibrationMismatchError(f"{path} holds a grid calibrated for other weights, SDE, budget or "
                                            "options; delete it or pass another path to recalibrate")
-        return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cached": True, "file": str(path)}
+        return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+                    "cached": True, "file": str(path)}
     ns = {c.name: plan(c.solver, nfe, c.final) for c in candidates}
     # the cost of one batched evaluation at the full batch, to size the plan within the budget
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
@@ -403,12 +404,13 @@ def calibrate_trajectory(
         name, gname = default.split("@", 1)
         grids = {default: grids.get(default, make_grid(gname, sde, ns[name], eps)), **grids}
     by_name = {c.name: c for c in candidates}
-    cut = []
+    cut, last = [], 0.0
     for label, grid in grids.items():
-        if seconds is not None and table and time.perf_counter() - start > seconds:
-            cut.append(label)  # over the budget: the remaining candidates are not run
+        if seconds is not None and table and time.perf_counter() - start + last > seconds:
+            cut.append(label)  # the next run would end over the budget: the remaining candidates are not run
             continue
         cand = by_name[label.split("@")[0]]
+        t_run = time.perf_counter()
         try:
             out, k = _run(_ticking(fn, bar), sde, cand.solver, grid, x_h, cand.final)
             outs[label] = out.double().clamp(lo, hi)
@@ -417,6 +419,7 @@ def calibrate_trajectory(
         except FloatingPointError:
             k, table[label], moments[label] = nfe, math.inf, math.inf
         spent += k
+        last = time.perf_counter() - t_run
     best, test = choose(moments, default, lambda k: paired_margin(outs[k], outs[default], end_c), z)
     cand = by_name[best.split("@")[0]]
     seconds_used = time.perf_counter() - start
