@@ -39,7 +39,8 @@ from .solvers.grids import make_grid
 from .solvers.ipndm import IPNDM
 from .solvers.loop import plan
 
-__all__ = ["Recipe", "AUTO", "NETWORK", "auto_recipe", "auto", "calibrated_trajectory", "Auto", "trajectory_candidates"]
+__all__ = ["Recipe", "AUTO", "NETWORK", "network_recipe", "auto_recipe", "auto", "calibrated_trajectory", "Auto",
+           "trajectory_candidates"]
 
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
@@ -69,10 +70,16 @@ AUTO: tuple[Recipe, ...] = (
 )
 
 
-#: the uncalibrated recipe on a network without a Gaussian fit for budgets up to 25 (above: the rows of
-#: :data:`AUTO`): DPM-Solver++(2M) on the analytic grid, the best fixed solver on both bundled networks at
-#: 5 / 10 NFE (docs/benchmarks.md)
-NETWORK = Recipe(2, 25, DPMSolverPP2M, {}, "none", "analytic", False, {})
+#: the uncalibrated recipes on a network without a Gaussian fit for budgets up to 25 (above: the rows of
+#: :data:`AUTO`): DPM-Solver++(2M) on the analytic grid to 15, on the Karras grid from 16, the best fixed solver
+#: and grid of ours on the bundled digits network at 5 / 10 and at 20 NFE (docs/benchmarks.md)
+NETWORK: tuple[Recipe, ...] = (Recipe(2, 15, DPMSolverPP2M, {}, "none", "analytic", False, {}),
+                               Recipe(16, 25, DPMSolverPP2M, {}, "none", "karras", False, {}))
+
+
+def network_recipe(nfe: int) -> Recipe | None:
+    """The row of :data:`NETWORK` for a budget of ``nfe`` evaluations (``None``: the rows of :data:`AUTO`)."""
+    return next((r for r in NETWORK if r.lo <= nfe <= r.hi), None)
 
 
 def auto_recipe(nfe: int, gaussian: bool) -> Recipe:
@@ -116,7 +123,7 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
     fit = None if (isinstance(gaussian_prior, str) and not calibrate) else gaussian_prior  # nothing to estimate it from
     network = holds_network(model)
     fit = None if network and isinstance(fit, str) else fit  # a network's own moments (data_moments) still serve
-    row = NETWORK if network and fit is None and nfe <= NETWORK.hi else auto_recipe(nfe, gaussian=fit is not None)
+    row = (network_recipe(nfe) if network and fit is None else None) or auto_recipe(nfe, gaussian=fit is not None)
     solver = row.solver(**row.options)
     final = row.final if final is None else final
     fit = fit if row.gaussian else None
@@ -141,7 +148,8 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
 def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: Any, sde: SDE, solver: GridSolver,
                           nfe: int, final: str, gaussian_prior: Any, shape: Sequence[int], eps: float,
                           dtype: torch.dtype, progress: bool | None, info: dict[str, Any], *,
-                          options: dict[str, Any], default: Recipe = NETWORK) -> tuple[GridSolver, str, Tensor, None]:
+                          options: dict[str, Any],
+                          default: Recipe = NETWORK[0]) -> tuple[GridSolver, str, Tensor, None]:
     """``auto``'s calibration on a network, as :func:`scoresolve.sample` runs one (the signature of
     :func:`scoresolve.calibrate.calibrated_run`): the solver, final step and grid that
     :func:`scoresolve.calibrate_dp.calibrate_trajectory` chose among :func:`trajectory_candidates`, with the cost

@@ -168,7 +168,7 @@ def test_auto_falls_back_when_the_budget_cannot_pay(tmp_path, monkeypatch):
                   calibration_budget={"evaluations": 20}, return_result=True)
     cal = r.info["calibration"]
     assert "cannot pay" in cal["fallback"] and cal["nfe"] == 2 and r.nfe == 5
-    assert r.info["auto"]["class"] == NETWORK.solver.__name__ and not os.listdir(tmp_path)
+    assert r.info["auto"]["class"] == NETWORK[0].solver.__name__ and not os.listdir(tmp_path)
     # with enough evaluations the same call calibrates, within them
     r2 = ss.sample(model, solver="auto", nfe=5, batch_size=4, generator=torch.Generator().manual_seed(0),
                    calibrate=dict(SMALL), calibration_budget={"evaluations": 400}, return_result=True)
