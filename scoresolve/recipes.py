@@ -9,7 +9,7 @@ calibration, the row's grid). On a network (a model holding a ``torch.nn.Module`
 the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a Gaussian fit is
 available; otherwise the next row for that budget does. On a network without a Gaussian fit the uncalibrated recipe
 is :data:`NETWORK` instead (measured there: docs/benchmarks.md), and the calibration keeps it unless a candidate
-beats it on the held-out draws by more than the criterion's paired standard error. :func:`auto` is all that
+beats it on the held-out draws by more than two paired standard errors. :func:`auto` is all that
 :func:`scoresolve.sample` calls for ``solver="auto"``: the row, and the calibration as a function returning the
 grid.
 The measurements behind the table are in docs/fast_samplers.md (``benchmarks/fewstep.py``).
