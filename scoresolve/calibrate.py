@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ._util import atomic_write, check_int, model_signature, one_of, same_signature
-from .gaussian import GaussianFit
+from .gaussian import GaussianFit, as_gaussian_fit
 from .metrics.frechet import frechet_distance, gaussian_moments
 from .models import ScoreModel, as_score_fn
 from .noise import NoiseSource
@@ -52,7 +52,6 @@ __all__ = [
     "calibrated_run",
     "calibration_options",
     "grid_calibration",
-    "resolve_gaussian_prior",
     "model_signature",
     "teacher_solution",
     "gits_grid",
@@ -562,28 +561,6 @@ def _pattern_search(
         if not improved and float(step.max()) <= 0.01:
             break
     return theta, cur
-
-
-def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:
-    """A :class:`GaussianFit` from a fit or a ``(mean, cov)`` pair (TypeError otherwise)."""
-    if isinstance(value, GaussianFit):
-        return value
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return GaussianFit(*value, name=name)
-    raise TypeError(f"{name} must be None, 'estimate' or a (mean, cov) pair of the data's moments")
-
-
-def resolve_gaussian_prior(model: Any, value: Any) -> GaussianFit | str | None:
-    """``gaussian_prior=`` of :func:`scoresolve.sample`: ``"estimate"`` becomes the model's ``data_moments`` fit if
-    it has one, and otherwise stays ``"estimate"`` (for the calibration to estimate)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value != "estimate":
-            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
-        fit = model.data_fit if isinstance(model, ScoreModel) else None
-        return fit if fit is not None else "estimate"
-    return as_gaussian_fit(value)
 
 
 def calibration_options(value: Any) -> tuple[dict[str, Any] | None, Any]:

@@ -12,11 +12,12 @@ used as the analytical first interval of the budgeted solvers (no evaluation).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianFit"]
+__all__ = ["GaussianFit", "as_gaussian_fit"]
 
 
 class GaussianFit:
@@ -88,3 +89,12 @@ class GaussianFit:
         if V is not None:
             y1, d0 = y1 @ V.T, d0 @ V.T
         return (y1 + m).reshape(shape), d0.reshape(shape)
+
+
+def as_gaussian_fit(value: Any, name: str = "gaussian_prior") -> GaussianFit:
+    """A :class:`GaussianFit` from a fit or a ``(mean, cov)`` pair (TypeError otherwise)."""
+    if isinstance(value, GaussianFit):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return GaussianFit(*value, name=name)
+    raise TypeError(f"{name} must be None, 'estimate' or a (mean, cov) pair of the data's moments")

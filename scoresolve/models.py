@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .gaussian import GaussianFit
+from .gaussian import GaussianFit, as_gaussian_fit
 from .sde import SDE
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "from_v",
     "from_denoiser",
     "from_velocity",
+    "resolve_gaussian_prior",
     "score_to_x0",
     "score_to_eps",
 ]
@@ -301,3 +302,16 @@ def as_score_fn(model: Any) -> Callable[[Tensor, Tensor], Tensor]:
     if callable(model):
         return model
     raise TypeError(f"model must be a callable score(x, t) or a scoresolve.ScoreModel, got {type(model).__name__}")
+
+
+def resolve_gaussian_prior(model: Any, value: Any) -> GaussianFit | str | None:
+    """``gaussian_prior=`` of :func:`scoresolve.sample`: ``"estimate"`` becomes the model's ``data_moments`` fit if
+    it has one, and otherwise stays ``"estimate"`` (for the calibration to estimate)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "estimate":
+            raise ValueError(f"gaussian_prior must be None, (mean, cov) or 'estimate', got {value!r}")
+        fit = model.data_fit if isinstance(model, ScoreModel) else None
+        return fit if fit is not None else "estimate"
+    return as_gaussian_fit(value)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ._util import check_int
-from .calibrate import calibrated_run, calibration_options, resolve_gaussian_prior
+from .calibrate import calibrated_run, calibration_options
 from .calibrate_dp import Candidate, calibrate_trajectory
 from .digest import holds_network
 from .registry import SOLVERS
@@ -103,10 +103,8 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
                       DeprecationWarning, stacklevel=3)
         nfe = check_int(steps, "steps")
     calibrate = True if calibrate is None else calibrate
-    calibration, cache = calibration_options(calibrate)
-    fit = resolve_gaussian_prior(model, "estimate" if isinstance(gaussian_prior, str) and gaussian_prior == "default"
-                                 else gaussian_prior)
-    fit = None if (isinstance(fit, str) and not calibrate) else fit  # nothing to estimate it from
+    calibration, cache = (None, None) if calibrate is False else calibration_options(calibrate)
+    fit = None if (isinstance(gaussian_prior, str) and not calibrate) else gaussian_prior  # nothing to estimate it from
     row = auto_recipe(nfe, gaussian=fit is not None)
     solver = row.solver(**row.options)
     final = row.final if final is None else final

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from ._util import check_int
 from .aliases import resolve as resolve_alias
-from .calibrate import grid_calibration, resolve_gaussian_prior
+from .calibrate import grid_calibration
 from .gaussian import GaussianFit
-from .models import ScoreModel, resolve_model
+from .models import ScoreModel, resolve_gaussian_prior, resolve_model
 from .noise import NoiseSource
 from .progress import Progress
 from .recipes import auto
@@ -233,6 +233,10 @@ def sample(
         x = ss.sample(model, solver="dpmpp_2m", nfe=10)   # exactly 10 evaluations
     """
     score_fn, sde = resolve_model(model, sde)
+    is_auto = isinstance(solver, str) and solver == "auto"
+    if isinstance(gaussian_prior, str) and gaussian_prior == "default":
+        gaussian_prior = "estimate" if is_auto else None
+    gaussian_prior = resolve_gaussian_prior(model, gaussian_prior)
     info: dict[str, Any] = {}
     # the words this function used to take: last_step= (a solver option) and denoise= fold into final=
     if "last_step" in solver_options:
@@ -248,14 +252,13 @@ def sample(
         check_int(nfe, "nfe")
         if steps is not None:
             raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
-    if isinstance(solver, str) and solver == "auto":  # a table of budgets (scoresolve.recipes)
+    if is_auto:  # a table of budgets (scoresolve.recipes)
         solver_obj, final, grid, gaussian_prior, nfe, calibration = auto(
             model, nfe, steps, final, grid, gaussian_prior, calibrate, calibration_budget, solver_options, info)
         steps = None
     else:
         solver_obj, alias_grid = _solver_and_grid(solver, solver_options)  # an alias's grid; the caller's wins
         grid = alias_grid if grid is None else grid
-        gaussian_prior = resolve_gaussian_prior(model, None if gaussian_prior == "default" else gaussian_prior)
         calibration = grid_calibration(calibrate, calibration_budget)
     final = solver_obj.default_final if final is None else final
     if final not in FINALS:

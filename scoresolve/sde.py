@@ -339,6 +339,11 @@ class VPSDE(_BetaLinear):
     def marginal_std(self, t: Tensor) -> Tensor:
         return torch.sqrt(-torch.expm1(-self.int_beta(t)))
 
+    def sigma(self, t: Tensor) -> Tensor:
+        # marginal_std / alpha from one evaluation of B(t)
+        B = self.int_beta(t)
+        return torch.sqrt(-torch.expm1(-B)) / torch.exp(-0.5 * B)
+
     def log_snr(self, t: Tensor) -> Tensor:
         # λ = −½ log(e^{B} − 1), accurate for small and large B
         B = self.int_beta(t)
@@ -347,6 +352,10 @@ class VPSDE(_BetaLinear):
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         # e^{B} − 1 = e^{−2λ}  →  B = log1p(e^{−2λ})
         return self._t_from_int_beta(torch.nn.functional.softplus(-2 * lam))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        # λ = −log σ̃: the same arithmetic as t_from_log_snr
+        return self._t_from_int_beta(torch.nn.functional.softplus(2 * torch.log(sigma)))
 
 
 class SubVPSDE(_BetaLinear):
