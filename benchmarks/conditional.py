@@ -15,6 +15,7 @@ samples, reference).
     python benchmarks/conditional.py                 # part 1, n = 1000, 5 seeds, then part 2
     python benchmarks/conditional.py --quick         # small n, a few configurations
     python benchmarks/conditional.py --no-calibration / --calibration-only
+    python benchmarks/conditional.py --calibration-only --models digits --cal-refine 200 --cal-particles 8
     python benchmarks/conditional.py --merge DIR...  # combine the results.json of earlier runs
     python benchmarks/conditional.py --log-evidence-steps  # log Z error against steps and K, 2-D Gaussian
     python benchmarks/conditional.py --log-evidence-default  # log Z error at default settings, 16-D mixture
@@ -67,6 +68,9 @@ def configs(quick: bool) -> list[dict]:
     exact = {"log_snr": [(16, 30), (16, 60)], "quadratic": [(16, 60), (32, 30)]}
     # ... and twisted (guided proposal + twisted weights; one extra evaluation per particle and step)
     twisted = {"log_snr": [(16, 30), (8, 60), (16, 60), (32, 30)], "quadratic": [(16, 60)]}
+    # ... and finished by R Metropolis-adjusted Langevin moves per output at the last time (R evaluations per output)
+    refined = [(16, 30, "log_snr", False, 400), (16, 60, "log_snr", False, 500), (8, 30, "quadratic", True, 500),
+               (8, 60, "quadratic", True, 400), (16, 30, "quadratic", True, 500), (4, 30, "quadratic", True, 250)]
     return [
         {"method": "replace", "steps": 1000, "predictor": "reverse_diffusion", "corrector": "none"},
         *({"method": "smc", "steps": st, "particles": k, "grid": g, "exact_variance": False}
@@ -75,6 +79,8 @@ def configs(quick: bool) -> list[dict]:
           for g, ks in exact.items() for k, st in ks),
         *({"method": "smc", "steps": st, "particles": k, "grid": g, "twist": True}
           for g, ks in twisted.items() for k, st in ks),
+        *({"method": "smc", "steps": st, "particles": k, "grid": g, "twist": tw, "refine": r}
+          for k, st, g, tw, r in refined),
     ]
 
 
@@ -85,6 +91,8 @@ def label(cfg: dict) -> str:
         var = " twist" + (" exact-var" if cfg.get("exact_variance") else "")
     else:
         var = "" if cfg.get("exact_variance") else " kernel-var"
+    if cfg.get("refine"):
+        var = (" twist" if cfg.get("twist") else "") + f" refine {cfg['refine']}"
     return f"smc K={cfg['particles']} {cfg['steps']} steps {cfg['grid']}{var}"
 
 
@@ -143,32 +151,39 @@ def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
                       f" min {float(e.min()):.1f}", flush=True)
 
 
-def calibration_rows(quick: bool, n_digits: int, n_mnist: int) -> list[dict]:
-    """The calibration check on the bundled networks (top half observed, classifier features)."""
+def calibration_rows(quick: bool, n_digits: int, n_mnist: int, models: str = "digits,mnist", refine: int = 0,
+                     particles: int | None = None) -> list[dict]:
+    """The calibration check on the bundled networks (top half observed, classifier features); ``refine > 0`` adds
+    a row of ``smc`` finished by that many Metropolis-adjusted Langevin moves (``particles`` overrides K)."""
     from scoresolve.io import load
     from scoresolve.metrics.classifier import load_classifier
     from scoresolve.metrics.fid import classifier_features
 
     rows = []
     plan = [("digits", n_digits, 32, 25), ("mnist", n_mnist, 4, 25)]
-    for name, n, k, steps in plan:
+    for name, n, k, steps in (p for p in plan if p[0] in models.split(",")):
+        k = particles or k
         model = load(name)
         mask = torch.zeros(model.sample_shape, dtype=torch.bool)
         mask[..., : model.sample_shape[-2] // 2, :] = True
         net = load_classifier(name=name)
-        for method in ("replace", "smc"):
+        for method in ("replace", "smc") if not refine else ("smc",):
             opts = {"particles": k} if method == "smc" else {"predictor": "ancestral_sampling", "corrector": "none",
                                                                 "grid": "log_snr"}
+            if refine:
+                opts["refine"] = refine
             t0, c0 = time.perf_counter(), time.process_time()
             feats = partial(classifier_features, classifier=net)
             r = calibration_check(model, mask, n if not quick else 50, features=feats,
                                   generator=torch.Generator().manual_seed(0), method=method, steps=steps, **opts)
-            row = {"model": name, "method": method, "particles": k if method == "smc" else 1, "steps": steps,
+            row = {"model": name, "method": method + (f" + {refine} MALA" if refine else ""),
+                   "particles": k if method == "smc" else 1, "steps": steps,
                    "n": r.n, "fd": r.fd, "floor": r.floor, "ratio": r.ratio,
                    "score_evals_per_output": r.score_evals_per_output, "score_evals_total": r.score_evals,
                    "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
             rows.append(row)
-            print(f"calibration {name:6s} {method:7s} K={row['particles']:3d} {steps} steps n={r.n}: FD {r.fd:.4g} "
+            print(f"calibration {name:6s} {row['method']:7s} K={row['particles']:3d} {steps} steps n={r.n}: "
+                  f"FD {r.fd:.4g} "
                   f"floor {r.floor:.4g} ratio {r.ratio:.3f}  evals/output {r.score_evals_per_output:.0f}  "
                   f"{row['seconds']:.0f}s (cpu {row['cpu_seconds']:.0f}s)", flush=True)
     return rows
@@ -186,6 +201,10 @@ def main() -> None:
     ap.add_argument("--calibration-only", action="store_true", help="only the calibration check")
     ap.add_argument("--n-digits", type=int, default=300, help="calibration check: samples per set, digits")
     ap.add_argument("--n-mnist", type=int, default=200, help="calibration check: samples per set, MNIST")
+    ap.add_argument("--models", default="digits,mnist", help="calibration check: the networks")
+    ap.add_argument("--cal-refine", type=int, default=0,
+                    help="calibration check: only smc, finished by this many Metropolis-adjusted Langevin moves")
+    ap.add_argument("--cal-particles", type=int, default=None, help="calibration check: particles of smc")
     ap.add_argument("--log-evidence-steps", action="store_true",
                     help="only: the log-evidence error against steps and particles on a 2-D Gaussian")
     ap.add_argument("--log-evidence-default", action="store_true",
@@ -255,7 +274,8 @@ def main() -> None:
             print(f"{sde_name} {n_obs:2d}/16  {row['config']:<42s} FD/floor {row['fd_over_floor']:8.2f} "
                   f"(per seed {' '.join(f'{v:.2f}' for v in row['fd_over_floor_per_seed'])})  TV max {max(tvs):.3f}  "
                   f"{lz}  evals/output {row['score_evals_per_output']:6.0f}  {row['seconds']:5.1f}s", flush=True)
-    cal = [] if args.no_calibration else calibration_rows(args.quick, args.n_digits, args.n_mnist)
+    cal = [] if args.no_calibration else calibration_rows(args.quick, args.n_digits, args.n_mnist, args.models,
+                                                                args.cal_refine, args.cal_particles)
     meta = {"problem": "anisotropic(16, 8, seed=0)", "n": n, "seeds": seeds, "quick": args.quick,
             "machine": machine(), "observation_seeds": OBS}
     write_outputs(rows, cal, meta, out)
@@ -301,6 +321,8 @@ def write_outputs(rows: list[dict], cal: list[dict], meta: dict, out: Path) -> N
 
 
 def variant(r: dict) -> str:
+    if r.get("refine"):
+        return ("twist + " if r.get("twist") else "") + "MALA finish"
     return "twist" if r.get("twist") else ("exact var" if r.get("exact_variance") else "kernel var")
 
 

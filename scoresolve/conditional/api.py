@@ -89,7 +89,9 @@ def inpaint(
             kernel's weights include :math:`\mathrm{Var}(x_0 \mid x_t)`, at one more evaluation per particle and
             step, so that ``info["log_z"]`` converges with the steps), ``twist`` (False; True: a guided proposal
             and twisted weights after TDS, arXiv:2306.17775, at one more evaluation per particle and step, shared
-            with ``exact_variance``: a lower-variance ``info["log_z"]``). ``replace``: ``solver`` (any
+            with ``exact_variance``: a lower-variance ``info["log_z"]``), ``refine`` (0; ``R > 0``: finish each
+            output with ``R`` Metropolis-adjusted Langevin moves on its unobserved block at the last time, one
+            evaluation per output and move, :mod:`scoresolve.conditional.refine`). ``replace``: ``solver`` (any
             fixed-grid solver, default ``"pc"``) and its options (``predictor=``, ``corrector=``,
             ``snr=``, ...). Both: ``progress`` (a tqdm bar over the steps, shown by default;
             ``False`` silences it, :mod:`scoresolve.progress`).
@@ -99,7 +101,7 @@ def inpaint(
         :class:`~scoresolve.SampleResult`.
 
     Cost (score evaluations of single samples): ``smc``: ``n·(particles·steps + 1)`` (``n·(2·particles·steps +
-    1)`` with ``exact_variance=True``, ``twist=True`` or both); ``replace``:
+    1)`` with ``exact_variance=True``, ``twist=True`` or both; ``+ n·refine``); ``replace``:
     that of the unconditional solver, ``n·steps·nfe_per_step (+ n)``.
     """
     score_fn, sde = resolve_model(model, sde)
@@ -179,11 +181,11 @@ def run_method(
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
         times = make_grid(grid or "log_snr", sde, n_steps, eps_)
     times = merge_times(times, obs.observation_times(sde, eps_))
-    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "twist", "progress"}
+    unknown = set(method_options) - {"kernel", "ess_threshold", "exact_variance", "twist", "refine", "progress"}
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method='smc'; it accepts: kernel, ess_threshold, exact_variance, "
-            "twist, progress"
+            "twist, refine, progress"
         )
     return smc_inpaint(
         score_fn,

@@ -9,8 +9,9 @@ below ``ess_threshold · K``; one particle per system is drawn from the final we
 ``exact_variance``: weights with the exact transition's variance :math:`s^2 + c_0^2\,\mathrm{Var}(x_0 \mid x_t)`
 (second-order Tweedie from one probe). ``twist``: a guided proposal and twisted weights after TDS (Wu et al. 2023,
 arXiv:2306.17775), :math:`\psi(x_t) = \exp(-\lVert y - \hat x_{0,o}(x_t)\rVert^2 / 2v)`, from one Hessian-vector
-product of the score (a finite difference). Cost: ``n·(K·steps + 1)`` score evaluations, ``n·(2·K·steps + 1)``
-with ``exact_variance`` or ``twist`` (or both). Derivations and measured figures: docs/conditional.md.
+product of the score (a finite difference). ``refine``: Metropolis-adjusted Langevin moves on each output's free
+block at the last time (:mod:`.refine`). Cost: ``n·(K·steps + 1 + refine)`` score evaluations, ``2·K·steps`` with
+``exact_variance`` or ``twist`` (or both). Derivations and measured figures: docs/conditional.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._util import one_of
+from .._util import check_int, one_of
 from ..models import score_to_x0
 from ..noise import NoiseSource
 from ..progress import Progress
@@ -30,6 +31,7 @@ from ..sampling import SampleResult
 from ..sde import SDE
 from ..solvers.base import CountedScore
 from ._common import Observation, rand
+from .refine import mala_refine, path_anchor
 
 __all__ = ["smc_inpaint", "KERNELS", "systematic_resample"]
 
@@ -105,6 +107,7 @@ def smc_inpaint(
     ess_threshold: float = 0.1,
     exact_variance: bool = False,
     twist: bool = False,
+    refine: int = 0,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     return_result: bool = False,
@@ -116,6 +119,7 @@ def smc_inpaint(
     for name, flag in (("exact_variance", exact_variance), ("twist", twist)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
+    check_int(refine, "refine", min=0)
     fix = bool(exact_variance) and kernel == "ancestral"
     thr = float(ess_threshold)
     if not 0.0 <= thr <= 1.0:
@@ -213,11 +217,24 @@ def smc_inpaint(
         pick = torch.multinomial(torch.exp(logw).float().cpu(), 1, generator=_cpu_gen(generator)).to(dev)[:, 0]
         out = x.view(n, k, d)[torch.arange(n, device=dev), pick]
         t_end = float(times[-1])
+        te = torch.full((n,), t_end, device=dev, dtype=dt)
+        counted.step = n_int
+        s_out = None
+        accept = None
+        if refine:  # MALA on each output's free block at t_N (one evaluation per output and move)
+
+            def score_end(xx: Tensor) -> Tensor:
+                return counted(xx.reshape(n, *ev), te).reshape(n, d)
+
+            s_out = score_end(out)
+            sig_end = float(sde.marginal_std(_t(t_end)))
+            out, s_out, accept = mala_refine(score_end, out, s_out, ~m_path[-1], refine, sig_end**2, noise, generator,
+                                             path_anchor(sde, times, y_path, m_path))
+            rows += n * refine + (0 if denoise else n)
         if denoise:
-            counted.step = n_int
-            te = torch.full((n,), t_end, device=dev, dtype=dt)
             xe = out.reshape(n, *ev)
-            out = score_to_x0(counted(xe, te), xe, te, sde).reshape(n, d)
+            s_out = counted(xe, te) if s_out is None else s_out.reshape(n, *ev)
+            out = score_to_x0(s_out, xe, te, sde).reshape(n, d)
         exact = obs.mask & (obs.nu == 0)
         out = torch.where(exact, obs.y, out)
         counted.check()
@@ -240,6 +257,8 @@ def smc_inpaint(
         "ess_min": ess_min,
         "n_resampled": n_resampled,
     }
+    if accept is not None:
+        info["refine_accept"] = accept
     return SampleResult(samples=samples, nfe=counted.nfe, grid=times, info=info)
 
 
