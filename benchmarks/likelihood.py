@@ -453,7 +453,7 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
             ("cpu_s_per_digit", "CPU s/digit")]
     paired = [r for r in rows if r["label"].startswith("paired")]
     rows = [r for r in rows if not r["label"].startswith("paired")]
-    pcols = [("network", "network"), ("n", "digits"), ("label", "comparison"), ("abs_err_diff", "mean |err| diff"),
+    pcols = [("network", "network"), ("n", "digits"), ("label", "comparison"), ("abs_err_diff", "mean abs error diff"),
              ("abs_err_diff_se", "SE"), ("err_diff", "error diff"), ("err_diff_se", "SE "),
              ("nfe_ratio", "NFE ratio (dopri5 / budget)"), ("cpu_ratio", "CPU ratio (dopri5 / budget)")]
     md = markdown_table(rows, cols) + "\n" + (markdown_table(paired, pcols) if paired else "")
