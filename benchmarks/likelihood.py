@@ -214,8 +214,8 @@ def network_data(name: str, n: int, mnist_path: str | None) -> tuple[Any, torch.
 
 
 def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[float], mnist_path: str | None,
-                 batch: int, caches: list[Path], n_dopri: int | None = None, fill: bool = False
-                 ) -> list[dict[str, Any]]:
+                 batch: int, caches: list[Path], n_dopri: int | None = None, fill: bool = False,
+                 spread_row: bool = True) -> list[dict[str, Any]]:
     """Rows of one network. Every run is kept in a torch file keyed by network, digits, probes, batch and label
     (the budget labels name the method's constants), read from all of ``caches`` and written to the last one,
     so a run can be resumed or split: ``fill`` computes the budget, dopri5 and probe-spread runs without the
@@ -264,20 +264,23 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
         for label, m, kw in cfgs:
             cached(key_of(label), m, **kw)
             print(f"{name}: {label} done", flush=True)
-        cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
+        if spread_row:
+            cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
         return []
     ref = cached("reference", n, rtol=1e-6, atol=1e-6)
     rows = []
     se_data = float(ref["bpd"].std() / math.sqrt(n))
     print(f"{name}: reference dopri5 1e-6: {float(ref['bpd'].mean()):.4f} bits/dim (SE over digits {se_data:.4f}), "
           f"NFE {ref['nfe']}", flush=True)
+    errs: dict[str, torch.Tensor] = {}
     for label, m, kw in [("reference dopri5 rtol=1e-6", n, None), *cfgs]:
         r = ref if kw is None else cached(key_of(label), m, **kw)
-        e = r["bpd"] - ref["bpd"][:m]
+        e = errs[label] = r["bpd"] - ref["bpd"][:m]
         row = {
             "network": name, "n": m, "probes": probes, "label": label, "nfe": r["nfe"],
             "vjp_per_digit": r["nfe"] * probes, "bpd": float(r["bpd"].mean()), "bias": float(e.mean()),
-            "bias_sd": float(e.std()), "mean_abs_err": float(e.abs().mean()),
+            "bias_sd": float(e.std()), "bias_se": float(e.std() / math.sqrt(m)), "mean_abs_err": float(e.abs().mean()),
+            "mean_abs_err_se": float(e.abs().std() / math.sqrt(m)),
             "bracket": None if r["est"] is None else float((e.abs() <= r["est"]).float().mean()),
             "est_mean": None if r["est"] is None else float(r["est"].mean()),
             "probe_se": float(r["se"].mean()), "wall_s_per_digit": r["wall"], "cpu_s_per_digit": r["cpu"],
@@ -289,6 +292,9 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
               f"(sd {row['bias_sd']:.4f}, mean |err| {row['mean_abs_err']:.5f}) bracket {row['bracket']} "
               f"est {row['est_mean']} wall {row['wall_s_per_digit']:.3f} s/digit cpu {row['cpu_s_per_digit']:.3f}",
               flush=True)
+    rows += paired_rows(name, errs, {label: cached(key_of(label), m, **kw) for label, m, kw in cfgs})
+    if not spread_row:
+        return rows
     # the probes' own Monte-Carlo error, which the common probes remove from the bias: 8 fresh probes per digit
     spread = cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
     sd_one = float((spread["se"] * math.sqrt(8)).pow(2).mean().sqrt())
@@ -299,6 +305,30 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
     print(f"{name}: one probe's SD per digit {sd_one:.4f} bits/dim; the reference's dataset mean ({n} digits, "
           f"{probes} probe(s)) has a probe SE of {sd_one / math.sqrt(n * probes):.4f}", flush=True)
     return rows
+
+
+def paired_rows(name: str, errs: dict[str, torch.Tensor], runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each budget row against each dopri5 row on their common digits (the first ``n`` of the dopri5 run):
+    the differences of |error| and of the error, digit by digit, with their standard errors, and the
+    ratios of evaluations and of CPU time (dopri5 / budget)."""
+    out = []
+    for lb, eb in errs.items():
+        if not lb.startswith("budget"):
+            continue
+        for ld, ed in errs.items():
+            if not ld.startswith("dopri5"):
+                continue
+            m = min(len(eb), len(ed))
+            da, ds = eb[:m].abs() - ed[:m].abs(), eb[:m] - ed[:m]
+            row = {"network": name, "n": m, "label": f"paired: {lb} minus {ld}",
+                   "abs_err_diff": float(da.mean()), "abs_err_diff_se": float(da.std() / math.sqrt(m)),
+                   "err_diff": float(ds.mean()), "err_diff_se": float(ds.std() / math.sqrt(m)),
+                   "nfe_ratio": runs[ld]["nfe"] / runs[lb]["nfe"], "cpu_ratio": runs[ld]["cpu"] / runs[lb]["cpu"]}
+            out.append(row)
+            print(f"{name:6s} {row['label']:52s} n {m}: mean |err| diff {row['abs_err_diff']:+.2e} "
+                  f"(SE {row['abs_err_diff_se']:.1e}), err diff {row['err_diff']:+.2e} (SE {row['err_diff_se']:.1e}), "
+                  f"NFE ratio {row['nfe_ratio']:.2f}, CPU ratio {row['cpu_ratio']:.2f}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch files keeping every run (comma-separated: read all, write the last)")
     ap.add_argument("--n-dopri", type=int, default=None, help="dopri5 rows on the first N digits (default all)")
     ap.add_argument("--no-dopri", action="store_true", help="no dopri5 rows (only the reference and the budget)")
+    ap.add_argument("--rtols", default="1e-5,1e-3", help="dopri5 rows' rtol = atol, comma-separated")
+    ap.add_argument("--no-spread", action="store_true", help="no probe-spread row (8 probes at K = 20)")
     ap.add_argument("--fill", action="store_true", help="compute and cache the budget, dopri5 and spread runs only")
     args = ap.parse_args(argv)
     if args.networks:
@@ -394,13 +426,15 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     out = prepare_out_dir(args.out, "likelihood_networks")
     ks = [8, 16] if args.quick else [int(k) for k in args.ks.split(",") if k.strip()]
     caches = [Path(c) for c in args.cache.split(",")] if args.cache else []
-    rtols = [] if args.no_dopri else [1e-3] if args.quick else [1e-5, 1e-3]
+    rtols = [] if args.no_dopri else [1e-3] if args.quick else [float(t) for t in args.rtols.split(",") if t.strip()]
     rows: list[dict[str, Any]] = []
     nd, nm = (8, 8) if args.quick else (args.n_digits, args.n_mnist)
     if nm > 0 and (args.mnist is not None or not args.quick):  # MNIST first: the longer one (--n-dopri applies to it)
-        rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25, caches, args.n_dopri, args.fill)
+        rows += network_rows("mnist", nm, args.probes, ks, rtols, args.mnist, 25, caches, args.n_dopri, args.fill,
+                             not args.no_spread)
     if nd > 0:
-        rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, caches, None, args.fill)
+        rows += network_rows("digits", nd, args.probes, ks, rtols, None, 64, caches, None, args.fill,
+                             not args.no_spread)
     if args.fill:
         return 0
     meta = {
@@ -409,14 +443,21 @@ def networks_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         "command": " ".join(["python", "benchmarks/likelihood.py", *(argv if argv is not None else sys.argv[1:])]),
         "load_note": "wall times on a shared 2-core machine under load: compare the CPU column",
     }
-    write_json(out / "results.json", {"meta": meta, "rows": rows})
+    write_json(out / "results.json", {"meta": meta, "rows": rows})  # the paired rows among them
     cols = [("network", "network"), ("n", "digits"), ("label", "method"), ("nfe", "NFE"), ("bpd", "bits/dim"),
-            ("bias", "bias vs ref"), ("mean_abs_err", "mean abs error"), ("bias_sd", "sd of error"),
+            ("bias", "bias vs ref"), ("bias_se", "SE of bias"), ("mean_abs_err", "mean abs error"),
+            ("mean_abs_err_se", "SE of mean abs error"), ("bias_sd", "sd of error"),
             ("bracket", "bracketed (err <= estimate)"),
             ("est_mean", "mean estimate"), ("probe_se", "probes' SE"), ("probe_sd_one", "one probe's SD"),
             ("wall_s_per_digit", "wall s/digit"),
             ("cpu_s_per_digit", "CPU s/digit")]
-    md = markdown_table(rows, cols) + f"\nCommand: `{meta['command']}` ({meta['load_note']}).\n"
+    paired = [r for r in rows if r["label"].startswith("paired")]
+    rows = [r for r in rows if not r["label"].startswith("paired")]
+    pcols = [("network", "network"), ("n", "digits"), ("label", "comparison"), ("abs_err_diff", "mean abs error diff"),
+             ("abs_err_diff_se", "SE"), ("err_diff", "error diff"), ("err_diff_se", "SE "),
+             ("nfe_ratio", "NFE ratio (dopri5 / budget)"), ("cpu_ratio", "CPU ratio (dopri5 / budget)")]
+    md = markdown_table(rows, cols) + "\n" + (markdown_table(paired, pcols) if paired else "")
+    md += f"\nCommand: `{meta['command']}` ({meta['load_note']}).\n"
     write_text(out / "results.md", md)
     for net in sorted({r["network"] for r in rows}):
         series = {
