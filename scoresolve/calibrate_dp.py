@@ -6,10 +6,12 @@ draws, keeping states and scores at ``fine + 1`` nodes. The cost of a step :math
 the solver's own step from the teacher state with its history, scores read from the teacher (no model call),
 weighted by the share of the error that reaches the end (:func:`local_costs`, :func:`end_weights`); a dynamic
 programme gives the least-cost ``n``-interval path (:func:`dp_path`, :math:`O(nM^3)`). Every candidate (solver,
-grid), fitted or fixed, then runs with the model on **held-out** draws; the one whose samples' distribution is
-closest to the teacher's endpoints wins (:func:`moment_mismatch`), so it is never worse there than the best fixed
-solver it could have run (:func:`calibrate_trajectory`). Cost: ``fine * sub + 1`` batched evaluations plus the
-held-out runs, within ``budget``. Results are cached to a file keyed by the model's **weights** (:func:`cache_path`).
+grid), fitted or fixed, then runs with the model on **held-out** draws and is scored by how far its samples'
+distribution is from the teacher's endpoints (:func:`moment_mismatch`). The uncalibrated recipe (``default``) is
+kept unless a candidate beats it there by more than ``z`` jackknife standard errors of the paired difference
+(:func:`paired_margin`): a choice within the criterion's noise is no choice (:func:`calibrate_trajectory`). Cost:
+``fine * sub + 1`` batched evaluations plus the held-out runs, within ``budget``. Results are cached to a file keyed
+by the model's **weights** (:func:`cache_path`).
 Details and measurements: docs/fast_samplers.md, "Trajectory calibration on networks".
 """
 
@@ -40,8 +42,8 @@ from .solvers.ipndm import IPNDM
 from .solvers.loop import plan
 
 __all__ = ["TeacherTrajectories", "teacher_trajectories", "local_costs", "end_weights", "dp_path",
-           "calibrate_trajectory", "Candidate", "check_budget", "moment_mismatch", "cache_dir", "cache_key",
-           "cache_path", "CACHE_ENV"]
+           "calibrate_trajectory", "Candidate", "check_budget", "moment_mismatch", "paired_margin", "choose",
+           "cache_dir", "cache_key", "cache_path", "CACHE_ENV"]
 
 #: environment variable naming the folder of calibration files (default ``~/.cache/scoresolve/calibration``)
 CACHE_ENV = "SCORESOLVE_CALIBRATION_CACHE"
@@ -196,6 +198,46 @@ def moment_mismatch(x: Tensor, ref: Tensor, directions: int = 64, seed: int = 0)
     return float(torch.cat(terms).mean())
 
 
+def paired_margin(x: Tensor, y: Tensor, ref: Tensor) -> tuple[float, float]:
+    r"""``(d, se)``: :math:`d` = ``moment_mismatch(x, ref) - moment_mismatch(y, ref)`` (rows paired: the same prior
+    draw) and its jackknife standard error over the ``n`` draws,
+    :math:`\sqrt{(n-1)/n\,\sum_i (d_{(i)} - \bar d_{(\cdot)})^2}`, :math:`d_{(i)}` without draw ``i``
+    (Efron & Stein 1981). ``2n + 2`` criterion evaluations, no model call."""
+    n = x.shape[0]
+    if not (y.shape[0] == ref.shape[0] == n and n >= 3):
+        raise ValueError(f"paired_margin needs the same number (>= 3) of paired rows, got {n}, {y.shape[0]}, "
+                         f"{ref.shape[0]}")
+    d = moment_mismatch(x, ref) - moment_mismatch(y, ref)
+    keep = torch.ones(n, dtype=torch.bool)
+    loo = []
+    for i in range(n):
+        keep[i] = False
+        loo.append(moment_mismatch(x[keep], ref[keep]) - moment_mismatch(y[keep], ref[keep]))
+        keep[i] = True
+    t = torch.tensor(loo, dtype=torch.float64)
+    return d, float(((n - 1) / n * (t - t.mean()).pow(2).sum()).sqrt())
+
+
+def choose(scores: dict[str, float], default: str | None, margin: Callable[[str], tuple[float, float]],
+           z: float = 2.0) -> tuple[str, dict[str, Any]]:
+    """The label to run: ``default`` unless some candidate's ``margin(label) = (d, se)`` against it has
+    ``d < -z * se`` (better by more than ``z`` paired standard errors); of those, the least score. Without a
+    ``default`` among ``scores``, the least score. Also the record of the test for ``info``."""
+    best = min(scores, key=lambda k: scores[k])
+    if default is None or default not in scores:
+        return best, {"default": default, "rule": "least criterion (no default among the candidates)"}
+    if not math.isfinite(scores[default]):
+        return best, {"default": default, "rule": "the default failed on the held-out draws"}
+    tested = {k: margin(k) for k in sorted(scores, key=lambda k: scores[k])
+              if k != default and scores[k] < scores[default] and math.isfinite(scores[k])}
+    better = [k for k, (d, se) in tested.items() if d < -z * se]
+    pick = better[0] if better else default
+    d, se = tested.get(best, (0.0, 0.0))
+    return pick, {"default": default, "z": z, "rule": f"the default unless better by more than {z:g} paired SE",
+                  "best": best, "margin": d, "se": se, "replaced": pick != default,
+                  "margins": {k: [v[0], v[1]] for k, v in tested.items()}}
+
+
 def check_budget(value: Any) -> tuple[float | None, int | None]:
     """``calibration_budget=`` as ``(seconds, evaluations)``: a number (seconds) or a dict with ``"seconds"``
     and/or ``"evaluations"`` (batched model calls)."""
@@ -273,22 +315,30 @@ def calibrate_trajectory(
     budget: Any = 60.0,
     cache: bool | str | os.PathLike[str] = True,
     progress: bool | None = None,
+    default: str | None = None,
+    z: float = 2.0,
+    data_range: tuple[float, float] | None = None,
 ) -> tuple[CalibratedGrid | None, dict[str, Any]]:
     """Fit a grid per candidate from one teacher run, choose on held-out draws (module docstring).
 
-    Returns ``(grid, info)``: ``grid`` a :class:`~scoresolve.calibrate.CalibratedGrid` whose ``solver`` is the
-    chosen candidate's config (least ``extra["heldout_moments"]``, :func:`moment_mismatch`) and whose
+    ``default`` (``"<candidate>@<fixed grid>"``, the uncalibrated recipe) is kept unless another candidate's
+    ``extra["heldout_moments"]`` (:func:`moment_mismatch`) is below it by more than ``z`` paired standard errors
+    (:func:`choose`; ``extra["choice"]`` records the test). With ``data_range`` (the model's ``(low, high)``) the
+    criterion compares samples clamped to it, as they are used. Returns ``(grid, info)``: ``grid`` a
+    :class:`~scoresolve.calibrate.CalibratedGrid` whose ``solver`` is the chosen candidate's config and whose
     ``extra["heldout_rmse"]`` holds every candidate's held-out RMSE; ``None`` when the budget cannot pay for the
     smallest plan (``info["fallback"]`` says why). ``info`` also has the cost
-    (``nfe``: batched model calls; ``seconds``)."""
-    start = time.perf_counter()
+    (``nfe``: batched model calls; ``seconds``, ``cpu_seconds``)."""
+    start, cpu = time.perf_counter(), time.process_time()
     nfe = check_int(nfe, "nfe")
     seconds, evaluations = check_budget(budget)
     shape = [int(v) for v in shape]
     key = {"sde": sde.config(), "candidates": [c.config() for c in candidates], "nfe": int(nfe), "eps": float(eps),
            "shape": shape, "options": {"n_fit": n_fit, "n_holdout": n_holdout, "fine": fine, "sub": sub,
                                        "seed": int(seed), "dtype": str(dtype), "method": "trajectory-dp",
-                                       "choice": "moments", "fixed": list(FIXED_GRIDS)}}
+                                       "choice": "moments-se", "default": default, "z": float(z),
+                                       "data_range": None if data_range is None else [float(v) for v in data_range],
+                                       "fixed": list(FIXED_GRIDS)}}
     digest = cache_key(model, key)
     own_file = isinstance(cache, (str, os.PathLike))
     path = Path(cache) if own_file else (cache_path(digest) if cache else None)
@@ -297,7 +347,8 @@ def calibrate_trajectory(
         if own_file and cg.extra.get("key") != digest:  # the caller's file: refused when made for anything else
             raise CalibrationMismatchError(f"{path} holds a grid calibrated for other weights, SDE, budget or "
                                            "options; delete it or pass another path to recalibrate")
-        return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cached": True, "file": str(path)}
+        return cg, {"nfe": 0, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+                    "cached": True, "file": str(path)}
     ns = {c.name: plan(c.solver, nfe, c.final) for c in candidates}
     # the cost of one batched evaluation at the full batch, to size the plan within the budget
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
@@ -333,8 +384,11 @@ def calibrate_trajectory(
     tr = teacher_trajectories(fn, sde, x_T, eps, fine=p.fine, sub=p.sub, spacing="karras", tick=lambda: bar.update(1))
     spent += tr.nfe
     x_h, end_h = x_T[p.n_fit:], tr.end[p.n_fit:].double()
+    lo, hi = (-math.inf, math.inf) if data_range is None else (float(data_range[0]), float(data_range[1]))
+    end_c = end_h.clamp(lo, hi)
     table: dict[str, float] = {}
     moments: dict[str, float] = {}
+    outs: dict[str, Tensor] = {}
     grids: dict[str, Tensor] = {}
     w = end_weights(sde, tr, p.n_fit)
     for cand in candidates:  # the fixed grids first: the budget's cut (if any) falls on the fitted ones
@@ -346,21 +400,27 @@ def calibrate_trajectory(
             wp = w.pow(power)
             nodes = dp_path(c0 * wp, c * wp, ns[cand.name])
             grids[f"{cand.name}@fitted{power:g}"] = tr.times[nodes].clone()
+    if default is not None and default.split("@")[0] in ns:  # the default runs first, whatever the plan and budget
+        name, gname = default.split("@", 1)
+        grids = {default: grids.get(default, make_grid(gname, sde, ns[name], eps)), **grids}
     by_name = {c.name: c for c in candidates}
-    cut = []
+    cut, last = [], 0.0
     for label, grid in grids.items():
-        if seconds is not None and table and time.perf_counter() - start > seconds:
-            cut.append(label)  # over the budget: the remaining candidates are not run
+        if seconds is not None and table and time.perf_counter() - start + last > seconds:
+            cut.append(label)  # the next run would end over the budget: the remaining candidates are not run
             continue
         cand = by_name[label.split("@")[0]]
+        t_run = time.perf_counter()
         try:
             out, k = _run(_ticking(fn, bar), sde, cand.solver, grid, x_h, cand.final)
+            outs[label] = out.double().clamp(lo, hi)
             table[label] = float((out.double() - end_h).pow(2).mean().sqrt())
-            moments[label] = moment_mismatch(out, end_h)
+            moments[label] = moment_mismatch(outs[label], end_c)
         except FloatingPointError:
             k, table[label], moments[label] = nfe, math.inf, math.inf
         spent += k
-    best = min(moments, key=lambda k: (moments[k], table[k]))
+        last = time.perf_counter() - t_run
+    best, test = choose(moments, default, lambda k: paired_margin(outs[k], outs[default], end_c), z)
     cand = by_name[best.split("@")[0]]
     seconds_used = time.perf_counter() - start
     bar.close(evaluations=spent)
@@ -371,11 +431,12 @@ def calibrate_trajectory(
         init=best, seed=int(seed), n_samples=p.n_fit,
         extra={"method": "trajectory-dp", "heldout_rmse": table, "heldout_moments": moments, "n_holdout": p.n_holdout,
                "fine": p.fine, "sub": p.sub, "teacher_nfe": tr.nfe, "teacher_seconds": tr.seconds, "key": digest,
-               "not_run": cut},
+               "not_run": cut, "choice": test},
     )
     if path is not None:
         cg.save(path)
-    return cg, {"nfe": spent, "seconds": seconds_used, "cached": False, "file": None if path is None else str(path)}
+    return cg, {"nfe": spent, "seconds": seconds_used, "cpu_seconds": time.process_time() - cpu, "cached": False,
+                "file": None if path is None else str(path)}
 
 
 def _ticking(fn: Callable[[Tensor, Tensor], Tensor], bar: Progress) -> Callable[[Tensor, Tensor], Tensor]:

@@ -1,14 +1,17 @@
 r"""``solver="auto"``: the best measured few-step deterministic sampler for an evaluation budget, as a table.
 
 Each row of :data:`AUTO` gives, for a range of budgets ``nfe``, the solver and its options, how the run ends
-(``final``), whether the first interval is the analytical Gaussian flow (``gaussian_prior="estimate"``: the
-model's ``ScoreModel.data_moments``, else estimated during calibration), and the options of the grid
-calibration (:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpoint error against a fine
-teacher; ``None``: no calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the
-calibration is :mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates`
-from one teacher run, the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a
-Gaussian fit is available; otherwise the next row for that budget does. :func:`auto` is all that
-:func:`scoresolve.sample` calls for ``solver="auto"``: the row, and the calibration as a function returning the grid.
+(``final``), whether the first interval is the analytical Gaussian flow (``gaussian_prior="estimate"``: the model's
+``ScoreModel.data_moments``, else estimated during calibration), and the options of the grid calibration
+(:func:`scoresolve.calibrate.calibrate_grid`, the solver's own endpoint error against a fine teacher; ``None``: no
+calibration, the row's grid). On a network (a model holding a ``torch.nn.Module``) the calibration is
+:mod:`scoresolve.calibrate_dp` instead: grids fitted for each of :func:`trajectory_candidates` from one teacher run,
+the solver and grid chosen on held-out draws. A row marked ``gaussian`` applies only when a Gaussian fit is
+available; otherwise the next row for that budget does. On a network without a Gaussian fit the uncalibrated recipe
+is :data:`NETWORK` instead (measured there: docs/benchmarks.md), and the calibration keeps it unless a candidate
+beats it on the held-out draws by more than two paired standard errors. :func:`auto` is all that
+:func:`scoresolve.sample` calls for ``solver="auto"``: the row, and the calibration as a function returning the
+grid.
 The measurements behind the table are in docs/fast_samplers.md (``benchmarks/fewstep.py``).
 """
 
@@ -36,7 +39,8 @@ from .solvers.grids import make_grid
 from .solvers.ipndm import IPNDM
 from .solvers.loop import plan
 
-__all__ = ["Recipe", "AUTO", "auto_recipe", "auto", "calibrated_trajectory", "Auto", "trajectory_candidates"]
+__all__ = ["Recipe", "AUTO", "NETWORK", "network_recipe", "auto_recipe", "auto", "calibrated_trajectory", "Auto",
+           "trajectory_candidates"]
 
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
@@ -64,6 +68,18 @@ AUTO: tuple[Recipe, ...] = (
     Recipe(2, 25, IPNDM, _IPNDM, "zero", "karras", False, {"metric": "both"}),
     Recipe(26, 10**9, IPNDM, _IPNDM, "zero", "log_snr", False, None),
 )
+
+
+#: the uncalibrated recipes on a network without a Gaussian fit for budgets up to 25 (above: the rows of
+#: :data:`AUTO`): DPM-Solver++(2M) on the analytic grid to 15, on the Karras grid from 16, the best fixed solver
+#: and grid of ours on the bundled digits network at 5 / 10 and at 20 NFE (docs/benchmarks.md)
+NETWORK: tuple[Recipe, ...] = (Recipe(2, 15, DPMSolverPP2M, {}, "none", "analytic", False, {}),
+                               Recipe(16, 25, DPMSolverPP2M, {}, "none", "karras", False, {}))
+
+
+def network_recipe(nfe: int) -> Recipe | None:
+    """The row of :data:`NETWORK` for a budget of ``nfe`` evaluations (``None``: the rows of :data:`AUTO`)."""
+    return next((r for r in NETWORK if r.lo <= nfe <= r.hi), None)
 
 
 def auto_recipe(nfe: int, gaussian: bool) -> Recipe:
@@ -105,7 +121,9 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
     calibrate = True if calibrate is None else calibrate
     calibration, cache = (None, None) if calibrate is False else calibration_options(calibrate)
     fit = None if (isinstance(gaussian_prior, str) and not calibrate) else gaussian_prior  # nothing to estimate it from
-    row = auto_recipe(nfe, gaussian=fit is not None)
+    network = holds_network(model)
+    fit = None if network and isinstance(fit, str) else fit  # a network's own moments (data_moments) still serve
+    row = (network_recipe(nfe) if network and fit is None else None) or auto_recipe(nfe, gaussian=fit is not None)
     solver = row.solver(**row.options)
     final = row.final if final is None else final
     fit = fit if row.gaussian else None
@@ -117,11 +135,12 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
                     "gaussian_prior": fit if fit is None or isinstance(fit, str) else fit.digest}
     if calibration is None or row.calibration is None:
         return solver, final, grid, fit, nfe, None
-    if method == "trajectory" or (method is None and (calibration_budget is not None or holds_network(model))):
+    if method == "trajectory" or (method is None and (calibration_budget is not None or network)):
         opts = {"budget": 60.0 if calibration_budget is None else calibration_budget, **calibration}
         if isinstance(cache, (str, os.PathLike)):
             opts["cache"] = cache
-        return solver, final, grid, fit, nfe, partial(calibrated_trajectory, options=opts)
+        default = row if not row.gaussian else auto_recipe(nfe, gaussian=False)
+        return solver, final, grid, fit, nfe, partial(calibrated_trajectory, options=opts, default=default)
     return solver, final, grid, fit, nfe, partial(calibrated_run, options={**row.calibration, **calibration},
                                                   cache=cache)
 
@@ -129,16 +148,22 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
 def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: Any, sde: SDE, solver: GridSolver,
                           nfe: int, final: str, gaussian_prior: Any, shape: Sequence[int], eps: float,
                           dtype: torch.dtype, progress: bool | None, info: dict[str, Any], *,
-                          options: dict[str, Any]) -> tuple[GridSolver, str, Tensor, None]:
+                          options: dict[str, Any],
+                          default: Recipe = NETWORK[0]) -> tuple[GridSolver, str, Tensor, None]:
     """``auto``'s calibration on a network, as :func:`scoresolve.sample` runs one (the signature of
     :func:`scoresolve.calibrate.calibrated_run`): the solver, final step and grid that
     :func:`scoresolve.calibrate_dp.calibrate_trajectory` chose among :func:`trajectory_candidates`, with the cost
-    and the choice in ``info``; the uncalibrated row of :data:`AUTO` when the budget cannot pay."""
+    and the choice in ``info``. ``default`` is the uncalibrated recipe: the candidate kept unless clearly beaten
+    (:func:`scoresolve.calibrate_dp.choose`), and what runs when the budget cannot pay."""
     cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
+    label = next((f"{c.name}@{default.grid}" for c in cands if type(c.solver) is default.solver
+                  and c.final == default.final and c.solver.config() == default.solver(**default.options).config()),
+                 None)
     cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
-                                    progress=progress, **options) if cands else (None, {"fallback": "budget < 2"})
+                                    progress=progress, default=label, data_range=getattr(model, "data_range", None),
+                                    **options) if cands else (None, {"fallback": "budget < 2"})
     if cg is None:
-        row = auto_recipe(nfe, gaussian=False)
+        row = default
         solver = row.solver(**row.options)
         times = make_grid(row.grid, sde, plan(solver, nfe, row.final), eps)
         info["calibration"] = {"method": "trajectory-dp", **cost}
@@ -147,7 +172,8 @@ def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: A
     cand = next(c for c in cands if c.name == cg.solver["name"])
     info["calibration"] = {"method": "trajectory-dp", **cost, "choice": cg.init, "rmse": cg.rmse,
                            "heldout_rmse": cg.extra.get("heldout_rmse"),
-                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None}
+                           "heldout_moments": cg.extra.get("heldout_moments"), "fallback": None,
+                           "test": cg.extra.get("choice")}
     info["auto"] = {"class": type(cand.solver).__name__, **cand.config(), "gaussian_prior": None}
     return cand.solver, cand.final, cg.grid, None
 

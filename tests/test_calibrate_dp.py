@@ -18,12 +18,14 @@ from scoresolve.calibrate import CalibrationMismatchError
 from scoresolve.calibrate_dp import (
     calibrate_trajectory,
     check_budget,
+    choose,
     dp_path,
     local_costs,
     moment_mismatch,
+    paired_margin,
     teacher_trajectories,
 )
-from scoresolve.recipes import trajectory_candidates
+from scoresolve.recipes import NETWORK, trajectory_candidates
 from scoresolve.solvers.ipndm import IPNDM
 
 SMALL = {"fine": 12, "n_fit": 16, "n_holdout": 16}
@@ -98,12 +100,13 @@ def test_local_costs_vanish_where_the_solver_is_exact():
 def test_cache_is_keyed_by_the_weights_and_loads_in_a_new_process(tmp_path, monkeypatch):
     monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
     model, net = _model()
-    kw = dict(shape=(4,), eps=model.sde.default_eps, budget=None, **SMALL)
+    kw = dict(shape=(4,), eps=model.sde.default_eps, budget=None, default="dpmpp_2m@analytic", **SMALL)  # as auto
     cands = trajectory_candidates()
     cg, info = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
     assert not info["cached"] and info["nfe"] > 12 and info["seconds"] > 0 and len(os.listdir(tmp_path)) == 1
     moments = cg.extra["heldout_moments"]  # the held-out winner by distribution, fixed grids included
-    assert moments[cg.init] == min(moments.values()) and cg.rmse == cg.extra["heldout_rmse"][cg.init]
+    assert moments[cg.extra["choice"]["best"]] == min(moments.values()) and cg.rmse == cg.extra["heldout_rmse"][cg.init]
+    assert cg.init == "dpmpp_2m@analytic" or cg.extra["choice"]["replaced"]
     assert {"ipndm@karras", "unipc@log_snr", "dpmpp_2m@fitted1"} <= set(moments) == set(cg.extra["heldout_rmse"])
     cg2, info2 = calibrate_trajectory(model, net, model.sde, cands, 5, **kw)
     assert info2["cached"] and cg2.times == cg.times
@@ -137,7 +140,13 @@ def test_auto_on_a_network_uses_the_trajectory_calibration_and_its_choice(tmp_pa
     assert cal["method"] == "trajectory-dp" and cal["fallback"] is None and r.nfe == 6
     name = cal["choice"].split("@")[0]
     assert r.info["auto"]["name"] == name and cal["rmse"] == cal["heldout_rmse"][cal["choice"]]
-    assert cal["heldout_moments"][cal["choice"]] == min(cal["heldout_moments"].values())
+    test, moments = cal["test"], cal["heldout_moments"]
+    assert test["default"] == "dpmpp_2m@analytic" and test["best"] == min(moments, key=moments.get)
+    if test["replaced"]:  # only by a candidate clearly better than the uncalibrated recipe
+        d, se = test["margins"][cal["choice"]]
+        assert d < -test["z"] * se and moments[cal["choice"]] < moments[test["default"]]
+    else:
+        assert cal["choice"] == test["default"]
     assert torch.isfinite(r.samples).all()
 
 
@@ -159,7 +168,7 @@ def test_auto_falls_back_when_the_budget_cannot_pay(tmp_path, monkeypatch):
                   calibration_budget={"evaluations": 20}, return_result=True)
     cal = r.info["calibration"]
     assert "cannot pay" in cal["fallback"] and cal["nfe"] == 2 and r.nfe == 5
-    assert r.info["auto"]["class"] == "IPNDM" and not os.listdir(tmp_path)
+    assert r.info["auto"]["class"] == NETWORK[0].solver.__name__ and not os.listdir(tmp_path)
     # with enough evaluations the same call calibrates, within them
     r2 = ss.sample(model, solver="auto", nfe=5, batch_size=4, generator=torch.Generator().manual_seed(0),
                    calibrate=dict(SMALL), calibration_budget={"evaluations": 400}, return_result=True)
@@ -225,3 +234,38 @@ def test_the_choice_criterion_prefers_the_right_spread_to_a_smoothed_sample():
     assert moment_mismatch(noisy, teacher) < 0.2 * moment_mismatch(shrunk, teacher)
     assert moment_mismatch(shrunk, teacher) == pytest.approx((0.3 * 0.8) ** 2, rel=0.02)  # same means
     assert moment_mismatch(teacher, teacher) == 0.0
+
+
+def test_the_default_is_kept_unless_a_candidate_is_better_by_more_than_the_paired_error():
+    """choose(): a candidate whose lead is within z paired standard errors does not replace the default; a clearly
+    better one does (the least criterion among the clearly better); without a default, the least criterion."""
+    scores = {"default": 1.0, "close": 0.9, "clear": 0.95, "worse": 1.2}
+    margins = {"close": (-0.1, 0.2), "clear": (-0.05, 0.01)}
+    pick, rec = choose(scores, "default", margins.__getitem__, z=2.0)
+    assert pick == "clear" and rec["replaced"] and rec["best"] == "close" and rec["se"] == 0.2
+    assert set(rec["margins"]) == {"close", "clear"}  # only candidates below the default are tested
+    margins["clear"] = (-0.05, 0.03)  # now both leads are within two standard errors: the default stays
+    pick, rec = choose(scores, "default", margins.__getitem__, z=2.0)
+    assert pick == "default" and not rec["replaced"] and rec["margin"] == -0.1
+    assert choose(scores, None, margins.__getitem__)[0] == "close"
+    assert choose({**scores, "default": math.inf}, "default", margins.__getitem__)[0] == "close"
+
+
+def test_paired_margin_separates_a_shrunk_sample_and_not_two_equal_ones():
+    """The jackknife SE of the paired criterion difference: a sample shrunk by 0.6 loses to a faithful one by many
+    SE on 32 draws; two independent samples of the teacher's own law differ by less than 3 SE; identical: 0, 0."""
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(32, 8, generator=g, dtype=torch.float64)
+
+    def near():
+        return 0.9 * teacher + math.sqrt(1 - 0.81) * torch.randn(32, 8, generator=g, dtype=torch.float64)
+
+    good, shrunk = near(), 0.6 * teacher
+    d, se = paired_margin(good, shrunk, teacher)
+    assert d < 0 and d < -4 * se
+    a, b = near(), near()
+    d, se = paired_margin(a, b, teacher)
+    assert se > 0 and abs(d) < 3 * se
+    assert paired_margin(a, a, teacher) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="paired rows"):
+        paired_margin(a[:5], b, teacher)
