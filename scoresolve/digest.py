@@ -57,10 +57,13 @@ def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0, modules: lis
     if isinstance(obj, SDE):
         h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
         return 0
-    if isinstance(obj, (list, tuple)):
-        return sum(_walk_content(v, h, seen, depth + 1, modules) for v in obj[:10_000])
     if isinstance(obj, dict):
-        return sum(_walk_content(obj[k], h, seen, depth + 1, modules) for k in sorted(obj, key=repr)[:10_000])
+        obj = [obj[k] for k in sorted(obj, key=repr)]
+    if isinstance(obj, (list, tuple)):
+        n = 0
+        for v in obj[:10_000]:
+            n += _walk_content(v, h, seen, depth + 1, modules)
+        return n
     if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
         h.update(repr(obj).encode())
         return 0
@@ -93,14 +96,9 @@ def content_digest(model: Any) -> tuple[str, bool]:
     return h.hexdigest(), n > 0
 
 
-class _NoHash:
-    def update(self, _: bytes) -> None:
-        pass
-
-
 def holds_network(model: Any) -> bool:
     """Whether ``model`` computes with a ``torch.nn.Module`` anywhere (attributes, closures, partials, bound
     methods): a trained network rather than a closed form."""
     found: list[Any] = []
-    _walk_content(model, _NoHash(), set(), modules=found)
+    _walk_content(model, hashlib.sha256(), set(), modules=found)  # the hash is discarded
     return bool(found)
