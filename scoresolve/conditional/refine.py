@@ -7,8 +7,8 @@ coordinates, the others held fixed (the pinned observation); the Gaussian factor
 :math:`\log p_t(x') - \log p_t(x)`, which a score model gives only as a path integral: the trapezoid rule
 :math:`\tfrac12 (s(x) + s(x'))\cdot(x' - x)` (exact for a Gaussian :math:`p_t`, error :math:`O(\lVert x'-x\rVert^3)`
 otherwise). The step ``h`` is per row, adapted toward acceptance 0.6 (Robbins-Monro on :math:`\log h`) during the
-first half of the moves and frozen after, so the second half is a fixed Metropolis kernel that leaves :math:`\pi`
-invariant. Cost: one score evaluation per row and move.
+first half of the moves and frozen after, so the second half is a fixed Metropolis kernel (it leaves :math:`\pi`
+invariant up to the trapezoid rule's error). Cost: one score evaluation per row and move.
 """
 
 from __future__ import annotations
