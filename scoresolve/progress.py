@@ -63,8 +63,6 @@ class Progress:
                  initial: int = 0, leave: bool = True) -> None:
         self.start = time.perf_counter()
         self.interactive = False
-        #: whether a bar is shown
-        self.active = False
         self._bar: Any = None
         if not enabled(progress):
             return
@@ -77,7 +75,11 @@ class Progress:
             return
         self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave, file=sys.stderr,
                          dynamic_ncols=True, mininterval=0.1 if self.interactive else LOG_INTERVAL)
-        self.active = True
+
+    @property
+    def active(self) -> bool:
+        """Whether a bar is shown."""
+        return self._bar is not None
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         """Advance by ``n``; ``postfix`` (e.g. ``loss=0.1``) is shown after the bar."""
@@ -102,7 +104,6 @@ class Progress:
         self._bar.set_postfix_str(", ".join(bits), refresh=False)
         self._bar.close()
         self._bar = None
-        self.active = False
 
     def __enter__(self) -> Progress:
         return self

@@ -156,9 +156,9 @@ def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: A
     and the choice in ``info``. ``default`` is the uncalibrated recipe: the candidate kept unless clearly beaten
     (:func:`scoresolve.calibrate_dp.choose`), and what runs when the budget cannot pay."""
     cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
+    want = default.solver(**default.options).config()
     label = next((f"{c.name}@{default.grid}" for c in cands if type(c.solver) is default.solver
-                  and c.final == default.final and c.solver.config() == default.solver(**default.options).config()),
-                 None)
+                  and c.final == default.final and c.solver.config() == want), None)
     cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
                                     progress=progress, default=label, data_range=getattr(model, "data_range", None),
                                     **options) if cands else (None, {"fallback": "budget < 2"})

@@ -353,10 +353,6 @@ class VPSDE(_BetaLinear):
         # e^{B} − 1 = e^{−2λ}  →  B = log1p(e^{−2λ})
         return self._t_from_int_beta(torch.nn.functional.softplus(-2 * lam))
 
-    def t_from_sigma(self, sigma: Tensor) -> Tensor:
-        # λ = −log σ̃: the same arithmetic as t_from_log_snr
-        return self._t_from_int_beta(torch.nn.functional.softplus(2 * torch.log(sigma)))
-
 
 class SubVPSDE(_BetaLinear):
     r"""sub-VP SDE (Song et al. 2021, eq. 30).
