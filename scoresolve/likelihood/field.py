@@ -74,7 +74,11 @@ class Field:
             else:
                 assert self.probes is not None
                 v = self.probes if rows is None else self.probes.index_select(1, rows)
-                (jv,) = torch.autograd.grad(s, xg, grad_outputs=v, is_grads_batched=True)
+                if v.shape[0] == 1:  # one probe: a plain backward pass (the batched one adds vmap's overhead)
+                    (jv,) = torch.autograd.grad(s, xg, grad_outputs=v[0])
+                    jv = jv[None]
+                else:
+                    (jv,) = torch.autograd.grad(s, xg, grad_outputs=v, is_grads_batched=True)
                 tr = (jv * v).reshape(v.shape[0], b, -1).sum(-1).T
         return s.detach(), tr.detach()
 

@@ -17,6 +17,9 @@ import torch
 
 __all__ = ["lagrange_integral_weights", "exp_lagrange_weights", "weighted_lagrange_weights", "phi_integrals", "unipc_b"]
 
+#: 24-point Gauss-Legendre nodes and weights on [-1, 1], computed once (each call used to rebuild them)
+_GAUSS_LEGENDRE_24 = np.polynomial.legendre.leggauss(24)
+
 
 def lagrange_integral_weights(nodes: list[float], a: float, b: float) -> list[float]:
     r"""Weights :math:`w_j = \int_a^b \ell_j(u)\,du` of the Lagrange basis through ``nodes``.
@@ -50,7 +53,7 @@ def weighted_lagrange_weights(
 ) -> list[float]:
     r"""Weights :math:`w_j = \int_a^b \omega(u)\ell_j(u)\,du` of the Lagrange basis through ``nodes`` for a
     smooth weight :math:`\omega` (``weight``, vectorised over numpy arrays); Gauss–Legendre, 24 points."""
-    v, wq = np.polynomial.legendre.leggauss(24)
+    v, wq = _GAUSS_LEGENDRE_24
     u = a + (b - a) * (v + 1) / 2
     f = weight(u) * wq * (b - a) / 2
     out = []
