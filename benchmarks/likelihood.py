@@ -230,42 +230,55 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
         raise SystemExit(f"--n-dopri must be a multiple of the batch ({batch}): the probes are drawn per batch")
     tag = f"warp {budget.WARP_CENTER},{budget.WARP_WIDTH} gap {budget.GAP_SCALE}"
 
-    def run(m: int, n_probes: int = probes, seed: int = 1000, **kw: Any) -> dict[str, Any]:
-        outs, wall, cpu, nfe, nfe_sum = [], 0.0, 0.0, 0, 0
-        for i in range(0, m, batch):
-            g = torch.Generator().manual_seed(seed + i)  # the same dequantization and probes for every method
-            w0, c0 = time.perf_counter(), time.process_time()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r = likelihood(model, x[i : min(i + batch, m)], trace="hutchinson", probes=n_probes, generator=g,
-                               **opts, **kw)
-            wall += time.perf_counter() - w0
-            cpu += time.process_time() - c0
-            nfe, nfe_sum = max(nfe, r.nfe), nfe_sum + r.nfe
-            outs.append(r)
-        cat = lambda k: torch.cat([getattr(r, k) for r in outs])  # noqa: E731
-        est = torch.cat([r.error_bpd for r in outs]) if outs[0].error_bpd is not None else None
-        # nfe: the largest batch's count; nfe_mean: evaluations per batch averaged over the batches (every digit
-        # of a batch receives its batch's count), the cost a digit pays on average
-        return {"bpd": cat("bpd") + add, "se": cat("trace_se_bpd"), "est": est, "nfe": nfe,
-                "nfe_mean": nfe_sum / len(outs), "wall": wall / m, "cpu": cpu / m}
+    def run_many(jobs: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Several runs ``(digits, likelihood options)``, interleaved batch by batch, so that a load which changes
+        during the run weighs on every method alike (the CPU comparison)."""
+        acc = [{"outs": [], "wall": 0.0, "cpu": 0.0} for _ in jobs]
+        for i in range(0, max(m for m, _ in jobs), batch):
+            for (m, kw), a in zip(jobs, acc, strict=True):
+                if i >= m:
+                    continue
+                kw = dict(kw)
+                n_probes, seed = kw.pop("n_probes", probes), kw.pop("seed", 1000)
+                g = torch.Generator().manual_seed(seed + i)  # the same dequantization and probes for every method
+                w0, c0 = time.perf_counter(), time.process_time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = likelihood(model, x[i : min(i + batch, m)], trace="hutchinson", probes=n_probes,
+                                   generator=g, **opts, **kw)
+                a["wall"] += time.perf_counter() - w0
+                a["cpu"] += time.process_time() - c0
+                a["outs"].append(r)
+        out = []
+        for (m, _), a in zip(jobs, acc, strict=True):
+            outs = a["outs"]
+            cat = lambda k: torch.cat([getattr(r, k) for r in outs])  # noqa: E731, B023
+            est = torch.cat([r.error_bpd for r in outs]) if outs[0].error_bpd is not None else None
+            # nfe: the largest batch's count; nfe_mean: evaluations per batch averaged over the batches (every
+            # digit of a batch receives its batch's count), the cost a digit pays on average
+            out.append({"bpd": cat("bpd") + add, "se": cat("trace_se_bpd"), "est": est,
+                        "nfe": max(r.nfe for r in outs), "nfe_mean": sum(r.nfe for r in outs) / len(outs),
+                        "wall": a["wall"] / m, "cpu": a["cpu"] / m})
+        return out
 
     def cached(label: str, m: int, **kw: Any) -> dict[str, Any]:
-        key = f"{name}|{m}|{probes}|{batch}|{label}"
-        if key not in store:
-            store[key] = run(m, **kw)
+        return fill_cache([(label, m, kw)])[0]
+
+    def fill_cache(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+        keys = [f"{name}|{m}|{probes}|{batch}|{label}" for label, m, _ in jobs]
+        todo = [(key, (m, kw)) for key, (_, m, kw) in zip(keys, jobs, strict=True) if key not in store]
+        if todo:
+            store.update(zip([k for k, _ in todo], run_many([j for _, j in todo]), strict=True))
             if caches:
                 torch.save(store, caches[-1])
-        return store[key]
+        return [store[k] for k in keys]
 
     cfgs = [(f"budget K={k}", n, {"steps": k}) for k in ks]
     cfgs += [(f"dopri5 rtol={t:g}", n_dopri, {"rtol": t, "atol": t}) for t in rtols]
     spread_label = "probe spread: budget K=20, 8 probes"
     key_of = lambda label: f"{label} ({tag})" if label.startswith("budget") else label  # noqa: E731
+    fill_cache([(key_of(label), m, kw) for label, m, kw in cfgs])  # the uncached ones, interleaved
     if fill:
-        for label, m, kw in cfgs:
-            cached(key_of(label), m, **kw)
-            print(f"{name}: {label} done", flush=True)
         if spread_row:
             cached(key_of(spread_label), n, n_probes=8, seed=5000, steps=20)
         return []
