@@ -119,10 +119,10 @@ def bpd_err(logp: torch.Tensor, ref: torch.Tensor, d: int) -> float:
     return float(((logp - ref).abs() / (d * LN2)).mean())
 
 
-def run_problem(name: str, prob: dict[str, Any], n: int, quick: bool) -> list[dict[str, Any]]:
+def run_problem(name: str, prob: dict[str, Any], n: int, quick: bool, seed: int = 1) -> list[dict[str, Any]]:
     mix, sde, eps = prob["mix"], prob["sde"], prob["eps"]
     model = mix.score_model(sde)
-    x = mix.sample(n, torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = mix.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
     d = mix.dim
     lp_eps, lp_0 = mix.log_prob(x, eps, sde), mix.log_prob(x)
     exact_pT = lambda z: mix.log_prob(z, sde.T, sde)  # noqa: E731
@@ -266,6 +266,12 @@ def network_rows(name: str, n: int, probes: int, ks: list[int], rtols: list[floa
 
     def fill_cache(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:
         keys = [f"{name}|{m}|{probes}|{batch}|{label}" for label, m, _ in jobs]
+        for key, (label, m, _) in zip(keys, jobs, strict=True):  # the first m digits of a longer run, same batches
+            longer = [k for k in store if k.startswith(f"{name}|") and k.endswith(f"|{probes}|{batch}|{label}")
+                      and int(k.split("|")[1]) > m]
+            if key not in store and longer and m % batch == 0:
+                r = store[longer[0]]
+                store[key] = {**r, **{f: None if r[f] is None else r[f][:m] for f in ("bpd", "se", "est")}}
         todo = [(key, (m, kw)) for key, (_, m, kw) in zip(keys, jobs, strict=True) if key not in store]
         if todo:
             store.update(zip([k for k, _ in todo], run_many([j for _, j in todo]), strict=True))
@@ -370,8 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtols", default="1e-5,1e-3", help="dopri5 rows' rtol = atol, comma-separated")
     ap.add_argument("--no-spread", action="store_true", help="no probe-spread row (8 probes at K = 20)")
     ap.add_argument("--fill", action="store_true", help="compute and cache the budget, dopri5 and spread runs only")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the mixtures' samples (default 1)")
+    ap.add_argument("--warp", default=None,
+                    help="the budget nodes' warp 'C,W' (lambda = C + W sinh v) instead of budget.WARP_CENTER, WIDTH")
     ap.add_argument("--batch", type=int, default=25, help="MNIST digits per call (default 25; 1: one at a time)")
     args = ap.parse_args(argv)
+    if args.warp:
+        budget.WARP_CENTER, budget.WARP_WIDTH = (float(v) for v in args.warp.split(","))
     if args.networks:
         return networks_main(args, argv)
     global ONLY
@@ -381,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (8 if args.quick else 64)
     rows: list[dict[str, Any]] = []
     for name, prob in problems(args.quick).items():
-        rows += run_problem(name, prob, n, args.quick)
+        rows += run_problem(name, prob, n, args.quick, args.seed)
     hut = [] if args.only else hutchinson(4 if args.quick else 16, 16 if args.quick else 64)
     meta = {
         "machine": machine_info(),
