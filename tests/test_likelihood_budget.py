@@ -12,6 +12,7 @@ import torch
 import scoresolve as ss
 from scoresolve import analytic
 from scoresolve.likelihood import LikelihoodAccuracyError, LikelihoodAccuracyWarning, likelihood
+from scoresolve.likelihood.field import Field
 
 LN2 = math.log(2)
 SDES = {
@@ -95,6 +96,20 @@ def test_hutchinson_probes_give_a_standard_error():
     assert bool(((ratio > 0.6) & (ratio < 1.6)).all()), ratio.tolist()
     z = (h.bpd.reshape(4, 32).mean(1) - exact.bpd) / (spread / math.sqrt(32))
     assert bool((z.abs() <= 3.5).all()), z.tolist()
+
+
+def test_probe_vjps_one_pass_per_probe_equal_the_batched_pass():
+    # Field._vjps takes one backward pass per probe on the CPU; the batched (vmap) pass must give the same products
+    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xg = torch.randn(3, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_(True)
+    v = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    s = torch.tanh(xg @ w) * xg
+    (batched,) = torch.autograd.grad(s, xg, grad_outputs=v, is_grads_batched=True, retain_graph=True)
+    looped = Field._vjps(s, xg, v)
+    assert looped.shape == (4, 3, 6)
+    torch.testing.assert_close(looped, batched, rtol=1e-12, atol=1e-12)
+    jac = torch.autograd.functional.jacobian(lambda z: torch.tanh(z @ w) * z, xg.detach())  # (3, 6, 3, 6)
+    torch.testing.assert_close(looped, torch.einsum("pbi,bicj->pcj", v, jac))
 
 
 def test_too_few_steps_warn_or_raise_naming_the_remedy():
