@@ -150,6 +150,23 @@ def test_auto_on_a_network_uses_the_trajectory_calibration_and_its_choice(tmp_pa
     assert torch.isfinite(r.samples).all()
 
 
+def test_auto_on_a_network_from_10_evaluations_runs_its_recipe_uncalibrated_unless_asked(tmp_path, monkeypatch):
+    """From 10 evaluations on a network the row of NETWORK runs as it is (no teacher, no cache file), says so in
+    info, and gives the same samples as that solver on that grid; calibrate={"method": "trajectory"} still fits."""
+    monkeypatch.setenv("SCORESOLVE_CALIBRATION_CACHE", str(tmp_path))
+    model, _ = _model()
+    x_T = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    for nfe, grid in ((10, "analytic"), (20, "karras")):
+        r = ss.sample(model, solver="auto", nfe=nfe, x_T=x_T, return_result=True)
+        cal = r.info["calibration"]
+        assert cal["method"] is None and cal["nfe"] == 0 and "not calibrated" in cal["fallback"] and r.nfe == nfe
+        fixed = ss.sample(model, solver="dpmpp_2m", nfe=nfe, grid=grid, final="none", x_T=x_T)
+        assert torch.equal(r.samples, fixed) and not os.listdir(tmp_path)
+    r = ss.sample(model, solver="auto", nfe=10, x_T=x_T, calibrate={"method": "trajectory", **SMALL},
+                  return_result=True)
+    assert r.info["calibration"]["method"] == "trajectory-dp" and r.info["calibration"]["test"]["default"]
+
+
 def test_a_network_wrapped_in_a_closure_is_recognised_as_a_network(tmp_path, monkeypatch):
     """A plain function that calls a network (as the diffusers and k-diffusion adapters build) holds weights:
     auto calibrates it from trajectories, not by re-simulation."""
