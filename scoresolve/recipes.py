@@ -42,8 +42,9 @@ from .solvers.loop import plan
 __all__ = ["Recipe", "AUTO", "NETWORK", "network_recipe", "auto_recipe", "auto", "calibrated_trajectory", "Auto",
            "trajectory_candidates"]
 
-_UNCALIBRATED = ("not calibrated: on a network from 10 evaluations the held-out choice did not beat this recipe "
-                 "in the measurements (docs/benchmarks.md); calibrate={'method': 'trajectory'} runs it anyway")
+_UNCALIBRATED = ("not calibrated: on a network from 10 evaluations the recipe runs as it is (there, every replacement "
+                 "by the held-out choice had a worse feature FD on the bundled networks; docs/benchmarks.md); "
+                 "calibrate={'method': 'trajectory'} calibrates anyway")
 _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 16.0}
 
 
