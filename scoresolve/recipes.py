@@ -141,7 +141,7 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
     if calibration is None:
         return solver, final, grid, fit, nfe, None
     if row.calibration is None and method != "trajectory":  # a row without calibration, unless asked by name
-        if network:
+        if row in NETWORK:  # the reason is this table's; above 25 the rows of AUTO need no calibration anywhere
             info["calibration"] = {"method": None, "nfe": 0, "seconds": 0.0, "fallback": _UNCALIBRATED}
         return solver, final, grid, fit, nfe, None
     if method == "trajectory" or (method is None and (calibration_budget is not None or network)):
