@@ -19,20 +19,15 @@ import warnings
 import torch
 
 import scoresolve as ss
-from scoresolve import analytic
 
 
 class _Stop(Exception):
     pass
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--solver", default="auto")
-    ap.add_argument("--steps", type=int, default=10)
-    args = ap.parse_args()
+def trace(solver: str = "auto", steps: int = 10) -> list[str]:
+    """The files of the scoresolve calls made from entering ``ss.sample`` until the model's first evaluation."""
     sde = ss.VPSDE()
-    mix = analytic.grid2d()
     calls: list[str] = []
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -43,27 +38,41 @@ def main() -> int:
         if event == "call" and "scoresolve" in frame.f_code.co_filename:
             calls.append(frame.f_code.co_filename)
 
-    kw: dict = {"calibrate": False} if args.solver == "auto" else {}
-    budget = "nfe" if args.solver == "auto" and "nfe" in inspect.signature(ss.sample).parameters else "steps"
-    kw[budget] = args.steps
+    kw: dict = {"calibrate": False} if solver == "auto" else {}
+    budget = "nfe" if solver == "auto" and "nfe" in inspect.signature(ss.sample).parameters else "steps"
+    kw[budget] = steps
     x_T = torch.randn(4, 2)
-    del mix
     sys.setprofile(prof)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ss.sample(model, sde, solver=args.solver, x_T=x_T, progress=False, **kw)
+            ss.sample(model, sde, solver=solver, x_T=x_T, progress=False, **kw)
     except _Stop:
         pass
     finally:
         sys.setprofile(None)
+    return calls
+
+
+def count(calls: list[str]) -> tuple[int, int, list[str]]:
+    """``(calls, file jumps, files)`` of a :func:`trace`."""
+    jumps = sum(a != b for a, b in zip(calls, calls[1:], strict=False))
+    return len(calls), jumps, sorted({c.split("scoresolve/", 1)[-1] for c in calls})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--solver", default="auto")
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    calls = trace(args.solver, args.steps)
+    budget = "nfe" if args.solver == "auto" else "steps"
     for label, seq in (("", calls), (" (without the SDE's own methods, sde.py)", [c for c in calls
                                                                                   if not c.endswith("/sde.py")])):
-        jumps = sum(a != b for a, b in zip(seq, seq[1:], strict=False))
-        files = sorted({c.split("scoresolve/", 1)[-1] for c in seq})
-        print(f"solver={args.solver} {budget}={args.steps}{label}: {len(seq)} calls, {jumps} file jumps, "
+        n, jumps, files = count(seq)
+        print(f"solver={args.solver} {budget}={args.steps}{label}: {n} calls, {jumps} file jumps, "
               f"{len(files)} files before the first model evaluation")
-    print("  files: " + ", ".join(sorted({c.split("scoresolve/", 1)[-1] for c in calls})))
+    print("  files: " + ", ".join(count(calls)[2]))
     return 0
 
 

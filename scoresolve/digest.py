@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import types
 from typing import Any
@@ -29,76 +30,75 @@ def tensor_sha256(t: Tensor) -> str:
     return h.hexdigest()
 
 
-def _walk_content(obj: Any, h: Any, seen: set[int], depth: int = 0, modules: list[Any] | None = None) -> int:
+def _walk_content(obj: Any, h: Any, *, find_module: bool = False) -> int:
     """Feed into ``h`` what ``obj`` computes with: networks' state dicts, tensors, SDE configs, numbers and
-    strings, reached through wrappers, closures, bound methods, partials and instance attributes; the
-    qualified names of the functions met record the conversion. Returns how many tensors (weights) it
-    found. With a ``modules`` list it only collects the networks (``nn.Module``) met, hashing nothing."""
-    if depth > 6 or id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        h.update(repr(obj).encode())
-        return 0
-    if isinstance(obj, torch.nn.Module) and modules is not None:
-        modules.append(obj)
-        return 0
-    if isinstance(obj, torch.nn.Module):
-        h.update(type(obj).__qualname__.encode())
-        n = 0
-        for k, v in obj.state_dict().items():
-            h.update(k.encode())
-            n += _walk_content(v, h, seen, depth + 1, modules)
-        return n
-    if isinstance(obj, Tensor):
-        if modules is None:
-            update_digest(h, obj)
-        return 1
-    if isinstance(obj, SDE):
-        h.update(json.dumps(obj.config(), sort_keys=True, default=repr).encode())
-        return 0
-    if isinstance(obj, dict):
-        obj = [obj[k] for k in sorted(obj, key=repr)]
-    if isinstance(obj, (list, tuple)):
-        n = 0
-        for v in obj[:10_000]:
-            n += _walk_content(v, h, seen, depth + 1, modules)
-        return n
-    if isinstance(obj, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
-        h.update(repr(obj).encode())
-        return 0
+    strings, reached through wrappers, closures, bound methods, partials and instance attributes (six levels
+    deep, each object once, in depth-first order); the qualified names of the functions met record the
+    conversion. Returns how many tensors (weights) it found. With ``find_module`` it hashes nothing and returns
+    1 at the first network (``nn.Module``) met, else 0."""
+    seen: set[int] = set()
+    made: list[Any] = []  # the containers built on the way, kept alive so that no id is reused while walking
+    stack: list[tuple[Any, int]] = [(obj, 0)]  # (object, depth); depth -1: bytes to hash
     n = 0
-    if isinstance(obj, functools.partial):
-        n += _walk_content((obj.func, obj.args, obj.keywords), h, seen, depth + 1, modules)
-    elif isinstance(obj, types.MethodType):
-        n += _walk_content((obj.__func__, obj.__self__), h, seen, depth + 1, modules)
-    elif isinstance(obj, types.FunctionType):
-        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
-        cells = []
-        for c in obj.__closure__ or ():
-            try:
-                cells.append(c.cell_contents)
-            except ValueError:  # an empty cell
-                cells.append(None)
-        n += _walk_content((cells, obj.__defaults__, obj.__kwdefaults__), h, seen, depth + 1, modules)
-    else:
-        h.update(type(obj).__qualname__.encode())
-        attrs = getattr(obj, "__dict__", None)
-        if isinstance(attrs, dict):
-            n += _walk_content(attrs, h, seen, depth + 1, modules)
-    return n
+    while stack:
+        o, depth = stack.pop()
+        if depth < 0:
+            h.update(o)
+            continue
+        if depth > 6 or id(o) in seen:
+            continue
+        seen.add(id(o))
+        children: list[Any] = []
+        if o is None or isinstance(o, (bool, int, float, str, bytes)):
+            h.update(repr(o).encode())
+        elif isinstance(o, torch.nn.Module):
+            if find_module:
+                return 1
+            h.update(type(o).__qualname__.encode())
+            for k, v in o.state_dict().items():
+                children += [(k.encode(), -1), (v, depth + 1)]
+        elif isinstance(o, Tensor):
+            if not find_module:
+                update_digest(h, o)
+            n += 1
+        elif isinstance(o, SDE):
+            h.update(json.dumps(o.config(), sort_keys=True, default=repr).encode())
+        elif isinstance(o, (dict, list, tuple)):
+            items = list(map(o.__getitem__, sorted(o, key=repr))) if isinstance(o, dict) else o[:10_000]
+            children = list(zip(items, itertools.repeat(depth + 1)))
+        elif isinstance(o, (type, types.ModuleType, torch.Generator, torch.device, torch.dtype)):
+            h.update(repr(o).encode())
+        elif isinstance(o, functools.partial):
+            children = [((o.func, o.args, o.keywords), depth + 1)]
+        elif isinstance(o, types.MethodType):
+            children = [((o.__func__, o.__self__), depth + 1)]
+        elif isinstance(o, types.FunctionType):
+            h.update(f"{o.__module__}.{o.__qualname__}".encode())
+            cells = []
+            for c in o.__closure__ or ():
+                try:
+                    cells.append(c.cell_contents)
+                except ValueError:  # an empty cell
+                    cells.append(None)
+            children = [((cells, o.__defaults__, o.__kwdefaults__), depth + 1)]
+        else:
+            h.update(type(o).__qualname__.encode())
+            attrs = getattr(o, "__dict__", None)
+            if isinstance(attrs, dict):
+                children = [(attrs, depth + 1)]
+        made += children
+        stack += reversed(children)
+    return 0 if find_module else n
 
 
 def content_digest(model: Any) -> tuple[str, bool]:
     """``(SHA-256 hex digest, has_weights)`` of what ``model`` computes with (see :func:`model_fingerprint`)."""
     h = hashlib.sha256()
-    n = _walk_content(model, h, set())
+    n = _walk_content(model, h)
     return h.hexdigest(), n > 0
 
 
 def holds_network(model: Any) -> bool:
     """Whether ``model`` computes with a ``torch.nn.Module`` anywhere (attributes, closures, partials, bound
     methods): a trained network rather than a closed form."""
-    found: list[Any] = []
-    _walk_content(model, hashlib.sha256(), set(), modules=found)  # the hash is discarded
-    return bool(found)
+    return bool(_walk_content(model, hashlib.sha256(), find_module=True))  # the hash is discarded

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from .sde import SDE
-from .solvers.grids import check_grid, make_grid
+from .solvers.base import check_grid
+from .solvers.grids import make_grid
 
 __all__ = ["export", "import_"]
 

@@ -285,7 +285,7 @@ def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor
 
     Raises a clear error when neither is given or ``sde`` is not an :class:`SDE`.
     """
-    fn = as_score_fn(model)
+    fn = model if callable(model) else as_score_fn(model)  # as_score_fn raises the error
     if sde is None:
         sde = model.sde if isinstance(model, ScoreModel) else None
         if sde is None:

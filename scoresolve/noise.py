@@ -38,7 +38,7 @@ class NoiseSource:
         self.generator = generator
         self.generators: list[torch.Generator] | None = None
         if seeds is not None:
-            seed_list = _check_seeds(seeds)
+            seed_list = check_seeds(seeds)
             dev = torch.device(device) if device is not None else torch.device("cpu")
             self.generators = [torch.Generator(device=dev).manual_seed(s) for s in seed_list]
         #: number of per-sample seeds, or ``None`` for a shared generator
@@ -62,7 +62,7 @@ class NoiseSource:
         return self.randn(x.shape, device=x.device, dtype=x.dtype)
 
 
-def _check_seeds(seeds: Any) -> list[int]:
+def check_seeds(seeds: Any) -> list[int]:
     """``seeds`` as a list of Python ints, refusing fractions, bools and out-of-range values (never truncating)."""
     if isinstance(seeds, Tensor):
         if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or seeds.ndim != 1:

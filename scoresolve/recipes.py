@@ -50,7 +50,8 @@ _GAUSS_FEW = {"n_samples": 256, "logp_tol": 2.0, "logp_cap": 1.5, "fd_weight": 1
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row of the ``auto`` table: budgets ``lo..hi`` (inclusive) run ``solver(**options)``."""
+    """One row of the ``auto`` table: budgets ``lo..hi`` (inclusive) run ``solver(**options)``, built once as
+    :attr:`instance` (a solver holds only its options, so one object serves every run)."""
 
     lo: int
     hi: int
@@ -60,6 +61,10 @@ class Recipe:
     grid: str
     gaussian: bool = False
     calibration: dict[str, Any] | None = field(default=None)
+    instance: GridSolver = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instance", self.solver(**self.options))
 
 
 _IPNDM = {"order": 4, "variable": False}
@@ -122,14 +127,14 @@ def auto(model: Any, nfe: int | None, steps: int | None, final: str | None, grid
             raise ValueError("solver='auto' needs an evaluation budget: pass nfe=")
         warnings.warn(f"solver='auto' takes its budget as nfe=; steps={steps} is read as nfe={steps}",
                       DeprecationWarning, stacklevel=3)
-        nfe = check_int(steps, "steps")
+        nfe = steps if type(steps) is int and steps >= 1 else check_int(steps, "steps")  # check_int raises
     calibrate = True if calibrate is None else calibrate
     calibration, cache = (None, None) if calibrate is False else calibration_options(calibrate)
     fit = None if (isinstance(gaussian_prior, str) and not calibrate) else gaussian_prior  # nothing to estimate it from
     network = holds_network(model)
     fit = None if network and isinstance(fit, str) else fit  # a network's own moments (data_moments) still serve
     row = (network_recipe(nfe) if network and fit is None else None) or auto_recipe(nfe, gaussian=fit is not None)
-    solver = row.solver(**row.options)
+    solver = row.instance
     final = row.final if final is None else final
     fit = fit if row.gaussian else None
     method = (calibration or {}).pop("method", None)
@@ -165,7 +170,7 @@ def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: A
     and the choice in ``info``. ``default`` is the uncalibrated recipe: the candidate kept unless clearly beaten
     (:func:`scoresolve.calibrate_dp.choose`), and what runs when the budget cannot pay."""
     cands = [c for c in trajectory_candidates() if _plannable(c.solver, nfe, c.final)]
-    want = default.solver(**default.options).config()
+    want = default.instance.config()
     label = next((f"{c.name}@{default.grid}" for c in cands if type(c.solver) is default.solver
                   and c.final == default.final and c.solver.config() == want), None)
     cg, cost = calibrate_trajectory(model, score_fn, sde, cands, nfe, shape=shape, eps=eps, dtype=dtype,
@@ -173,7 +178,7 @@ def calibrated_trajectory(score_fn: Callable[[Tensor, Tensor], Tensor], model: A
                                     **options) if cands else (None, {"fallback": "budget < 2"})
     if cg is None:
         row = default
-        solver = row.solver(**row.options)
+        solver = row.instance
         times = make_grid(row.grid, sde, plan(solver, nfe, row.final), eps)
         info["calibration"] = {"method": "trajectory-dp", **cost}
         info["auto"] = {"class": type(solver).__name__, **row.options, "final": row.final, "gaussian_prior": None}

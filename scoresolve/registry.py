@@ -33,12 +33,16 @@ def _first_doc_line(obj: Any) -> str:
     return para if end < 0 else para[: end + 1]
 
 
-class Registry(Generic[T]):
-    """Maps snake_case names to objects of one kind (``kind`` is used in error messages)."""
+class Registry(dict[str, T], Generic[T]):
+    """Maps snake_case names to objects of one kind (``kind`` is used in error messages).
+
+    A ``dict``: ``registry[name]`` looks an entry up (an unknown name raises :class:`UnknownNameError` with the
+    closest match); iteration and :meth:`names` are sorted.
+    """
 
     def __init__(self, kind: str) -> None:
+        super().__init__()
         self.kind = kind
-        self._entries: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
 
     def register(self, name: str, obj: T | None = None, *, description: str | None = None) -> Callable[[T], T] | T:
@@ -51,48 +55,48 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} names are lower-case snake_case, got {name!r}")
 
         def deco(o: T) -> T:
-            if name in self._entries and self._entries[name] is not o:
+            if name in self and self[name] is not o:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = o
+            self[name] = o
             self._descriptions[name] = description or _first_doc_line(o)
             return o
 
         return deco if obj is None else deco(obj)
 
-    def get(self, name: str | T, *, argument: str | None = None) -> T:
-        """Look ``name`` up. Objects that are not strings are returned unchanged.
+    def get(self, name: str | T, *, argument: str | None = None) -> T:  # type: ignore[override]
+        """Look ``name`` up, naming ``argument`` in the error. Objects that are not strings are returned unchanged.
 
         Raises:
             UnknownNameError: naming the argument, the registered names and the closest match.
         """
         if not isinstance(name, str):
             return name
-        try:
-            return self._entries[name]
-        except KeyError:
-            pass
+        if name in self:
+            return self[name]
+        return self.__missing__(name, argument)
+
+    def __missing__(self, name: str, argument: str | None = None) -> T:
         arg = f" (argument {argument}=)" if argument else ""
-        hint = closest(name, list(self._entries))
+        hint = closest(name, list(self))
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}{arg}.{hint} Registered {self.kind}s: " + ", ".join(sorted(self._entries))
-        ) from None
+            f"unknown {self.kind} {name!r}{arg}.{hint} Registered {self.kind}s: " + ", ".join(self.names())
+        )
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for code that registers entries for a while, such as tests)."""
+        del self[name]
+        del self._descriptions[name]
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
-        return sorted(self._entries)
+        return sorted(dict.__iter__(self))
 
     def describe(self) -> dict[str, str]:
         """``{name: one-line description}`` for every entry, sorted by name."""
         return {n: self._descriptions[n] for n in self.names()}
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

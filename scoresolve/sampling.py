@@ -20,14 +20,14 @@ from .aliases import resolve as resolve_alias
 from .calibrate import grid_calibration
 from .gaussian import GaussianFit
 from .models import ScoreModel, resolve_gaussian_prior, resolve_model
-from .noise import NoiseSource
+from .noise import NoiseSource, check_seeds
 from .progress import Progress
 from .recipes import auto
 from .registry import SOLVERS
 from .sde import SDE
-from .solvers.base import CountedScore, GridSolver, SolveContext, Solver
+from .solvers.base import CountedScore, GridSolver, SolveContext, Solver, check_grid
 from .solvers.finish import FINALS, check_final, finish
-from .solvers.grids import check_grid, make_grid
+from .solvers.grids import make_grid
 from .solvers.loop import integrate, plan
 
 __all__ = ["sample", "SampleResult", "resolve_solver"]
@@ -98,9 +98,10 @@ def _model_device(model: Any) -> torch.device | None:
 
 
 def _resolve_shape(
-    model: Any, shape: Sequence[int] | None, batch_size: int | None, noise: NoiseSource, x_T: Tensor | None
+    model: Any, shape: Sequence[int] | None, batch_size: int | None, seeds: Any, x_T: Tensor | None
 ) -> tuple[int, ...]:
     model_shape = model.sample_shape if isinstance(model, ScoreModel) else None
+    n_seeds = None if seeds is None else len(check_seeds(seeds))
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size")
     if x_T is not None:
@@ -110,14 +111,15 @@ def _resolve_shape(
     elif shape is not None:
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise TypeError(f"shape must be a sequence of integers (batch, *dims), got {shape!r}")
-        out = tuple(
-            operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool) else check_int(s, "shape")
-            for s in shape
-        )
+        entries = []
+        for s in shape:  # integers (numpy's too); anything else gets check_int's error
+            entries.append(operator.index(s) if hasattr(s, "__index__") and not isinstance(s, bool)
+                           else check_int(s, "shape"))
+        out = tuple(entries)
         if len(out) < 2:
             raise ValueError(f"shape must be (batch, *dims) with at least 2 entries, got {out}")
     elif model_shape is not None:
-        b = batch_size or noise.batch_size or DEFAULT_BATCH_SIZE
+        b = batch_size or n_seeds or DEFAULT_BATCH_SIZE
         out = (b, *model_shape)
     else:
         raise ValueError("shape= is required when the model does not carry a sample_shape (wrap it in ss.ScoreModel)")
@@ -127,8 +129,8 @@ def _resolve_shape(
         )
     if batch_size is not None and batch_size != out[0]:
         raise ValueError(f"batch_size={batch_size} disagrees with the batch dimension of shape {out}")
-    if noise.batch_size is not None and noise.batch_size != out[0]:
-        raise ValueError(f"seeds has {noise.batch_size} entries but the batch has {out[0]} samples")
+    if n_seeds is not None and n_seeds != out[0]:
+        raise ValueError(f"seeds has {n_seeds} entries but the batch has {out[0]} samples")
     if min(out) < 1:
         raise ValueError(f"shape entries must be positive, got {out}")
     return out
@@ -232,6 +234,20 @@ def sample(
                       generator=torch.Generator().manual_seed(0))
         x = ss.sample(model, solver="dpmpp_2m", nfe=10)   # exactly 10 evaluations
     """
+    if x_T is not None and not isinstance(x_T, Tensor):
+        raise TypeError(f"x_T must be a tensor, got {type(x_T).__name__}")
+    if x_T is not None and not x_T.is_floating_point():
+        raise TypeError(f"x_T must be a floating-point tensor, got dtype {x_T.dtype}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (x_T.device if x_T is not None else (_model_device(model) or torch.device("cpu")))
+    )
+    dt = dtype or (x_T.dtype if x_T is not None else torch.float32)
+    wd = torch.float64 if dt == torch.float64 else torch.float32
+    shp = _resolve_shape(model, shape, batch_size, seeds, x_T)
     score_fn, sde = resolve_model(model, sde)
     is_auto = isinstance(solver, str) and solver == "auto"
     if isinstance(gaussian_prior, str) and gaussian_prior == "default":
@@ -249,7 +265,8 @@ def sample(
                       DeprecationWarning, stacklevel=2)
         final = ("tweedie" if denoise else "none") if final is None else final
     if nfe is not None:
-        check_int(nfe, "nfe")
+        if not (type(nfe) is int and nfe >= 1):
+            check_int(nfe, "nfe")  # raises, naming the argument
         if steps is not None:
             raise ValueError("pass either steps= (grid intervals) or nfe= (evaluations), not both")
     if is_auto:  # a table of budgets (scoresolve.recipes)
@@ -264,22 +281,10 @@ def sample(
     if final not in FINALS:
         check_final(final)
 
-    if x_T is not None and not isinstance(x_T, Tensor):
-        raise TypeError(f"x_T must be a tensor, got {type(x_T).__name__}")
-    if x_T is not None and not x_T.is_floating_point():
-        raise TypeError(f"x_T must be a floating-point tensor, got dtype {x_T.dtype}")
-    if dtype is not None and not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
-    dev = (
-        torch.device(device)
-        if device is not None
-        else (x_T.device if x_T is not None else (_model_device(model) or torch.device("cpu")))
-    )
-    dt = dtype or (x_T.dtype if x_T is not None else torch.float32)
-    wd = torch.float64 if dt == torch.float64 else torch.float32
-
-    noise = NoiseSource(generator=generator, seeds=seeds, device=dev)
-    shp = _resolve_shape(model, shape, batch_size, noise, x_T)
+    # a noise source when there is noise to draw (or the caller gave one): ctx.noise is None for a deterministic run
+    draws = x_T is None or solver_obj.stochastic or generator is not None or seeds is not None
+    noise = NoiseSource(generator=generator, seeds=seeds, device=dev) if draws else None
+    x = x_T.to(device=dev, dtype=dt) if x_T is not None else noise.randn(shp, device=dev, dtype=dt) * sde.prior_std
 
     # time grid
     prefix = gaussian_prior is not None
@@ -332,16 +337,14 @@ def sample(
     if gaussian_prior is not None and gaussian_prior.name == "data_moments":
         info["gaussian_prior"] = "model"
 
-    x = x_T.to(device=dev, dtype=dt) if x_T is not None else noise.randn(shp, device=dev, dtype=dt) * sde.prior_std
-
     counted = CountedScore(score_fn, check_every=check_every)
     traj: list[Tensor] | None = [x.clone()] if return_trajectory else None
     n_int = times.numel() - 1 if times is not None else 0
     desc = f"scoresolve {solver if isinstance(solver, str) else type(solver).__name__}"
-    bar = Progress(n_int, desc, progress=progress)
+    bar = None if progress is False else Progress(n_int, desc, progress=progress)
     ctx = SolveContext(
         score=counted, sde=sde, grid=times, noise=noise, t_end=eps_, callback=callback, trajectory=traj,
-        progress=bar if bar.active else None, final=final, xdtype=dt, wdtype=wd,
+        progress=bar if bar is not None and bar.active else None, final=final, xdtype=dt, wdtype=wd,
     )
     start = time.perf_counter()
     try:
@@ -359,7 +362,8 @@ def sample(
                         traj.append(x.clone())
             counted.check()
     finally:
-        bar.close(evaluations=counted.nfe)
+        if bar is not None:
+            bar.close(evaluations=counted.nfe)
     seconds = time.perf_counter() - start
     if not (return_result or return_trajectory):
         return x

@@ -139,6 +139,11 @@ class SDE(ABC):
         """
         return self.marginal_std(t) / self.alpha(t)
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`(\alpha(t), \tilde\sigma(t))` together: the scale and the EDM noise level, as a grid's
+        intervals need them (subclasses evaluate their schedule once for both)."""
+        return self.alpha(t), self.sigma(t)
+
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         r"""Inverse of :meth:`log_snr`. The default bisects (60 halvings, float64); subclasses with a
         closed form override it."""
@@ -344,6 +349,11 @@ class VPSDE(_BetaLinear):
         B = self.int_beta(t)
         return torch.sqrt(-torch.expm1(-B)) / torch.exp(-0.5 * B)
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.int_beta(t)
+        alpha = torch.exp(-0.5 * B)
+        return alpha, torch.sqrt(-torch.expm1(-B)) / alpha
+
     def log_snr(self, t: Tensor) -> Tensor:
         # λ = −½ log(e^{B} − 1), accurate for small and large B
         B = self.int_beta(t)
@@ -352,6 +362,10 @@ class VPSDE(_BetaLinear):
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         # e^{B} − 1 = e^{−2λ}  →  B = log1p(e^{−2λ})
         return self._t_from_int_beta(torch.nn.functional.softplus(-2 * lam))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        # e^{B} − 1 = σ̃²  →  B = log1p(σ̃²)
+        return self._t_from_int_beta(torch.log1p(sigma * sigma))
 
 
 class SubVPSDE(_BetaLinear):

@@ -121,7 +121,7 @@ def test_auto_solver(tmp_path):
     # a calibrated grid made once (small search) and used by solver="auto" through its cache file
     path = tmp_path / "auto5.json"
     r = auto_recipe(5, gaussian=True)
-    cg = calibrate_grid(score, sde, r.solver(**r.options), 5, final=r.final, gaussian_prior="estimate", shape=SHAPE,
+    cg = calibrate_grid(score, sde, r.instance, 5, final=r.final, gaussian_prior="estimate", shape=SHAPE,
                         cache=path, **{**r.calibration, "n_samples": 32, "max_evals": 30, "teacher_steps": 60})
     res = ss.sample(score, sde, solver="auto", nfe=5, shape=(8, 4),
                     calibrate={"cache": str(path), "n_samples": 32, "max_evals": 30, "teacher_steps": 60},

@@ -7,6 +7,8 @@ float32 and float64 (the state stays float32):
   error (``ValueError``/``TypeError`` for an unsupported combination such as a budget too small for the
   solver, :class:`NonFiniteScoreError` naming the model when the rounded score itself overflowed);
 - with ``seeds=`` a sample does not depend on its batch;
+- a solver that declares itself deterministic (``stochastic`` false) runs from ``x_T`` with no noise source at all
+  (:func:`scoresolve.sample` builds none), to the seeded run's sample on a fixed grid;
 - the NFE is exact: a fixed-grid solver spends what the planner declares for its grid and final step
   (:func:`scoresolve.solvers.loop.cost`), within ``nfe=`` for a solver that takes an evaluation budget
   (``steps=`` grid intervals for the others); adaptive solvers report per-sample counts that add up.
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 import scoresolve as ss
+from scoresolve.noise import NoiseSource
 from scoresolve.registry import SOLVERS
 from scoresolve.sampling import resolve_solver
 from scoresolve.solvers.base import GridSolver, NonFiniteScoreError, Solver
@@ -78,6 +81,13 @@ def _run(name: str, sde_key: str, steps: int) -> None:
             alone = ss.sample(model, sde, name, shape=(1, 2), seeds=[1], **kw)
             tol = 1e-5 * (1 + float(res.samples[1].abs().max()))
             assert (res.samples[1] - alone[0]).abs().max() <= tol, (name, sde_key, steps)
+            if not solver.stochastic:  # the seeded run's prior sample as x_T, and no generator or seeds
+                z = NoiseSource(seeds=[0, 1, 2]).randn((3, 2), device=torch.device("cpu"), dtype=dtype)
+                x_T = z * sde.prior_std
+                plain = ss.sample(model, sde, name, x_T=x_T, **kw)
+                if isinstance(solver, GridSolver):  # adaptive ones control the step per sample only with seeds
+                    assert (plain - res.samples).abs().max() <= 1e-5 * (1 + float(res.samples.abs().max())), name
+                assert torch.isfinite(plain).all(), name
         if solver.adaptive:
             return  # no budget to vary
 

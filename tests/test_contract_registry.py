@@ -62,7 +62,7 @@ class _OneFileDDIM(EDMSolver):
         return Step(y + (iv.sigma_next - iv.sigma) * d, state=state, direction=d)
 
 
-def test_a_new_solver_joins_every_contract_test_by_registering(monkeypatch):
+def test_a_new_solver_joins_every_contract_test_by_registering(request):
     """The one-file solver of docs/contributing.md, registered for this test only, is found by every registry-driven
     test with no list edited: the budget contract here, the order test (tests/test_order.py), the listing, the
     generated solver table (stale until regenerated) and the filters the tests select solvers by."""
@@ -70,11 +70,10 @@ def test_a_new_solver_joins_every_contract_test_by_registering(monkeypatch):
     from reference import deterministic_fixed_grid, registered, variants
     from test_docs import _hooks
 
-    for table in ("_entries", "_descriptions"):  # registered for this test only
-        monkeypatch.setattr(SOLVERS, table, dict(getattr(SOLVERS, table)))
     hooks = _hooks()
     assert not hooks.stale_pages()
     SOLVERS.register("test_one_file_ddim", description="DDIM (test)")(_OneFileDDIM)
+    request.addfinalizer(lambda: SOLVERS.unregister("test_one_file_ddim"))  # registered for this test only
     assert "test_one_file_ddim" in _fixed_grid() and "test_one_file_ddim" in ss.solvers()
     assert ("test_one_file_ddim", {}) in variants(registered(deterministic_fixed_grid))
     assert [p.name for p in hooks.stale_pages()] == ["solvers.md"]  # the generated table now lists it

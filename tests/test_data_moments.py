@@ -159,7 +159,7 @@ def _small():
 def _auto5(model, sde, path, kw):
     """The grid solver='auto' calibrates at 5 evaluations (with a smaller search)."""
     r = auto_recipe(5, gaussian=True)
-    return calibrate_grid(model, sde, r.solver(**r.options), 5, final=r.final, gaussian_prior="estimate", cache=path,
+    return calibrate_grid(model, sde, r.instance, 5, final=r.final, gaussian_prior="estimate", cache=path,
                           **{**r.calibration, **kw})
 
 

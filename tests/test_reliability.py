@@ -6,6 +6,7 @@ docs/distributed.md, docs/loading.md and docs/training.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 
 import scoresolve as ss
 from scoresolve import distributed as ssd
+from scoresolve.digest import content_digest
 from scoresolve.io import CheckpointError, load, save
 from scoresolve.io import checkpoint as ckpt_mod
 from scoresolve.solvers.base import NonFiniteScoreError
@@ -439,3 +441,18 @@ def test_sigkill_during_save_few_trials(tmp_path: Path) -> None:
     """A short version of the 20-trial test above (the default run covers the cleanup with a stale temporary)."""
     bad, left = _kill_trials(tmp_path, "save", "m.safetensors", trials=2)
     assert bad == 0 and left == []
+
+
+def test_the_content_digest_sees_every_wrapper_of_a_model() -> None:
+    """Two partials, each binding its own weights: the walk builds a container for each and must keep them apart
+    (it once skipped the second when the first's container had been freed and its id reused)."""
+
+    def model(first: torch.Tensor, second: torch.Tensor):  # noqa: ANN202
+        a, b = functools.partial(torch.mul, first), functools.partial(torch.mul, second)
+        return lambda x, t: a(x) + b(x)
+
+    w = [torch.full((2,), float(i)) for i in range(3)]
+    base, weights = content_digest(model(w[0], w[1]))
+    assert weights and content_digest(model(w[0], w[1]))[0] == base
+    assert content_digest(model(w[0], w[2]))[0] != base  # the second partial's weights count
+    assert content_digest(model(w[2], w[1]))[0] != base

@@ -398,8 +398,7 @@ class ScoresolveScheduler(SchedulerMixin, ConfigMixin):
         one evaluation per grid point, so ``budget`` is the grid's points (intervals with ``final="none"``)."""
         if self.config.solver != "auto":
             return self.config.solver
-        recipe = auto_recipe(budget, gaussian=False)
-        return recipe.solver(**recipe.options)
+        return auto_recipe(budget, gaussian=False).instance
 
     def _solve_kwargs(self, final: str) -> dict[str, Any]:
         return {"solver": self._solver, **(self.config.solver_options or {}), "final": final}

@@ -23,8 +23,8 @@ from .._util import check_int, one_of
 from ..models import ScoreModel
 from ..sampling import SampleResult, resolve_solver, sample
 from ..sde import SDE
-from ..solvers.base import Solver
-from ..solvers.grids import check_grid, make_grid
+from ..solvers.base import Solver, check_grid
+from ..solvers.grids import make_grid
 from ._common import Observation, check_particles, merge_times, resolve_model
 from .particles import smc_inpaint
 from .replace import ReplacementSolver

@@ -29,8 +29,8 @@ from .._util import check_int, closest
 from ..models import ScoreModel, resolve_model
 from ..progress import Progress, ticking
 from ..sde import SDE
-from ..solvers.base import CountedScore
-from ..solvers.grids import check_grid, make_grid
+from ..solvers.base import CountedScore, check_grid
+from ..solvers.grids import make_grid
 from ..solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, check_tolerances
 from ..solvers.ode_adaptive import integrate_adaptive
 from .budget import budget_logp

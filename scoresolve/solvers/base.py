@@ -1,5 +1,5 @@
-"""The pieces every solver shares: the counted score, the solve context and the :class:`Solver` base
-classes (the noise source is :mod:`scoresolve.noise`).
+"""The pieces every solver shares: the counted score, the time grid's validation, the solve context and the
+:class:`Solver` base classes (the noise source is :mod:`scoresolve.noise`).
 
 Layers: the SDE says *what* is integrated, a solver takes *one step*, a grid or a
 controller says *where* the steps go, the noise source supplies randomness, and
@@ -21,6 +21,7 @@ from ..sde import SDE
 
 __all__ = [
     "CountedScore",
+    "check_grid",
     "NonFiniteScoreError",
     "SolveContext",
     "Interval",
@@ -126,6 +127,21 @@ class CountedScore:
             f"the solver's arithmetic {what} at {where}{tval} for {n_bad} of {n} samples, while every score output "
             "before it was finite (the model is not the cause; try more steps, float64, or another solver)",
             culprit="solver")
+
+
+def check_grid(grid: Any, sde: SDE, *, name: str = "grid") -> Tensor:
+    """Validate a time grid (a caller's, or what a registered grid function built): 1-D, finite, at least two
+    points, strictly decreasing, within ``(0, T]``. Returns it as a float64 CPU tensor."""
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    if g.ndim != 1 or g.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 times, got shape {tuple(g.shape)}")
+    if not torch.isfinite(g).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if not (g[1:] < g[:-1]).all():
+        raise ValueError(f"{name} must be strictly decreasing (from T towards 0), got {g.tolist()[:8]}...")
+    if g[-1] <= 0 or g[0] > sde.T:
+        raise ValueError(f"{name} must lie in (0, T={sde.T}], got [{float(g[-1])}, {float(g[0])}]")
+    return g
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,9 @@ from torch import Tensor
 
 from ..registry import GRIDS
 from ..sde import SDE
+from .base import check_grid
 
-__all__ = ["make_grid", "grid_uniform", "grid_quadratic", "grid_log_snr", "grid_karras", "grid_analytic", "check_grid"]
-
-
-def _ends(sde: SDE, eps: float) -> Tensor:
-    """The grid's two end times ``(T, eps)`` in float64 (one call of the noise schedule for both)."""
-    return torch.tensor([sde.T, eps], dtype=torch.float64)
+__all__ = ["make_grid", "grid_uniform", "grid_quadratic", "grid_log_snr", "grid_karras", "grid_analytic"]
 
 
 @GRIDS.register("uniform", description="uniform in t (the paper's PC/ODE grids)")
@@ -43,7 +39,7 @@ def grid_quadratic(sde: SDE, n: int, eps: float) -> Tensor:
 @GRIDS.register("log_snr", description="uniform in log-SNR lambda (DPM-Solver's grid)")
 def grid_log_snr(sde: SDE, n: int, eps: float) -> Tensor:
     r"""Times uniform in :math:`\lambda = \log(\alpha/\sigma)` (Lu et al. 2022, arXiv:2206.00927)."""
-    lam_max, lam_min = sde.log_snr(_ends(sde, eps)).tolist()
+    lam_max, lam_min = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
     lam = torch.linspace(lam_max, lam_min, n + 1, dtype=torch.float64)
     t = sde.t_from_log_snr(lam)
     t[0], t[-1] = sde.T, eps
@@ -55,7 +51,7 @@ def grid_karras(sde: SDE, n: int, eps: float, rho: float = 7.0) -> Tensor:
     r"""Noise levels :math:`\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{n}(\sigma_{min}^{1/\rho} -
     \sigma_{max}^{1/\rho}))^\rho` on the EDM scale :math:`\sigma = e^{-\lambda}` (Karras et al. 2022,
     arXiv:2206.00364, eq. 5), mapped to ``t``."""
-    s_max, s_min = sde.sigma(_ends(sde, eps)).tolist()
+    s_max, s_min = sde.sigma(torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
     u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
     sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     t = sde.t_from_sigma(sig)
@@ -72,7 +68,7 @@ def grid_analytic(sde: SDE, n: int, eps: float, c: float = 0.02, floor: float = 
     :math:`\int \max(\sqrt{f''/f}, \text{floor})\,du` (log-SNR spacing where :math:`\tilde\sigma^2 \gg c`, wider
     steps below; ``floor`` keeps a share at the smallest noise levels). Our derivation; no model calls. The default
     ``c`` is a measured choice, not a data moment (docs/benchmarks.md, "The analytic grid")."""
-    u0, u1 = torch.log(sde.sigma(_ends(sde, eps))).tolist()
+    u0, u1 = torch.log(sde.sigma(torch.tensor([sde.T, eps], dtype=torch.float64))).tolist()
     u = torch.linspace(u0, u1, 4001, dtype=torch.float64)
     g = torch.exp(2 * u)
     rho = (torch.sqrt(g * (2 * c + g)) / (c + g)).clamp_min(floor)
@@ -85,21 +81,6 @@ def grid_analytic(sde: SDE, n: int, eps: float, c: float = 0.02, floor: float = 
     return t
 
 
-def check_grid(grid: Any, sde: SDE, *, name: str = "grid") -> Tensor:
-    """Validate a user-supplied grid: 1-D, finite, at least two points, strictly decreasing,
-    within ``(0, T]``. Returns it as a float64 CPU tensor."""
-    g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
-    if g.ndim != 1 or g.numel() < 2:
-        raise ValueError(f"{name} must be a 1-D sequence of at least 2 times, got shape {tuple(g.shape)}")
-    if not torch.isfinite(g).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    if not (g[1:] < g[:-1]).all():
-        raise ValueError(f"{name} must be strictly decreasing (from T towards 0), got {g.tolist()[:8]}...")
-    if g[-1] <= 0 or g[0] > sde.T:
-        raise ValueError(f"{name} must lie in (0, T={sde.T}], got [{float(g[-1])}, {float(g[0])}]")
-    return g
-
-
 def make_grid(name: str, sde: SDE, n: int, eps: float, context: dict[str, Any] | None = None,
               **options: Any) -> Tensor:
     """Build the registered grid ``name`` and validate it.
@@ -109,7 +90,7 @@ def make_grid(name: str, sde: SDE, n: int, eps: float, context: dict[str, Any] |
     that declare a parameter of that name, so model-fitted grids (``calibrated``, ``gits``) get the
     model and plain grids stay plain functions.
     """
-    fn = GRIDS.get(name, argument="grid")
+    fn = GRIDS[name]
     if context:
         params = inspect.signature(fn).parameters
         options = {**{k: v for k, v in context.items() if k in params}, **options}

@@ -15,6 +15,7 @@ with the analytical first interval, :math:`r` = ``nfe_per_step - nfe_last`` when
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -30,8 +31,8 @@ __all__ = ["intervals", "integrate", "plan", "cost"]
 def intervals(sde: Any, grid: Tensor) -> list[Interval]:
     """The grid's intervals in every variable (float64 Python floats)."""
     g = grid.to(torch.float64).cpu()
-    s = sde.sigma(g).tolist()
-    a = sde.alpha(g).tolist()
+    alpha, sigma = sde.alpha_sigma(g)
+    a, s = alpha.tolist(), sigma.tolist()
     t = g.tolist()
     n = len(t) - 1
     out = []
@@ -73,7 +74,7 @@ def integrate(solver: GridSolver, ctx: SolveContext, x: Tensor, prefix: Gaussian
     ivs = intervals(ctx.sde, ctx.grid)
     ctx.intervals = ivs
     edm = solver.variables == "edm"
-    tail = Tail([iv.sigma for iv in ivs] + [ivs[-1].sigma_next]) if ctx.final == "zero" else None
+    tail = Tail([*map(attrgetter("sigma"), ivs), ivs[-1].sigma_next]) if ctx.final == "zero" else None
     report = ctx.trajectory is not None or ctx.callback is not None or ctx.progress is not None
     y = x.to(ctx.wdtype) / ivs[0].alpha if edm else x
     state: Any = None
