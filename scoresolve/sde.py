@@ -141,7 +141,7 @@ class SDE(ABC):
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`(\alpha(t), \tilde\sigma(t))` together: the scale and the EDM noise level, as a grid's
-        intervals need them (subclasses evaluate their schedule once for both)."""
+        intervals need them (VP evaluates its schedule once for both)."""
         return self.alpha(t), self.sigma(t)
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
