@@ -2,6 +2,7 @@
 
     python benchmarks/setup_calls.py                 # solver="auto", a 10-evaluation budget
     python benchmarks/setup_calls.py --solver pc --steps 1000
+    python benchmarks/setup_calls.py --sde ve                # or subvp, flow (default vp)
 
 Counts, with ``sys.setprofile``, the Python-level calls made inside ``scoresolve`` from entering
 ``ss.sample`` until the score model is first called, the number of times consecutive calls change
@@ -25,9 +26,12 @@ class _Stop(Exception):
     pass
 
 
-def trace(solver: str = "auto", steps: int = 10) -> list[str]:
+SDES = {"vp": ss.VPSDE, "ve": ss.VESDE, "subvp": ss.SubVPSDE, "flow": ss.RectifiedFlow}
+
+
+def trace(solver: str = "auto", steps: int = 10, sde: str = "vp") -> list[str]:
     """The files of the scoresolve calls made from entering ``ss.sample`` until the model's first evaluation."""
-    sde = ss.VPSDE()
+    process = SDES[sde]()
     calls: list[str] = []
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -46,7 +50,7 @@ def trace(solver: str = "auto", steps: int = 10) -> list[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ss.sample(model, sde, solver=solver, x_T=x_T, progress=False, **kw)
+            ss.sample(model, process, solver=solver, x_T=x_T, progress=False, **kw)
     except _Stop:
         pass
     finally:
@@ -64,13 +68,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--sde", choices=sorted(SDES), default="vp")
     args = ap.parse_args()
-    calls = trace(args.solver, args.steps)
+    calls = trace(args.solver, args.steps, args.sde)
     budget = "nfe" if args.solver == "auto" else "steps"
     for label, seq in (("", calls), (" (without the SDE's own methods, sde.py)", [c for c in calls
                                                                                   if not c.endswith("/sde.py")])):
         n, jumps, files = count(seq)
-        print(f"solver={args.solver} {budget}={args.steps}{label}: {n} calls, {jumps} file jumps, "
+        print(f"solver={args.solver} {budget}={args.steps} sde={args.sde}{label}: {n} calls, {jumps} file jumps, "
               f"{len(files)} files before the first model evaluation")
     print("  files: " + ", ".join(count(calls)[2]))
     return 0

@@ -141,7 +141,7 @@ class SDE(ABC):
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`(\alpha(t), \tilde\sigma(t))` together: the scale and the EDM noise level, as a grid's
-        intervals need them (VP evaluates its schedule once for both)."""
+        intervals need them (the SDEs here evaluate their schedule once for both)."""
         return self.alpha(t), self.sigma(t)
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
@@ -292,6 +292,10 @@ class VESDE(SDE):
     def marginal_std(self, t: Tensor) -> Tensor:
         return self.sigma_min * torch.exp(t * self._log_ratio)
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.marginal_std(t)
+        return torch.ones_like(s), s
+
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
@@ -382,10 +386,23 @@ class SubVPSDE(_BetaLinear):
     def marginal_std(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self.int_beta(t))
 
+    def sigma(self, t: Tensor) -> Tensor:
+        # marginal_std / alpha from one evaluation of B(t)
+        B = self.int_beta(t)
+        return -torch.expm1(-B) / torch.exp(-0.5 * B)
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.int_beta(t)
+        alpha = torch.exp(-0.5 * B)
+        return alpha, -torch.expm1(-B) / alpha
+
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         # α/(1−α²) = e^{λ}  →  α² + e^{−λ}α − 1 = 0
-        e = torch.exp(-lam)
-        a = 2.0 / (e + torch.sqrt(e**2 + 4.0))
+        return self.t_from_sigma(torch.exp(-lam))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        # (1−α²)/α = σ̃  →  α² + σ̃α − 1 = 0
+        a = 2.0 / (sigma + torch.sqrt(sigma**2 + 4.0))
         return self._t_from_int_beta(-2.0 * torch.log(a))
 
 
@@ -452,6 +469,10 @@ class RectifiedFlow(SDE):
     def marginal_std(self, t: Tensor) -> Tensor:
         return self.interpolant_time(t)
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = self.alpha(t)
+        return alpha, self.interpolant_time(t) / alpha
+
     def drift_coef(self, t: Tensor) -> Tensor:
         return -self.shift / ((1 + (self.shift - 1) * t) * (1 - t))
 
@@ -465,6 +486,13 @@ class RectifiedFlow(SDE):
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         # (1 − t)/t = s e^λ  →  t = sigmoid(−λ − log s)
         return torch.sigmoid(-lam - math.log(self.shift))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.interpolant_time(t) / self.alpha(t)
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        # λ = −log σ̃
+        return torch.sigmoid(torch.log(sigma) - math.log(self.shift))
 
     def reverse_drift_for(self, x: Tensor, t: Tensor, score: Tensor, diffusion: Tensor | float) -> Tensor:
         r"""Drift of the reverse-time SDE with a chosen diffusion :math:`\hat g(t)` whose marginals are the

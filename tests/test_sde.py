@@ -57,6 +57,14 @@ def test_log_snr_inverse(any_sde):
     # the generic bisection agrees with the closed form
     assert torch.allclose(ss.SDE.t_from_log_snr(any_sde, lam), t, rtol=1e-9, atol=1e-12)
     assert torch.allclose(any_sde.t_from_sigma(any_sde.sigma(t)), t, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(ss.SDE.t_from_sigma(any_sde, any_sde.sigma(t)), t, rtol=1e-9, atol=1e-12)
+
+
+def test_alpha_sigma_is_alpha_and_sigma_to_the_bit(any_sde):
+    """The grid's intervals take both from one call; the overrides must not change a digit."""
+    t = ts(33)
+    a, s = any_sde.alpha_sigma(t)
+    assert torch.equal(a, any_sde.alpha(t)) and torch.equal(s, any_sde.sigma(t))
 
 
 def test_transition_composes(any_sde):
