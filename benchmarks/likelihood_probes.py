@@ -1,15 +1,14 @@
-"""The budget likelihood's Monte-Carlo error over Hutchinson probe draws: one probe fixed along the path (what
-``likelihood`` does today) against a fresh probe at every node (a candidate, measured here, not the default).
+"""The budget likelihood's Monte-Carlo error over Hutchinson probe draws: one probe kept along the path
+(``fresh_probes=False``) against a fresh probe at every node (the default), and the default's standard error.
 
 The path of x does not depend on the probes, and the divergence enters the budget method only through the
 quadrature of ``m = tr(-sigma^2 grad s)`` at the K nodes. A fresh Rademacher probe per node keeps that quadrature
 unbiased and makes its node errors independent, so its variance is ``sum_k c_k^2 Var_k`` instead of the variance of
-one quadratic form of the summed Jacobian. ``Var_k`` has a bound from the same vector-Jacobian product: for a
-Rademacher ``v``, ``Var(v'Av) <= 2 ||A'v - (v'Av / D) v||^2`` in expectation (adding a multiple of the identity
-leaves ``v'Av``'s variance unchanged; the bound's excess is the spread of A's diagonal). The rows give, per network
-and K, the per-digit standard deviation of bits/dim over ``--repeats`` probe draws (the same digits and
-dequantization), and for the fresh probes that one-probe bound against it. Each run patches ``Field.traces``, so
-it measures the candidate without changing the package.
+one quadratic form of the summed Jacobian; ``trace_se_bpd`` bounds it from the same vector-Jacobian products
+(:meth:`scoresolve.likelihood.field.Field.traces_with_variance`). The rows give, per network and K, the per-digit
+standard deviation of bits/dim over ``--repeats`` probe draws (the same digits and dequantization: the probes come
+from this script's own generator, patched into ``Field.traces_with_variance``), and for the fresh probes the
+reported standard error against it.
 
     python benchmarks/likelihood_probes.py --mnist PATH [--n 25] [--repeats 6] [--ks 20,100] [--out DIR]
     python benchmarks/likelihood_probes.py --networks digits --n 64 --repeats 8
@@ -18,7 +17,6 @@ it measures the candidate without changing the package.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import warnings
@@ -32,14 +30,14 @@ from _common import machine_info, markdown_table, prepare_out_dir, versions, wri
 
 import scoresolve.io as sio
 from scoresolve.data.mnist import mnist
-from scoresolve.likelihood import budget, likelihood
+from scoresolve.likelihood import likelihood
 from scoresolve.likelihood.field import Field
 from scoresolve.train.data import digits
 
 COLUMNS = [("network", "network"), ("n", "digits"), ("k", "K"), ("probes", "probes"),
            ("sd_rms", "per-digit SD of bits/dim (rms)"), ("sd_median", "median SD"),
-           ("se_rms", "one-probe SE bound (rms)"), ("se_over_sd", "bound / SD"),
-           ("se_over_sd_p10", "bound / SD, 10th pct of digits"), ("within_2se", "draws within 2 bounds of the mean"),
+           ("se_rms", "reported SE, trace_se_bpd (rms)"), ("se_over_sd", "SE / SD"),
+           ("se_over_sd_p10", "SE / SD, 10th pct of digits"), ("within_2se", "draws within 2 SE of the mean"),
            ("cpu_per_run", "CPU s per run")]
 
 
@@ -56,45 +54,30 @@ def data(name: str, n: int, path: str | None) -> tuple[Any, torch.Tensor, dict[s
 
 def rows_for(name: str, n: int, repeats: int, ks: list[int], path: str | None) -> list[dict[str, Any]]:
     model, x, opts = data(name, n, path)
-    sde = model.sde
-    traces = Field.traces
+    traces = Field.traces_with_variance
     run: dict[str, Any] = {}
 
-    def patched(self: Field, xx: torch.Tensor, t: torch.Tensor, rows: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        b, d = xx.shape[0], xx[0].numel()
-        if run["fresh"] or run["probe"] is None:
-            run["probe"] = (torch.randint(0, 2, xx.shape, generator=run["gen"]) * 2 - 1).to(xx)
-        v = run["probe"]
-        with torch.enable_grad():
-            xg = xx.detach().requires_grad_(True)
-            s = self.score(xg, t)
-            (jv,) = torch.autograd.grad(s, xg, grad_outputs=v)
-        jv, vv = jv.reshape(b, -1), v.reshape(b, -1)
-        tr = (jv * vv).sum(1)
-        sig = sde.marginal_std(t.to(torch.float64))
-        run["var"].append(2 * (jv - (tr / d)[:, None] * vv).pow(2).sum(1).to(torch.float64) * sig**4)
-        return s.detach(), tr.detach()[:, None]
+    def patched(self: Field, xx: torch.Tensor, t: torch.Tensor, rows: Any = None,
+                probes: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if run["fresh"] or run["probe"] is None:  # this script's probes: the dequantization stays the same
+            run["probe"] = (torch.randint(0, 2, (1, *xx.shape), generator=run["gen"]) * 2 - 1).to(xx)
+        return traces(self, xx, t, rows, probes=run["probe"])
 
     out = []
-    Field.traces = patched  # type: ignore[method-assign]
+    Field.traces_with_variance = patched  # type: ignore[method-assign]
     try:
         for k in ks:
             for fresh in (False, True):
                 vals, ses = [], []
                 c0 = time.process_time()
                 for r in range(repeats):
-                    run.update(fresh=fresh, probe=None, var=[], gen=torch.Generator().manual_seed(100 + r))
+                    run.update(fresh=fresh, probe=None, gen=torch.Generator().manual_seed(100 + r))
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        res = likelihood(model, x, steps=k, trace="hutchinson", probes=1,
+                        res = likelihood(model, x, steps=k, trace="hutchinson", probes=1, fresh_probes=fresh,
                                          generator=torch.Generator().manual_seed(5), progress=False, **opts)
-                    lam = res.info["log_snr"]
-                    v_nodes, _ = budget.log_snr_nodes(lam[0], lam[-1], k)
-                    c = budget.quadrature(v_nodes, torch.eye(k, dtype=torch.float64)[:, None, :],
-                                          budget.QUADRATURE_POINTS)[0]  # the quadrature's weight of each node
-                    var = (c[:, None] ** 2 * torch.stack(run["var"])).sum(0)
                     vals.append(res.bpd.to(torch.float64))
-                    ses.append(var.sqrt() / (x[0].numel() * math.log(2)))
+                    ses.append(res.trace_se_bpd.to(torch.float64))
                 v, se = torch.stack(vals), torch.stack(ses)
                 sd = v.std(0)
                 row = {"network": name, "n": n, "k": k, "probes": "fresh per node" if fresh else "fixed along the path",
@@ -109,7 +92,7 @@ def rows_for(name: str, n: int, repeats: int, ks: list[int], path: str | None) -
                 print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
                 out.append(row)
     finally:
-        Field.traces = traces  # type: ignore[method-assign]
+        Field.traces_with_variance = traces  # type: ignore[method-assign]
     return out
 
 

@@ -18,6 +18,7 @@ the score-weighted predictor–corrector gaps, summed in modulus, times ``GAP_SC
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from ..sde import SDE
 from ..solvers.coefficients import weighted_lagrange_weights
 from .field import Field
 
-__all__ = ["BudgetSolution", "budget_logp", "log_snr_nodes", "GAP_SCALE", "PREDICTOR_ORDER", "QUADRATURE_POINTS"]
+__all__ = ["BudgetSolution", "budget_logp", "log_snr_nodes", "quadrature_weights", "GAP_SCALE", "PREDICTOR_ORDER",
+           "QUADRATURE_POINTS"]
 
 PREDICTOR_ORDER = 3  # the corrector has one more
 QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
@@ -63,6 +65,8 @@ class BudgetSolution:
     lam: list[float]
     jumps: Tensor | None = None  # (K-1, B) signed per-step estimates, nats
     quad_gap: Tensor | None = None  # (B,) signed 4- minus 3-point quadrature, nats
+    #: (B, P) bound on the variance of ``delta`` over the probes, with a fresh probe at every node (else ``None``)
+    trace_var: Tensor | None = None
 
 
 def _stencil(n: int, q: int, k: int) -> range:
@@ -84,8 +88,17 @@ def quadrature(v: list[float], m: Tensor, q: int) -> Tensor:
     return total
 
 
-def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSolution:
-    """Integrate from ``x`` at ``eps`` to ``T`` with ``k`` evaluations (``k >= 2``)."""
+def quadrature_weights(v: list[float], q: int) -> Tensor:
+    """``c`` ``(K,)`` such that :func:`quadrature` of node values ``m`` is ``sum_k c_k m_k``."""
+    return quadrature(v, torch.eye(len(v), dtype=torch.float64)[:, None, :], q)[0]
+
+
+def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float,
+                draw: Callable[[], Tensor] | None = None) -> BudgetSolution:
+    r"""Integrate from ``x`` at ``eps`` to ``T`` with ``k`` evaluations (``k >= 2``). With ``draw`` (Hutchinson
+    traces), every node after the first takes fresh probes ``draw()`` instead of the field's: the path of x does
+    not depend on them and the quadrature of ``m`` stays unbiased, with independent node errors, so its variance
+    is :math:`\sum_k c_k^2 \mathrm{Var}(m_k)` (bounded from the same products: ``trace_var``)."""
     b, d = x.shape[0], x[0].numel()
     t_eps, t_end = torch.tensor([eps], dtype=torch.float64), torch.tensor([sde.T], dtype=torch.float64)
     v_l, lam_l = log_snr_nodes(float(sde.log_snr(t_eps)), float(sde.log_snr(t_end)), k)
@@ -95,10 +108,13 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSo
     alpha = sde.alpha(ts).tolist()
     sig = sde.marginal_std(ts).tolist()
 
+    variances = []
+
     def evaluate(i: int, xi: Tensor) -> tuple[Tensor, Tensor]:
         fld.score.step = i
         t = torch.full((b,), t_l[i], device=x.device, dtype=x.dtype)
-        s, tr = fld.traces(xi, t)
+        s, tr, var = fld.traces_with_variance(xi, t, probes=draw() if draw is not None and i > 0 else None)
+        variances.append(var * sig[i] ** 4)
         eps_hat = -sig[i] * s
         m = -(sig[i] ** 2) * tr
         if not bool(torch.isfinite(m).all()):
@@ -135,4 +151,9 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float) -> BudgetSo
     delta = d * math.log(alpha[-1] / alpha[0]) + q_hi
     quad_gap = (q_hi - q_lo).mean(1)
     error = path_err * (GAP_SCALE / (k - 1)) + quad_gap.abs()
-    return BudgetSolution(z=xn, delta=delta, error=error, lam=lam_l, jumps=torch.stack(jumps), quad_gap=quad_gap)
+    trace_var = None
+    if draw is not None:
+        c = quadrature_weights(v_l, QUADRATURE_POINTS).to(device=x.device, dtype=x.dtype)
+        trace_var = torch.einsum("k,kbp->bp", c**2, torch.stack(variances))
+    return BudgetSolution(z=xn, delta=delta, error=error, lam=lam_l, jumps=torch.stack(jumps), quad_gap=quad_gap,
+                          trace_var=trace_var)

@@ -1,7 +1,8 @@
 """The augmented probability-flow field of the likelihood ODE and the fixed-grid integrators over it.
 
 :class:`Field` maps ``(x, Δ)`` to ``(F(x, t), ∇·F(x, t))`` with the exact trace (``D`` vector–Jacobian
-products, batched) or the Hutchinson–Skilling estimate (fixed probes). :func:`integrate_on_grid` runs the
+products, batched) or the Hutchinson–Skilling estimate (probes fixed along the ODE; the budget method may draw a
+fresh one at every node). :func:`integrate_on_grid` runs the
 solver layer's Runge–Kutta tableaux, or Adams PEC (one evaluation per interval), over a time grid.
 """
 
@@ -45,6 +46,8 @@ class Field:
         self.first: tuple[Tensor, Tensor] | None = None
         #: keep one divergence per probe, ``(B, P)``, so the result carries the probes' standard error
         self.per_probe = False
+        #: the probes are Rademacher (their diagonal contribution is exact), else Gaussian
+        self.rademacher = True
 
     def __call__(self, t: Tensor, y: State, rows: Tensor | None = None) -> State:
         x = y[0]
@@ -65,18 +68,36 @@ class Field:
     def traces(self, x: Tensor, t: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One counted evaluation: the score and its trace ``(B, P)``, one column per Hutchinson probe
         (``P = 1`` for the exact trace)."""
+        s, tr, _ = self.traces_with_variance(x, t, rows)
+        return s, tr
+
+    def traces_with_variance(self, x: Tensor, t: Tensor, rows: Tensor | None = None,
+                             probes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        r""":meth:`traces` (with ``probes`` instead of the field's own, if given), and per sample and probe an
+        estimate of an upper bound on the variance of the Hutchinson estimate :math:`v^\top A v` (:math:`A = \nabla_x
+        s`) from the same product: :math:`2\|A^\top v - a v\|^2` (Rademacher, :math:`D > 2`: :math:`a = v^\top A v /
+        D`, as a multiple of the identity leaves the variance unchanged, times :math:`D/(D-2)`; else :math:`a = 0`),
+        whose mean is at least :math:`2\sum_{i \ne j} A_{ij}^2 \ge` the variance. Zero for the exact trace."""
         b, d = x.shape[0], x[0].numel()
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             s = self.score(xg, t)
             if self.trace == "exact":
                 tr = self._exact_trace(s, xg, d)[:, None]
+                var = torch.zeros_like(tr)
             else:
-                assert self.probes is not None
-                v = self.probes if rows is None else self.probes.index_select(1, rows)
-                jv = self._vjps(s, xg, v)
-                tr = (jv * v).reshape(v.shape[0], b, -1).sum(-1).T
-        return s.detach(), tr.detach()
+                v = self.probes if probes is None else probes
+                assert v is not None
+                v = v if rows is None else v.index_select(1, rows)
+                jv = self._vjps(s, xg, v).reshape(v.shape[0], b, -1)
+                vv = v.reshape(v.shape[0], b, -1)
+                tr = (jv * vv).sum(-1)  # (P, B)
+                centre = self.rademacher and d > 2
+                a = tr / d if centre else torch.zeros_like(tr)
+                # with a = v'Av / D the squared norm is low by Var/D in expectation: D / (D - 2) restores the bound
+                var = 2 * (jv - a[..., None] * vv).pow(2).sum(-1) * (d / (d - 2) if centre else 1.0)
+                tr, var = tr.T, var.T
+        return s.detach(), tr.detach(), var.detach()
 
     @staticmethod
     def _vjps(s: Tensor, xg: Tensor, v: Tensor) -> Tensor:
