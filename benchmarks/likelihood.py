@@ -91,9 +91,10 @@ def configs(quick: bool) -> list[dict[str, Any]]:
                         "precondition": pc,
                     }
                 )
-    # the default with steps=K: K evaluations in log-SNR time, with an error estimate
+    # steps=K: K evaluations in log-SNR time, with an error estimate; the path a network gets (an exact score gets
+    # the locally Gaussian frame by default: benchmarks/likelihood_local.py)
     for k in [8, 20] if quick else [8, 12, 16, 20, 30, 40]:
-        out.append({"label": f"budget K={k} (steps={k} default)", "steps": k})
+        out.append({"label": f"budget K={k} (log-SNR path)", "steps": k, "precondition": "none"})
     # Adams PEC in re-fitted local coordinates: one evaluation per step
     for steps, grid, go in [(20, "power", {"rho": 1.5}), (20, "quadratic", {}), (20, "karras", {}), (40, "karras", {})]:
         if quick and steps == 40:

@@ -31,7 +31,7 @@ LK = sys.modules["scoresolve.likelihood"]
 OPT: dict = {}
 
 
-def variant_logp(fld, sde, x, k, eps):
+def variant_logp(fld, sde, x, k, eps, draw=None, first=None):
     """``budget_logp`` with the parts named in ``OPT`` changed (no error estimate)."""
     b, d = x.shape[0], x[0].numel()
     lam_ends = [float(sde.log_snr(torch.tensor([t], dtype=torch.float64))) for t in (eps, sde.T)]
@@ -90,7 +90,7 @@ def main() -> None:
         OPT.clear()
         OPT.update({"p": 3, "c": 4, "q": 4, "center": 2.0, "width": 5.0, **o})
         B.WARP_CENTER, B.WARP_WIDTH = OPT["center"], OPT["width"]
-        r = LK.likelihood(model, sde, x, steps=k, prior_logp=lambda z: mix.log_prob(z, sde.T, sde))
+        r = LK.likelihood(model, sde, x, steps=k, precondition="none", prior_logp=lambda z: mix.log_prob(z, sde.T, sde))
         return float(((r.logp - mix.log_prob(x, r.eps, sde)).abs() / (64 * math.log(2))).mean())
 
     print("| K | part changed | evaluations | mean abs error (bits/dim) |\n|---:|---|---:|---:|")

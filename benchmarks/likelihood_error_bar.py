@@ -1,6 +1,7 @@
 """How tight the budget method's error bar is: per sample |true error| against ``error_bpd``.
 
-Mixtures (exact score, exact trace, exact p_T: solver error only; 64 samples, seed 3) and the bundled
+Mixtures (exact score, exact trace, exact p_T: solver error only; 64 samples, seed 3; the log-SNR path,
+``precondition="none"``, that a network gets) and the bundled
 networks (held-out digits, one common Rademacher probe, against dopri5 rtol=atol=1e-6). For each K prints
 the bracket rate (|error| <= estimate) and mean estimate / mean |error|, for the unscaled gap sum ("old":
 sum |gap| + |quadrature gap|) and the shipped estimate (``GAP_SCALE / (K-1)`` times the gap sum).
@@ -62,7 +63,8 @@ def main() -> None:
         d = x[0].numel()
         for k in KS:
             prior = lambda z, m=mix, s=sde: m.log_prob(z, s.T, s)  # noqa: E731
-            r = LK.likelihood(model, sde, x, steps=k, trace="exact", prior_logp=prior, **kw)
+            # the log-SNR path (a network's; an exact score gets the local frame: benchmarks/likelihood_local.py)
+            r = LK.likelihood(model, sde, x, steps=k, trace="exact", precondition="none", prior_logp=prior, **kw)
             report(name, k, (mix.log_prob(x, r.eps, sde) - r.logp) / (d * math.log(2)), r, d)
     import scoresolve.io as sio
     from scoresolve.train.data import digits, mnist

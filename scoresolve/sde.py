@@ -50,12 +50,15 @@ class SDE(ABC):
         N: number of discretisation steps of the paper's discrete-time counterpart (SMLD/DDPM).
         default_eps: the smallest time used for sampling in the paper's released configurations.
         prior_std: the prior is :math:`N(0, \mathrm{prior\_std}^2 I)`.
+        likelihood_local_grid: the time grid (a name of :func:`scoresolve.likelihood.likelihood_grid` and its
+            options) of the likelihood's budget method in locally Gaussian coordinates (gradient fields).
     """
 
     T: float = 1.0
     N: int = 1000
     default_eps: float = 1e-3
     prior_std: float = 1.0
+    likelihood_local_grid: ClassVar[tuple[str, tuple[tuple[str, float], ...]]] = ("power", (("rho", 1.5),))
 
     #: every SDE class by name (filled by ``__init_subclass__``; used to rebuild a checkpoint's SDE)
     classes: ClassVar[dict[str, type[SDE]]] = {}
@@ -270,6 +273,8 @@ class VESDE(SDE):
     """
 
     default_eps = 1e-5
+    #: t is uniform in log sigma, so a power grid in t would crowd sigma_min (measured in docs/likelihood.md)
+    likelihood_local_grid = ("warped", (("center", -0.5), ("width", 1.5)))
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         sigma_min = check_float(sigma_min, "sigma_min", positive=None)
@@ -443,6 +448,9 @@ class RectifiedFlow(SDE):
         shift: the time shift :math:`s > 0` (1: none; SD3 uses 3).
         T: the clock time where sampling starts, in (0.5, 1).
     """
+
+    #: a power grid in t leaves one long step to T, where alpha -> 0 (measured in docs/likelihood.md)
+    likelihood_local_grid = ("uniform", ())
 
     def __init__(self, shift: float = 1.0, T: float = 1 - 2**-7) -> None:
         if not (math.isfinite(shift) and shift > 0):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 import scoresolve as ss
 from scoresolve import analytic
-from scoresolve.likelihood import LikelihoodResult, bpd_offset, likelihood, likelihood_grid
+from scoresolve.likelihood import LikelihoodAccuracyWarning, LikelihoodResult, bpd_offset, likelihood, likelihood_grid
 
 torch.set_num_threads(1)
 LN2 = math.log(2)
@@ -249,21 +250,16 @@ def test_refit_adams_is_exact_for_gaussian_data():
         torch.testing.assert_close(r.logp, mix.log_prob(x, 1e-5, sde), rtol=0, atol=1e-7)
 
 
-def _digits_budget_errors(n: int, seed: int, steps: int):
+def _digits_budget_errors(n: int, seed: int, steps: int, default: bool = False):
+    """Per-sample |error| (bits/dim) on the digits mixture: the older recipe, or ``likelihood(..., steps=K)`` with
+    its defaults (``default=True``)."""
     mix, sde = analytic.digits(), ss.VPSDE()
     x = _data(mix, n, seed)
-    r = likelihood(
-        mix.score_model(sde),
-        sde,
-        x,
-        method="adams",
-        steps=steps,
-        grid="power",
-        grid_options={"rho": 1.5},
-        trace="exact",
-        precondition="local",
-        prior_logp=lambda z: mix.log_prob(z, sde.T, sde),
-    )
+    recipe = dict(method="adams", grid="power", grid_options={"rho": 1.5}, trace="exact", precondition="local")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LikelihoodAccuracyWarning)
+        r = likelihood(mix.score_model(sde), sde, x, steps=steps, prior_logp=lambda z: mix.log_prob(z, sde.T, sde),
+                       **({} if default else recipe))
     assert r.nfe == steps
     return (r.logp - mix.log_prob(x, 1e-5, sde)).abs() / (64 * LN2)
 
@@ -280,4 +276,12 @@ def test_likelihood_on_a_budget_digits():
 def test_likelihood_on_a_budget_digits_mean_1024():
     """Acceptance: mean |error| <= 0.001 bits/dim at <= 20 evaluations (19 here) over 1024 samples."""
     e = torch.cat([_digits_budget_errors(512, s, 19) for s in (7, 8)])
+    assert float(e.mean()) <= 1e-3, float(e.mean())
+
+
+@pytest.mark.slow
+def test_the_default_budget_meets_the_analytic_bar_over_1024_samples():
+    """The same bar for ``likelihood(model, sde, x, steps=20)`` with its defaults (an exact score gets the locally
+    Gaussian frame): measured 8.5e-4 on another 1024 samples (seed 11)."""
+    e = torch.cat([_digits_budget_errors(512, s, 20, default=True) for s in (7, 8)])
     assert float(e.mean()) <= 1e-3, float(e.mean())

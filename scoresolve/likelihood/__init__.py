@@ -33,7 +33,16 @@ from ..solvers.base import CountedScore, check_grid
 from ..solvers.grids import make_grid
 from ..solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, check_tolerances
 from ..solvers.ode_adaptive import integrate_adaptive
-from .budget import budget_logp
+from .budget import (
+    LOCAL_GAP_SCALE,
+    LOCAL_MIN_STEPS,
+    SYMMETRY_TOL,
+    WARP_CENTER,
+    WARP_WIDTH,
+    budget_logp,
+    jacobian_asymmetry,
+    log_snr_nodes,
+)
 from .field import ADAMS_ORDER, Field, State, integrate_on_grid
 from .local import preconditioned_fixed_step, refit_adams
 
@@ -130,9 +139,11 @@ def likelihood_grid(sde: SDE, steps: int, eps: float, grid: str | Sequence[float
     likelihood methods.
 
     ``grid`` is a registered grid name (``uniform``, ``quadratic``, ``log_snr``, ``karras``, ...), an
-    explicit sequence of times (either order), or ``"power"``: times uniform in :math:`t^{1/\rho}`
+    explicit sequence of times (either order), ``"power"``: times uniform in :math:`t^{1/\rho}`
     (``rho=3`` by default; ``quadratic`` is :math:`\rho = 2`), denser near :math:`t = \epsilon` where
-    the probability-flow ODE is stiffest.
+    the probability-flow ODE is stiffest, or ``"warped"``: uniform in :math:`v` with log-SNR
+    :math:`\lambda = c + w\sinh v` (``center`` :math:`c`, ``width`` :math:`w`; the budget method's nodes by default),
+    spaced as :math:`\sqrt{w^2 + (\lambda - c)^2}`.
     """
     if isinstance(grid, str) and grid == "power":
         rho = float(opts.pop("rho", DEFAULT_RHO))
@@ -144,6 +155,17 @@ def likelihood_grid(sde: SDE, steps: int, eps: float, grid: str | Sequence[float
         g = u**rho
         g[0], g[-1] = sde.T, eps
         g = check_grid(g, sde, name="grid 'power'")
+    elif isinstance(grid, str) and grid == "warped":
+        center, width = float(opts.pop("center", WARP_CENTER)), float(opts.pop("width", WARP_WIDTH))
+        if opts:
+            raise TypeError(f"unknown grid option(s) {sorted(opts)} for grid 'warped' (it takes center, width)")
+        if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+            raise ValueError(f"grid 'warped' needs a finite center and width > 0, got {center!r}, {width!r}")
+        ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
+        _, lam = log_snr_nodes(ends[0], ends[1], steps + 1, center, width)
+        g = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
+        g[0], g[-1] = sde.T, eps
+        g = check_grid(g, sde, name="grid 'warped'")
     elif isinstance(grid, str):
         g = make_grid(grid, sde, steps, eps, **opts)
     else:
@@ -200,7 +222,7 @@ def likelihood(
     grid_options: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
-    precondition: Literal["none", "local"] = "none",
+    precondition: Literal["none", "local"] | None = None,
     progress: bool | None = None,
     tol: float = 0.01,
     strict: bool = False,
@@ -249,10 +271,14 @@ def likelihood(
         prior_logp: the log-density used at :math:`T` instead of the SDE's prior
             (:meth:`SDE.prior_logp`), e.g. the exact :math:`\log p_T` of an analytic model, to
             separate the prior mismatch :math:`p_T \neq` prior from solver error.
-        precondition: ``"local"`` (fixed-step methods with the exact trace): integrate in the
-            coordinates of each sample's local Gaussian, read off the score's Jacobian (no extra
+        precondition: ``"local"`` (fixed-step methods and the budget method, with the exact trace): integrate in
+            the coordinates of each sample's local Gaussian, read off the score's Jacobian (no extra
             evaluation): fitted once at the start for Runge–Kutta (:func:`.local.preconditioned_fixed_step`),
-            re-fitted at every evaluation for ``"adams"`` (:func:`.local.refit_adams`). ``"none"`` (default).
+            re-fitted at every evaluation for ``"adams"`` and the budget method (:func:`.local.refit_adams`).
+            ``"none"``: plain coordinates. Default ``None``: ``"local"`` for the budget method where the trace is
+            exact, ``steps >= LOCAL_MIN_STEPS`` and the score's Jacobian at the first node is symmetric (a gradient
+            field such as an exact score: ``info["jacobian_asymmetry"] <= SYMMETRY_TOL``; trained networks measure
+            0.03-0.6), else ``"none"``.
         progress: a tqdm bar over the score evaluations (:mod:`scoresolve.progress`).
         tol: bits/dim; where ``error_bpd`` exceeds it the result warns
             (:class:`LikelihoodAccuracyWarning`, naming the remedy: more steps or the adaptive method).
@@ -377,27 +403,44 @@ def likelihood(
     fld.rademacher = noise == "rademacher"
     info: dict[str, Any] = {"method": method, "trace": trace, "probes": probes if trace == "hutchinson" else 0,
                             "fresh_probes": fresh_probes}
+    if precondition not in (None, "none", "local"):
+        raise ValueError(f"precondition must be 'none', 'local' or None (chosen), got {precondition!r}")
+    if precondition == "local" and not (trace == "exact" and (method in FIXED_STEP_METHODS or method == BUDGET)):
+        raise ValueError(
+            "precondition='local' needs trace='exact' and the budget method or a fixed-step method (euler, heun, "
+            "rk4, adams): it uses the score's full Jacobian"
+        )
     fld.per_probe = precondition != "local"
     n_cols = probes if trace == "hutchinson" and fld.per_probe else 1
     y0: State = (x.detach(), torch.zeros(b, n_cols, device=x.device, dtype=x.dtype))
     error: Tensor | None = None
 
-    if precondition not in ("none", "local"):
-        raise ValueError(f"precondition must be 'none' or 'local', got {precondition!r}")
-    if precondition == "local" and not (trace == "exact" and method in FIXED_STEP_METHODS):
-        raise ValueError(
-            "precondition='local' needs trace='exact' and a fixed-step method (euler, heun, rk4): it uses the "
-            "score's full Jacobian at the start"
-        )
     lp_jac: Tensor | None = None
     trace_var: Tensor | None = None
-    if method == BUDGET:
-        sol = budget_logp(fld, sde, x.detach(), steps, eps, draw=draw if fresh_probes else None)
+    first: tuple[Tensor, Tensor] | None = None
+    if method == BUDGET and precondition is None and trace == "exact" and steps >= LOCAL_MIN_STEPS:
+        # a gradient field gets the locally Gaussian frame
+        counted.step = 0
+        first = fld.score_and_jacobian(torch.full((b,), eps, device=x.device, dtype=x.dtype), x.detach())
+        asym = float(jacobian_asymmetry(first[1]).max())
+        info["jacobian_asymmetry"] = asym
+        precondition = "local" if asym <= SYMMETRY_TOL else "none"
+    if method == BUDGET and precondition == "local":
+        grid_name, grid_opts = sde.likelihood_local_grid
+        times = likelihood_grid(sde, steps - 1, eps, grid_name, **dict(grid_opts))
+        y, lp_jac, gaps = refit_adams(fld, sde, x, times, counted, correct_last=True, first=first)
+        error = gaps * (LOCAL_GAP_SCALE / (steps - 1))
+        nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
+        info["grid"] = times
+        info["precondition"] = "local (re-fitted at every evaluation)"
+    elif method == BUDGET:
+        first_tr = None if first is None else (first[0], first[1].diagonal(dim1=1, dim2=2).sum(1)[:, None])
+        sol = budget_logp(fld, sde, x.detach(), steps, eps, draw=draw if fresh_probes else None, first=first_tr)
         y, error, trace_var = (sol.z, sol.delta), sol.error, sol.trace_var
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["log_snr"] = sol.lam
     elif precondition == "local" and method == "adams":
-        y, lp_jac = refit_adams(fld, sde, x, times, counted)
+        y, lp_jac, _ = refit_adams(fld, sde, x, times, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
         info["precondition"] = "local (re-fitted at every evaluation)"

@@ -8,11 +8,11 @@ and an embedded error estimate. With :math:`\lambda = \log(\alpha/\sigma)`, :mat
           + \int_{\lambda_T}^{\lambda_\epsilon} m\,d\lambda .
 
 The drift's share is exact. The ``K`` nodes are uniform in :math:`v` with :math:`\lambda = c + w\sinh v`
-(dense where :math:`e^{-\lambda}` is at the data's scale); polynomials in :math:`v` through them give an
-exponential Adams predictor (order 3) and corrector (order 4) for :math:`x` in PEC mode (DPM-Solver / UniPC
-form, arXiv:2206.00927, arXiv:2302.04867) and a composite 4-point quadrature of :math:`m`. Error estimate:
-the score-weighted predictor–corrector gaps, summed in modulus, times ``GAP_SCALE / (K - 1)``, plus the
-4- minus 3-point quadrature gap (docs/likelihood.md).
+(dense where :math:`e^{-\lambda}` is at the data's scale); polynomials in :math:`v` give an exponential Adams
+predictor (order 3) and corrector (order 4) for :math:`x` in PEC mode (DPM-Solver / UniPC form, arXiv:2206.00927,
+arXiv:2302.04867) and a 4-point quadrature of :math:`m`. Error estimate: the score-weighted predictor–corrector
+gaps, summed in modulus, times ``GAP_SCALE / (K - 1)``, plus the 4- minus 3-point quadrature gap. A gradient
+field (symmetric Jacobian) goes to :func:`.local.refit_adams`, gaps times ``LOCAL_GAP_SCALE / (K - 1)``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from ..sde import SDE
 from ..solvers.coefficients import weighted_lagrange_weights
 from .field import Field
 
-__all__ = ["BudgetSolution", "budget_logp", "log_snr_nodes", "quadrature_weights", "GAP_SCALE", "PREDICTOR_ORDER",
-           "QUADRATURE_POINTS"]
+__all__ = ["BudgetSolution", "budget_logp", "log_snr_nodes", "quadrature_weights", "jacobian_asymmetry", "GAP_SCALE",
+           "LOCAL_GAP_SCALE", "LOCAL_MIN_STEPS", "PREDICTOR_ORDER", "QUADRATURE_POINTS", "SYMMETRY_TOL"]
 
 PREDICTOR_ORDER = 3  # the corrector has one more
 QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
@@ -38,6 +38,20 @@ QUADRATURE_POINTS = 4  # the embedded quadrature has one fewer
 GAP_SCALE = 25.0
 #: the nodes' warp lambda = WARP_CENTER + WARP_WIDTH sinh(v): spacing in lambda grows as sqrt(w^2 + (lambda - c)^2)
 WARP_CENTER, WARP_WIDTH = 2.0, 5.0
+#: the locally Gaussian path: its summed gaps times LOCAL_GAP_SCALE / (K - 1) bound its error (docs/likelihood.md)
+LOCAL_GAP_SCALE = 6.0
+#: the locally Gaussian path from this many evaluations (below it a rectified flow's frames, fitted far from T where
+#: alpha -> 0, extrapolate badly: measured in docs/likelihood.md)
+LOCAL_MIN_STEPS = 10
+#: ||J - J^T|| / ||J|| (Frobenius, per sample) at or below which the score is taken for a gradient field: float32
+#: rounding of an exact score gives about 1e-7, trained networks 0.03-0.6 (docs/likelihood.md)
+SYMMETRY_TOL = 1e-4
+
+
+def jacobian_asymmetry(jac: Tensor) -> Tensor:
+    r"""Per sample, :math:`\|J - J^\top\|_F / \|J\|_F` of Jacobians ``(B, D, D)`` (0 for a gradient field)."""
+    norm = jac.flatten(1).norm(dim=1)
+    return (jac - jac.transpose(1, 2)).flatten(1).norm(dim=1) / norm.clamp_min(torch.finfo(jac.dtype).tiny)
 
 
 def _lam(v: np.ndarray) -> np.ndarray:
@@ -48,11 +62,13 @@ def _dlam(v: np.ndarray) -> np.ndarray:
     return WARP_WIDTH * np.cosh(v)
 
 
-def log_snr_nodes(lam_eps: float, lam_end: float, k: int) -> tuple[list[float], list[float]]:
-    """The ``k`` nodes ``(v, lambda)`` from ``lam_eps`` down to ``lam_end``, uniform in ``v``."""
-    ends = [math.asinh((lam - WARP_CENTER) / WARP_WIDTH) for lam in (lam_eps, lam_end)]
+def log_snr_nodes(lam_eps: float, lam_end: float, k: int, center: float = WARP_CENTER,
+                  width: float = WARP_WIDTH) -> tuple[list[float], list[float]]:
+    """The ``k`` nodes ``(v, lambda)`` from ``lam_eps`` down to ``lam_end``, uniform in ``v`` with
+    ``lambda = center + width sinh(v)``."""
+    ends = [math.asinh((lam - center) / width) for lam in (lam_eps, lam_end)]
     v = np.linspace(ends[0], ends[1], k)
-    lam = _lam(v)
+    lam = center + width * np.sinh(v)
     lam[0], lam[-1] = lam_eps, lam_end
     return v.tolist(), lam.tolist()
 
@@ -94,11 +110,12 @@ def quadrature_weights(v: list[float], q: int) -> Tensor:
 
 
 def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float,
-                draw: Callable[[], Tensor] | None = None) -> BudgetSolution:
+                draw: Callable[[], Tensor] | None = None, first: tuple[Tensor, Tensor] | None = None) -> BudgetSolution:
     r"""Integrate from ``x`` at ``eps`` to ``T`` with ``k`` evaluations (``k >= 2``). With ``draw`` (Hutchinson
     traces), every node after the first takes fresh probes ``draw()`` instead of the field's: the path of x does
     not depend on them and the quadrature of ``m`` stays unbiased, with independent node errors, so its variance
-    is :math:`\sum_k c_k^2 \mathrm{Var}(m_k)` (bounded from the same products: ``trace_var``)."""
+    is :math:`\sum_k c_k^2 \mathrm{Var}(m_k)` (bounded from the same products: ``trace_var``). ``first``: the
+    score and the exact trace ``(B, 1)`` at ``(x, eps)`` if already evaluated."""
     b, d = x.shape[0], x[0].numel()
     t_eps, t_end = torch.tensor([eps], dtype=torch.float64), torch.tensor([sde.T], dtype=torch.float64)
     v_l, lam_l = log_snr_nodes(float(sde.log_snr(t_eps)), float(sde.log_snr(t_end)), k)
@@ -113,7 +130,10 @@ def budget_logp(fld: Field, sde: SDE, x: Tensor, k: int, eps: float,
     def evaluate(i: int, xi: Tensor) -> tuple[Tensor, Tensor]:
         fld.score.step = i
         t = torch.full((b,), t_l[i], device=x.device, dtype=x.dtype)
-        s, tr, var = fld.traces_with_variance(xi, t, probes=draw() if draw is not None and i > 0 else None)
+        if i == 0 and first is not None:
+            s, tr, var = first[0], first[1], torch.zeros_like(first[1])
+        else:
+            s, tr, var = fld.traces_with_variance(xi, t, probes=draw() if draw is not None and i > 0 else None)
         variances.append(var * sig[i] ** 4)
         eps_hat = -sig[i] * s
         m = -(sig[i] ** 2) * tr

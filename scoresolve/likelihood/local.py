@@ -103,7 +103,8 @@ def preconditioned_fixed_step(
     return (frame.to_x(tT, y[0]).reshape(x.shape), y[1]), frame.gaussian_logdet(t0, tT)
 
 
-def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: CountedScore) -> tuple[State, Tensor]:
+def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: CountedScore, *, correct_last: bool = False,
+                first: tuple[Tensor, Tensor] | None = None) -> tuple[State, Tensor, Tensor]:
     r"""``method="adams"`` with ``precondition="local"``: Adams predictor–corrector in locally
     Gaussian coordinates **re-fitted at every evaluation** (:class:`LocalFrame`; the exact trace
     computes the full Jacobian anyway, so a new frame costs no evaluation).
@@ -113,9 +114,14 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
     :data:`ADAMS_ORDER` (P), evaluated once at the predicted point (E, which also gives the next
     frame), and the step is redone with Adams–Moulton of order ``ADAMS_ORDER + 1`` (C): one
     evaluation per step, PEC mode (Hairer, Nørsett & Wanner, *Solving ODEs I*, III.1). The last step
-    is predictor-only, so ``steps`` intervals cost exactly ``steps`` evaluations. Exact for Gaussian
-    data; the stored evaluations are re-expressed in each new frame, so the frames never couple samples.
-    Returns ``((x_T, r_T), 0)`` with the Gaussian log-determinants already in ``r_T``.
+    is predictor-only, so ``steps`` intervals cost exactly ``steps`` evaluations; ``correct_last=True``
+    corrects it too (one evaluation at :math:`T`, ``steps + 1`` in all). Exact for Gaussian data; the stored
+    evaluations are re-expressed in each new frame, so the frames never couple samples. ``first``: the score
+    and Jacobian at ``(x, times[0])`` if already evaluated.
+
+    Returns ``((x_T, r_T), 0, gaps)`` with the Gaussian log-determinants already in ``r_T``, and per sample
+    the predictor–corrector gaps summed in modulus over the corrected steps (nats): the jump of ``x`` weighted by
+    the score (a jump :math:`\delta x` moves :math:`\log p` by about :math:`s\cdot\delta x`) plus that of ``r``.
     """
     b = x.shape[0]
     tt = [float(v) for v in times]
@@ -123,17 +129,18 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
     def tv(v: float) -> Tensor:
         return torch.full((b,), v, device=x.device, dtype=x.dtype)
 
-    def evaluate(i: int, xi: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], LocalFrame]:
+    def evaluate(i: int, xi: Tensor, given: tuple[Tensor, Tensor] | None = None):
         counted.step = i
         t = tv(tt[i])
-        s, jac = fld.score_and_jacobian(t, xi)
+        s, jac = fld.score_and_jacobian(t, xi) if given is None else given
         dx, div = fld._finish(xi, t, s, jac.diagonal(dim1=1, dim2=2).sum(1))
-        return (t, xi, dx, div), LocalFrame(sde, xi, t, s, jac)
+        return (t, xi, dx, div), LocalFrame(sde, xi, t, s, jac), s
 
-    record, frame = evaluate(0, x)
+    record, frame, _ = evaluate(0, x, first)
     hist = [record]
     xn = x
     r = torch.zeros(b, device=x.device, dtype=x.dtype)
+    gaps = torch.zeros_like(r)
     n_int = len(tt) - 1
     for n in range(n_int):
         t0, t1 = tv(tt[n]), tv(tt[n + 1])
@@ -143,17 +150,18 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
         w = lagrange_integral_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
         y1, dr = adams_update((y0, r0), w, res)
         new_frame = frame
-        if n < n_int - 1:  # E and C; the last step is predictor-only (no evaluation at T)
-            record, new_frame = evaluate(n + 1, frame.to_x(t1, y1).reshape(x.shape))
+        if n < n_int - 1 or correct_last:  # E and C
+            x_pred, dr_pred = frame.to_x(t1, y1).reshape(x.shape), dr
+            record, new_frame, s1 = evaluate(n + 1, x_pred)
             hist.insert(0, record)
             del hist[ADAMS_ORDER + 1 :]
             k = min(ADAMS_ORDER + 1, len(hist))
             res = [frame.residual(*h) for h in hist[:k]]
             w = lagrange_integral_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
             y1, dr = adams_update((y0, r0), w, res)
+            jump = (s1 * (frame.to_x(t1, y1).reshape(x.shape) - x_pred)).reshape(b, -1).sum(1)
+            gaps = gaps + jump.abs() + (dr - dr_pred).abs()
         r = r + dr + frame.gaussian_logdet(t0, t1)
         xn = frame.to_x(t1, y1).reshape(x.shape)
         frame = new_frame
-    return (xn, r), torch.zeros_like(r)
-
-
+    return (xn, r), torch.zeros_like(r), gaps
