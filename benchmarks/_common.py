@@ -142,6 +142,18 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def write_table_results(out: Path, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
+                        argv: Sequence[str] | None) -> str:
+    """Print the rows' Markdown table and write ``out/results.json`` (rows, machine, versions, argv) and
+    ``out/table.md``; returns the table."""
+    table = markdown_table(rows, columns)
+    print(table)
+    write_json(out / "results.json", {"rows": list(rows), "machine": machine_info(), "versions": versions(),
+                                      "argv": sys.argv[1:] if argv is None else list(argv)})
+    write_text(out / "table.md", table + "\n")
+    return table
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     """Format a table cell: floats to ``digits`` significant digits, ``None`` as an em dash."""
     if v is None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, prepare_out_dir, versions, write_json, write_text
+from _common import prepare_out_dir, write_table_results
 
 import scoresolve as ss
 from scoresolve import analytic
@@ -92,12 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ks, seeds = [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
     t0, c0 = time.perf_counter(), time.process_time()
     rows = [row for m in args.mixtures.split(",") for s in args.sdes.split(",") for row in run(m, s, ks, seeds, args.n)]
-    table = markdown_table(rows, COLUMNS)
-    print(table)
+    write_table_results(out, rows, COLUMNS, argv)
     print(f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU")
-    write_json(out / "results.json", {"rows": rows, "machine": machine_info(), "versions": versions(),
-                                      "argv": sys.argv[1:] if argv is None else list(argv)})
-    write_text(out / "table.md", table + "\n")
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, prepare_out_dir, versions, write_json, write_text
+from _common import markdown_table, prepare_out_dir, write_table_results
 
 import scoresolve.io as sio
 from scoresolve.data.mnist import mnist
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.networks.split(","):
         n = args.n or {"digits": 64, "mnist": 25}[name]
         rows += rows_for(name, n, args.repeats or {"digits": 8, "mnist": 6}[name], ks, args.mnist)
-    table = markdown_table(rows, COLUMNS)
-    print(table)
-    write_json(out / "results.json", {"rows": rows, "machine": machine_info(), "versions": versions(),
-                                      "argv": sys.argv[1:] if argv is None else list(argv)})
-    write_text(out / "table.md", table + "\n")
+    write_table_results(out, rows, COLUMNS, argv)
     return 0
 
 

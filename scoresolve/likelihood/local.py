@@ -129,7 +129,8 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
     def tv(v: float) -> Tensor:
         return torch.full((b,), v, device=x.device, dtype=x.dtype)
 
-    def evaluate(i: int, xi: Tensor, given: tuple[Tensor, Tensor] | None = None):
+    def evaluate(i: int, xi: Tensor, given: tuple[Tensor, Tensor] | None = None
+                 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], LocalFrame, Tensor]:
         counted.step = i
         t = tv(tt[i])
         s, jac = fld.score_and_jacobian(t, xi) if given is None else given
