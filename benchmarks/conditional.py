@@ -152,9 +152,10 @@ def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
 
 
 def calibration_rows(quick: bool, n_digits: int, n_mnist: int, models: str = "digits,mnist", refine: int = 0,
-                     particles: int | None = None, seed: int = 0) -> list[dict]:
+                     particles: int | None = None, seed: int = 0, twist: bool = False) -> list[dict]:
     """The calibration check on the bundled networks (top half observed, classifier features); ``refine > 0`` adds
-    a row of ``smc`` finished by that many Metropolis-adjusted Langevin moves (``particles`` overrides K)."""
+    a row of ``smc`` finished by that many Metropolis-adjusted Langevin moves, ``twist`` a row of the twisted filter
+    (``particles`` overrides K)."""
     from scoresolve.io import load
     from scoresolve.metrics.classifier import load_classifier
     from scoresolve.metrics.fid import classifier_features
@@ -167,16 +168,19 @@ def calibration_rows(quick: bool, n_digits: int, n_mnist: int, models: str = "di
         mask = torch.zeros(model.sample_shape, dtype=torch.bool)
         mask[..., : model.sample_shape[-2] // 2, :] = True
         net = load_classifier(name=name)
-        for method in ("replace", "smc") if not refine else ("smc",):
+        for method in ("replace", "smc") if not (refine or twist) else ("smc",):
             opts = {"particles": k} if method == "smc" else {"predictor": "ancestral_sampling", "corrector": "none",
                                                                 "grid": "log_snr"}
             if refine:
                 opts["refine"] = refine
+            if twist:
+                opts["twist"] = True
             t0, c0 = time.perf_counter(), time.process_time()
             feats = partial(classifier_features, classifier=net)
             r = calibration_check(model, mask, n if not quick else 50, features=feats,
                                   generator=torch.Generator().manual_seed(seed), method=method, steps=steps, **opts)
-            row = {"model": name, "method": method + (f" + {refine} MALA" if refine else ""), "seed": seed,
+            label = method + (" + twist" if twist else "") + (f" + {refine} MALA" if refine else "")
+            row = {"model": name, "method": label, "seed": seed,
                    "particles": k if method == "smc" else 1, "steps": steps,
                    "n": r.n, "fd": r.fd, "floor": r.floor, "ratio": r.ratio,
                    "score_evals_per_output": r.score_evals_per_output, "score_evals_total": r.score_evals,
@@ -206,6 +210,7 @@ def main() -> None:
                     help="calibration check: only smc, finished by this many Metropolis-adjusted Langevin moves")
     ap.add_argument("--cal-seed", type=int, default=0, help="calibration check: the generator's seed")
     ap.add_argument("--cal-particles", type=int, default=None, help="calibration check: particles of smc")
+    ap.add_argument("--cal-twist", action="store_true", help="calibration check: only smc, twisted (twist=True)")
     ap.add_argument("--log-evidence-steps", action="store_true",
                     help="only: the log-evidence error against steps and particles on a 2-D Gaussian")
     ap.add_argument("--log-evidence-default", action="store_true",
@@ -276,7 +281,8 @@ def main() -> None:
                   f"(per seed {' '.join(f'{v:.2f}' for v in row['fd_over_floor_per_seed'])})  TV max {max(tvs):.3f}  "
                   f"{lz}  evals/output {row['score_evals_per_output']:6.0f}  {row['seconds']:5.1f}s", flush=True)
     cal = [] if args.no_calibration else calibration_rows(args.quick, args.n_digits, args.n_mnist, args.models,
-                                                                args.cal_refine, args.cal_particles, args.cal_seed)
+                                                                args.cal_refine, args.cal_particles, args.cal_seed,
+                                                                args.cal_twist)
     meta = {"problem": "anisotropic(16, 8, seed=0)", "n": n, "seeds": seeds, "quick": args.quick,
             "machine": machine(), "observation_seeds": OBS}
     write_outputs(rows, cal, meta, out)
