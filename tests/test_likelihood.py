@@ -156,6 +156,22 @@ def test_likelihood_grid():
     )
     explicit = likelihood_grid(sde, 0, 1e-5, [1e-5, 0.1, 1.0])
     torch.testing.assert_close(explicit, torch.tensor([1e-5, 0.1, 1.0], dtype=torch.float64))
+    # "warped": log-SNR c + w sinh(v) with v uniform, the budget method's nodes by default
+    from scoresolve.likelihood.budget import log_snr_nodes
+
+    ve = ss.VESDE()
+    w = likelihood_grid(ve, 7, 1e-5, "warped", center=-0.5, width=1.5)
+    assert w.shape == (8,) and float(w[0]) == 1e-5 and float(w[-1]) == 1.0 and bool((w[1:] > w[:-1]).all())
+    lam = ve.log_snr(w)
+    v = torch.asinh((lam + 0.5) / 1.5)
+    torch.testing.assert_close(v.diff(), v.diff()[:1].expand(7), rtol=1e-9, atol=1e-9)
+    ends = sde.log_snr(torch.tensor([1e-5, 1.0], dtype=torch.float64)).tolist()
+    torch.testing.assert_close(sde.log_snr(likelihood_grid(sde, 9, 1e-5, "warped")),
+                               torch.tensor(log_snr_nodes(*ends, 10)[1], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    with pytest.raises(TypeError, match="center, width"):
+        likelihood_grid(ve, 7, 1e-5, "warped", rho=2.0)
+    with pytest.raises(ValueError, match="width > 0"):
+        likelihood_grid(ve, 7, 1e-5, "warped", width=0.0)
 
 
 def test_bad_inputs():
