@@ -425,11 +425,13 @@ def likelihood(
         asym = float(jacobian_asymmetry(first[1]).max())
         info["jacobian_asymmetry"] = asym
         precondition = "local" if asym <= SYMMETRY_TOL else "none"
-    if method == BUDGET and precondition == "local":
+    if method == BUDGET and precondition == "local":  # K - 1 intervals, every step corrected: K evaluations
         grid_name, grid_opts = sde.likelihood_local_grid
         times = likelihood_grid(sde, steps - 1, eps, grid_name, **dict(grid_opts))
-        y, lp_jac, gaps = refit_adams(fld, sde, x, times, counted, correct_last=True, first=first)
-        error = gaps * (LOCAL_GAP_SCALE / (steps - 1))
+    if precondition == "local" and method in (BUDGET, "adams"):
+        y, lp_jac, gaps = refit_adams(fld, sde, x, times, counted, correct_last=method == BUDGET, first=first)
+        if method == BUDGET:
+            error = gaps * (LOCAL_GAP_SCALE / (steps - 1))
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["grid"] = times
         info["precondition"] = "local (re-fitted at every evaluation)"
@@ -439,11 +441,6 @@ def likelihood(
         y, error, trace_var = (sol.z, sol.delta), sol.error, sol.trace_var
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
         info["log_snr"] = sol.lam
-    elif precondition == "local" and method == "adams":
-        y, lp_jac, _ = refit_adams(fld, sde, x, times, counted)
-        nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)
-        info["grid"] = times
-        info["precondition"] = "local (re-fitted at every evaluation)"
     elif precondition == "local":
         y, lp_jac = preconditioned_fixed_step(fld, sde, x, times, method, counted)
         nfe_ps = torch.full((b,), counted.nfe, dtype=torch.long)

@@ -54,8 +54,8 @@ def jacobian_asymmetry(jac: Tensor) -> Tensor:
     return (jac - jac.transpose(1, 2)).flatten(1).norm(dim=1) / norm.clamp_min(torch.finfo(jac.dtype).tiny)
 
 
-def _lam(v: np.ndarray) -> np.ndarray:
-    return WARP_CENTER + WARP_WIDTH * np.sinh(v)
+def _lam(v: np.ndarray, center: float = WARP_CENTER, width: float = WARP_WIDTH) -> np.ndarray:
+    return center + width * np.sinh(v)
 
 
 def _dlam(v: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ def log_snr_nodes(lam_eps: float, lam_end: float, k: int, center: float = WARP_C
     ``lambda = center + width sinh(v)``."""
     ends = [math.asinh((lam - center) / width) for lam in (lam_eps, lam_end)]
     v = np.linspace(ends[0], ends[1], k)
-    lam = center + width * np.sinh(v)
+    lam = _lam(v, center, width)
     lam[0], lam[-1] = lam_eps, lam_end
     return v.tolist(), lam.tolist()
 

@@ -151,7 +151,8 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
         w = lagrange_integral_weights([tt[n - j] for j in range(k)], tt[n], tt[n + 1])
         y1, dr = adams_update((y0, r0), w, res)
         new_frame = frame
-        if n < n_int - 1 or correct_last:  # E and C
+        corrected = n < n_int - 1 or correct_last
+        if corrected:  # E and C
             x_pred, dr_pred = frame.to_x(t1, y1).reshape(x.shape), dr
             record, new_frame, s1 = evaluate(n + 1, x_pred)
             hist.insert(0, record)
@@ -160,9 +161,10 @@ def refit_adams(fld: Field, sde: SDE, x: Tensor, times: Tensor, counted: Counted
             res = [frame.residual(*h) for h in hist[:k]]
             w = lagrange_integral_weights([tt[n + 1 - j] for j in range(k)], tt[n], tt[n + 1])
             y1, dr = adams_update((y0, r0), w, res)
-            jump = (s1 * (frame.to_x(t1, y1).reshape(x.shape) - x_pred)).reshape(b, -1).sum(1)
+        xn = frame.to_x(t1, y1).reshape(x.shape)
+        if corrected:
+            jump = (s1 * (xn - x_pred)).reshape(b, -1).sum(1)
             gaps = gaps + jump.abs() + (dr - dr_pred).abs()
         r = r + dr + frame.gaussian_logdet(t0, t1)
-        xn = frame.to_x(t1, y1).reshape(x.shape)
         frame = new_frame
     return (xn, r), torch.zeros_like(r), gaps
