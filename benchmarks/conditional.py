@@ -40,6 +40,7 @@ import torch
 import scoresolve as ss
 from scoresolve.analytic import anisotropic
 from scoresolve.conditional import calibration_check, inpaint
+from scoresolve.conditional.sbc import CHAIN
 from scoresolve.metrics import frechet_floor, frechet_to_moments, mode_weights
 
 OBS = {1: 11, 8: 0}  # observed coordinates -> seed of the observed vector (1 of 16: a 3-mode posterior)
@@ -152,6 +153,13 @@ def log_evidence_default(n: int = 200, seeds: int = 2) -> None:
                       f" min {float(e.min()):.1f}", flush=True)
 
 
+def top_half(shape: tuple[int, ...]) -> torch.Tensor:
+    """The observation mask of the network checks: the top half of the image's rows."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[..., : shape[-2] // 2, :] = True
+    return mask
+
+
 def evidence_spread(models: str, images: int = 4, systems: int = 8, runs: str = "16x25,16x100,8x25t") -> None:
     """How far apart independent particle systems land on one observation of a network (top half observed): for
     ``images`` of the model's own 25-step samples, ``systems`` systems share each observation; prints, per run
@@ -162,11 +170,9 @@ def evidence_spread(models: str, images: int = 4, systems: int = 8, runs: str = 
 
     for name in models.split(","):
         model = load(name)
-        mask = torch.zeros(model.sample_shape, dtype=torch.bool)
-        mask[..., : model.sample_shape[-2] // 2, :] = True
-        x = ss.sample(model, solver="pc", predictor="ancestral_sampling", corrector="none", grid="log_snr", steps=25,
-                      final="tweedie", shape=(images, *model.sample_shape), generator=torch.Generator().manual_seed(0),
-                      progress=False)
+        mask = top_half(model.sample_shape)
+        x = ss.sample(model, **CHAIN, steps=25, shape=(images, *model.sample_shape),
+                      generator=torch.Generator().manual_seed(0), progress=False)
         for run in runs.split(","):
             twisted = run.endswith("t")
             k, steps = (int(v) for v in run.rstrip("t").split("x"))
@@ -196,8 +202,7 @@ def calibration_rows(quick: bool, n_digits: int, n_mnist: int, models: str = "di
     for name, n, k, steps in (p for p in plan if p[0] in models.split(",")):
         k = particles or k
         model = load(name)
-        mask = torch.zeros(model.sample_shape, dtype=torch.bool)
-        mask[..., : model.sample_shape[-2] // 2, :] = True
+        mask = top_half(model.sample_shape)
         net = load_classifier(name=name)
         for method in ("replace", "smc") if not (refine or twist) else ("smc",):
             opts = {"particles": k} if method == "smc" else {"predictor": "ancestral_sampling", "corrector": "none",

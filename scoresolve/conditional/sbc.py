@@ -28,7 +28,10 @@ from ..models import ScoreModel
 from ..sampling import SampleResult, sample
 from .api import inpaint
 
-__all__ = ["CalibrationCheck", "calibration_check"]
+__all__ = ["CalibrationCheck", "calibration_check", "CHAIN"]
+
+#: the unconditional sampler of the check (with the inpainting's ``steps``): the chain ``smc``'s particles move by
+CHAIN = {"solver": "pc", "predictor": "ancestral_sampling", "corrector": "none", "grid": "log_snr", "final": "tweedie"}
 
 
 @dataclass
@@ -92,8 +95,7 @@ def calibration_check(
     m = torch.as_tensor(mask, dtype=torch.bool)
     if tuple(m.shape) != shp:
         raise ValueError(f"mask must have the sample shape {shp}, got {tuple(m.shape)}")
-    opts = {"solver": "pc", "predictor": "ancestral_sampling", "corrector": "none", "grid": "log_snr",
-            "final": "tweedie", "steps": inpaint_options.get("steps") or 200}
+    opts = {**CHAIN, "steps": inpaint_options.get("steps") or 200}
     opts.update(sampler or {})
     uncond = sample(model, sde, shape=(2 * n, *shp), generator=generator, progress=False, return_result=True,
                     **opts)
