@@ -52,7 +52,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,23 @@ class Problem:
     evaluate: Callable[[Tensor], dict[str, float]]
     reference: dict[str, Any] = field(default_factory=dict)
     score_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+def on_device(problem: Problem, device: str) -> Problem:
+    """``problem`` with its network moved to ``device``. The peers' loops stay on the CPU: they call the
+    network through a wrapper that moves their inputs to ``device`` and the score back."""
+    net = getattr(problem.model, "fn", None)
+    if not isinstance(net, torch.nn.Module):  # a closure over the network (the Pulfer DDPM's clip_x0)
+        net = getattr(problem.model, "metadata", {}).get("network")
+    if torch.device(device).type == "cpu" or not isinstance(net, torch.nn.Module):
+        return problem
+    net.to(device)
+    model = problem.model
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        return model(x.to(device), torch.as_tensor(t).to(device)).to(x.device)
+
+    return replace(problem, score_fn=score)
 
 
 def analytic_problem(sde: ss.SDE, n: int, seed: int) -> Problem:
@@ -852,7 +869,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             problems.append(analytic_problem(sde, n, args.seed))
             continue
         try:
-            problems.append(trained_problem(m, n_trained, args.seed, sde if sde_given else None))
+            problems.append(on_device(trained_problem(m, n_trained, args.seed, sde if sde_given else None),
+                                      args.device))
         except BenchError:
             raise
         except Exception as e:  # noqa: BLE001 - the bundled model is optional; anything else is the user's error

@@ -80,6 +80,7 @@ from nfe_vs_fid import (  # noqa: E402
     _split_specs,
     check_solver_names,
     execute,
+    on_device,
     parse_solver_spec,
     plan_runs,
 )
@@ -266,8 +267,8 @@ def run_model(rm: RealModel, specs: Sequence[str], budgets: Sequence[int], n: in
             out["rmse"] = float((x.detach().cpu().float() - current["samples"]).pow(2).mean().sqrt())
         return out
 
-    problem = Problem(name=rm.name, model=rm.model, sde=rm.model.sde, shape=(n, *rm.model.sample_shape),
-                      metric_name="teacher_ratio", evaluate=evaluate, score_fn=rm.model)
+    problem = on_device(Problem(name=rm.name, model=rm.model, sde=rm.model.sde, shape=(n, *rm.model.sample_shape),
+                                metric_name="teacher_ratio", evaluate=evaluate, score_fn=rm.model), device)
     runs, skipped = _plan(problem, specs, budgets, quick)
     rows: list[dict[str, Any]] = [dict(s, seed=None) for s in skipped]
     refs: dict[str, Any] = {}

@@ -148,7 +148,12 @@ class ScoreModel:
         return _PERSISTENCE["push_to_hub"](self, repo_id, **kwargs)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        """The wrapped network's own output at ``(x, t)`` (no conversion)."""
+        """The wrapped network's own output at ``(x, t)`` (no conversion). A ``torch.nn.Module`` whose weights
+        are in another floating dtype (a float16 or bfloat16 network under a float32 sampler) gets ``x`` in its
+        weights' dtype; ``t`` is passed as it is."""
+        dt = _net_dtype(self.fn)
+        if dt is not None and dt != x.dtype:
+            x = x.to(dt)
         if self.parameterization == "denoiser":
             assert self.sde is not None
             a = self.sde.alpha(t)
@@ -293,6 +298,15 @@ def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresolve SDE, got {type(sde).__name__}")
     return fn, sde
+
+
+def _net_dtype(net: Any) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter, ``None`` for anything else."""
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
 
 
 def as_score_fn(model: Any) -> Callable[[Tensor, Tensor], Tensor]:

@@ -89,6 +89,18 @@ def _solver_and_grid(solver: str | Solver | type[Solver], options: dict[str, Any
     return cls(**options), grid
 
 
+def _on_cpu(score_fn: Callable[[Tensor, Tensor], Tensor], device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score_fn`` for the calibrations, which draw and keep their states on the CPU (a grid does not depend on
+    the device): each call moves its inputs to ``device``, where the network is, and the score back."""
+    if device.type == "cpu":
+        return score_fn
+
+    def on_device(x: Tensor, t: Tensor) -> Tensor:
+        return score_fn(x.to(device), t.to(device)).to(x.device)
+
+    return on_device
+
+
 def _model_device(model: Any) -> torch.device | None:
     net = model.fn if isinstance(model, ScoreModel) else model
     if isinstance(net, torch.nn.Module):
@@ -313,7 +325,9 @@ def sample(
                 raise ValueError(f"solver {solver!r} is adaptive: it takes no steps=, nfe= or grid=")
         else:
             if nfe is not None:
-                assert isinstance(solver_obj, GridSolver)
+                if not isinstance(solver_obj, GridSolver):
+                    raise ValueError(f"solver {solver!r} declares no cost per step, so nfe= cannot be planned for "
+                                     "it: pass steps=")
                 n_steps = plan(solver_obj, nfe, final, prefix)
             else:
                 if steps is not None and getattr(solver_obj, "budgeted", False):
@@ -326,8 +340,8 @@ def sample(
     if calibration is not None and times is not None:  # a function returning the grid (and what runs on it)
         if nfe is None:
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
-        solver_obj, final, times, gaussian_prior = calibration(score_fn, model, sde, solver_obj, nfe, final,
-                                                               gaussian_prior, shp[1:], eps_, wd, progress, info)
+        solver_obj, final, times, gaussian_prior = calibration(_on_cpu(score_fn, dev), model, sde, solver_obj, nfe,
+                                                               final, gaussian_prior, shp[1:], eps_, wd, progress, info)
     if isinstance(gaussian_prior, str):
         raise ValueError(
             "gaussian_prior='estimate' estimates the data's moments during calibration: pass calibrate=True "

@@ -39,6 +39,10 @@ class TimeEmbedding(nn.Module):
         time_scale: multiplier of ``t`` for the sinusoidal embedding (1000 maps [0, 1] to DDPM steps).
         time_transform: ``"identity"`` or ``"log"`` (embed :math:`\\log t`).
         seed: seed of the Fourier frequencies (they are also saved as a buffer).
+
+    The frequencies and the features are computed in at least float32, also in a float16 or bfloat16
+    network (``net.half()`` moves them but keeps their precision): rounded to 8 bits of mantissa, a
+    frequency times ``time_scale * t`` would be off by radians. The caller casts the features.
     """
 
     def __init__(
@@ -65,6 +69,13 @@ class TimeEmbedding(nn.Module):
         else:
             k = torch.arange(half, dtype=torch.float32)
             self.register_buffer("freqs", torch.exp(-math.log(10000.0) * k / max(half - 1, 1)))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TimeEmbedding:
+        exact = self.freqs
+        super()._apply(fn, recurse)
+        if self.freqs.element_size() < 4:  # a cast to half precision: keep the float32 values, on the new device
+            self.freqs = exact.to(device=self.freqs.device, dtype=torch.float32)
+        return self
 
     def forward(self, t: Tensor) -> Tensor:
         t = t.reshape(-1).to(self.freqs.dtype)
@@ -135,7 +146,7 @@ class MLP(ScoreNet):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         b = x.shape[0]
-        temb = self.t_mlp(self.embed(t.expand(b) if t.ndim == 0 else t))
+        temb = self.t_mlp(self.embed(t.expand(b) if t.ndim == 0 else t).to(x.dtype))
         h = self.inp(x.reshape(b, -1))
         for lin, tp in zip(self.blocks, self.t_proj, strict=True):
             h = h + lin(self.act(h + tp(temb)))
@@ -274,7 +285,7 @@ class UNet(ScoreNet):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"UNet expects x of shape (B, *{self.sample_shape}), got {tuple(x.shape)}")
-        temb = self.t_mlp(self.embed(t.expand(x.shape[0]) if t.ndim == 0 else t))
+        temb = self.t_mlp(self.embed(t.expand(x.shape[0]) if t.ndim == 0 else t).to(x.dtype))
         h = self.inp(x)
         hs = [h]
         for blocks in self.down:
