@@ -13,6 +13,8 @@ Three checks on the bundled networks, printed and saved to ``--out`` (``gpu.json
    bundled classifier's features over the float32 run's FD.
 3. **throughput**: samples per second of ``dpmpp_2m`` at 10 NFE on the MNIST network per batch size and
    network dtype, and the share of that time spent outside the network (10 timed forward calls subtracted).
+4. **other paths**: the 20-step likelihood and SMC inpainting of held-out digits on ``--device`` against the
+   CPU (largest difference), and a short training run there (finite losses, wall time).
 
     python benchmarks/gpu.py --device cuda            # about a minute on one GPU
     python benchmarks/gpu.py --device cpu --quick     # the machinery, on the CPU
@@ -156,6 +158,60 @@ def throughput(device: torch.device, batches: list[int], repeats: int) -> list[d
     return rows
 
 
+def paths(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """Likelihood, inpainting and a training run on ``device`` against the CPU (digits network / data)."""
+    from scoresolve.conditional import inpaint
+    from scoresolve.train import Trainer, UNet
+    from scoresolve.train.data import digits
+
+    rows: list[dict[str, Any]] = []
+    x = digits("test")[:16]
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True  # the top half observed
+
+    def likelihood(dev: torch.device) -> Tensor:
+        return ss.likelihood(load("digits", device=dev), x=x.to(dev), steps=20, progress=False,
+                             generator=torch.Generator().manual_seed(0)).bpd.cpu()
+
+    def inpainting(dev: torch.device) -> Tensor:
+        return inpaint(load("digits", device=dev), None, x.to(dev), mask.to(dev), steps=25, particles=4,
+                       generator=torch.Generator().manual_seed(0)).cpu()
+
+    for label, run in (("likelihood, steps=20 (bits/dim per image)", likelihood),
+                       ("inpaint, top half, smc K = 4, 25 steps", inpainting)):
+        row: dict[str, Any] = {"path": label}
+        try:
+            t0 = time.perf_counter()
+            a = run(torch.device("cpu"))
+            row["cpu_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            b = run(device)
+            _sync(device)
+            row["device_s"] = time.perf_counter() - t0
+            row["max_difference"] = float((a.double() - b.double()).abs().max())
+            row["finite"] = bool(torch.isfinite(b).all())
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+        rows.append(row)
+        print(f"paths {row}", flush=True)
+    steps = 20 if quick else 200
+    row = {"path": f"training, UNet on digits, {steps} steps, batch 128 (bfloat16 autocast on CUDA)"}
+    try:
+        tr = Trainer(UNet(1, 8), ss.VPSDE(), digits("train"), batch_size=128, device=device)
+        tr.train_step()  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        losses = [tr.train_step() for _ in range(steps)]
+        _sync(device)
+        row.update(device_s=time.perf_counter() - t0, finite=bool(torch.isfinite(torch.tensor(losses)).all()),
+                   amp=tr.amp, last_loss=float(losses[-1]))
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+    rows.append(row)
+    print(f"paths {row}", flush=True)
+    return rows
+
+
 def _best(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     fn()
     _sync(device)
@@ -181,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     out = prepare_out_dir(args.out, NAME)
     t0 = time.perf_counter()
     res = {"agreement": agreement(device, args.quick), "precision": precision(device, n),
-           "throughput": throughput(device, batches, 1 if args.quick else 3)}
+           "throughput": throughput(device, batches, 1 if args.quick else 3), "paths": paths(device, args.quick)}
     config = {"command": " ".join(["python", "benchmarks/gpu.py", *(argv if argv is not None else sys.argv[1:])]),
               "device": str(device), "n": n, "machine": machine_info(str(device)), "versions": versions(),
               "seconds": time.perf_counter() - t0}
@@ -204,7 +260,11 @@ def main(argv: list[str] | None = None) -> None:
           "", "## Throughput (MNIST network, dpmpp_2m, 10 NFE)", "",
           markdown_table(res["throughput"], [("network dtype", "network"), ("batch", "batch"), ("seconds", "s"),
                                              ("samples_per_s", "samples / s"),
-                                             ("outside_network", "share outside the network"), ("error", "error")])]
+                                             ("outside_network", "share outside the network"), ("error", "error")]),
+          "", "## Other paths against the CPU", "",
+          markdown_table(res["paths"], [("path", "path"), ("cpu_s", "CPU s"), ("device_s", "device s"),
+                                        ("max_difference", "largest difference"), ("finite", "finite"),
+                                        ("last_loss", "last loss"), ("error", "error")])]
     write_text(out / "gpu.md", "\n".join(md) + "\n")
     print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'}")
 
