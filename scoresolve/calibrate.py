@@ -32,7 +32,7 @@ from torch import Tensor
 from ._util import atomic_write, check_int, model_signature, one_of, same_signature
 from .gaussian import GaussianFit, as_gaussian_fit
 from .metrics.frechet import frechet_distance, gaussian_moments
-from .models import ScoreModel, as_score_fn
+from .models import ScoreModel, as_score_fn, cpu_facing, model_device
 from .noise import NoiseSource
 from .progress import Progress
 from .registry import SOLVERS
@@ -378,7 +378,7 @@ def calibrate_grid(
     eps_ = sde.default_eps if eps is None else float(eps)
     if not (0 < eps_ < sde.T):
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
-    fn = as_score_fn(model)
+    fn = cpu_facing(as_score_fn(model), model_device(model))  # states stay on the CPU
     start = time.perf_counter()
     sig = model_signature(fn, sde, shape)
     cost = 3
@@ -407,7 +407,8 @@ def calibrate_grid(
         fit = gauss_candidates[0][1]
     t_eps = torch.full((n_samples,), eps_, dtype=target.dtype)
     if metric != "rmse":
-        s_ref = fn(target, t_eps).to(torch.float64)
+        with torch.no_grad():
+            s_ref = fn(target, t_eps).to(torch.float64)
         cost += 1
 
     u0 = math.log(float(sde.sigma(_f64(sde.T))))
@@ -446,7 +447,8 @@ def calibrate_grid(
             return rmse if math.isfinite(rmse) else math.inf
         if rmse > stage["rmse_cap"] or not math.isfinite(rmse):
             return math.inf
-        s_out = fn(out, t_eps).to(torch.float64)
+        with torch.no_grad():  # a network's parameters may require grad: no graph for a score read
+            s_out = fn(out, t_eps).to(torch.float64)
         counter["nfe"] += 1
         if m == "logp":
             # trapezoid estimate of the mean of log p_eps(out) - log p_eps(ref) along each segment (exact for a
@@ -635,7 +637,7 @@ def gits_grid(
         else:
             raise ValueError("shape= is required for a plain callable model")
     check_int(steps, "steps", max=fine)
-    fn = as_score_fn(model)
+    fn = cpu_facing(as_score_fn(model), model_device(model))  # states stay on the CPU
     eps_ = sde.default_eps if eps is None else float(eps)
     g = torch.Generator().manual_seed(int(seed) + _CALIB_STREAM)
     x = torch.randn((n_samples, *shape), generator=g, dtype=torch.float64) * sde.prior_std

@@ -33,6 +33,7 @@ from torch import Tensor
 from ._util import check_int
 from .calibrate import _CALIB_STREAM, CalibratedGrid, CalibrationMismatchError, _run
 from .digest import content_digest
+from .models import cpu_facing, model_device
 from .noise import NoiseSource
 from .progress import Progress
 from .sde import SDE
@@ -330,6 +331,7 @@ def calibrate_trajectory(
     smallest plan (``info["fallback"]`` says why). ``info`` also has the cost
     (``nfe``: batched model calls; ``seconds``, ``cpu_seconds``)."""
     start, cpu = time.perf_counter(), time.process_time()
+    fn = cpu_facing(fn, model_device(model))  # the states stay on the CPU
     nfe = check_int(nfe, "nfe")
     seconds, evaluations = check_budget(budget)
     shape = [int(v) for v in shape]

@@ -309,6 +309,30 @@ def _net_dtype(net: Any) -> torch.dtype | None:
     return None
 
 
+def model_device(model: Any) -> torch.device | None:
+    """The device of a model's (or a :class:`ScoreModel`'s network's) first parameter; ``None`` for a plain
+    callable or a module without parameters."""
+    net = model.fn if isinstance(model, ScoreModel) else model
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            return p.device
+    return None
+
+
+def cpu_facing(fn: Callable[[Tensor, Tensor], Tensor],
+               device: torch.device | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fn`` for callers that keep their states on the CPU (the grid calibrations: a grid does not depend on
+    the device): each call moves its inputs to ``device``, where the network is, and the score back.
+    ``fn`` itself when ``device`` is the CPU or unknown."""
+    if device is None or device.type == "cpu":
+        return fn
+
+    def on_device(x: Tensor, t: Tensor) -> Tensor:
+        return fn(x.to(device), t.to(device)).to(x.device)
+
+    return on_device
+
+
 def as_score_fn(model: Any) -> Callable[[Tensor, Tensor], Tensor]:
     """Return a callable ``score(x, t)`` for a :class:`ScoreModel` or a plain callable."""
     if isinstance(model, ScoreModel):

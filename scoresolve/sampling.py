@@ -19,7 +19,7 @@ from ._util import check_int
 from .aliases import resolve as resolve_alias
 from .calibrate import grid_calibration
 from .gaussian import GaussianFit
-from .models import ScoreModel, resolve_gaussian_prior, resolve_model
+from .models import ScoreModel, cpu_facing, model_device, resolve_gaussian_prior, resolve_model
 from .noise import NoiseSource, check_seeds
 from .progress import Progress
 from .recipes import auto
@@ -87,26 +87,6 @@ def _solver_and_grid(solver: str | Solver | type[Solver], options: dict[str, Any
                 f"unknown option(s) {unknown} for solver {name!r}; it accepts: {', '.join(allowed) or 'no options'}"
             )
     return cls(**options), grid
-
-
-def _on_cpu(score_fn: Callable[[Tensor, Tensor], Tensor], device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
-    """``score_fn`` for the calibrations, which draw and keep their states on the CPU (a grid does not depend on
-    the device): each call moves its inputs to ``device``, where the network is, and the score back."""
-    if device.type == "cpu":
-        return score_fn
-
-    def on_device(x: Tensor, t: Tensor) -> Tensor:
-        return score_fn(x.to(device), t.to(device)).to(x.device)
-
-    return on_device
-
-
-def _model_device(model: Any) -> torch.device | None:
-    net = model.fn if isinstance(model, ScoreModel) else model
-    if isinstance(net, torch.nn.Module):
-        for p in net.parameters():
-            return p.device
-    return None
 
 
 def _resolve_shape(
@@ -255,7 +235,7 @@ def sample(
     dev = (
         torch.device(device)
         if device is not None
-        else (x_T.device if x_T is not None else (_model_device(model) or torch.device("cpu")))
+        else (x_T.device if x_T is not None else (model_device(model) or torch.device("cpu")))
     )
     dt = dtype or (x_T.dtype if x_T is not None else torch.float32)
     wd = torch.float64 if dt == torch.float64 else torch.float32
@@ -340,7 +320,7 @@ def sample(
     if calibration is not None and times is not None:  # a function returning the grid (and what runs on it)
         if nfe is None:
             raise ValueError("calibrate= calibrates the grid for an evaluation budget: pass nfe=")
-        solver_obj, final, times, gaussian_prior = calibration(_on_cpu(score_fn, dev), model, sde, solver_obj, nfe,
+        solver_obj, final, times, gaussian_prior = calibration(cpu_facing(score_fn, dev), model, sde, solver_obj, nfe,
                                                                final, gaussian_prior, shp[1:], eps_, wd, progress, info)
     if isinstance(gaussian_prior, str):
         raise ValueError(

@@ -7,7 +7,7 @@ import torch
 
 import scoresolve as ss
 from scoresolve.io import load
-from scoresolve.sampling import _on_cpu
+from scoresolve.models import cpu_facing, model_device
 from scoresolve.train.nets import TimeEmbedding
 
 
@@ -40,8 +40,9 @@ def test_nfe_for_a_solver_without_declared_cost_is_refused_by_name() -> None:
         ss.sample(lambda x, t: -x, ss.VPSDE(), solver="sde", nfe=10, shape=(4, 2), progress=False)
 
 
-def test_calibration_score_on_the_cpu_is_the_model_itself() -> None:
-    def fn(x, t):
-        return -x
-
-    assert _on_cpu(fn, torch.device("cpu")) is fn
+def test_cpu_facing_score_is_the_model_itself_on_the_cpu() -> None:
+    model = load("digits")
+    assert model_device(model) == torch.device("cpu")
+    assert model_device(lambda x, t: -x) is None
+    assert cpu_facing(model, model_device(model)) is model
+    assert cpu_facing(model, None) is model
