@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import scoresolve as ss
@@ -80,6 +81,13 @@ def test_half_precision_storage(tmp_path: Path) -> None:
     assert next(m2.fn.parameters()).dtype == torch.float32
     a, b = _probe(m), _probe(m2)
     assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.02, atol=0.02 * a.abs().max().item())
+    # parameters are stored in float16, buffers (the time embedding's frequencies) as they are
+    with safe_open(str(p), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    buffers = {k for k, _ in m.fn.named_buffers()}
+    assert buffers and all(dtypes[k] == torch.float32 for k in buffers if dtypes[k].is_floating_point)
+    assert all(dtypes[k] == torch.float16 for k, _ in m.fn.named_parameters())
+    assert all(torch.equal(b, dict(m2.fn.named_buffers())[k]) for k, b in m.fn.named_buffers())
 
 
 def test_ema_weights_selected_when_present(tmp_path: Path) -> None:

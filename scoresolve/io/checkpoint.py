@@ -238,10 +238,13 @@ def _unpack_model(model: Any, sde: SDE | None, parameterization: str | None, sam
 
 
 def _state_for_saving(net: nn.Module, dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """The network's state on the CPU; ``dtype`` casts its floating-point parameters, not its buffers (a time
+    embedding's fixed frequencies, rounded to float16, move its phases by up to 0.1 rad)."""
+    params = {k for k, _ in net.named_parameters()}
     out = {}
     for k, v in net.state_dict().items():
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and k in params:
             v = v.to(dtype)
         out[k] = v.contiguous().clone()
     return out
@@ -269,8 +272,8 @@ def save(
         model: a :class:`~scoresolve.ScoreModel` whose ``fn`` is a network with ``arch_name`` and
             ``config`` (e.g. :class:`scoresolve.train.nets.UNet`), or such a network with ``sde=``.
         sde, parameterization, sample_shape, data_range: override or supply the metadata.
-        dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the file;
-            they are cast back to the network's dtype on load).
+        dtype: store floating-point parameters in this dtype (e.g. ``torch.float16`` halves the file;
+            they are cast back to the network's dtype on load). Buffers keep their dtype.
         weights: label recorded in the config (``"ema"`` when these are EMA weights).
         extra: any JSON-friendly metadata (training steps, data set, ...).
         data_moments: the data's ``(mean, cov)`` (see :class:`~scoresolve.ScoreModel`); default: the
