@@ -74,6 +74,7 @@ from _common import (  # noqa: E402
 
 import scoresolve as ss  # noqa: E402
 from scoresolve.metrics import frechet_floor, frechet_to_moments, mode_weights  # noqa: E402
+from scoresolve.models import cpu_facing  # noqa: E402
 from scoresolve.progress import Progress  # noqa: E402
 from scoresolve.recipes import auto_recipe  # noqa: E402
 from scoresolve.registry import SOLVERS  # noqa: E402
@@ -342,12 +343,7 @@ def on_device(problem: Problem, device: str) -> Problem:
     if torch.device(device).type == "cpu" or not isinstance(net, torch.nn.Module):
         return problem
     net.to(device)
-    model = problem.model
-
-    def score(x: Tensor, t: Tensor) -> Tensor:
-        return model(x.to(device), torch.as_tensor(t).to(device)).to(x.device)
-
-    return replace(problem, score_fn=score)
+    return replace(problem, score_fn=cpu_facing(problem.model, torch.device(device)))
 
 
 def analytic_problem(sde: ss.SDE, n: int, seed: int) -> Problem:
