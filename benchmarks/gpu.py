@@ -1,13 +1,12 @@
 #!/usr/bin/env python
-"""scoresolve on an accelerator: the CUDA path, half-precision networks and throughput.
+"""scoresolve on an accelerator: the CUDA path, half-precision networks, throughput and the other paths.
 
-Three checks on the bundled networks, printed and saved to ``--out`` (``gpu.json``, ``gpu.md``):
+Four checks on the bundled networks, printed and saved to ``--out`` (``gpu.json``, ``gpu.md``):
 
 1. **agreement**: every registered solver (10 NFE; the adaptive ones at their default tolerances; ``auto``
-   uncalibrated) on the digits network from the same prior noise and the same CPU generator, on ``--device``
-   against the CPU, in float64 and float32 (with torch's TF32 defaults, and with TF32 off): the largest
-   difference of a sample. With per-sample ``seeds=``
-   on ``--device``: the largest difference of the first 8 samples drawn in a batch of 8 and of 64.
+   uncalibrated) on the digits network from the same prior noise and CPU generator, on ``--device`` against
+   the CPU, in float64 and float32 (TF32 as torch's defaults set it, and off): the largest difference of a
+   sample. With per-sample ``seeds=`` on ``--device``: the first 8 samples drawn in batches of 8 and of 64.
 2. **precision**: the digits and MNIST networks cast to float16 and bfloat16 (the sampler's state stays
    float32) against float32, ``dpmpp_2m`` at 10 and 20 NFE from the same noise: paired RMSE and the FD in the
    bundled classifier's features over the float32 run's FD.
