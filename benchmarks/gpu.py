@@ -50,9 +50,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run(model: Any, solver: str, x_T: Tensor, seed: int, device: torch.device, dtype: torch.dtype,
-         **kw: Any) -> Tensor:
-    opts: dict[str, Any] = dict(kw)
+def _run(model: Any, solver: str, x_T: Tensor, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    opts: dict[str, Any] = {}
     if solver == "auto":
         opts["calibrate"] = False
     if not getattr(resolve_solver(solver, {}), "adaptive", False):

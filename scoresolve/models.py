@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -300,23 +300,21 @@ def resolve_model(model: Any, sde: SDE | None) -> tuple[Callable[[Tensor, Tensor
     return fn, sde
 
 
+def _parameters(model: Any) -> Iterator[torch.nn.Parameter]:
+    """The parameters of a module or of a :class:`ScoreModel`'s network; none for a plain callable."""
+    net = model.fn if isinstance(model, ScoreModel) else model
+    return net.parameters() if isinstance(net, torch.nn.Module) else iter(())
+
+
 def _net_dtype(net: Any) -> torch.dtype | None:
     """The dtype of a module's first floating-point parameter, ``None`` for anything else."""
-    if isinstance(net, torch.nn.Module):
-        for p in net.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return None
+    return next((p.dtype for p in _parameters(net) if p.is_floating_point()), None)
 
 
 def model_device(model: Any) -> torch.device | None:
     """The device of a model's (or a :class:`ScoreModel`'s network's) first parameter; ``None`` for a plain
     callable or a module without parameters."""
-    net = model.fn if isinstance(model, ScoreModel) else model
-    if isinstance(net, torch.nn.Module):
-        for p in net.parameters():
-            return p.device
-    return None
+    return next((p.device for p in _parameters(model)), None)
 
 
 def cpu_facing(fn: Callable[[Tensor, Tensor], Tensor],
